@@ -1,0 +1,123 @@
+"""Our format for model weights: an orbax checkpoint of the parameters plus a `model.json`.
+
+A directory written by `save_params` is enough to rebuild the module and its parameters:
+
+    DIR/model.json   {"format_version": 1, "kind": "mae" | "vit", "config": {...dataclass fields...}}
+    DIR/params/      orbax StandardCheckpointer save of the parameter tree (float arrays)
+
+`load_params` restores the arrays against the parameter shapes of the model that `model.json` describes,
+so a checkpoint that does not match its own description fails loudly instead of loading half a model.
+The pretraining job exports the encoder this way; `python -m abaw_jax.convert_weights` reads and writes it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from abaw_jax.models.mae import MAE, MAEConfig
+from abaw_jax.models.vit import ViT, ViTConfig
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.json"
+PARAMS_DIR = "params"
+
+ModelConfig = MAEConfig | ViTConfig
+
+
+def config_kind(config: ModelConfig) -> str:
+    if isinstance(config, MAEConfig):
+        return "mae"
+    if isinstance(config, ViTConfig):
+        return "vit"
+    raise TypeError(f"expected a MAEConfig or ViTConfig, got {type(config).__name__}")
+
+
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """`{'kind': ..., 'config': ...}`, JSON-serialisable; nested dataclasses become nested dicts."""
+    return {"kind": config_kind(config), "config": dataclasses.asdict(config)}
+
+
+def config_from_dict(description: dict[str, Any]) -> ModelConfig:
+    """Inverse of `config_to_dict`; unknown kinds or fields raise a ValueError naming them."""
+    kind, fields = description.get("kind"), dict(description.get("config", {}))
+    if kind == "vit":
+        return _dataclass_from_fields(ViTConfig, fields)
+    if kind == "mae":
+        fields["encoder"] = _dataclass_from_fields(ViTConfig, fields.get("encoder", {}))
+        return _dataclass_from_fields(MAEConfig, fields)
+    raise ValueError(f"model kind must be 'mae' or 'vit', found {kind!r}")
+
+
+def _dataclass_from_fields(cls: type, fields: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {unknown}; known fields: {sorted(known)}")
+    return cls(**fields)
+
+
+def build_model(config: ModelConfig, dtype: jnp.dtype = jnp.float32) -> nn.Module:
+    return MAE(config, dtype=dtype) if isinstance(config, MAEConfig) else ViT(config, dtype=dtype)
+
+
+def example_inputs(config: ModelConfig) -> tuple[jax.Array, ...]:
+    """One zero image (and, for the MAE, its masking noise): what `init` needs to trace the model."""
+    vit = config.encoder if isinstance(config, MAEConfig) else config
+    images = jnp.zeros((1, vit.image_size, vit.image_size, vit.channels), jnp.float32)
+    return (images, jnp.zeros((1, vit.num_patches), jnp.float32)) if isinstance(config, MAEConfig) else (images,)
+
+
+def abstract_params(config: ModelConfig) -> dict[str, Any]:
+    """Parameter shapes and dtypes of the model `config` describes, without allocating them."""
+    return jax.eval_shape(build_model(config).init, jax.random.key(0), *example_inputs(config))["params"]
+
+
+def init_params(config: ModelConfig, seed: int = 0) -> dict[str, Any]:
+    """Freshly initialised parameters of the model `config` describes."""
+    return jax.jit(build_model(config).init)(jax.random.key(seed), *example_inputs(config))["params"]
+
+
+def save_params(directory: str, params: Any, config: ModelConfig) -> None:
+    """Writes `params` (a Flax parameter tree for `config`'s model) and `model.json` under `directory`."""
+    directory = os.path.abspath(directory)
+    params_path = os.path.join(directory, PARAMS_DIR)
+    if os.path.exists(params_path):
+        raise FileExistsError(f"{params_path} already exists; choose a new output directory")
+    description = config_to_dict(config)
+    os.makedirs(directory, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(params_path, params)
+    checkpointer.wait_until_finished()
+    with open(os.path.join(directory, MODEL_FILE), "w", encoding="utf-8") as f:
+        json.dump({"format_version": FORMAT_VERSION, **description}, f, indent=2)
+
+
+def load_model_config(directory: str) -> ModelConfig:
+    path = os.path.join(directory, MODEL_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no model description; is {directory} a save_params directory?")
+    with open(path, encoding="utf-8") as f:
+        description = json.load(f)
+    version = description.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+    try:
+        return config_from_dict(description)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def load_params(directory: str) -> tuple[dict[str, Any], ModelConfig]:
+    """Reads a `save_params` directory; returns (params as jax arrays, config)."""
+    directory = os.path.abspath(directory)
+    config = load_model_config(directory)
+    target = abstract_params(config)
+    params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR), target)
+    return params, config

@@ -1,0 +1,178 @@
+"""PyTorch MAE weights in and out: official MAE checkpoints and transformers ViTMAE state dicts.
+
+The official key layout (`torch.load(p)['model']` of the facebookresearch MAE release, also timm's ViT
+layout) is the one exchange format: transformers state dicts are first renamed into it, Flax parameters
+are exported to it. Mapping to Flax is a rename (`blocks.3.attn.qkv.weight` <-> `blocks_3/attn/qkv/kernel`)
+plus a layout change (Linear weights transposed, the patch conv kernel permuted (2, 3, 1, 0)).
+
+Official checkpoints come in three kinds, all handled: encoder-only (no `decoder*`/`mask_token` keys),
+full MAE with decoder, and fine-tuned (`fc_norm.*` and `head.*` instead of `norm.*`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+StateDict = dict[str, np.ndarray]
+
+# transformers (v5 and v4 names) -> official, applied to keys after the model prefix is removed.
+_HF_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^(?:layers|encoder\.layer)\.(\d+)\.", r"blocks.\1."),
+    # v4 / hub files say `decoder_layers`; v5's save_pretrained writes `decoder_encoder.layer`.
+    (r"^decoder_(?:layers|encoder\.layer)\.(\d+)\.", r"decoder_blocks.\1."),
+    (r"^layernorm\.", "norm."),
+    (r"\.attention\.(?:o_proj|output\.dense)\.", ".attn.proj."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+)
+_HF_QKV = re.compile(r"^(.*)\.attention\.(?:(q|k|v)_proj|attention\.(query|key|value))\.(weight|bias)$")
+_QKV_ORDER = {"q": 0, "k": 1, "v": 2, "query": 0, "key": 1, "value": 2}
+
+
+class WeightMismatchError(ValueError):
+    """A checkpoint does not fit the model: lists missing, unexpected and wrongly shaped keys."""
+
+
+def load_official_checkpoint(path: str) -> StateDict:
+    """Reads an official MAE `.pth` (state under 'model', or a bare state dict) as numpy arrays."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs PyTorch: pip install torch==2.13.0") from e
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not state:
+        raise WeightMismatchError(f"{path}: expected a state dict (or one under 'model'), found {type(checkpoint)}")
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def save_official_checkpoint(state: StateDict, path: str) -> None:
+    """Writes `{'model': state}` with torch.save, loadable by the official MAE code."""
+    import torch
+
+    torch.save({"model": {k: torch.from_numpy(np.array(v, np.float32, copy=True)) for k, v in state.items()}}, path)
+
+
+def export_official(state: StateDict, path_stem: str) -> list[str]:
+    """Writes `<stem>.safetensors` (official key names; needs no PyTorch) and, when PyTorch is installed,
+    `<stem>.pth` as `{'model': state}` like the official release. Returns the paths written."""
+    from safetensors.numpy import save_file
+
+    paths = [path_stem + ".safetensors"]
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, paths[0])
+    if importlib.util.find_spec("torch") is not None:
+        paths.append(path_stem + ".pth")
+        save_official_checkpoint(state, paths[1])
+    return paths
+
+
+def hf_to_official(state: Mapping[str, Any]) -> StateDict:
+    """Renames a transformers `ViTMAEForPreTraining` or `ViTMAEModel` state dict to the official layout."""
+    official: StateDict = {}
+    qkv: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    for key, value in state.items():
+        array = np.asarray(value.detach().float().numpy() if hasattr(value, "detach") else value, np.float32)
+        name = re.sub(r"^(?:vit|decoder)\.", "", key)
+        match = _HF_QKV.match(name)
+        if match:
+            prefix, short, long, kind = match.groups()
+            qkv.setdefault((prefix, kind), {})[_QKV_ORDER[short or long]] = array
+            continue
+        official[_rename_hf(name)] = array
+    for (prefix, kind), parts in qkv.items():
+        if sorted(parts) != [0, 1, 2]:
+            raise WeightMismatchError(f"{prefix}: expected query, key and value {kind}s, found {sorted(parts)}")
+        block = _rename_hf(prefix + ".").rstrip(".")
+        official[f"{block}.attn.qkv.{kind}"] = np.concatenate([parts[0], parts[1], parts[2]], axis=0)
+    return official
+
+
+def _rename_hf(name: str) -> str:
+    for pattern, replacement in _HF_RENAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def _official_name(flax_path: tuple[str, ...]) -> str:
+    parts = [p for p in flax_path if p != "encoder"]
+    name = ".".join(parts)
+    name = re.sub(r"^(decoder_blocks|blocks)_(\d+)", r"\1.\2", name)
+    name = re.sub(r"^patch_embed\.", "patch_embed.proj.", name)
+    return re.sub(r"\.(kernel|scale)$", ".weight", name)
+
+
+def _to_torch_layout(flax_path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    if flax_path[-1] != "kernel":
+        return value
+    if value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    return value.T
+
+
+def _to_flax_layout(flax_path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    if flax_path[-1] != "kernel":
+        return value
+    if value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)
+    return value.T
+
+
+def flax_to_official(params: Mapping[str, Any]) -> StateDict:
+    """Flax MAE or ViT parameters -> official key layout (numpy, PyTorch tensor layouts)."""
+    flat = traverse_util.flatten_dict(params)
+    return {_official_name(path): np.ascontiguousarray(_to_torch_layout(path, np.asarray(v, np.float32)))
+            for path, v in flat.items()}
+
+
+def official_to_flax(state: Mapping[str, np.ndarray], template: Mapping[str, Any], *,
+                     strict: bool = True) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Fills a Flax parameter tree shaped like `template` from an official-layout state dict.
+
+    `template` gives the expected paths and shapes (from `model.init` or `jax.eval_shape`). With
+    `strict=True`, any missing key, unexpected key or shape mismatch raises `WeightMismatchError` naming
+    them all. With `strict=False` (how the official fine-tuning loads a pretrained encoder: `norm.*` and the
+    decoder are left out, `fc_norm.*`/`head.*` keep their fresh init), missing keys keep the template's
+    values, which must then be concrete arrays; shape mismatches still raise. Returns the parameters and a
+    report {'missing': [...], 'unexpected': [...]} of official key names.
+    """
+    flat_template = traverse_util.flatten_dict(template)
+    expected = {_official_name(path): path for path in flat_template}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = []
+    filled = {}
+    for name, path in expected.items():
+        want = tuple(flat_template[path].shape)
+        if name not in state:
+            filled[path] = flat_template[path]
+            continue
+        value = _to_flax_layout(path, np.asarray(state[name], np.float32))
+        if value.shape != want:
+            wrong_shape.append(f"{name}: checkpoint {tuple(np.asarray(state[name]).shape)} "
+                               f"-> {value.shape}, model expects {want}")
+        filled[path] = value
+    problems = []
+    if wrong_shape:
+        problems.append("wrong shapes: " + "; ".join(wrong_shape))
+    if strict and missing:
+        problems.append("missing from the checkpoint: " + ", ".join(missing))
+    if strict and unexpected:
+        problems.append("not in the model: " + ", ".join(unexpected))
+    if problems:
+        raise WeightMismatchError("checkpoint does not fit the model; " + " | ".join(problems))
+    abstract = [name for name in missing if isinstance(flat_template[expected[name]], jax.ShapeDtypeStruct)]
+    if abstract:
+        raise WeightMismatchError("missing from the checkpoint and no initial value to keep (pass concrete "
+                                  "initial parameters as template): " + ", ".join(abstract))
+    return traverse_util.unflatten_dict(filled), {"missing": missing, "unexpected": unexpected}
