@@ -1,0 +1,20 @@
+"""Shared pytest fixtures."""
+
+import pathlib
+
+import pytest
+
+from abaw_jax.data import synthetic
+
+# Generates in a few seconds. Holds enough people for a pixel classifier to generalise across
+# identities, and every layout feature: both scene types, `_left`/`_right` pairs, per-task gaps,
+# invalid rows, missing crops and a test video.
+SYNTHETIC_AFFWILD2_ARGS = dict(num_videos=20, frames_per_video=80, num_test_videos=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_affwild2(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+  """Root of a generated synthetic Aff-Wild2 release (see abaw_jax.data.synthetic)."""
+  root = tmp_path_factory.mktemp("synthetic_affwild2")
+  synthetic.generate(root, **SYNTHETIC_AFFWILD2_ARGS)
+  return root
