@@ -1,0 +1,270 @@
+"""The grain input pipeline for MAE pretraining: JPEG faces -> augmented uint8 batches.
+
+    source = face_shards.load_face_source(data_dir)
+    loader = make_mae_loader(source, global_batch_size=4096, image_size=224, seed=0,
+                             num_epochs=None, worker_count=16)
+    it = iter(loader)                          # grain.DataLoaderIterator
+    batch = next(it)                           # {"image": uint8 [batch // shard_count, 224, 224, 3]}
+    images = normalize_images(batch["image"])  # on device, inside the jitted step
+
+Host side, per record: decode the JPEG, RandomResizedCrop (scale 0.2-1.0, ratio 3/4-4/3, bicubic, the
+box drawn exactly as torchvision's `RandomResizedCrop.get_params` draws it) and a horizontal flip with
+p=0.5. When the crop is at least twice the output size, the JPEG is decoded at 1/2, 1/4 or 1/8 scale
+(libjpeg DCT scaling), which both saves time and stands in for the antialiasing that OpenCV's cubic
+resize lacks. The randomness comes from the per-record generator grain derives from (seed, global
+record index), and the global index advances across epochs, so crops differ per epoch but a restored
+iterator reproduces them exactly. Normalisation by the ImageNet mean/std happens on device
+(`normalize_images`): uint8 moves 4x fewer bytes host->device than float32.
+
+Sharding: `grain.sharding.ShardByJaxProcess(drop_remainder=True)` by default. All processes share one
+seeded global order of the records and process p reads positions p, p + P, p + 2P, ... of it, yielding
+global_batch_size // process_count images per batch; together the processes' batch t is exactly batch t
+of a single-process run, so the loss trajectory does not depend on the number of hosts. Corrupt records can make the processes' batch counts differ at the end of a finite
+run, so multi-process training should use num_epochs=None and stop after a number of steps.
+
+Corrupt records (bytes that do not decode, or a JPEG without its EOI marker, i.e. truncated) are
+skipped and never batched. Each skip is logged as a warning with the record id, from whichever process
+decoded it (grain workers write to the parent's stderr). With `skipped_records_dir` set, every skip
+also appends the id to `<dir>/skipped_records.<pid>.txt`, which `read_skipped_records(dir)` collects
+across all worker processes; after a restore, records decoded between the checkpoint and the
+interruption are decoded and logged again.
+
+Checkpointing: `it.get_state()` / `it.set_state(state)` (JSON bytes) restore exactly, also with
+worker processes (the restoring loader must have the same worker_count). With orbax, save the iterator
+next to the model state through the handler that grain registers:
+
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(it)))
+    mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(it)))
+
+The restore sets the state of `it` in place (one JSON file per process).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from absl import logging
+import cv2
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from abaw_jax.data.face_shards import CorruptImageError
+from abaw_jax.data.face_shards import is_complete_jpeg
+from abaw_jax.data.face_shards import is_jpeg
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SKIPPED_FILE_GLOB = "skipped_records.*.txt"
+# cv2.imdecode flag per DCT down-scaling factor; only the full-size flag returns RGB directly. EXIF
+# orientation is ignored, as PIL (the header read here, and torchvision's loader) ignores it.
+_IMDECODE_FLAGS = {
+    1: cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION,
+    2: cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION,
+    4: cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION,
+    8: cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION,
+}
+
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            scale: tuple[float, float] = (0.2, 1.0),
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """Draws (top, left, crop_height, crop_width) the way torchvision's RandomResizedCrop does.
+
+    Up to 10 tries of an area fraction ~ U(scale) and a log-uniform aspect ratio (width / height);
+    if none fits inside the image, the largest centred crop whose aspect ratio lies in `ratio`.
+    """
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = np.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        crop_width = int(round(np.sqrt(target_area * aspect)))
+        crop_height = int(round(np.sqrt(target_area / aspect)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = int(rng.integers(0, height - crop_height + 1))
+            left = int(rng.integers(0, width - crop_width + 1))
+            return top, left, crop_height, crop_width
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        crop_width, crop_height = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        crop_width, crop_height = int(round(height * max(ratio))), height
+    else:
+        crop_width, crop_height = width, height
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+def encoded_image_shape(encoded: bytes) -> tuple[int, int]:
+    """(height, width) from the image header, without decoding the pixels."""
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            width, height = image.size
+    except Image.UnidentifiedImageError as e:
+        raise CorruptImageError("not an image format PIL recognises") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"unreadable image header: {e}") from e
+    return height, width
+
+
+def decode_rgb(encoded: bytes, reduction: int = 1) -> np.ndarray:
+    """Decodes to uint8 RGB [H, W, 3], optionally DCT-downscaled by `reduction` in (1, 2, 4, 8)."""
+    if is_jpeg(encoded) and not is_complete_jpeg(encoded):
+        raise CorruptImageError("JPEG without an end-of-image marker (truncated)")
+    pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), _IMDECODE_FLAGS[reduction])
+    if pixels is None:
+        raise CorruptImageError("OpenCV could not decode the bytes")
+    if reduction > 1:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    return pixels
+
+
+def dct_reduction(crop_height: int, crop_width: int, image_size: int) -> int:
+    """The largest factor in (1, 2, 4, 8) that keeps the reduced crop at least `image_size` per side."""
+    reduction = 1
+    while reduction < 8 and min(crop_height, crop_width) >= 2 * reduction * image_size:
+        reduction *= 2
+    return reduction
+
+
+def decode_random_resized_crop(encoded: bytes, rng: np.random.Generator, *, image_size: int,
+                               scale: tuple[float, float] = (0.2, 1.0),
+                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                               flip_prob: float = 0.5) -> np.ndarray:
+    """Decode + RandomResizedCrop (bicubic) + horizontal flip of one image -> uint8 [S, S, 3]."""
+    height, width = encoded_image_shape(encoded)
+    top, left, crop_height, crop_width = random_resized_crop_box(height, width, rng, scale, ratio)
+    flip = rng.random() < flip_prob
+    reduction = dct_reduction(crop_height, crop_width, image_size)
+    pixels = decode_rgb(encoded, reduction)
+    if reduction == 1 and pixels.shape[:2] != (height, width):
+        raise CorruptImageError(f"header says {height}x{width}, pixels are {pixels.shape[:2]}")
+    # libjpeg rounds reduced sizes up; map the box to the reduced grid, covering at least one pixel.
+    y0, x0 = top // reduction, left // reduction
+    y1 = max(y0 + 1, min(pixels.shape[0], -(-(top + crop_height) // reduction)))
+    x1 = max(x0 + 1, min(pixels.shape[1], -(-(left + crop_width) // reduction)))
+    resized = cv2.resize(pixels[y0:y1, x0:x1], (image_size, image_size),
+                         interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(resized[:, ::-1]) if flip else resized
+
+
+@dataclasses.dataclass(frozen=True)
+class MaeAugment(grain.transforms.RandomMap):
+    """Record {"image": bytes, "id": ...} -> {"image": uint8 [S, S, 3]}, or None if it is corrupt."""
+
+    image_size: int
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    skipped_records_dir: str | None = None
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+        _use_one_opencv_thread()
+        try:
+            image = decode_random_resized_crop(element["image"], rng, image_size=self.image_size,
+                                               scale=self.scale, ratio=self.ratio,
+                                               flip_prob=self.flip_prob)
+        except CorruptImageError as e:
+            self._log_skipped(_record_id(element), str(e))
+            return None
+        return {"image": image}
+
+    def _log_skipped(self, record_id: str, reason: str) -> None:
+        logging.warning("Skipping corrupt record %s: %s", record_id, reason)
+        if self.skipped_records_dir is not None:
+            path = pathlib.Path(self.skipped_records_dir) / f"skipped_records.{os.getpid()}.txt"
+            with path.open("a", encoding="utf-8") as f:
+                f.write(record_id + "\n")
+
+
+class DropSkipped(grain.transforms.Filter):
+    """Drops the None that MaeAugment returns for a corrupt record."""
+
+    def filter(self, element: dict[str, Any] | None) -> bool:
+        return element is not None
+
+
+def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int,
+                    seed: int, num_epochs: int | None, worker_count: int,
+                    worker_buffer_size: int = 2,
+                    shard_options: grain.sharding.ShardOptions | None = None,
+                    scale: tuple[float, float] = (0.2, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_prob: float = 0.5,
+                    skipped_records_dir: str | os.PathLike | None = None,
+                    read_options: grain.ReadOptions | None = None) -> grain.DataLoader:
+    """A seeded, sharded, checkpointable loader of augmented MAE batches (see the module docstring).
+
+    Args:
+      source: random-access records {"image": encoded bytes, "id": bytes or str, ...}, e.g.
+        `face_shards.load_face_source(data_dir)`.
+      global_batch_size: images per step over all shards; must divide by the shard count.
+      image_size: output height = width.
+      seed: shuffling and augmentation seed (32-bit, non-negative).
+      num_epochs: passes over the data; None repeats forever.
+      worker_count: grain worker processes; 0 decodes in this process.
+      worker_buffer_size: batches each worker prepares ahead.
+      shard_options: defaults to ShardByJaxProcess(drop_remainder=True).
+      scale, ratio, flip_prob: RandomResizedCrop area fraction and aspect ranges; flip probability.
+      skipped_records_dir: if set, where every skipped corrupt record's id is appended.
+      read_options: grain reading threads/buffer per process.
+    """
+    if shard_options is None:
+        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    if global_batch_size % shard_options.shard_count:
+        raise ValueError(f"global_batch_size={global_batch_size} does not divide by the "
+                         f"{shard_options.shard_count} data shards (JAX processes).")
+    if skipped_records_dir is not None:
+        pathlib.Path(skipped_records_dir).mkdir(parents=True, exist_ok=True)
+    # One global shuffled order for every process; the DataLoader hands process p the positions
+    # p, p + P, p + 2P, ... of it. Global batch t is then the same set of records (with the same
+    # per-record augmentation) whatever the process count, so multi-host runs follow the
+    # single-host loss trajectory.
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=True,
+        num_epochs=num_epochs, seed=seed)
+    operations = [
+        MaeAugment(image_size=image_size, scale=tuple(scale), ratio=tuple(ratio),
+                   flip_prob=flip_prob,
+                   skipped_records_dir=None if skipped_records_dir is None
+                   else os.fspath(skipped_records_dir)),
+        DropSkipped(),
+        grain.transforms.Batch(batch_size=global_batch_size // shard_options.shard_count,
+                               drop_remainder=True),
+    ]
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
+                            worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                            shard_options=shard_options, read_options=read_options)
+
+
+def read_skipped_records(skipped_records_dir: str | os.PathLike) -> list[str]:
+    """Ids of all skipped corrupt records logged in `skipped_records_dir`, from every process."""
+    ids = []
+    for path in sorted(pathlib.Path(skipped_records_dir).glob(_SKIPPED_FILE_GLOB)):
+        ids.extend(path.read_text(encoding="utf-8").splitlines())
+    return ids
+
+
+def normalize_images(images: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """uint8 [..., 3] RGB -> (x / 255 - ImageNet mean) / ImageNet std, computed in float32."""
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
+    std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
+    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+
+
+def _record_id(element: dict[str, Any]) -> str:
+    record_id = element.get("id", "<no id>")
+    return record_id.decode("utf-8", "replace") if isinstance(record_id, bytes) else str(record_id)
+
+
+def _use_one_opencv_thread() -> None:
+    # Loader parallelism comes from grain workers; OpenCV's own thread pool would oversubscribe cores.
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
