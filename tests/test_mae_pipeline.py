@@ -175,6 +175,19 @@ def test_process_shards_are_disjoint_and_cover_the_records():
     assert sorted(seen[0] + seen[1]) == list(range(24))
 
 
+def test_process_slices_assemble_the_single_process_batches():
+    # Multi-host runs must see the same global batches, in the same order, as a single host.
+    records = _face_records(24)
+    single = list(_loader(records, global_batch_size=8, num_epochs=1))
+    slices = [list(_loader(records, global_batch_size=8, num_epochs=1,
+                           shard_options=grain.sharding.ShardOptions(p, 2, drop_remainder=True)))
+              for p in range(2)]
+    assert len(single) == len(slices[0]) == len(slices[1]) == 3
+    for t, batch in enumerate(single):
+        np.testing.assert_array_equal(
+            np.concatenate([slices[0][t]["image"], slices[1][t]["image"]]), batch["image"])
+
+
 @pytest.mark.parametrize("worker_count", [0, 2])
 def test_restored_iterator_continues_exactly_mid_epoch(worker_count):
     records = _face_records(16)

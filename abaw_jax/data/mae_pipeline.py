@@ -17,9 +17,10 @@ iterator reproduces them exactly. Normalisation by the ImageNet mean/std happens
 (`normalize_images`): uint8 moves 4x fewer bytes host->device than float32.
 
 Sharding: `grain.sharding.ShardByJaxProcess(drop_remainder=True)` by default. All processes share one
-seeded global order of the records and process p reads positions p, p + P, p + 2P, ... of it, yielding
-global_batch_size // process_count images per batch; together the processes' batch t is exactly batch t
-of a single-process run, so the loss trajectory does not depend on the number of hosts. Corrupt records can make the processes' batch counts differ at the end of a finite
+seeded global order of the records and process p reads the p-th contiguous slice of every global batch
+(`ProcessContiguousSampler`), global_batch_size // process_count images; the assembled global batch t is
+exactly batch t of a single-process run, so the loss trajectory does not depend on the number of hosts.
+Corrupt records can make the processes' batch counts differ at the end of a finite
 run, so multi-process training should use num_epochs=None and stop after a number of steps.
 
 Corrupt records (bytes that do not decode, or a JPEG without its EOI marker, i.e. truncated) are
@@ -192,6 +193,41 @@ class DropSkipped(grain.transforms.Filter):
         return element is not None
 
 
+class ProcessContiguousSampler:
+    """Hands each process a contiguous slice of every global batch of one seeded global order.
+
+    grain's DataLoader asks process p (of P) for sampler positions k = i * P + p for its i-th record.
+    This maps that record to position (t * P + p) * b + j of the wrapped global order, where b is the
+    per-process batch and t, j = divmod(i, b). Process p's batch t is then rows p*b .. (p+1)*b - 1 of
+    the single-process batch t, records, per-record augmentation and order alike, so the assembled
+    global batch (and the loss trajectory) does not depend on the number of processes.
+    """
+
+    def __init__(self, sampler: grain.samplers.IndexSampler, *, local_batch_size: int, shard_count: int):
+        self._sampler = sampler
+        self._local = local_batch_size
+        self._count = shard_count
+        global_batch = local_batch_size * shard_count
+        # Only whole global batches: a partial last one is dropped anyway, and reading it would index
+        # past the end of a finite order.
+        self._length = len(sampler) // global_batch * global_batch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __repr__(self) -> str:
+        # grain compares sampler reprs when restoring an iterator: a resumed run must read the same layout.
+        return (f"ProcessContiguousSampler({self._sampler!r}, local_batch_size={self._local}, "
+                f"shard_count={self._count})")
+
+    def __getitem__(self, position: int):
+        if not 0 <= position < self._length:
+            raise IndexError(position)
+        i, shard = divmod(position, self._count)
+        t, j = divmod(i, self._local)
+        return self._sampler[(t * self._count + shard) * self._local + j]
+
+
 def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int,
                     seed: int, num_epochs: int | None, worker_count: int,
                     worker_buffer_size: int = 2,
@@ -223,21 +259,18 @@ def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int,
                          f"{shard_options.shard_count} data shards (JAX processes).")
     if skipped_records_dir is not None:
         pathlib.Path(skipped_records_dir).mkdir(parents=True, exist_ok=True)
-    # One global shuffled order for every process; the DataLoader hands process p the positions
-    # p, p + P, p + 2P, ... of it. Global batch t is then the same set of records (with the same
-    # per-record augmentation) whatever the process count, so multi-host runs follow the
-    # single-host loss trajectory.
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=True,
-        num_epochs=num_epochs, seed=seed)
+    local_batch_size = global_batch_size // shard_options.shard_count
+    sampler = ProcessContiguousSampler(
+        grain.samplers.IndexSampler(num_records=len(source), shard_options=grain.sharding.NoSharding(),
+                                    shuffle=True, num_epochs=num_epochs, seed=seed),
+        local_batch_size=local_batch_size, shard_count=shard_options.shard_count)
     operations = [
         MaeAugment(image_size=image_size, scale=tuple(scale), ratio=tuple(ratio),
                    flip_prob=flip_prob,
                    skipped_records_dir=None if skipped_records_dir is None
                    else os.fspath(skipped_records_dir)),
         DropSkipped(),
-        grain.transforms.Batch(batch_size=global_batch_size // shard_options.shard_count,
-                               drop_remainder=True),
+        grain.transforms.Batch(batch_size=local_batch_size, drop_remainder=True),
     ]
     return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                             worker_count=worker_count, worker_buffer_size=worker_buffer_size,

@@ -1,0 +1,46 @@
+r"""Entry point for abaw_jax training jobs.
+
+  python -m abaw_jax.main --config=configs/mae.py:tiny --workdir=/tmp/abaw_mae_tiny
+  python -m abaw_jax.main --config=configs/mae.py --workdir=/ckpt/mae --config.data.data_dir=/data/tfds
+
+Override any config value with --config.key=value (unknown keys are an error). Multi-host: pass
+--distributed on every host (JAX detects the cluster: TPU pods, SLURM, ...), or name the coordinator
+explicitly with --coordinator_address=host:port --num_processes=N --process_id=i.
+"""
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from abaw_jax.train import mae_pretrain
+
+JOBS = {"mae_pretrain": mae_pretrain.train}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/mae.py:tiny.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, images and exports go.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _COORDINATOR.value:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    config = _CONFIG.value
+    if config.job not in JOBS:
+        raise app.UsageError(f"config.job={config.job!r} is not one of {sorted(JOBS)}")
+    logging.info("Config:\n%s", config)
+    try:
+        JOBS[config.job](config, _WORKDIR.value)
+    except mae_pretrain.TrainingError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,276 @@
+"""MAE face pretraining: one readable loop, sharded with jit over a (data, fsdp) mesh.
+
+Per step: each process reads its slice of the global batch (uint8, augmented on the host by grain),
+the slices become one global array sharded over all devices, and a single jitted step normalises the
+images, draws the masking noise for the whole global batch, accumulates gradients over
+`micro_batches` micro-batches with `lax.scan`, and applies AdamW. The state is donated, parameters and
+optimizer state are sharded FSDP-style when `mesh.fsdp > 1`, and the loop runs under a transfer guard
+so that no implicit host-device copy sneaks in. The noise is drawn for the global batch from the step's
+RNG, so the loss trajectory does not depend on the device count, the process count or micro-batching.
+
+A non-finite loss or gradient leaves the state untouched for that step and is counted; the loop checks
+the count before every checkpoint and log line and stops with a message, keeping the last good
+checkpoint. Rerunning with the same workdir resumes parameters, optimizer state, step, RNG and the
+data iterator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import shutil
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from abaw_jax.data import default_faces, face_shards, mae_pipeline
+from abaw_jax.models import flops, params_io, torch_weights
+from abaw_jax.models.mae import MAE, MAEConfig, mae_config
+from abaw_jax.train import checkpointing, metrics, optimizer, reconstruction_grid, sharding
+from abaw_jax.train.metrics import log
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (bad configuration, bad data, non-finite loss)."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    nonfinite_steps: jax.Array
+
+
+def model_from_config(config: ml_collections.ConfigDict) -> tuple[MAE, MAEConfig]:
+    m = config.model
+    if m.dtype not in DTYPES:
+        raise TrainingError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+    cfg = mae_config(m.size, image_size=m.image_size, patch_size=m.patch_size, mask_ratio=m.mask_ratio,
+                     norm_pix_loss=m.norm_pix_loss)
+    return MAE(cfg, dtype=DTYPES[m.dtype], remat=m.remat), cfg
+
+
+def check_batch_layout(batch_size: int, micro_batches: int, num_devices: int, num_processes: int) -> None:
+    if micro_batches < 1 or batch_size % micro_batches:
+        raise TrainingError(f"batch_size={batch_size} is not divisible by micro_batches={micro_batches}")
+    micro = batch_size // micro_batches
+    if micro % num_devices:
+        raise TrainingError(f"each micro-batch ({batch_size} / {micro_batches} = {micro} images) must split "
+                            f"evenly over the {num_devices} devices")
+    if batch_size % num_processes:
+        raise TrainingError(f"batch_size={batch_size} is not divisible by the {num_processes} processes")
+
+
+def init_state(rng: jax.Array, model: MAE, cfg: MAEConfig, tx: optax.GradientTransformation) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    size = cfg.encoder.image_size
+    images = jnp.zeros((1, size, size, cfg.encoder.channels), jnp.float32)
+    noise = jnp.zeros((1, cfg.encoder.num_patches), jnp.float32)
+    params = model.init(init_rng, images, noise)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng,
+                      nonfinite_steps=jnp.zeros((), jnp.int32))
+
+
+def _split_micro(x: jax.Array, micro_batches: int, mesh: Mesh) -> jax.Array:
+    # Micro-batch m takes rows m, m + M, m + 2M, ...: every device keeps its rows, so no resharding.
+    x = x.reshape((x.shape[0] // micro_batches, micro_batches) + x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
+
+
+def train_step(state: TrainState, images: jax.Array, *, model: MAE, cfg: MAEConfig,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, micro_batches: int, mesh: Mesh
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    x = mae_pipeline.normalize_images(images)
+    noise = jax.random.uniform(jax.random.fold_in(state.rng, state.step), (x.shape[0], cfg.encoder.num_patches))
+
+    def loss_fn(params, x, noise):
+        return model.apply({"params": params}, x, noise).loss
+
+    grad_fn = jax.value_and_grad(loss_fn)
+    if micro_batches == 1:
+        loss, grads = grad_fn(state.params, x, noise)
+    else:
+        def accumulate(carry, micro):
+            loss, grads = grad_fn(state.params, *micro)
+            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+        (loss, grads), _ = jax.lax.scan(accumulate, zeros,
+                                        (_split_micro(x, micro_batches, mesh), _split_micro(noise, micro_batches, mesh)))
+        # The MAE loss averages over a fixed number of masked patches per image, so the mean of the
+        # micro-batch losses (and gradients) equals the full-batch value.
+        loss, grads = jax.tree.map(lambda t: t / micro_batches, (loss, grads))
+
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state),
+                              nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+
+
+def reconstruct(params: Any, images: jax.Array, rng: jax.Array, *, model: MAE, cfg: MAEConfig, count: int
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x = mae_pipeline.normalize_images(images[:count])
+    out = model.apply({"params": params}, x, jax.random.uniform(rng, (count, cfg.encoder.num_patches)))
+    return x, out.pred, out.mask
+
+
+def _load_source(config: ml_collections.ConfigDict):
+    data_dir = config.data.data_dir
+    if not data_dir:
+        if jax.process_index() == 0:
+            data_dir = default_faces.default_face_shards(
+                config.data.cache_dir or None, num_videos=config.data.synthetic_videos,
+                frames_per_video=config.data.synthetic_frames_per_video, seed=config.seed)
+        multihost_utils.sync_global_devices("default face shards ready")
+        data_dir = default_faces.default_face_shards(
+            config.data.cache_dir or None, num_videos=config.data.synthetic_videos,
+            frames_per_video=config.data.synthetic_frames_per_video, seed=config.seed)
+        log(f"No --config.data.data_dir given: training on the embedded synthetic faces in {data_dir}")
+    if not os.path.isdir(data_dir):
+        raise TrainingError(f"config.data.data_dir={data_dir} does not exist")
+    try:
+        source = face_shards.load_face_source(data_dir, config.data.split)
+    except FileNotFoundError as e:
+        raise TrainingError(str(e)) from e
+    if len(source) < config.batch_size:
+        raise TrainingError(f"{data_dir} ({config.data.split}) holds {len(source)} faces, fewer than one batch "
+                            f"of {config.batch_size}")
+    return data_dir, source
+
+
+def _export_encoder(params: Any, cfg: MAEConfig, workdir: str) -> None:
+    """Writes the encoder in our format (a collective orbax save: every process calls this) and, from
+    process 0, in the official PyTorch MAE key layout."""
+    encoder = jax.device_get(params["encoder"])
+    export_dir = os.path.join(workdir, "export")
+    if jax.process_index() == 0 and os.path.exists(export_dir):
+        shutil.rmtree(export_dir)  # an earlier, shorter run of this workdir
+    multihost_utils.sync_global_devices("export dir ready")
+    params_io.save_params(os.path.join(export_dir, "encoder"), encoder, cfg.encoder)
+    if jax.process_index() == 0:
+        written = torch_weights.export_official(torch_weights.flax_to_official(encoder),
+                                                os.path.join(export_dir, "encoder_official"))
+        log("Exported the encoder: " + ", ".join([os.path.join(export_dir, "encoder")] + written))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Runs (or resumes) MAE pretraining in `workdir`; returns the final state."""
+    model, cfg = model_from_config(config)
+    num_devices, num_processes = jax.device_count(), jax.process_count()
+    check_batch_layout(config.batch_size, config.micro_batches, num_devices, num_processes)
+    mesh = sharding.make_mesh(config.mesh.fsdp)
+    data_dir, source = _load_source(config)
+
+    steps_per_epoch = len(source) // config.batch_size
+    total_steps = config.total_steps or steps_per_epoch * config.num_epochs
+    warmup_steps = config.warmup_steps or steps_per_epoch * config.warmup_epochs
+    peak_lr = optimizer.peak_learning_rate(config.base_lr, config.batch_size)
+    schedule = optimizer.learning_rate_schedule(peak_lr, warmup_steps, total_steps)
+    tx = optimizer.make_optimizer(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+                                  grad_clip=config.grad_clip)
+
+    init_fn = functools.partial(init_state, model=model, cfg=cfg, tx=tx)
+    abstract_state = jax.eval_shape(init_fn, jax.random.key(config.seed))
+    state_shardings = sharding.fsdp_shardings(abstract_state, mesh)
+    state = jax.jit(init_fn, out_shardings=state_shardings)(jax.random.key(config.seed))
+    log(f"MAE {config.model.size}: {optimizer.tree_size(state.params):,} parameters, {num_devices} devices in "
+        f"{num_processes} processes, mesh {dict(mesh.shape)}, batch {config.batch_size} "
+        f"({config.micro_batches} micro-batches), {len(source):,} faces in {data_dir}, "
+        f"{total_steps} steps, peak lr {peak_lr:.3g}")
+
+    loader = mae_pipeline.make_mae_loader(
+        source, global_batch_size=config.batch_size, image_size=cfg.encoder.image_size, seed=config.seed,
+        num_epochs=None, worker_count=config.data.worker_count,
+        worker_buffer_size=config.data.worker_buffer_size,
+        skipped_records_dir=os.path.join(workdir, "skipped_records"))
+    data_iter = iter(loader)
+
+    checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+        model_description={"kind": "mae", **dataclasses.asdict(cfg)})
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        abstract = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
+        state = checkpointer.restore(latest, abstract, data_iter)
+        log(f"Resumed from {checkpointer.directory} at step {latest}")
+
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, cfg=cfg, tx=tx, schedule=schedule,
+                          micro_batches=config.micro_batches, mesh=mesh),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    recon_fn = jax.jit(functools.partial(reconstruct, model=model, cfg=cfg,
+                                         count=min(config.image_count, config.batch_size)),
+                       out_shardings=sharding.replicated(mesh))
+
+    is_main = jax.process_index() == 0
+    writer = metrics.MetricWriter(workdir, enabled=is_main)
+    flops_per_image = flops.mae_flops_per_image(cfg)["train"]
+    throughput = metrics.Throughput(config.batch_size, flops_per_image, num_devices,
+                                    flops.device_peak_flops(jax.devices()[0]))
+    step = int(jax.device_get(state.step))
+    first_step = step
+    last_good_checkpoint = latest
+    try:
+        while step < total_steps:
+            wait_start = time.perf_counter()
+            local = next(data_iter)["image"]
+            throughput.data_wait += time.perf_counter() - wait_start
+            images = sharding.global_batch(local, mesh)
+            with jax.transfer_guard("disallow"):
+                state, step_metrics = step_fn(state, images)
+            step += 1
+            if step == first_step + 1:
+                jax.block_until_ready(state)
+                throughput.start(step)
+            is_last = step == total_steps
+            if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:
+                scalars = jax.device_get(step_metrics)
+                bad_steps = int(jax.device_get(state.nonfinite_steps))
+                if bad_steps:
+                    raise TrainingError(
+                        f"non-finite loss or gradient in {bad_steps} step(s) at or before step {step} "
+                        f"(last loss {float(scalars['loss'])}); stopping. The last good checkpoint "
+                        f"(step {last_good_checkpoint}) is kept in {checkpointer.directory}.")
+                if step % config.log_every == 0 or is_last:
+                    scalars.update(throughput.measure(step, total_steps))
+                    log(metrics.progress_line(step, total_steps, scalars))
+                    writer.write(step, scalars)
+                if step % config.checkpoint_every == 0 or is_last:
+                    checkpointer.save(step, state, data_iter)
+                    last_good_checkpoint = step
+            if step % config.image_every == 0 or is_last:
+                x, pred, mask = jax.device_get(recon_fn(state.params, images, jax.random.key(step)))
+                if is_main:
+                    grid = reconstruction_grid.reconstruction_grid(x, pred, mask, cfg.encoder.patch_size,
+                                                                   cfg.norm_pix_loss)
+                    os.makedirs(os.path.join(workdir, "reconstructions"), exist_ok=True)
+                    reconstruction_grid.save_png(grid, os.path.join(workdir, "reconstructions",
+                                                                    f"step_{step:07d}.png"))
+                    writer.write_image(step, "reconstructions", grid)
+    finally:
+        checkpointer.close()
+        writer.close()
+    skipped = mae_pipeline.read_skipped_records(os.path.join(workdir, "skipped_records"))
+    if skipped:
+        log(f"Skipped {len(skipped)} corrupt records (ids in {workdir}/skipped_records/)")
+    replicated_params = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(state.params)
+    _export_encoder(replicated_params, cfg, workdir)
+    return state

@@ -1,0 +1,97 @@
+r"""Steady-state throughput of the whole MAE pretraining job against its bare training step.
+
+  python -m benchmarks.mae_job --config=configs/mae.py:tiny --steps=60
+  python -m benchmarks.mae_job --config=configs/mae.py --config.batch_size=512 --config.data.worker_count=14 \
+      --steps=60                                                     # ViT-B/16 bf16 on one GPU
+
+Runs the same jitted `train_step` twice in one process: first on one batch already on the devices
+(the step alone: the ceiling), then inside the full job (grain loader with its workers, host->device
+transfer, metrics, checkpoint at the end). Prints img/s per device, TFLOP/s per device, MFU where the
+device's peak is known, the share of time the job waited for data, and the job/step ratio. The first
+steps (compilation, warm-up) are left out of both.
+"""
+import functools
+import json
+import os
+import tempfile
+import time
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+from abaw_jax.models import flops
+from abaw_jax.train import mae_pretrain, optimizer, sharding
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/mae.py:tiny", "Job config.", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 60, "Steps of the full job (the first log interval is warm-up).")
+_STEP_ITERS = flags.DEFINE_integer("step_iters", 20, "Timed iterations of the bare step.")
+
+
+def bare_step_rate(config) -> float:
+    """Images/s of the jitted step on a batch that is already on the devices."""
+    model, cfg = mae_pretrain.model_from_config(config)
+    mesh = sharding.make_mesh(config.mesh.fsdp)
+    schedule = optimizer.learning_rate_schedule(1e-4, 10, 1000)
+    tx = optimizer.make_optimizer(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+    init_fn = functools.partial(mae_pretrain.init_state, model=model, cfg=cfg, tx=tx)
+    shardings = sharding.fsdp_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh)
+    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
+    size = cfg.encoder.image_size
+    rng = np.random.default_rng(0)
+    images = jax.device_put(rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8),
+                            sharding.batch_sharding(mesh))
+    step = jax.jit(functools.partial(mae_pretrain.train_step, model=model, cfg=cfg, tx=tx, schedule=schedule,
+                                     micro_batches=config.micro_batches, mesh=mesh), donate_argnums=0)
+    for _ in range(3):
+        state, _ = step(state, images)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(_STEP_ITERS.value):
+        state, _ = step(state, images)
+    jax.block_until_ready(state)
+    return _STEP_ITERS.value * config.batch_size / (time.perf_counter() - start)
+
+
+def job_rates(config) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as workdir:
+        with config.unlocked():
+            config.total_steps = _STEPS.value
+            config.log_every = max(_STEPS.value // 6, 1)
+            config.checkpoint_every = _STEPS.value
+            config.image_every = _STEPS.value
+        mae_pretrain.train(config, workdir)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+    steady = [r for r in records[1:] if "img_per_s_per_device" in r]
+    return {k: float(np.mean([r[k] for r in steady])) for k in steady[0] if k != "step"}
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    _, cfg = mae_pretrain.model_from_config(config)
+    devices = jax.device_count()
+    flops_per_image = flops.mae_flops_per_image(cfg)["train"]
+    peak = flops.device_peak_flops(jax.devices()[0])
+    step_per_device = bare_step_rate(config) / devices
+    job = job_rates(config)
+
+    def row(name, per_device, wait=""):
+        tflops = per_device * flops_per_image / 1e12
+        mfu = f"{100 * tflops * 1e12 / peak:.1f}%" if peak else "n/a"
+        return f"| {name} | {per_device:.1f} | {tflops:.2f} | {mfu} | {wait} |"
+
+    print(f"\nMAE {config.model.size} {cfg.encoder.image_size}px, batch {config.batch_size}, {config.model.dtype}, "
+          f"{devices} x {jax.devices()[0].device_kind}, {config.data.worker_count} loader workers")
+    print("| what | img/s/device | TFLOP/s/device | MFU | data wait |")
+    print("|---|---|---|---|---|")
+    print(row("train step alone (batch on device)", step_per_device))
+    print(row("full job (grain, transfer, metrics)", job["img_per_s_per_device"],
+              f"{100 * job['data_wait_fraction']:.0f}%"))
+    print(f"job / step ratio: {job['img_per_s_per_device'] / step_per_device:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
