@@ -23,15 +23,27 @@ _CROP_SIZE = flags.DEFINE_integer("crop_size", 112, "Side of the cropped_aligned
 
 
 def main(argv):
-  del argv
-  summary = synthetic.generate(
-      _OUT_DIR.value, num_videos=_NUM_VIDEOS.value, frames_per_video=_FRAMES.value,
-      num_test_videos=_TEST_VIDEOS.value, seed=_SEED.value,
-      frame_size=(_WIDTH.value, _HEIGHT.value), crop_size=_CROP_SIZE.value)
-  logging.info("wrote %d videos (%d annotated people, %d test), %d frames, %d crops to %s in %.1f s",
-               len(summary.videos), len(summary.annotation_names), len(summary.test_names),
-               summary.num_frames, summary.num_crops, summary.out_dir, summary.seconds)
+    del argv
+    summary = synthetic.generate(
+        _OUT_DIR.value,
+        num_videos=_NUM_VIDEOS.value,
+        frames_per_video=_FRAMES.value,
+        num_test_videos=_TEST_VIDEOS.value,
+        seed=_SEED.value,
+        frame_size=(_WIDTH.value, _HEIGHT.value),
+        crop_size=_CROP_SIZE.value,
+    )
+    logging.info(
+        "wrote %d videos (%d annotated people, %d test), %d frames, %d crops to %s in %.1f s",
+        len(summary.videos),
+        len(summary.annotation_names),
+        len(summary.test_names),
+        summary.num_frames,
+        summary.num_crops,
+        summary.out_dir,
+        summary.seconds,
+    )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

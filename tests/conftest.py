@@ -14,7 +14,7 @@ SYNTHETIC_AFFWILD2_ARGS = dict(num_videos=20, frames_per_video=80, num_test_vide
 
 @pytest.fixture(scope="session")
 def synthetic_affwild2(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-  """Root of a generated synthetic Aff-Wild2 release (see abaw_jax.data.synthetic)."""
-  root = tmp_path_factory.mktemp("synthetic_affwild2")
-  synthetic.generate(root, **SYNTHETIC_AFFWILD2_ARGS)
-  return root
+    """Root of a generated synthetic Aff-Wild2 release (see abaw_jax.data.synthetic)."""
+    root = tmp_path_factory.mktemp("synthetic_affwild2")
+    synthetic.generate(root, **SYNTHETIC_AFFWILD2_ARGS)
+    return root

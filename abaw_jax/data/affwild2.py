@@ -53,269 +53,293 @@ _VIDEO_EXTENSIONS = (".mp4", ".avi")
 
 
 class AnnotationError(ValueError):
-  """A malformed Aff-Wild2 file: names the file, the 1-based line, what was expected and found."""
+    """A malformed Aff-Wild2 file: names the file, the 1-based line, what was expected and found."""
 
-  def __init__(self, path: str | pathlib.Path, line: int, expected: str, found: str):
-    super().__init__(f"{path}:{line}: expected {expected}, found {found!r}")
-    self.path, self.line, self.expected, self.found = pathlib.Path(path), line, expected, found
+    def __init__(self, path: str | pathlib.Path, line: int, expected: str, found: str):
+        super().__init__(f"{path}:{line}: expected {expected}, found {found!r}")
+        self.path, self.line, self.expected, self.found = pathlib.Path(path), line, expected, found
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoLabels:
-  """One annotation file aligned with its crops; every array has one row per kept frame.
+    """One annotation file aligned with its crops; every array has one row per kept frame.
 
-  Attributes:
-    name: annotation name, e.g. `10-60-1280x720_right`.
-    task: "AU", "EXPR" or "VA".
-    split: the folder it came from, "Train_Set" or "Validation_Set".
-    source_video: the video (and audio track) the name refers to, `_left`/`_right` stripped.
-    frames: (N,) 1-based frame indices that have both an annotation row and a crop.
-    labels: AU (N, 12) int8 in {0, 1, -1}; EXPR (N,) int64 in 0..7 or -1; VA (N, 2) float32.
-    valid: (N,) bool, False where the row holds the invalid marker.
-    crop_paths: the N crop files, in frame order.
-    num_rows: annotated rows in the file (frames without a crop make this larger than N).
-    path: the annotation file.
-  """
-  name: str
-  task: str
-  split: str
-  source_video: str
-  frames: np.ndarray
-  labels: np.ndarray
-  valid: np.ndarray
-  crop_paths: tuple[pathlib.Path, ...]
-  num_rows: int
-  path: pathlib.Path
+    Attributes:
+      name: annotation name, e.g. `10-60-1280x720_right`.
+      task: "AU", "EXPR" or "VA".
+      split: the folder it came from, "Train_Set" or "Validation_Set".
+      source_video: the video (and audio track) the name refers to, `_left`/`_right` stripped.
+      frames: (N,) 1-based frame indices that have both an annotation row and a crop.
+      labels: AU (N, 12) int8 in {0, 1, -1}; EXPR (N,) int64 in 0..7 or -1; VA (N, 2) float32.
+      valid: (N,) bool, False where the row holds the invalid marker.
+      crop_paths: the N crop files, in frame order.
+      num_rows: annotated rows in the file (frames without a crop make this larger than N).
+      path: the annotation file.
+    """
 
-  def __len__(self) -> int:
-    return len(self.frames)
+    name: str
+    task: str
+    split: str
+    source_video: str
+    frames: np.ndarray
+    labels: np.ndarray
+    valid: np.ndarray
+    crop_paths: tuple[pathlib.Path, ...]
+    num_rows: int
+    path: pathlib.Path
+
+    def __len__(self) -> int:
+        return len(self.frames)
 
 
 @dataclasses.dataclass(frozen=True)
 class Clips:
-  """Fixed-length windows over a video: `index` (C, L) row indices, `mask` (C, L) False on padding."""
-  index: np.ndarray
-  mask: np.ndarray
+    """Fixed-length windows over a video: `index` (C, L) row indices, `mask` (C, L) False on padding."""
 
-  def gather(self, values: np.ndarray) -> np.ndarray:
-    """(C, L, ...) clips of a per-frame array; padded positions are zero."""
-    clips = np.asarray(values)[self.index]
-    return np.where(self.mask.reshape(self.mask.shape + (1,) * (clips.ndim - 2)), clips, 0)
+    index: np.ndarray
+    mask: np.ndarray
+
+    def gather(self, values: np.ndarray) -> np.ndarray:
+        """(C, L, ...) clips of a per-frame array; padded positions are zero."""
+        clips = np.asarray(values)[self.index]
+        return np.where(self.mask.reshape(self.mask.shape + (1,) * (clips.ndim - 2)), clips, 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class FoldSplit:
-  train: tuple[str, ...]
-  validation: tuple[str, ...]
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class SubmissionTemplate:
-  """An example submission file: its header line and the (name, frame) of every row, in order."""
-  task: str
-  header: str
-  names: tuple[str, ...]
-  frames: np.ndarray
+    """An example submission file: its header line and the (name, frame) of every row, in order."""
 
-  def frames_of(self, name: str) -> np.ndarray:
-    return self.frames[np.asarray(self.names) == name]
+    task: str
+    header: str
+    names: tuple[str, ...]
+    frames: np.ndarray
+
+    def frames_of(self, name: str) -> np.ndarray:
+        return self.frames[np.asarray(self.names) == name]
 
 
 def source_video(name: str) -> str:
-  """The video (and audio) of an annotation name: `10-60-1280x720_right` -> `10-60-1280x720`."""
-  for suffix in PAIR_SUFFIXES:
-    if name.endswith(suffix):
-      return name[: -len(suffix)]
-  return name
+    """The video (and audio) of an annotation name: `10-60-1280x720_right` -> `10-60-1280x720`."""
+    for suffix in PAIR_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def find_task_dir(root: str | pathlib.Path, task: str) -> pathlib.Path:
-  """The `<task>_Challenge` folder under `root` or under any folder directly inside it."""
-  root = pathlib.Path(root)
-  candidates = [d for folder in TASK_FOLDERS[task] for d in (root / folder, *root.glob(f"*/{folder}"))
-                if d.is_dir()]
-  if len(candidates) != 1:
-    raise FileNotFoundError(f"expected exactly one of {TASK_FOLDERS[task]} in {root} or one level below, "
-                            f"found {[str(c) for c in candidates]}")
-  return candidates[0]
+    """The `<task>_Challenge` folder under `root` or under any folder directly inside it."""
+    root = pathlib.Path(root)
+    candidates = [
+        d for folder in TASK_FOLDERS[task] for d in (root / folder, *root.glob(f"*/{folder}")) if d.is_dir()
+    ]
+    if len(candidates) != 1:
+        raise FileNotFoundError(
+            f"expected exactly one of {TASK_FOLDERS[task]} in {root} or one level below, "
+            f"found {[str(c) for c in candidates]}"
+        )
+    return candidates[0]
 
 
 def parse_annotation_file(path: str | pathlib.Path, task: str) -> tuple[np.ndarray, np.ndarray]:
-  """(labels, valid) for every row of an annotation file; row k is frame k + 1."""
-  path = pathlib.Path(path)
-  lines = path.read_text(encoding="utf-8-sig").splitlines()
-  if not lines or lines[0].strip() != HEADERS[task]:
-    raise AnnotationError(path, 1, f"the {task} header {HEADERS[task]!r}", lines[0] if lines else "")
-  parse_row = {"AU": _parse_au_row, "EXPR": _parse_expr_row, "VA": _parse_va_row}[task]
-  while len(lines) > 1 and not lines[-1].strip():
-    lines.pop()
-  rows = [parse_row(path, number, line.strip()) for number, line in enumerate(lines[1:], start=2)]
-  dtype, width = {"AU": (np.int8, (len(AU_NAMES),)), "EXPR": (np.int64, ()), "VA": (np.float32, (2,))}[task]
-  labels = np.array([r for r, _ in rows], dtype).reshape((len(rows),) + width)
-  return labels, np.array([v for _, v in rows], bool)
+    """(labels, valid) for every row of an annotation file; row k is frame k + 1."""
+    path = pathlib.Path(path)
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if not lines or lines[0].strip() != HEADERS[task]:
+        raise AnnotationError(path, 1, f"the {task} header {HEADERS[task]!r}", lines[0] if lines else "")
+    parse_row = {"AU": _parse_au_row, "EXPR": _parse_expr_row, "VA": _parse_va_row}[task]
+    while len(lines) > 1 and not lines[-1].strip():
+        lines.pop()
+    rows = [parse_row(path, number, line.strip()) for number, line in enumerate(lines[1:], start=2)]
+    dtype, width = {"AU": (np.int8, (len(AU_NAMES),)), "EXPR": (np.int64, ()), "VA": (np.float32, (2,))}[task]
+    labels = np.array([r for r, _ in rows], dtype).reshape((len(rows),) + width)
+    return labels, np.array([v for _, v in rows], bool)
 
 
 def _parse_au_row(path: pathlib.Path, number: int, line: str) -> tuple[list[int], bool]:
-  fields = line.split(",")
-  expected = f"{len(AU_NAMES)} comma-separated values in {{0, 1, -1}}"
-  if len(fields) != len(AU_NAMES):
-    raise AnnotationError(path, number, expected, line)
-  try:
-    values = [int(f) for f in fields]
-  except ValueError:
-    raise AnnotationError(path, number, expected, line) from None
-  if any(v not in (0, 1, -1) for v in values):
-    raise AnnotationError(path, number, expected, line)
-  return values, -1 not in values
+    fields = line.split(",")
+    expected = f"{len(AU_NAMES)} comma-separated values in {{0, 1, -1}}"
+    if len(fields) != len(AU_NAMES):
+        raise AnnotationError(path, number, expected, line)
+    try:
+        values = [int(f) for f in fields]
+    except ValueError:
+        raise AnnotationError(path, number, expected, line) from None
+    if any(v not in (0, 1, -1) for v in values):
+        raise AnnotationError(path, number, expected, line)
+    return values, -1 not in values
 
 
 def _parse_expr_row(path: pathlib.Path, number: int, line: str) -> tuple[int, bool]:
-  expected = f"one integer in 0..{len(EXPR_NAMES) - 1} or -1"
-  try:
-    value = int(line)
-  except ValueError:
-    raise AnnotationError(path, number, expected, line) from None
-  if not -1 <= value < len(EXPR_NAMES):
-    raise AnnotationError(path, number, expected, line)
-  return value, value != -1
+    expected = f"one integer in 0..{len(EXPR_NAMES) - 1} or -1"
+    try:
+        value = int(line)
+    except ValueError:
+        raise AnnotationError(path, number, expected, line) from None
+    if not -1 <= value < len(EXPR_NAMES):
+        raise AnnotationError(path, number, expected, line)
+    return value, value != -1
 
 
 def _parse_va_row(path: pathlib.Path, number: int, line: str) -> tuple[list[float], bool]:
-  expected = "two comma-separated floats in [-1, 1] (or -5 for invalid)"
-  fields = line.split(",")
-  if len(fields) != 2:
-    raise AnnotationError(path, number, expected, line)
-  try:
-    values = [float(f) for f in fields]
-  except ValueError:
-    raise AnnotationError(path, number, expected, line) from None
-  if any(not (-1.0 <= v <= 1.0 or v == -5.0) for v in values):
-    raise AnnotationError(path, number, expected, line)
-  return values, -5.0 not in values
+    expected = "two comma-separated floats in [-1, 1] (or -5 for invalid)"
+    fields = line.split(",")
+    if len(fields) != 2:
+        raise AnnotationError(path, number, expected, line)
+    try:
+        values = [float(f) for f in fields]
+    except ValueError:
+        raise AnnotationError(path, number, expected, line) from None
+    if any(not (-1.0 <= v <= 1.0 or v == -5.0) for v in values):
+        raise AnnotationError(path, number, expected, line)
+    return values, -5.0 not in values
 
 
 def list_crops(crop_dir: str | pathlib.Path) -> np.ndarray:
-  """Sorted 1-based frame indices of the `<k:05d>.jpg` crops in `crop_dir`; other files are ignored."""
-  frames = [int(m.group(1)) for p in pathlib.Path(crop_dir).iterdir() if (m := CROP_PATTERN.match(p.name))]
-  return np.array(sorted(frames), np.int64)
+    """Sorted 1-based frame indices of the `<k:05d>.jpg` crops in `crop_dir`; other files are ignored."""
+    frames = [int(m.group(1)) for p in pathlib.Path(crop_dir).iterdir() if (m := CROP_PATTERN.match(p.name))]
+    return np.array(sorted(frames), np.int64)
 
 
-def load_video_labels(path: str | pathlib.Path, task: str, crops_root: str | pathlib.Path,
-                      split: str = "") -> VideoLabels:
-  """Parses one annotation file and keeps the frames that have a crop in `crops_root/<name>/`."""
-  path = pathlib.Path(path)
-  name = path.stem
-  crop_dir = pathlib.Path(crops_root) / name
-  if not crop_dir.is_dir():
-    raise FileNotFoundError(f"{path}: no crop folder {crop_dir} for this annotation file")
-  labels, valid = parse_annotation_file(path, task)
-  crops = list_crops(crop_dir)
-  frames = crops[crops <= len(labels)]
-  return VideoLabels(name=name, task=task, split=split, source_video=source_video(name), frames=frames,
-                     labels=labels[frames - 1], valid=valid[frames - 1],
-                     crop_paths=tuple(crop_dir / f"{k:05d}.jpg" for k in frames), num_rows=len(labels),
-                     path=path)
+def load_video_labels(
+    path: str | pathlib.Path, task: str, crops_root: str | pathlib.Path, split: str = ""
+) -> VideoLabels:
+    """Parses one annotation file and keeps the frames that have a crop in `crops_root/<name>/`."""
+    path = pathlib.Path(path)
+    name = path.stem
+    crop_dir = pathlib.Path(crops_root) / name
+    if not crop_dir.is_dir():
+        raise FileNotFoundError(f"{path}: no crop folder {crop_dir} for this annotation file")
+    labels, valid = parse_annotation_file(path, task)
+    crops = list_crops(crop_dir)
+    frames = crops[crops <= len(labels)]
+    return VideoLabels(
+        name=name,
+        task=task,
+        split=split,
+        source_video=source_video(name),
+        frames=frames,
+        labels=labels[frames - 1],
+        valid=valid[frames - 1],
+        crop_paths=tuple(crop_dir / f"{k:05d}.jpg" for k in frames),
+        num_rows=len(labels),
+        path=path,
+    )
 
 
-def load_task(root: str | pathlib.Path, task: str, crops_root: str | pathlib.Path,
-              splits: Sequence[str] = SPLITS) -> dict[str, VideoLabels]:
-  """All videos of a task in `splits`, keyed by annotation name (sorted by split, then name)."""
-  task_dir = find_task_dir(root, task)
-  videos: dict[str, VideoLabels] = {}
-  for split in splits:
-    for path in sorted((task_dir / split).glob("*.txt")):
-      if path.stem in videos:
-        raise AnnotationError(path, 1, "each video in one split only",
-                              f"{path.stem} also in {videos[path.stem].path}")
-      videos[path.stem] = load_video_labels(path, task, crops_root, split)
-  return videos
+def load_task(
+    root: str | pathlib.Path, task: str, crops_root: str | pathlib.Path, splits: Sequence[str] = SPLITS
+) -> dict[str, VideoLabels]:
+    """All videos of a task in `splits`, keyed by annotation name (sorted by split, then name)."""
+    task_dir = find_task_dir(root, task)
+    videos: dict[str, VideoLabels] = {}
+    for split in splits:
+        for path in sorted((task_dir / split).glob("*.txt")):
+            if path.stem in videos:
+                raise AnnotationError(
+                    path, 1, "each video in one split only", f"{path.stem} also in {videos[path.stem].path}"
+                )
+            videos[path.stem] = load_video_labels(path, task, crops_root, split)
+    return videos
 
 
 def make_clips(num_frames: int, clip_len: int = 100, stride: int | None = None) -> Clips:
-  """Windows of `clip_len` rows every `stride` (default `clip_len`) rows, the last one padded.
+    """Windows of `clip_len` rows every `stride` (default `clip_len`) rows, the last one padded.
 
-  Windows start at 0, stride, 2 stride, ... until one reaches the last frame, so every frame is in
-  at least one clip; positions past the end repeat the last row index and are masked out.
-  """
-  stride = stride or clip_len
-  if clip_len < 1 or stride < 1:
-    raise ValueError(f"clip_len and stride must be positive, got {clip_len} and {stride}")
-  starts = []
-  for start in range(0, num_frames, stride):
-    starts.append(start)
-    if start + clip_len >= num_frames:
-      break
-  positions = np.asarray(starts, np.int64)[:, None] + np.arange(clip_len)[None, :]
-  positions = positions.reshape(len(starts), clip_len)
-  mask = positions < num_frames
-  return Clips(index=np.minimum(positions, max(num_frames - 1, 0)), mask=mask)
+    Windows start at 0, stride, 2 stride, ... until one reaches the last frame, so every frame is in
+    at least one clip; positions past the end repeat the last row index and are masked out.
+    """
+    stride = stride or clip_len
+    if clip_len < 1 or stride < 1:
+        raise ValueError(f"clip_len and stride must be positive, got {clip_len} and {stride}")
+    starts = []
+    for start in range(0, num_frames, stride):
+        starts.append(start)
+        if start + clip_len >= num_frames:
+            break
+    positions = np.asarray(starts, np.int64)[:, None] + np.arange(clip_len)[None, :]
+    positions = positions.reshape(len(starts), clip_len)
+    mask = positions < num_frames
+    return Clips(index=np.minimum(positions, max(num_frames - 1, 0)), mask=mask)
 
 
 def kfold_splits(names: Iterable[str], num_folds: int = 5, seed: int = 0) -> list[FoldSplit]:
-  """Seeded video-level K-fold: `_left`/`_right` of one video always fall in the same fold."""
-  names = sorted(set(names))
-  videos = sorted({source_video(n) for n in names})
-  if len(videos) < num_folds:
-    raise ValueError(f"{num_folds} folds need at least {num_folds} videos, got {len(videos)}")
-  order = np.random.default_rng(seed).permutation(len(videos))
-  fold_of = {videos[i]: rank % num_folds for rank, i in enumerate(order)}
-  return [FoldSplit(train=tuple(n for n in names if fold_of[source_video(n)] != k),
-                    validation=tuple(n for n in names if fold_of[source_video(n)] == k))
-          for k in range(num_folds)]
+    """Seeded video-level K-fold: `_left`/`_right` of one video always fall in the same fold."""
+    names = sorted(set(names))
+    videos = sorted({source_video(n) for n in names})
+    if len(videos) < num_folds:
+        raise ValueError(f"{num_folds} folds need at least {num_folds} videos, got {len(videos)}")
+    order = np.random.default_rng(seed).permutation(len(videos))
+    fold_of = {videos[i]: rank % num_folds for rank, i in enumerate(order)}
+    return [
+        FoldSplit(
+            train=tuple(n for n in names if fold_of[source_video(n)] != k),
+            validation=tuple(n for n in names if fold_of[source_video(n)] == k),
+        )
+        for k in range(num_folds)
+    ]
 
 
 def read_video_list(path: str | pathlib.Path) -> tuple[str, ...]:
-  """A list of video names, one per line (reaction-video list, test-set list); blank lines skipped."""
-  path = pathlib.Path(path)
-  names: list[str] = []
-  for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-    name = line.strip()
-    if not name:
-      continue
-    if any(c.isspace() or c in ",/" for c in name):
-      raise AnnotationError(path, number, "one video name per line (no spaces, commas or slashes)", line)
-    if name in names:
-      raise AnnotationError(path, number, "each name once", f"{name} repeated")
-    names.append(name)
-  return tuple(names)
+    """A list of video names, one per line (reaction-video list, test-set list); blank lines skipped."""
+    path = pathlib.Path(path)
+    names: list[str] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if any(c.isspace() or c in ",/" for c in name):
+            raise AnnotationError(
+                path, number, "one video name per line (no spaces, commas or slashes)", line
+            )
+        if name in names:
+            raise AnnotationError(path, number, "each name once", f"{name} repeated")
+        names.append(name)
+    return tuple(names)
 
 
 def is_listed(name: str, videos: Iterable[str]) -> bool:
-  """Whether an annotation name or its source video is in a list such as the reaction videos."""
-  videos = set(videos)
-  return name in videos or source_video(name) in videos
+    """Whether an annotation name or its source video is in a list such as the reaction videos."""
+    videos = set(videos)
+    return name in videos or source_video(name) in videos
 
 
 def find_video_file(videos_dir: str | pathlib.Path, name: str) -> pathlib.Path:
-  """The raw video (mp4 or avi) holding annotation name `name`; its audio track is the same file."""
-  tried = [pathlib.Path(videos_dir) / (source_video(name) + ext) for ext in _VIDEO_EXTENSIONS]
-  for path in tried:
-    if path.is_file():
-      return path
-  raise FileNotFoundError(f"no video for {name!r}: tried {[str(p) for p in tried]}")
+    """The raw video (mp4 or avi) holding annotation name `name`; its audio track is the same file."""
+    tried = [pathlib.Path(videos_dir) / (source_video(name) + ext) for ext in _VIDEO_EXTENSIONS]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no video for {name!r}: tried {[str(p) for p in tried]}")
 
 
 def read_submission_template(path: str | pathlib.Path, task: str) -> SubmissionTemplate:
-  """Reads an example submission file: header line, then `<name>/<k:05d>.jpg[,values]` rows.
+    """Reads an example submission file: header line, then `<name>/<k:05d>.jpg[,values]` rows.
 
-  Rows carry the location alone or with the task's values (12 AUs, one EXPR class, or valence and
-  arousal); only the locations are kept.
-  """
-  path = pathlib.Path(path)
-  lines = path.read_text(encoding="utf-8-sig").splitlines()
-  header = SUBMISSION_HEADERS[task]
-  if not lines or lines[0].strip() != header:
-    raise AnnotationError(path, 1, f"the {task} submission header {header!r}", lines[0] if lines else "")
-  num_values = {"AU": len(AU_NAMES), "EXPR": 1, "VA": len(VA_NAMES)}[task]
-  names, frames = [], []
-  for number, line in enumerate(lines[1:], start=2):
-    if not line.strip():
-      continue
-    fields = line.strip().split(",")
-    match = _SUBMISSION_ROW.match(fields[0])
-    if match is None or len(fields) not in (1, 1 + num_values):
-      raise AnnotationError(path, number, f"'<name>/<k:05d>.jpg' then {num_values} value(s) or none",
-                            line)
-    names.append(match.group(1))
-    frames.append(int(match.group(2)))
-  return SubmissionTemplate(task=task, header=header, names=tuple(names), frames=np.array(frames, np.int64))
+    Rows carry the location alone or with the task's values (12 AUs, one EXPR class, or valence and
+    arousal); only the locations are kept.
+    """
+    path = pathlib.Path(path)
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    header = SUBMISSION_HEADERS[task]
+    if not lines or lines[0].strip() != header:
+        raise AnnotationError(path, 1, f"the {task} submission header {header!r}", lines[0] if lines else "")
+    num_values = {"AU": len(AU_NAMES), "EXPR": 1, "VA": len(VA_NAMES)}[task]
+    names, frames = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.strip().split(",")
+        match = _SUBMISSION_ROW.match(fields[0])
+        if match is None or len(fields) not in (1, 1 + num_values):
+            raise AnnotationError(
+                path, number, f"'<name>/<k:05d>.jpg' then {num_values} value(s) or none", line
+            )
+        names.append(match.group(1))
+        frames.append(int(match.group(2)))
+    return SubmissionTemplate(task=task, header=header, names=tuple(names), frames=np.array(frames, np.int64))

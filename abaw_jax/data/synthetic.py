@@ -105,494 +105,642 @@ _VA_NOISE = 0.02
 _FPS = 30
 _SAMPLE_RATE = 16000
 _CROP_BOX = 1.45  # crop side in face widths
-_TEST_FOLDERS = {"AU": "AU_Detection_Challenge", "EXPR": "EXPR_Recognition_Challenge",
-                 "VA": "VA_Estimation_Challenge"}
-_EXAMPLE_NAMES = {"AU": "CVPR_6th_ABAW_AU_test_set_example.txt",
-                  "EXPR": "CVPR_6th_ABAW_Expr_test_set_example.txt",
-                  "VA": "CVPR_6th_ABAW_VA_test_set_example.txt"}
+_TEST_FOLDERS = {
+    "AU": "AU_Detection_Challenge",
+    "EXPR": "EXPR_Recognition_Challenge",
+    "VA": "VA_Estimation_Challenge",
+}
+_EXAMPLE_NAMES = {
+    "AU": "CVPR_6th_ABAW_AU_test_set_example.txt",
+    "EXPR": "CVPR_6th_ABAW_Expr_test_set_example.txt",
+    "VA": "CVPR_6th_ABAW_VA_test_set_example.txt",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-  """Per-person appearance. Colours are BGR in [0, 1]."""
-  skin: tuple[float, float, float]
-  hair: tuple[float, float, float]
-  face_length: float  # face half-height in face widths
-  eye_spacing: float
+    """Per-person appearance. Colours are BGR in [0, 1]."""
+
+    skin: tuple[float, float, float]
+    hair: tuple[float, float, float]
+    face_length: float  # face half-height in face widths
+    eye_spacing: float
 
 
 @dataclasses.dataclass(frozen=True)
 class Person:
-  """One annotated person: an annotation name, its labels and its rendering inputs."""
-  name: str
-  split: str
-  tasks: tuple[str, ...]
-  identity: Identity
-  intensity: np.ndarray   # (T, 12) smooth AU state
-  au: np.ndarray          # (T, 12) int, -1 rows invalid
-  expr: np.ndarray        # (T,) int, -1 invalid
-  va: np.ndarray          # (T, 2) float, -5 invalid
-  has_crop: np.ndarray    # (T,) bool
+    """One annotated person: an annotation name, its labels and its rendering inputs."""
+
+    name: str
+    split: str
+    tasks: tuple[str, ...]
+    identity: Identity
+    intensity: np.ndarray  # (T, 12) smooth AU state
+    au: np.ndarray  # (T, 12) int, -1 rows invalid
+    expr: np.ndarray  # (T,) int, -1 invalid
+    va: np.ndarray  # (T, 2) float, -5 invalid
+    has_crop: np.ndarray  # (T,) bool
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoSpec:
-  """One source video (mp4) with one person or a `_left`/`_right` pair."""
-  index: int
-  video: str
-  scene: str
-  num_frames: int
-  is_test: bool
-  people: tuple[Person, ...]
+    """One source video (mp4) with one person or a `_left`/`_right` pair."""
+
+    index: int
+    video: str
+    scene: str
+    num_frames: int
+    is_test: bool
+    people: tuple[Person, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationSummary:
-  """What `generate` wrote: source videos, annotated and test names, reaction videos and counts."""
-  out_dir: pathlib.Path
-  seed: int
-  videos: tuple[str, ...]
-  annotation_names: tuple[str, ...]
-  test_names: tuple[str, ...]
-  reaction_videos: tuple[str, ...]
-  num_frames: int
-  num_crops: int
-  seconds: float
+    """What `generate` wrote: source videos, annotated and test names, reaction videos and counts."""
+
+    out_dir: pathlib.Path
+    seed: int
+    videos: tuple[str, ...]
+    annotation_names: tuple[str, ...]
+    test_names: tuple[str, ...]
+    reaction_videos: tuple[str, ...]
+    num_frames: int
+    num_crops: int
+    seconds: float
 
 
 def expression_from_aus(active: np.ndarray) -> np.ndarray:
-  """Expression class per frame from boolean AU activations (..., 12), by the module's rules."""
-  a = {name: active[..., i] for name, i in _AU_INDEX.items()}
-  rules = (
-      (4, a["AU6"] & a["AU12"]),
-      (3, a["AU1"] & a["AU2"] & a["AU4"] & a["AU25"]),
-      (6, a["AU1"] & a["AU2"] & (a["AU25"] | a["AU26"]) & ~a["AU4"]),
-      (5, a["AU1"] & a["AU4"] & a["AU15"]),
-      (1, a["AU4"] & a["AU7"] & (a["AU23"] | a["AU24"])),
-      (2, a["AU10"]),
-      (0, ~active.any(axis=-1)),
-  )
-  expr = np.full(active.shape[:-1], 7, np.int64)
-  for label, hit in reversed(rules):
-    expr = np.where(hit, label, expr)
-  return expr
+    """Expression class per frame from boolean AU activations (..., 12), by the module's rules."""
+    a = {name: active[..., i] for name, i in _AU_INDEX.items()}
+    rules = (
+        (4, a["AU6"] & a["AU12"]),
+        (3, a["AU1"] & a["AU2"] & a["AU4"] & a["AU25"]),
+        (6, a["AU1"] & a["AU2"] & (a["AU25"] | a["AU26"]) & ~a["AU4"]),
+        (5, a["AU1"] & a["AU4"] & a["AU15"]),
+        (1, a["AU4"] & a["AU7"] & (a["AU23"] | a["AU24"])),
+        (2, a["AU10"]),
+        (0, ~active.any(axis=-1)),
+    )
+    expr = np.full(active.shape[:-1], 7, np.int64)
+    for label, hit in reversed(rules):
+        expr = np.where(hit, label, expr)
+    return expr
 
 
 def valence_arousal_from_aus(intensity: np.ndarray) -> np.ndarray:
-  """Noise-free (valence, arousal) per frame from AU intensities (..., 12) in [0, 1]."""
-  s = {name: intensity[..., i] for name, i in _AU_INDEX.items()}
-  valence = (0.55 * s["AU12"] + 0.35 * s["AU6"] - 0.45 * s["AU15"] - 0.35 * s["AU4"]
-             - 0.30 * s["AU10"] - 0.15 * s["AU23"] - 0.15 * s["AU24"] + 0.05)
-  arousal = (0.30 * s["AU1"] + 0.30 * s["AU2"] + 0.25 * s["AU4"] + 0.20 * s["AU7"]
-             + 0.15 * s["AU6"] + 0.25 * s["AU25"] + 0.45 * s["AU26"] - 0.45)
-  return np.tanh(1.6 * np.stack([valence, arousal], axis=-1))
+    """Noise-free (valence, arousal) per frame from AU intensities (..., 12) in [0, 1]."""
+    s = {name: intensity[..., i] for name, i in _AU_INDEX.items()}
+    valence = (
+        0.55 * s["AU12"]
+        + 0.35 * s["AU6"]
+        - 0.45 * s["AU15"]
+        - 0.35 * s["AU4"]
+        - 0.30 * s["AU10"]
+        - 0.15 * s["AU23"]
+        - 0.15 * s["AU24"]
+        + 0.05
+    )
+    arousal = (
+        0.30 * s["AU1"]
+        + 0.30 * s["AU2"]
+        + 0.25 * s["AU4"]
+        + 0.20 * s["AU7"]
+        + 0.15 * s["AU6"]
+        + 0.25 * s["AU25"]
+        + 0.45 * s["AU26"]
+        - 0.45
+    )
+    return np.tanh(1.6 * np.stack([valence, arousal], axis=-1))
 
 
 def sample_au_trajectory(rng: np.random.Generator, num_frames: int, scene: str) -> np.ndarray:
-  """Smooth AU intensities (num_frames, 12) moving between expression targets of `scene`."""
-  priors = np.asarray(EXPRESSION_PRIORS[scene])
-  targets = np.empty((num_frames, len(affwild2.AU_NAMES)))
-  start = 0
-  while start < num_frames:
-    length = int(rng.integers(24, 97))
-    expression = affwild2.EXPR_NAMES[rng.choice(len(priors), p=priors / priors.sum())]
-    targets[start:start + length] = _target_aus(rng, expression)
-    start += length
-  smooth = ndimage.gaussian_filter1d(targets, _SMOOTH_SIGMA, axis=0, mode="nearest")
-  drift = ndimage.gaussian_filter1d(rng.normal(size=targets.shape), _DRIFT_SIGMA, axis=0, mode="nearest")
-  drift *= _DRIFT_STD / max(drift.std(), 1e-8)
-  return np.clip(smooth + drift, 0.0, 1.0)
+    """Smooth AU intensities (num_frames, 12) moving between expression targets of `scene`."""
+    priors = np.asarray(EXPRESSION_PRIORS[scene])
+    targets = np.empty((num_frames, len(affwild2.AU_NAMES)))
+    start = 0
+    while start < num_frames:
+        length = int(rng.integers(24, 97))
+        expression = affwild2.EXPR_NAMES[rng.choice(len(priors), p=priors / priors.sum())]
+        targets[start : start + length] = _target_aus(rng, expression)
+        start += length
+    smooth = ndimage.gaussian_filter1d(targets, _SMOOTH_SIGMA, axis=0, mode="nearest")
+    drift = ndimage.gaussian_filter1d(rng.normal(size=targets.shape), _DRIFT_SIGMA, axis=0, mode="nearest")
+    drift *= _DRIFT_STD / max(drift.std(), 1e-8)
+    return np.clip(smooth + drift, 0.0, 1.0)
 
 
 def _target_aus(rng: np.random.Generator, expression: str) -> np.ndarray:
-  if expression == "Other":
-    on = list(rng.choice(_OTHER_AUS, size=int(rng.integers(1, 3)), replace=False))
-  else:
-    always, optional = _EXPRESSION_AUS[expression]
-    on = list(always) + [au for au, p in optional if rng.random() < p]
-  target = rng.uniform(0.0, 0.2, len(affwild2.AU_NAMES))
-  for au in on:
-    target[_AU_INDEX[au]] = rng.uniform(0.7, 1.0)
-  return target
+    if expression == "Other":
+        on = list(rng.choice(_OTHER_AUS, size=int(rng.integers(1, 3)), replace=False))
+    else:
+        always, optional = _EXPRESSION_AUS[expression]
+        on = list(always) + [au for au, p in optional if rng.random() < p]
+    target = rng.uniform(0.0, 0.2, len(affwild2.AU_NAMES))
+    for au in on:
+        target[_AU_INDEX[au]] = rng.uniform(0.7, 1.0)
+    return target
 
 
 def sample_identity(rng: np.random.Generator) -> Identity:
-  tone = rng.uniform(0.55, 1.1)
-  skin = np.clip(np.array([0.55, 0.66, 0.86]) * tone + rng.normal(0, 0.02, 3), 0.05, 1.0)
-  # Hair stays clearly darker than skin: the cascade keys on a dark frame around a lighter face.
-  hair = np.clip(np.array([0.10, 0.12, 0.16]) * rng.uniform(0.5, 2.5) + rng.normal(0, 0.02, 3), 0.02, 0.6)
-  hair = np.minimum(hair, 0.5 * skin)
-  return Identity(skin=tuple(float(c) for c in skin), hair=tuple(float(c) for c in hair),
-                  face_length=float(rng.uniform(0.55, 0.65)), eye_spacing=float(rng.uniform(0.17, 0.21)))
+    tone = rng.uniform(0.55, 1.1)
+    skin = np.clip(np.array([0.55, 0.66, 0.86]) * tone + rng.normal(0, 0.02, 3), 0.05, 1.0)
+    # Hair stays clearly darker than skin: the cascade keys on a dark frame around a lighter face.
+    hair = np.clip(np.array([0.10, 0.12, 0.16]) * rng.uniform(0.5, 2.5) + rng.normal(0, 0.02, 3), 0.02, 0.6)
+    hair = np.minimum(hair, 0.5 * skin)
+    return Identity(
+        skin=tuple(float(c) for c in skin),
+        hair=tuple(float(c) for c in hair),
+        face_length=float(rng.uniform(0.55, 0.65)),
+        eye_spacing=float(rng.uniform(0.17, 0.21)),
+    )
 
 
-def render_face(canvas: np.ndarray, center: tuple[float, float], width: float, intensity: np.ndarray,
-                identity: Identity, tint: np.ndarray) -> None:
-  """Draws a face of `width` pixels centred at `center` (x, y) on a float BGR canvas, in place."""
-  s = {name: float(np.clip(intensity[i], 0.0, 1.0)) for name, i in _AU_INDEX.items()}
-  cx, cy = center
-  shift, aa = 4, cv2.LINE_AA
-  scale = 1 << shift
+def render_face(
+    canvas: np.ndarray,
+    center: tuple[float, float],
+    width: float,
+    intensity: np.ndarray,
+    identity: Identity,
+    tint: np.ndarray,
+) -> None:
+    """Draws a face of `width` pixels centred at `center` (x, y) on a float BGR canvas, in place."""
+    s = {name: float(np.clip(intensity[i], 0.0, 1.0)) for name, i in _AU_INDEX.items()}
+    cx, cy = center
+    shift, aa = 4, cv2.LINE_AA
+    scale = 1 << shift
 
-  def pt(x, y):
-    return (int(round((cx + x * width) * scale)), int(round((cy + y * width) * scale)))
+    def pt(x, y):
+        return (int(round((cx + x * width) * scale)), int(round((cy + y * width) * scale)))
 
-  def ax(a, b):
-    return (int(round(a * width * scale)), int(round(b * width * scale)))
+    def ax(a, b):
+        return (int(round(a * width * scale)), int(round(b * width * scale)))
 
-  def px(v):
-    return max(1, int(round(v * width)))
+    def px(v):
+        return max(1, int(round(v * width)))
 
-  def col(c, f=1.0):
-    return tuple(float(min(1.0, v * f * t)) for v, t in zip(c, tint))
+    def col(c, f=1.0):
+        return tuple(float(min(1.0, v * f * t)) for v, t in zip(c, tint))
 
-  skin, hair = identity.skin, identity.hair
-  jaw = 0.10 * s["AU26"]
-  half_len = identity.face_length
-  cv2.ellipse(canvas, pt(0, -0.12), ax(0.56, half_len + 0.06), 0, 0, 360, col(hair), -1, aa, shift)
-  cv2.rectangle(canvas, pt(-0.22, 0.4), pt(0.22, 1.4), col(skin, 0.75), -1, aa, shift)
-  cv2.ellipse(canvas, pt(0, 0.02 + jaw / 2), ax(0.46, half_len + jaw / 2), 0, 0, 360, col(skin), -1, aa, shift)
-  cv2.ellipse(canvas, pt(0, 0.08 - half_len), ax(0.46, 0.16), 0, 180, 360, col(hair), -1, aa, shift)
-  cheek_up = 0.06 * s["AU6"]
-  for sx in (-1, 1):
-    cv2.ellipse(canvas, pt(sx * 0.24, 0.16 - cheek_up), ax(0.13 + 0.03 * s["AU6"], 0.10), 0, 0, 360,
-                col(skin, 1.18), -1, aa, shift)
-  cv2.ellipse(canvas, pt(0, 0.02), ax(0.06, 0.16), 0, 0, 360, col(skin, 1.18), -1, aa, shift)
-  cv2.ellipse(canvas, pt(0, 0.17), ax(0.09, 0.04), 0, 0, 360, col(skin, 0.55), -1, aa, shift)
-  squint = 0.5 * s["AU6"] + 0.6 * s["AU7"]
-  widen = 0.5 * max(s["AU1"], s["AU2"])
-  lid = max(0.012, 0.045 * (1 + widen - 0.8 * squint))
-  inner_up = 0.07 * s["AU1"] - 0.05 * s["AU4"]
-  outer_up = 0.07 * s["AU2"] - 0.02 * s["AU4"]
-  pull = 0.03 * s["AU4"]
-  sclera = tuple(0.5 * c + 0.4 for c in skin)  # dimmer than pure white keeps the eye band dark
-  for sx in (-1, 1):
-    ex = sx * identity.eye_spacing
-    cv2.ellipse(canvas, pt(ex, -0.10), ax(0.13, 0.08), 0, 0, 360, col(skin, 0.65), -1, aa, shift)
-    cv2.ellipse(canvas, pt(ex, -0.10), ax(0.075, lid), 0, 0, 360, col(sclera), -1, aa, shift)
-    iris = int(round(min(0.04, lid + 0.005) * width * scale))
-    cv2.circle(canvas, pt(ex, -0.10), iris, col((0.10, 0.08, 0.06)), -1, aa, shift)
-    brow = np.array([pt(sx * (0.07 + pull), -0.22 - inner_up),
-                     pt(ex, -0.26 - 0.5 * (inner_up + outer_up)),
-                     pt(sx * 0.31, -0.22 - outer_up)], np.int32)
-    cv2.polylines(canvas, [brow], False, col(hair, 0.6), px(0.045), aa, shift)
-    if s["AU10"] > 0.05:
-      cv2.line(canvas, pt(sx * 0.10, 0.14), pt(sx * 0.18, 0.30), col(skin, 1 - 0.3 * s["AU10"]),
-               px(0.02), aa, shift)
-  _render_mouth(canvas, s, jaw, pt, px, col, skin)
+    skin, hair = identity.skin, identity.hair
+    jaw = 0.10 * s["AU26"]
+    half_len = identity.face_length
+    cv2.ellipse(canvas, pt(0, -0.12), ax(0.56, half_len + 0.06), 0, 0, 360, col(hair), -1, aa, shift)
+    cv2.rectangle(canvas, pt(-0.22, 0.4), pt(0.22, 1.4), col(skin, 0.75), -1, aa, shift)
+    cv2.ellipse(
+        canvas, pt(0, 0.02 + jaw / 2), ax(0.46, half_len + jaw / 2), 0, 0, 360, col(skin), -1, aa, shift
+    )
+    cv2.ellipse(canvas, pt(0, 0.08 - half_len), ax(0.46, 0.16), 0, 180, 360, col(hair), -1, aa, shift)
+    cheek_up = 0.06 * s["AU6"]
+    for sx in (-1, 1):
+        cv2.ellipse(
+            canvas,
+            pt(sx * 0.24, 0.16 - cheek_up),
+            ax(0.13 + 0.03 * s["AU6"], 0.10),
+            0,
+            0,
+            360,
+            col(skin, 1.18),
+            -1,
+            aa,
+            shift,
+        )
+    cv2.ellipse(canvas, pt(0, 0.02), ax(0.06, 0.16), 0, 0, 360, col(skin, 1.18), -1, aa, shift)
+    cv2.ellipse(canvas, pt(0, 0.17), ax(0.09, 0.04), 0, 0, 360, col(skin, 0.55), -1, aa, shift)
+    squint = 0.5 * s["AU6"] + 0.6 * s["AU7"]
+    widen = 0.5 * max(s["AU1"], s["AU2"])
+    lid = max(0.012, 0.045 * (1 + widen - 0.8 * squint))
+    inner_up = 0.07 * s["AU1"] - 0.05 * s["AU4"]
+    outer_up = 0.07 * s["AU2"] - 0.02 * s["AU4"]
+    pull = 0.03 * s["AU4"]
+    sclera = tuple(0.5 * c + 0.4 for c in skin)  # dimmer than pure white keeps the eye band dark
+    for sx in (-1, 1):
+        ex = sx * identity.eye_spacing
+        cv2.ellipse(canvas, pt(ex, -0.10), ax(0.13, 0.08), 0, 0, 360, col(skin, 0.65), -1, aa, shift)
+        cv2.ellipse(canvas, pt(ex, -0.10), ax(0.075, lid), 0, 0, 360, col(sclera), -1, aa, shift)
+        iris = int(round(min(0.04, lid + 0.005) * width * scale))
+        cv2.circle(canvas, pt(ex, -0.10), iris, col((0.10, 0.08, 0.06)), -1, aa, shift)
+        brow = np.array(
+            [
+                pt(sx * (0.07 + pull), -0.22 - inner_up),
+                pt(ex, -0.26 - 0.5 * (inner_up + outer_up)),
+                pt(sx * 0.31, -0.22 - outer_up),
+            ],
+            np.int32,
+        )
+        cv2.polylines(canvas, [brow], False, col(hair, 0.6), px(0.045), aa, shift)
+        if s["AU10"] > 0.05:
+            cv2.line(
+                canvas,
+                pt(sx * 0.10, 0.14),
+                pt(sx * 0.18, 0.30),
+                col(skin, 1 - 0.3 * s["AU10"]),
+                px(0.02),
+                aa,
+                shift,
+            )
+    _render_mouth(canvas, s, jaw, pt, px, col, skin)
 
 
 def _render_mouth(canvas, s, jaw, pt, px, col, skin) -> None:
-  shift, aa = 4, cv2.LINE_AA
-  my = 0.33 + jaw / 2
-  corner_up = 0.07 * s["AU12"] - 0.07 * s["AU15"]
-  half = 0.16 + 0.04 * s["AU12"] - 0.04 * s["AU23"] - 0.02 * s["AU24"]
-  lip = 0.035 * (1 - 0.6 * s["AU23"]) * (1 - 0.5 * s["AU24"])
-  upper = -0.04 * s["AU10"]
-  gap = 0.07 * s["AU25"] + 0.16 * s["AU26"]
-  lip_colour = col((skin[0] * 0.55, skin[1] * 0.55, skin[2] * 0.95))
-  xs = np.linspace(-1.0, 1.0, 9)
-  top = [pt(x * half, my + upper - gap / 2 - lip - corner_up * x * x) for x in xs]
-  bottom = [pt(x * half, my + gap / 2 + lip - corner_up * x * x + 0.02 * (1 - x * x)) for x in xs[::-1]]
-  cv2.fillPoly(canvas, [np.array(top + bottom, np.int32)], lip_colour, aa, shift)
-  if gap > 0.01:
-    inner_top = [pt(x * half * 0.85, my + upper / 2 - gap / 2 - corner_up * x * x) for x in xs]
-    inner_bottom = [pt(x * half * 0.85, my + gap / 2 - corner_up * x * x) for x in xs[::-1]]
-    cv2.fillPoly(canvas, [np.array(inner_top + inner_bottom, np.int32)], col((0.12, 0.08, 0.10)), aa, shift)
-  else:
-    line = np.array([pt(x * half, my - corner_up * x * x) for x in xs], np.int32)
-    cv2.polylines(canvas, [line], False, col(skin, 0.4), px(0.014), aa, shift)
+    shift, aa = 4, cv2.LINE_AA
+    my = 0.33 + jaw / 2
+    corner_up = 0.07 * s["AU12"] - 0.07 * s["AU15"]
+    half = 0.16 + 0.04 * s["AU12"] - 0.04 * s["AU23"] - 0.02 * s["AU24"]
+    lip = 0.035 * (1 - 0.6 * s["AU23"]) * (1 - 0.5 * s["AU24"])
+    upper = -0.04 * s["AU10"]
+    gap = 0.07 * s["AU25"] + 0.16 * s["AU26"]
+    lip_colour = col((skin[0] * 0.55, skin[1] * 0.55, skin[2] * 0.95))
+    xs = np.linspace(-1.0, 1.0, 9)
+    top = [pt(x * half, my + upper - gap / 2 - lip - corner_up * x * x) for x in xs]
+    bottom = [pt(x * half, my + gap / 2 + lip - corner_up * x * x + 0.02 * (1 - x * x)) for x in xs[::-1]]
+    cv2.fillPoly(canvas, [np.array(top + bottom, np.int32)], lip_colour, aa, shift)
+    if gap > 0.01:
+        inner_top = [pt(x * half * 0.85, my + upper / 2 - gap / 2 - corner_up * x * x) for x in xs]
+        inner_bottom = [pt(x * half * 0.85, my + gap / 2 - corner_up * x * x) for x in xs[::-1]]
+        cv2.fillPoly(
+            canvas, [np.array(inner_top + inner_bottom, np.int32)], col((0.12, 0.08, 0.10)), aa, shift
+        )
+    else:
+        line = np.array([pt(x * half, my - corner_up * x * x) for x in xs], np.int32)
+        cv2.polylines(canvas, [line], False, col(skin, 0.4), px(0.014), aa, shift)
 
 
-def render_occluder(canvas: np.ndarray, center: tuple[float, float], width: float,
-                    rng: np.random.Generator) -> None:
-  """An object in front of the face (a raised phone or cup) that hides the eyes and nose."""
-  cx, cy = center
-  colour = tuple(float(c) for c in rng.uniform(0.15, 0.45, 3))
-  x0, y0 = int(cx - 0.45 * width), int(cy - 0.25 * width)
-  cv2.rectangle(canvas, (x0, y0), (int(cx + 0.45 * width), int(cy + 0.35 * width)), colour, -1)
+def render_occluder(
+    canvas: np.ndarray, center: tuple[float, float], width: float, rng: np.random.Generator
+) -> None:
+    """An object in front of the face (a raised phone or cup) that hides the eyes and nose."""
+    cx, cy = center
+    colour = tuple(float(c) for c in rng.uniform(0.15, 0.45, 3))
+    x0, y0 = int(cx - 0.45 * width), int(cy - 0.25 * width)
+    cv2.rectangle(canvas, (x0, y0), (int(cx + 0.45 * width), int(cy + 0.35 * width)), colour, -1)
 
 
 def scene_background(rng: np.random.Generator, scene: str, height: int, width: int) -> np.ndarray:
-  """A static float BGR background for one video."""
-  rows = np.linspace(0.0, 1.0, height)[:, None, None]
-  cols = np.linspace(0.0, 1.0, width)[None, :, None]
-  if scene == "reaction":
-    base = np.array([0.16, 0.09, 0.05]) * rng.uniform(0.7, 1.2)
-    glow_x = rng.uniform(0.2, 0.8)
-    glow = np.exp(-((cols - glow_x) ** 2) / 0.08 - (rows - 0.3) ** 2 / 0.2)
-    img = base + glow * np.array([0.28, 0.16, 0.08])
-    sx, sw = int(rng.uniform(0.05, 0.6) * width), int(rng.uniform(0.2, 0.35) * width)
-    sy, sh = int(rng.uniform(0.05, 0.2) * height), int(rng.uniform(0.2, 0.3) * height)
-    screen = np.array([0.85, 0.72, 0.55]) * rng.uniform(0.7, 1.0)
-    img = np.broadcast_to(img, (height, width, 3)).copy()
-    img[sy:sy + sh, sx:sx + sw] = screen
-  else:
-    wall = np.array([0.45, 0.62, 0.78]) * rng.uniform(0.8, 1.15) + rng.normal(0, 0.04, 3)
-    img = np.broadcast_to(wall * (0.85 + 0.25 * rows), (height, width, 3)).copy()
-    period = int(rng.integers(12, 30))
-    stripes = (np.arange(width) // period) % 2 == 0
-    img[:, stripes] *= rng.uniform(0.88, 0.96)
-    for _ in range(int(rng.integers(2, 5))):
-      x0, y0 = int(rng.uniform(0, 0.9) * width), int(rng.uniform(0.3, 0.9) * height)
-      w, h = int(rng.uniform(0.1, 0.3) * width), int(rng.uniform(0.1, 0.4) * height)
-      img[y0:y0 + h, x0:x0 + w] = rng.uniform(0.2, 0.8, 3) * np.array([0.8, 0.95, 1.1])
-  return np.clip(img, 0.0, 1.0).astype(np.float32)
+    """A static float BGR background for one video."""
+    rows = np.linspace(0.0, 1.0, height)[:, None, None]
+    cols = np.linspace(0.0, 1.0, width)[None, :, None]
+    if scene == "reaction":
+        base = np.array([0.16, 0.09, 0.05]) * rng.uniform(0.7, 1.2)
+        glow_x = rng.uniform(0.2, 0.8)
+        glow = np.exp(-((cols - glow_x) ** 2) / 0.08 - (rows - 0.3) ** 2 / 0.2)
+        img = base + glow * np.array([0.28, 0.16, 0.08])
+        sx, sw = int(rng.uniform(0.05, 0.6) * width), int(rng.uniform(0.2, 0.35) * width)
+        sy, sh = int(rng.uniform(0.05, 0.2) * height), int(rng.uniform(0.2, 0.3) * height)
+        screen = np.array([0.85, 0.72, 0.55]) * rng.uniform(0.7, 1.0)
+        img = np.broadcast_to(img, (height, width, 3)).copy()
+        img[sy : sy + sh, sx : sx + sw] = screen
+    else:
+        wall = np.array([0.45, 0.62, 0.78]) * rng.uniform(0.8, 1.15) + rng.normal(0, 0.04, 3)
+        img = np.broadcast_to(wall * (0.85 + 0.25 * rows), (height, width, 3)).copy()
+        period = int(rng.integers(12, 30))
+        stripes = (np.arange(width) // period) % 2 == 0
+        img[:, stripes] *= rng.uniform(0.88, 0.96)
+        for _ in range(int(rng.integers(2, 5))):
+            x0, y0 = int(rng.uniform(0, 0.9) * width), int(rng.uniform(0.3, 0.9) * height)
+            w, h = int(rng.uniform(0.1, 0.3) * width), int(rng.uniform(0.1, 0.4) * height)
+            img[y0 : y0 + h, x0 : x0 + w] = rng.uniform(0.2, 0.8, 3) * np.array([0.8, 0.95, 1.1])
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def synthesize_audio(arousal: np.ndarray, fps: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-  """Mono float32 audio whose pitch and loudness follow per-frame arousal in [-1, 1]."""
-  num_samples = int(round(len(arousal) * sample_rate / fps))
-  t = np.arange(num_samples) / sample_rate
-  level = (np.interp(t * fps, np.arange(len(arousal)), arousal) + 1.0) / 2.0
-  f0 = 110.0 + 140.0 * level
-  phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-  voice = sum(np.sin(h * phase) / h for h in range(1, 6))
-  envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 3.5 * t + rng.uniform(0, 2 * np.pi)) ** 2
-  loudness = 0.02 + 0.3 * level ** 1.5
-  audio = loudness * envelope * voice / 2.3 + rng.normal(0, 0.004, num_samples)
-  return np.clip(audio, -1.0, 1.0).astype(np.float32)
+def synthesize_audio(
+    arousal: np.ndarray, fps: float, sample_rate: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Mono float32 audio whose pitch and loudness follow per-frame arousal in [-1, 1]."""
+    num_samples = int(round(len(arousal) * sample_rate / fps))
+    t = np.arange(num_samples) / sample_rate
+    level = (np.interp(t * fps, np.arange(len(arousal)), arousal) + 1.0) / 2.0
+    f0 = 110.0 + 140.0 * level
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voice = sum(np.sin(h * phase) / h for h in range(1, 6))
+    envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 3.5 * t + rng.uniform(0, 2 * np.pi)) ** 2
+    loudness = 0.02 + 0.3 * level**1.5
+    audio = loudness * envelope * voice / 2.3 + rng.normal(0, 0.004, num_samples)
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
 def _smooth_walk(rng: np.random.Generator, num_frames: int, sigma: float, std: float) -> np.ndarray:
-  walk = ndimage.gaussian_filter1d(rng.normal(size=num_frames), sigma, mode="nearest")
-  return walk * std / max(walk.std(), 1e-8)
+    walk = ndimage.gaussian_filter1d(rng.normal(size=num_frames), sigma, mode="nearest")
+    return walk * std / max(walk.std(), 1e-8)
 
 
 def _missing_crops(rng: np.random.Generator, num_frames: int) -> np.ndarray:
-  has_crop = np.ones(num_frames, bool)
-  for _ in range(max(1, num_frames // 150)):
-    start = int(rng.integers(0, num_frames))
-    has_crop[start:start + int(rng.integers(3, 9))] = False
-  tail = int(rng.integers(0, 5))
-  if tail:
-    has_crop[-tail:] = False
-  return has_crop
+    has_crop = np.ones(num_frames, bool)
+    for _ in range(max(1, num_frames // 150)):
+        start = int(rng.integers(0, num_frames))
+        has_crop[start : start + int(rng.integers(3, 9))] = False
+    tail = int(rng.integers(0, 5))
+    if tail:
+        has_crop[-tail:] = False
+    return has_crop
 
 
 def _invalid_run(rng: np.random.Generator, num_frames: int) -> slice:
-  length = int(rng.integers(max(1, num_frames // 50), max(2, num_frames // 15)))
-  start = int(rng.integers(0, num_frames - length))
-  return slice(start, start + length)
+    length = int(rng.integers(max(1, num_frames // 50), max(2, num_frames // 15)))
+    start = int(rng.integers(0, num_frames - length))
+    return slice(start, start + length)
 
 
-def _make_person(rng: np.random.Generator, name: str, split: str, tasks: tuple[str, ...], scene: str,
-                 num_frames: int) -> Person:
-  intensity = sample_au_trajectory(rng, num_frames, scene)
-  active = intensity > _ACTIVE_THRESHOLD
-  au = active.astype(np.int64)
-  expr = expression_from_aus(active)
-  va = np.clip(valence_arousal_from_aus(intensity) + rng.normal(0, _VA_NOISE, (num_frames, 2)), -1, 1)
-  au[_invalid_run(rng, num_frames)] = -1
-  expr[_invalid_run(rng, num_frames)] = -1
-  va[_invalid_run(rng, num_frames)] = -5.0
-  return Person(name=name, split=split, tasks=tasks, identity=sample_identity(rng), intensity=intensity,
-                au=au, expr=expr, va=va, has_crop=_missing_crops(rng, num_frames))
+def _make_person(
+    rng: np.random.Generator, name: str, split: str, tasks: tuple[str, ...], scene: str, num_frames: int
+) -> Person:
+    intensity = sample_au_trajectory(rng, num_frames, scene)
+    active = intensity > _ACTIVE_THRESHOLD
+    au = active.astype(np.int64)
+    expr = expression_from_aus(active)
+    va = np.clip(valence_arousal_from_aus(intensity) + rng.normal(0, _VA_NOISE, (num_frames, 2)), -1, 1)
+    au[_invalid_run(rng, num_frames)] = -1
+    expr[_invalid_run(rng, num_frames)] = -1
+    va[_invalid_run(rng, num_frames)] = -5.0
+    return Person(
+        name=name,
+        split=split,
+        tasks=tasks,
+        identity=sample_identity(rng),
+        intensity=intensity,
+        au=au,
+        expr=expr,
+        va=va,
+        has_crop=_missing_crops(rng, num_frames),
+    )
 
 
-def plan_videos(num_videos: int, frames_per_video: int, num_test_videos: int, seed: int,
-                frame_size: tuple[int, int]) -> list[VideoSpec]:
-  """All labels and rendering inputs, deterministic from `seed`."""
-  width, height = frame_size
-  specs = []
-  for i in range(num_videos + num_test_videos):
-    rng = np.random.default_rng([seed, i])
-    video = f"{i + 1}-30-{width}x{height}" if i % 2 == 0 else str(100 + i)
-    scene = SCENES[int(rng.random() < 0.5)]
-    if i < 2:
-      scene = SCENES[i]  # both scene types exist in every dataset
-    num_frames = int(round(frames_per_video * rng.uniform(0.8, 1.2)))
-    is_test = i >= num_videos
-    split = "Validation_Set" if rng.random() < 0.25 else "Train_Set"
-    names = [video + s for s in affwild2.PAIR_SUFFIXES] if i % 4 == 2 else [video]
-    people = []
-    for name in names:
-      gap = rng.random()
-      tasks = tuple(t for t in affwild2.TASKS if not (t == "AU" and gap < 0.2) and not (t == "VA" and gap > 0.8))
-      people.append(_make_person(rng, name, split, tasks, scene, num_frames))
-    specs.append(VideoSpec(index=i, video=video, scene=scene, num_frames=num_frames, is_test=is_test,
-                           people=tuple(people)))
-  return specs
+def plan_videos(
+    num_videos: int, frames_per_video: int, num_test_videos: int, seed: int, frame_size: tuple[int, int]
+) -> list[VideoSpec]:
+    """All labels and rendering inputs, deterministic from `seed`."""
+    width, height = frame_size
+    specs = []
+    for i in range(num_videos + num_test_videos):
+        rng = np.random.default_rng([seed, i])
+        video = f"{i + 1}-30-{width}x{height}" if i % 2 == 0 else str(100 + i)
+        scene = SCENES[int(rng.random() < 0.5)]
+        if i < 2:
+            scene = SCENES[i]  # both scene types exist in every dataset
+        num_frames = int(round(frames_per_video * rng.uniform(0.8, 1.2)))
+        is_test = i >= num_videos
+        split = "Validation_Set" if rng.random() < 0.25 else "Train_Set"
+        names = [video + s for s in affwild2.PAIR_SUFFIXES] if i % 4 == 2 else [video]
+        people = []
+        for name in names:
+            gap = rng.random()
+            tasks = tuple(
+                t for t in affwild2.TASKS if not (t == "AU" and gap < 0.2) and not (t == "VA" and gap > 0.8)
+            )
+            people.append(_make_person(rng, name, split, tasks, scene, num_frames))
+        specs.append(
+            VideoSpec(
+                index=i,
+                video=video,
+                scene=scene,
+                num_frames=num_frames,
+                is_test=is_test,
+                people=tuple(people),
+            )
+        )
+    return specs
 
 
 def _annotation_text(task: str, person: Person) -> str:
-  if task == "AU":
-    rows = [",".join(str(v) for v in row) for row in person.au]
-  elif task == "EXPR":
-    rows = [str(v) for v in person.expr]
-  else:
-    rows = ["-5,-5" if row[0] == -5 else f"{row[0]:.4f},{row[1]:.4f}" for row in person.va]
-  return "\n".join([affwild2.HEADERS[task]] + rows) + "\n"
+    if task == "AU":
+        rows = [",".join(str(v) for v in row) for row in person.au]
+    elif task == "EXPR":
+        rows = [str(v) for v in person.expr]
+    else:
+        rows = ["-5,-5" if row[0] == -5 else f"{row[0]:.4f},{row[1]:.4f}" for row in person.va]
+    return "\n".join([affwild2.HEADERS[task]] + rows) + "\n"
 
 
 def _layout(num_people: int, width: int, height: int) -> list[tuple[float, float, float]]:
-  """(centre x, centre y, face width) per person; a pair sits side by side."""
-  if num_people == 1:
-    return [(0.5 * width, 0.47 * height, 0.40 * height)]
-  return [(0.26 * width, 0.47 * height, 0.36 * height), (0.74 * width, 0.47 * height, 0.36 * height)]
+    """(centre x, centre y, face width) per person; a pair sits side by side."""
+    if num_people == 1:
+        return [(0.5 * width, 0.47 * height, 0.40 * height)]
+    return [(0.26 * width, 0.47 * height, 0.36 * height), (0.74 * width, 0.47 * height, 0.36 * height)]
 
 
-def render_video(spec: VideoSpec, out_dir: pathlib.Path, seed: int, frame_size: tuple[int, int],
-                 crop_size: int, jpeg_quality: int) -> int:
-  """Writes the mp4 and the crops of one video; returns the number of crops written."""
-  width, height = frame_size
-  rng = np.random.default_rng([seed, spec.index, 1])
-  background = scene_background(rng, spec.scene, height, width)
-  tint = np.array([1.12, 1.0, 0.85]) if spec.scene == "reaction" else np.array([0.95, 1.0, 1.05])
-  n = spec.num_frames
-  slots = _layout(len(spec.people), width, height)
-  motion = [(_smooth_walk(rng, n, 15, 0.04 * w), _smooth_walk(rng, n, 15, 0.03 * w),
-             1.0 + _smooth_walk(rng, n, 25, 0.04)) for (_, _, w) in slots]
-  jitter = [p.intensity + rng.normal(0, _RENDER_JITTER, p.intensity.shape) for p in spec.people]
-  crop_dirs = []
-  for person in spec.people:
-    d = out_dir / "cropped_aligned" / person.name
-    d.mkdir(parents=True, exist_ok=True)
-    crop_dirs.append(d)
-  arousal = np.mean([valence_arousal_from_aus(p.intensity)[:, 1] for p in spec.people], axis=0)
-  audio = synthesize_audio(arousal, _FPS, _SAMPLE_RATE, rng)
-  noise_bank = rng.normal(0, 2.5 / 255, (height + 16, width + 16, 3)).astype(np.float32)
-  container = av.open(str(out_dir / "videos" / f"{spec.video}.mp4"), "w")
-  try:
-    vstream = container.add_stream("mpeg4", rate=_FPS)
-    vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-    vstream.bit_rate = 1_000_000
-    astream = container.add_stream("aac", rate=_SAMPLE_RATE)
-    astream.layout = "mono"
-    num_crops = 0
-    for k in range(n):
-      canvas = background.copy()
-      boxes = []
-      for j, person in enumerate(spec.people):
-        x0, y0, w0 = slots[j]
-        dx, dy, zoom = motion[j][0][k], motion[j][1][k], motion[j][2][k]
-        center, face_w = (x0 + dx, y0 + dy), w0 * zoom
-        render_face(canvas, center, face_w, jitter[j][k], person.identity, tint)
-        if not person.has_crop[k]:
-          render_occluder(canvas, center, face_w, rng)
-        boxes.append((center[0], center[1] - 0.03 * face_w, _CROP_BOX * face_w))
-      canvas = cv2.GaussianBlur(canvas, (0, 0), 0.8)
-      oy, ox = rng.integers(0, 16, 2)
-      canvas += noise_bank[oy:oy + height, ox:ox + width]
-      frame = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
-      for j, person in enumerate(spec.people):
-        if person.has_crop[k]:
-          crop = _crop(frame, boxes[j], crop_size)
-          _, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-          (crop_dirs[j] / f"{k + 1:05d}.jpg").write_bytes(data.tobytes())
-          num_crops += 1
-      for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
-        container.mux(packet)
-    for packet in vstream.encode():
-      container.mux(packet)
-    chunk = 1024
-    for start in range(0, len(audio), chunk):
-      aframe = av.AudioFrame.from_ndarray(audio[None, start:start + chunk], format="fltp", layout="mono")
-      aframe.sample_rate, aframe.pts = _SAMPLE_RATE, start
-      for packet in astream.encode(aframe):
-        container.mux(packet)
-    for packet in astream.encode():
-      container.mux(packet)
-  finally:
-    container.close()
-  return num_crops
+def render_video(
+    spec: VideoSpec,
+    out_dir: pathlib.Path,
+    seed: int,
+    frame_size: tuple[int, int],
+    crop_size: int,
+    jpeg_quality: int,
+) -> int:
+    """Writes the mp4 and the crops of one video; returns the number of crops written."""
+    width, height = frame_size
+    rng = np.random.default_rng([seed, spec.index, 1])
+    background = scene_background(rng, spec.scene, height, width)
+    tint = np.array([1.12, 1.0, 0.85]) if spec.scene == "reaction" else np.array([0.95, 1.0, 1.05])
+    n = spec.num_frames
+    slots = _layout(len(spec.people), width, height)
+    motion = [
+        (
+            _smooth_walk(rng, n, 15, 0.04 * w),
+            _smooth_walk(rng, n, 15, 0.03 * w),
+            1.0 + _smooth_walk(rng, n, 25, 0.04),
+        )
+        for (_, _, w) in slots
+    ]
+    jitter = [p.intensity + rng.normal(0, _RENDER_JITTER, p.intensity.shape) for p in spec.people]
+    crop_dirs = []
+    for person in spec.people:
+        d = out_dir / "cropped_aligned" / person.name
+        d.mkdir(parents=True, exist_ok=True)
+        crop_dirs.append(d)
+    arousal = np.mean([valence_arousal_from_aus(p.intensity)[:, 1] for p in spec.people], axis=0)
+    audio = synthesize_audio(arousal, _FPS, _SAMPLE_RATE, rng)
+    noise_bank = rng.normal(0, 2.5 / 255, (height + 16, width + 16, 3)).astype(np.float32)
+    container = av.open(str(out_dir / "videos" / f"{spec.video}.mp4"), "w")
+    try:
+        vstream = container.add_stream("mpeg4", rate=_FPS)
+        vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+        vstream.bit_rate = 1_000_000
+        astream = container.add_stream("aac", rate=_SAMPLE_RATE)
+        astream.layout = "mono"
+        num_crops = 0
+        for k in range(n):
+            canvas = background.copy()
+            boxes = []
+            for j, person in enumerate(spec.people):
+                x0, y0, w0 = slots[j]
+                dx, dy, zoom = motion[j][0][k], motion[j][1][k], motion[j][2][k]
+                center, face_w = (x0 + dx, y0 + dy), w0 * zoom
+                render_face(canvas, center, face_w, jitter[j][k], person.identity, tint)
+                if not person.has_crop[k]:
+                    render_occluder(canvas, center, face_w, rng)
+                boxes.append((center[0], center[1] - 0.03 * face_w, _CROP_BOX * face_w))
+            canvas = cv2.GaussianBlur(canvas, (0, 0), 0.8)
+            oy, ox = rng.integers(0, 16, 2)
+            canvas += noise_bank[oy : oy + height, ox : ox + width]
+            frame = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            for j, person in enumerate(spec.people):
+                if person.has_crop[k]:
+                    crop = _crop(frame, boxes[j], crop_size)
+                    _, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+                    (crop_dirs[j] / f"{k + 1:05d}.jpg").write_bytes(data.tobytes())
+                    num_crops += 1
+            for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                container.mux(packet)
+        for packet in vstream.encode():
+            container.mux(packet)
+        chunk = 1024
+        for start in range(0, len(audio), chunk):
+            aframe = av.AudioFrame.from_ndarray(
+                audio[None, start : start + chunk], format="fltp", layout="mono"
+            )
+            aframe.sample_rate, aframe.pts = _SAMPLE_RATE, start
+            for packet in astream.encode(aframe):
+                container.mux(packet)
+        for packet in astream.encode():
+            container.mux(packet)
+    finally:
+        container.close()
+    return num_crops
 
 
 def _crop(frame: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
-  cx, cy, side = box
-  scale = size / side
-  matrix = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]])
-  return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    cx, cy, side = box
+    scale = size / side
+    matrix = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]])
+    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _write_annotations(specs: Sequence[VideoSpec], out_dir: pathlib.Path) -> list[str]:
-  names = []
-  for spec in specs:
-    for person in spec.people:
-      for task in person.tasks:
-        if spec.is_test:
-          folder = out_dir / "test_set" / "ground_truth" / _TEST_FOLDERS[task]
-        else:
-          folder = out_dir / "annotations" / affwild2.TASK_FOLDERS[task][0] / person.split
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{person.name}.txt").write_text(_annotation_text(task, person))
-      if not spec.is_test:
-        names.append(person.name)
-  return names
+    names = []
+    for spec in specs:
+        for person in spec.people:
+            for task in person.tasks:
+                if spec.is_test:
+                    folder = out_dir / "test_set" / "ground_truth" / _TEST_FOLDERS[task]
+                else:
+                    folder = out_dir / "annotations" / affwild2.TASK_FOLDERS[task][0] / person.split
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{person.name}.txt").write_text(_annotation_text(task, person))
+            if not spec.is_test:
+                names.append(person.name)
+    return names
 
 
 def _write_test_set(specs: Sequence[VideoSpec], out_dir: pathlib.Path) -> list[str]:
-  """Per-task test lists and example submissions listing every frame of every test video."""
-  lists_dir = out_dir / "test_set" / "names_of_videos_in_each_test_set"
-  examples_dir = out_dir / "test_set" / "prediction_files_format"
-  lists_dir.mkdir(parents=True, exist_ok=True)
-  examples_dir.mkdir(parents=True, exist_ok=True)
-  placeholder = {"AU": ",".join(["0"] * len(affwild2.AU_NAMES)), "EXPR": "0", "VA": "0.0,0.0"}
-  test_names = []
-  for task in affwild2.TASKS:
-    people = [(spec, p) for spec in specs if spec.is_test for p in spec.people if task in p.tasks]
-    (lists_dir / f"{_TEST_FOLDERS[task]}_test_set_release.txt").write_text(
-        "".join(f"{p.name}\n" for _, p in people))
-    rows = [affwild2.SUBMISSION_HEADERS[task]]
-    rows += [f"{p.name}/{k:05d}.jpg,{placeholder[task]}" for spec, p in people
-             for k in range(1, spec.num_frames + 1)]
-    (examples_dir / _EXAMPLE_NAMES[task]).write_text("\n".join(rows) + "\n")
-    test_names += [p.name for _, p in people if p.name not in test_names]
-  return test_names
+    """Per-task test lists and example submissions listing every frame of every test video."""
+    lists_dir = out_dir / "test_set" / "names_of_videos_in_each_test_set"
+    examples_dir = out_dir / "test_set" / "prediction_files_format"
+    lists_dir.mkdir(parents=True, exist_ok=True)
+    examples_dir.mkdir(parents=True, exist_ok=True)
+    placeholder = {"AU": ",".join(["0"] * len(affwild2.AU_NAMES)), "EXPR": "0", "VA": "0.0,0.0"}
+    test_names = []
+    for task in affwild2.TASKS:
+        people = [(spec, p) for spec in specs if spec.is_test for p in spec.people if task in p.tasks]
+        (lists_dir / f"{_TEST_FOLDERS[task]}_test_set_release.txt").write_text(
+            "".join(f"{p.name}\n" for _, p in people)
+        )
+        rows = [affwild2.SUBMISSION_HEADERS[task]]
+        rows += [
+            f"{p.name}/{k:05d}.jpg,{placeholder[task]}"
+            for spec, p in people
+            for k in range(1, spec.num_frames + 1)
+        ]
+        (examples_dir / _EXAMPLE_NAMES[task]).write_text("\n".join(rows) + "\n")
+        test_names += [p.name for _, p in people if p.name not in test_names]
+    return test_names
 
 
 def _write_metadata(specs: Sequence[VideoSpec], out_dir: pathlib.Path, arguments: dict) -> None:
-  videos = [{"video": s.video, "scene": s.scene, "num_frames": s.num_frames, "test": s.is_test,
-             "people": [{"name": p.name, "split": p.split, "tasks": list(p.tasks),
-                         "num_crops": int(p.has_crop.sum())} for p in s.people]} for s in specs]
-  (out_dir / "generation.json").write_text(json.dumps({"arguments": arguments, "fps": _FPS,
-                                                        "audio_sample_rate": _SAMPLE_RATE,
-                                                        "videos": videos}, indent=1) + "\n")
-  (out_dir / "README.md").write_text(
-      "# Synthetic Aff-Wild2\n\nGenerated by `abaw_jax.data.synthetic.generate` with "
-      f"`{json.dumps(arguments)}`.\n\n```\n{__doc__.strip()}\n```\n")
+    videos = [
+        {
+            "video": s.video,
+            "scene": s.scene,
+            "num_frames": s.num_frames,
+            "test": s.is_test,
+            "people": [
+                {"name": p.name, "split": p.split, "tasks": list(p.tasks), "num_crops": int(p.has_crop.sum())}
+                for p in s.people
+            ],
+        }
+        for s in specs
+    ]
+    (out_dir / "generation.json").write_text(
+        json.dumps(
+            {"arguments": arguments, "fps": _FPS, "audio_sample_rate": _SAMPLE_RATE, "videos": videos},
+            indent=1,
+        )
+        + "\n"
+    )
+    (out_dir / "README.md").write_text(
+        "# Synthetic Aff-Wild2\n\nGenerated by `abaw_jax.data.synthetic.generate` with "
+        f"`{json.dumps(arguments)}`.\n\n```\n{__doc__.strip()}\n```\n"
+    )
 
 
-def generate(out_dir: str | pathlib.Path, *, num_videos: int = 16, frames_per_video: int = 300,
-             seed: int = 0, num_test_videos: int = 2, frame_size: tuple[int, int] = (320, 240),
-             crop_size: int = 112, jpeg_quality: int = 90) -> GenerationSummary:
-  """Writes a synthetic Aff-Wild2 release to `out_dir` (see the module docstring for the rules).
+def generate(
+    out_dir: str | pathlib.Path,
+    *,
+    num_videos: int = 16,
+    frames_per_video: int = 300,
+    seed: int = 0,
+    num_test_videos: int = 2,
+    frame_size: tuple[int, int] = (320, 240),
+    crop_size: int = 112,
+    jpeg_quality: int = 90,
+) -> GenerationSummary:
+    """Writes a synthetic Aff-Wild2 release to `out_dir` (see the module docstring for the rules).
 
-  Args:
-    out_dir: output folder; created if missing. Existing files of the same names are overwritten.
-    num_videos: annotated source videos (every fourth holds a `_left`/`_right` pair).
-    frames_per_video: mean frames per video; each video draws 0.8-1.2 times this.
-    seed: everything is a deterministic function of the seed and the other arguments.
-    num_test_videos: extra videos without public labels, listed in `test_set/`.
-    frame_size: (width, height) of the raw videos.
-    crop_size: side of the square `cropped_aligned` JPEGs.
-    jpeg_quality: JPEG quality of the crops.
+    Args:
+      out_dir: output folder; created if missing. Existing files of the same names are overwritten.
+      num_videos: annotated source videos (every fourth holds a `_left`/`_right` pair).
+      frames_per_video: mean frames per video; each video draws 0.8-1.2 times this.
+      seed: everything is a deterministic function of the seed and the other arguments.
+      num_test_videos: extra videos without public labels, listed in `test_set/`.
+      frame_size: (width, height) of the raw videos.
+      crop_size: side of the square `cropped_aligned` JPEGs.
+      jpeg_quality: JPEG quality of the crops.
 
-  Returns:
-    A summary with the names written and counts.
-  """
-  if num_videos < 2 or frames_per_video < 60 or num_test_videos < 0:
-    raise ValueError("need num_videos >= 2 (one per scene type), frames_per_video >= 60 and "
-                     f"num_test_videos >= 0; got {num_videos}, {frames_per_video}, {num_test_videos}")
-  start = time.perf_counter()
-  out_dir = pathlib.Path(out_dir)
-  (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-  specs = plan_videos(num_videos, frames_per_video, num_test_videos, seed, frame_size)
-  annotation_names = _write_annotations(specs, out_dir)
-  test_names = _write_test_set(specs, out_dir)
-  reaction = [s.video for s in specs if s.scene == "reaction"]
-  (out_dir / "reaction_videos.txt").write_text("".join(f"{v}\n" for v in reaction))
-  arguments = dict(num_videos=num_videos, frames_per_video=frames_per_video, seed=seed,
-                   num_test_videos=num_test_videos, frame_size=list(frame_size), crop_size=crop_size,
-                   jpeg_quality=jpeg_quality)
-  _write_metadata(specs, out_dir, arguments)
-  num_crops = 0
-  for i, spec in enumerate(specs):
-    num_crops += render_video(spec, out_dir, seed, frame_size, crop_size, jpeg_quality)
-    logging.info("synthetic Aff-Wild2: video %d/%d (%s, %s, %d frames), %d crops so far, %.1f s",
-                 i + 1, len(specs), spec.video, spec.scene, spec.num_frames, num_crops,
-                 time.perf_counter() - start)
-  return GenerationSummary(out_dir=out_dir, seed=seed, videos=tuple(s.video for s in specs),
-                           annotation_names=tuple(annotation_names), test_names=tuple(test_names),
-                           reaction_videos=tuple(reaction), num_frames=sum(s.num_frames for s in specs),
-                           num_crops=num_crops, seconds=time.perf_counter() - start)
+    Returns:
+      A summary with the names written and counts.
+    """
+    if num_videos < 2 or frames_per_video < 60 or num_test_videos < 0:
+        raise ValueError(
+            "need num_videos >= 2 (one per scene type), frames_per_video >= 60 and "
+            f"num_test_videos >= 0; got {num_videos}, {frames_per_video}, {num_test_videos}"
+        )
+    start = time.perf_counter()
+    out_dir = pathlib.Path(out_dir)
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    specs = plan_videos(num_videos, frames_per_video, num_test_videos, seed, frame_size)
+    annotation_names = _write_annotations(specs, out_dir)
+    test_names = _write_test_set(specs, out_dir)
+    reaction = [s.video for s in specs if s.scene == "reaction"]
+    (out_dir / "reaction_videos.txt").write_text("".join(f"{v}\n" for v in reaction))
+    arguments = dict(
+        num_videos=num_videos,
+        frames_per_video=frames_per_video,
+        seed=seed,
+        num_test_videos=num_test_videos,
+        frame_size=list(frame_size),
+        crop_size=crop_size,
+        jpeg_quality=jpeg_quality,
+    )
+    _write_metadata(specs, out_dir, arguments)
+    num_crops = 0
+    for i, spec in enumerate(specs):
+        num_crops += render_video(spec, out_dir, seed, frame_size, crop_size, jpeg_quality)
+        logging.info(
+            "synthetic Aff-Wild2: video %d/%d (%s, %s, %d frames), %d crops so far, %.1f s",
+            i + 1,
+            len(specs),
+            spec.video,
+            spec.scene,
+            spec.num_frames,
+            num_crops,
+            time.perf_counter() - start,
+        )
+    return GenerationSummary(
+        out_dir=out_dir,
+        seed=seed,
+        videos=tuple(s.video for s in specs),
+        annotation_names=tuple(annotation_names),
+        test_names=tuple(test_names),
+        reaction_videos=tuple(reaction),
+        num_frames=sum(s.num_frames for s in specs),
+        num_crops=num_crops,
+        seconds=time.perf_counter() - start,
+    )
