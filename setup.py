@@ -1,11 +1,13 @@
 """abaw_jax: JAX/Flax reimplementation of the ABAW6-winning affective behaviour analysis method."""
+import pathlib
+
 from setuptools import find_packages, setup
 
 setup(
     name="abaw_jax",
     version="0.1.0",
     description="MAE face pretraining, fusion transformers and ABAW evaluation in JAX/Flax",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description=(pathlib.Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["abaw_jax", "abaw_jax.*", "data_prep", "data_prep.*"]),
@@ -15,10 +17,14 @@ setup(
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12.8,<0.13",
         "grain>=0.2.18,<0.3",
+        # Reads and writes ArrayRecord face shards without TensorFlow (never add tensorflow: 1.45 GB).
         "tensorflow-datasets>=4.9.10,<5",
         "array-record>=0.8",
         "transformers>=5,<6",
+        "safetensors>=0.4",
         "librosa>=0.11,<0.12",
+        "soundfile>=0.12",
+        # 5.x dropped the Haar cascades and CascadeClassifier.
         "opencv-python-headless>=4.10,<5",
         "av>=14",
         "scipy>=1.11",
@@ -27,14 +33,15 @@ setup(
         "pillow>=10",
         "absl-py>=2",
         "tensorboardX>=2.6",
-        "scikit-image>=0.24",
     ],
     extras_require={
         "dev": [
             "pytest>=8",
+            # Exactly this version: any looser spec pulls several GB of CUDA wheels.
             "torch==2.13.0",
             "timm>=1.0",
             "scikit-learn>=1.4",
+            "scikit-image>=0.24",
         ],
     },
 )

@@ -15,13 +15,17 @@ def default_cache_dir() -> pathlib.Path:
 
 def default_face_shards(cache_dir: str | os.PathLike | None = None, *, num_videos: int = 16,
                         frames_per_video: int = 300, seed: int = 0) -> pathlib.Path:
-    """Returns a data_dir of face shards made from the synthetic release's crops, building what is missing."""
+    """Returns a data_dir of face shards made from a synthetic release's crops, building them if missing.
+
+    The shards' quality report is written last, so its presence marks a complete build; anything short
+    of that (an interrupted generation or build) is generated again from scratch.
+    """
     cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-    name = f"synthetic_v{num_videos}_f{frames_per_video}_s{seed}"
-    release = cache / name / "release"
-    if not (release / "generation.json").exists():
-        print(f"Generating the synthetic Aff-Wild2 release in {release} (once)", flush=True)
+    root = cache / f"synthetic_v{num_videos}_f{frames_per_video}_s{seed}"
+    data_dir = root / "face_shards"
+    if not (face_shards.dataset_dir(data_dir) / face_shards.REPORT_FILENAME).exists():
+        print(f"Generating the synthetic Aff-Wild2 release and its face shards in {root} (once)", flush=True)
+        release = root / "release"
         synthetic.generate(release, num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
-    data_dir = cache / name / "face_shards"
-    face_shards.build_face_shards({SOURCE_NAME: release / "cropped_aligned"}, data_dir)
+        face_shards.build_face_shards({SOURCE_NAME: release / "cropped_aligned"}, data_dir, overwrite=True)
     return data_dir

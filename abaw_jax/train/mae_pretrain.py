@@ -134,14 +134,13 @@ def reconstruct(params: Any, images: jax.Array, rng: jax.Array, *, model: MAE, c
 def _load_source(config: ml_collections.ConfigDict):
     data_dir = config.data.data_dir
     if not data_dir:
+        build = functools.partial(default_faces.default_face_shards, config.data.cache_dir or None,
+                                  num_videos=config.data.synthetic_videos,
+                                  frames_per_video=config.data.synthetic_frames_per_video, seed=config.seed)
         if jax.process_index() == 0:
-            data_dir = default_faces.default_face_shards(
-                config.data.cache_dir or None, num_videos=config.data.synthetic_videos,
-                frames_per_video=config.data.synthetic_frames_per_video, seed=config.seed)
+            build()
         multihost_utils.sync_global_devices("default face shards ready")
-        data_dir = default_faces.default_face_shards(
-            config.data.cache_dir or None, num_videos=config.data.synthetic_videos,
-            frames_per_video=config.data.synthetic_frames_per_video, seed=config.seed)
+        data_dir = build()  # returns at once: process 0 has built them
         log(f"No --config.data.data_dir given: training on the embedded synthetic faces in {data_dir}")
     if not os.path.isdir(data_dir):
         raise TrainingError(f"config.data.data_dir={data_dir} does not exist")
@@ -241,7 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 jax.block_until_ready(state)
                 throughput.start(step)
             is_last = step == total_steps
-            if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:
+            log_now = step % config.log_every == 0 or step == first_step + 1 or is_last
+            if log_now or step % config.checkpoint_every == 0:
                 scalars = jax.device_get(step_metrics)
                 bad_steps = int(jax.device_get(state.nonfinite_steps))
                 if bad_steps:
@@ -249,7 +249,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                         f"non-finite loss or gradient in {bad_steps} step(s) at or before step {step} "
                         f"(last loss {float(scalars['loss'])}); stopping. The last good checkpoint "
                         f"(step {last_good_checkpoint}) is kept in {checkpointer.directory}.")
-                if step % config.log_every == 0 or is_last:
+                if log_now:
                     scalars.update(throughput.measure(step, total_steps))
                     log(metrics.progress_line(step, total_steps, scalars))
                     writer.write(step, scalars)

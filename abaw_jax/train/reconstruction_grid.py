@@ -4,10 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from abaw_jax.data.mae_pipeline import IMAGENET_MEAN, IMAGENET_STD
 from abaw_jax.models.mae import patchify, unpatchify
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, patch_size: int,
@@ -29,7 +27,7 @@ def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, 
     masked = np.asarray(unpatchify(target * (1 - mask), patch_size))
     recon = np.asarray(unpatchify(target * (1 - mask) + pred * mask, patch_size))
     rows = [np.concatenate([images[i], masked[i], recon[i]], axis=1) for i in range(images.shape[0])]
-    grid = np.concatenate(rows, axis=0) * IMAGENET_STD + IMAGENET_MEAN
+    grid = np.concatenate(rows, axis=0) * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
     return (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
 
 
