@@ -3,6 +3,7 @@
 import pathlib
 
 import pytest
+from absl import flags
 
 from abaw_jax.data import synthetic
 
@@ -18,3 +19,10 @@ def synthetic_affwild2(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path
     root = tmp_path_factory.mktemp("synthetic_affwild2")
     synthetic.generate(root, **SYNTHETIC_AFFWILD2_ARGS)
     return root
+
+
+@pytest.fixture(autouse=True)
+def absl_flags_parsed():
+    """grain's worker processes read absl flags, which pytest never parses (and CLI tests reset)."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

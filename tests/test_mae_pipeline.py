@@ -1,7 +1,6 @@
 """Tests for the grain MAE pipeline: augmentation semantics, sharding, determinism, resume, skips."""
 import io
 
-from absl import flags
 import grain
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +18,6 @@ from abaw_jax.torch_compat import import_torchvision
 import_torchvision()
 from torchvision import transforms  # noqa: E402  (needs import_torchvision first)
 from torchvision.transforms import functional as tvf  # noqa: E402
-
-# grain worker processes read absl flags, which pytest never parses.
-flags.FLAGS.mark_as_parsed()
 
 
 def _jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:

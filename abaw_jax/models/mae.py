@@ -66,11 +66,37 @@ def unpatchify(patches: jax.Array, patch_size: int, channels: int = 3) -> jax.Ar
 
 
 def random_masking(noise: jax.Array, num_keep: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns (ids_keep (B, num_keep), mask (B, N) with 1 = removed, ids_restore (B, N))."""
+    """Returns (ids_shuffle (B, N): patches by ascending noise, the first `num_keep` are kept;
+    mask (B, N) with 1 = removed; ids_restore (B, N), the inverse permutation of ids_shuffle)."""
     ids_shuffle = jnp.argsort(noise, axis=1)
     ids_restore = jnp.argsort(ids_shuffle, axis=1)
     mask = (ids_restore >= num_keep).astype(jnp.float32)
-    return ids_shuffle[:, :num_keep], mask, ids_restore
+    return ids_shuffle, mask, ids_restore
+
+
+@jax.custom_vjp
+def permute_tokens(x: jax.Array, order: jax.Array, inverse: jax.Array) -> jax.Array:
+    """y[b, i] = x[b, order[b, i]] for i < order.shape[1], where `order` is (the first columns of) a
+    per-sample permutation of x's tokens and `inverse` is that whole permutation's inverse.
+
+    Plain `take_along_axis` would differentiate into a scatter-add, which on GPUs serialises on atomics;
+    knowing the inverse permutation, the gradient is a gather too.
+    """
+    return jnp.take_along_axis(x, order[..., None], axis=1)
+
+
+def _permute_tokens_fwd(x, order, inverse):
+    return permute_tokens(x, order, inverse), (order, inverse)
+
+
+def _permute_tokens_bwd(residuals, grad):
+    order, inverse = residuals
+    missing = inverse.shape[1] - order.shape[1]
+    full = jnp.pad(grad, ((0, 0), (0, missing), (0, 0))) if missing else grad
+    return jnp.take_along_axis(full, inverse[..., None], axis=1), None, None
+
+
+permute_tokens.defvjp(_permute_tokens_fwd, _permute_tokens_bwd)
 
 
 def reconstruction_loss(pred: jax.Array, images: jax.Array, mask: jax.Array, patch_size: int,
@@ -101,29 +127,30 @@ class MAE(nn.Module):
     config: MAEConfig
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    attention: str = "xla"
 
     def setup(self):
         cfg = self.config
         if cfg.encoder.pool != "token":
             raise ValueError("the MAE encoder uses pool='token'")
-        self.encoder = ViT(cfg.encoder, dtype=self.dtype, remat=self.remat)
+        self.encoder = ViT(cfg.encoder, dtype=self.dtype, remat=self.remat, attention=self.attention)
         self.decoder_embed = nn.Dense(cfg.decoder_width, dtype=self.dtype, kernel_init=_dense_init)
         self.mask_token = self.param("mask_token", _token_init, (1, 1, cfg.decoder_width))
         self.decoder_pos_embed = self.param("decoder_pos_embed",
                                             fixed_sincos_init(cfg.decoder_width, cfg.encoder.grid_size),
                                             (1, cfg.encoder.num_patches + 1, cfg.decoder_width))
         self.decoder_blocks = make_blocks(cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp_dim,
-                                          "decoder_blocks", self.dtype, self.remat)
+                                          "decoder_blocks", self.dtype, self.remat, self.attention)
         self.decoder_norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype)
         self.decoder_pred = nn.Dense(cfg.encoder.patch_dim, dtype=self.dtype, kernel_init=_dense_init)
 
-    def decode(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
+    def decode(self, latent: jax.Array, ids_shuffle: jax.Array, ids_restore: jax.Array) -> jax.Array:
         x = self.decoder_embed(latent)
         batch, num_patches = ids_restore.shape
         mask_tokens = jnp.broadcast_to(self.mask_token.astype(x.dtype),
                                        (batch, num_patches + 1 - x.shape[1], x.shape[-1]))
         patches = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
-        patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)
+        patches = permute_tokens(patches, ids_restore, ids_shuffle)
         x = jnp.concatenate([x[:, :1], patches], axis=1)
         x = x + jax.lax.stop_gradient(self.decoder_pos_embed).astype(x.dtype)
         for block in self.decoder_blocks:
@@ -134,11 +161,11 @@ class MAE(nn.Module):
         """images: (batch, H, W, C) normalised; noise: (batch, patches) uniform, decides the masking."""
         cfg = self.config
         tokens = self.encoder.embed_patches(images)
-        ids_keep, mask, ids_restore = random_masking(noise, cfg.num_keep)
-        tokens = jnp.take_along_axis(tokens, ids_keep[..., None], axis=1)
+        ids_shuffle, mask, ids_restore = random_masking(noise, cfg.num_keep)
+        tokens = permute_tokens(tokens, ids_shuffle[:, :cfg.num_keep], ids_restore)
         latent, hidden = self.encoder.encode(tokens)
         latent = self.encoder.norm(latent)
-        pred = self.decode(latent, ids_restore)
+        pred = self.decode(latent, ids_shuffle, ids_restore)
         loss = reconstruction_loss(pred, images, mask, cfg.encoder.patch_size, cfg.norm_pix_loss)
         return MAEOutput(loss=loss, pred=pred, mask=mask, hidden_states=tuple(hidden))
 

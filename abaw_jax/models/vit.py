@@ -108,9 +108,40 @@ def fixed_sincos_init(width: int, grid_size: int):
     return init
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "xla") -> jax.Array:
+    """Softmax attention over (batch, tokens, heads, head_dim) inputs.
+
+    'xla' materialises the attention matrix. 'cudnn' runs cuDNN's fused flash attention, which needs
+    token counts its kernels tile (ViT's 197 and MAE's 50 are not), so the tokens are zero-padded to a
+    multiple of 64 and the padding is masked out through the sequence lengths; the padded rows are
+    dropped again, so the result equals the unpadded attention.
+    """
+    if implementation == "xla":
+        return jax.nn.dot_product_attention(q, k, v)
+    if implementation != "cudnn":
+        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                         f"got {implementation!r}")
+    return padded_attention(q, k, v, multiple=64, implementation="cudnn")
+
+
+def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, multiple: int,
+                     implementation: str | None) -> jax.Array:
+    batch, tokens = q.shape[:2]
+    padding = ((0, 0), (0, -tokens % multiple), (0, 0), (0, 0))
+    lengths = jnp.full((batch,), tokens, jnp.int32)
+    out = jax.nn.dot_product_attention(jnp.pad(q, padding), jnp.pad(k, padding), jnp.pad(v, padding),
+                                       query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                       implementation=implementation)
+    return out[:, :tokens]
+
+
 class Attention(nn.Module):
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    implementation: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -118,8 +149,7 @@ class Attention(nn.Module):
         head_dim = width // self.num_heads
         qkv = nn.Dense(3 * width, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x)
         q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.num_heads, head_dim), 3, axis=2)
-        # jax.nn.dot_product_attention picks cuDNN flash attention on GPU when shapes and dtype allow.
-        out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+        out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.implementation)
         return nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init, name="proj")(
             out.reshape(batch, length, width))
 
@@ -143,22 +173,23 @@ class Block(nn.Module):
     mlp_dim: int
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2), deterministic=deterministic)
         y = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="norm1")(x)
-        x = x + drop_path(Attention(self.num_heads, dtype=self.dtype, name="attn")(y))
+        x = x + drop_path(Attention(self.num_heads, self.dtype, self.attention, name="attn")(y))
         y = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="norm2")(x)
         return x + drop_path(Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(y))
 
 
 def make_blocks(count: int, num_heads: int, mlp_dim: int, prefix: str, dtype: jnp.dtype, remat: bool,
-                drop_path_rates: list[float] | None = None) -> list[Block]:
+                attention_impl: str, drop_path_rates: list[float] | None = None) -> list[Block]:
     """Blocks named `{prefix}_{i}`; `remat` recomputes each block's activations in the backward pass."""
     block_cls = nn.remat(Block, static_argnums=(2,)) if remat else Block
     rates = drop_path_rates or [0.0] * count
-    return [block_cls(num_heads, mlp_dim, rates[i], dtype, name=f"{prefix}_{i}") for i in range(count)]
+    return [block_cls(num_heads, mlp_dim, rates[i], dtype, attention_impl, name=f"{prefix}_{i}") for i in range(count)]
 
 
 class ViT(nn.Module):
@@ -167,6 +198,7 @@ class ViT(nn.Module):
     config: ViTConfig
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    attention: str = "xla"
 
     def setup(self):
         cfg = self.config
@@ -177,7 +209,8 @@ class ViT(nn.Module):
                                     (1, cfg.num_patches + 1, cfg.width))
         # Stochastic depth grows linearly with depth, as in the official fine-tuning recipe.
         rates = [float(r) for r in np.linspace(0.0, cfg.drop_path_rate, cfg.depth)]
-        self.blocks = make_blocks(cfg.depth, cfg.num_heads, cfg.mlp_dim, "blocks", self.dtype, self.remat, rates)
+        self.blocks = make_blocks(cfg.depth, cfg.num_heads, cfg.mlp_dim, "blocks", self.dtype, self.remat,
+                                  self.attention, rates)
         if cfg.pool == "token":
             self.norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype)
         else:

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from abaw_jax.data import default_faces, face_shards, mae_pipeline
 from abaw_jax.models import flops, params_io, torch_weights
 from abaw_jax.models.mae import MAE, MAEConfig, mae_config
+from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS
 from abaw_jax.train import checkpointing, metrics, optimizer, reconstruction_grid, sharding
 from abaw_jax.train.metrics import log
 
@@ -57,9 +58,15 @@ def model_from_config(config: ml_collections.ConfigDict) -> tuple[MAE, MAEConfig
     m = config.model
     if m.dtype not in DTYPES:
         raise TrainingError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+    attention = m.attention
+    if attention == "auto":
+        attention = "cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla"
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise TrainingError(f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
+                            f"got {m.attention!r}")
     cfg = mae_config(m.size, image_size=m.image_size, patch_size=m.patch_size, mask_ratio=m.mask_ratio,
                      norm_pix_loss=m.norm_pix_loss)
-    return MAE(cfg, dtype=DTYPES[m.dtype], remat=m.remat), cfg
+    return MAE(cfg, dtype=DTYPES[m.dtype], remat=m.remat, attention=attention), cfg
 
 
 def check_batch_layout(batch_size: int, micro_batches: int, num_devices: int, num_processes: int) -> None:
@@ -114,12 +121,16 @@ def train_step(state: TrainState, images: jax.Array, *, model: MAE, cfg: MAEConf
         loss, grads = jax.tree.map(lambda t: t / micro_batches, (loss, grads))
 
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state),
+
+    def update(params, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    # A branch, not a select over every buffer: selecting would re-read and re-write all parameters and
+    # optimizer moments each step (8x the cost of the AdamW update itself on CPU).
+    params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
     return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
 
@@ -189,7 +200,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     abstract_state = jax.eval_shape(init_fn, jax.random.key(config.seed))
     state_shardings = sharding.fsdp_shardings(abstract_state, mesh)
     state = jax.jit(init_fn, out_shardings=state_shardings)(jax.random.key(config.seed))
-    log(f"MAE {config.model.size}: {optimizer.tree_size(state.params):,} parameters, {num_devices} devices in "
+    log(f"MAE {config.model.size} ({model.dtype.__name__} compute, {model.attention} attention): "
+        f"{optimizer.tree_size(state.params):,} parameters, {num_devices} devices in "
         f"{num_processes} processes, mesh {dict(mesh.shape)}, batch {config.batch_size} "
         f"({config.micro_batches} micro-batches), {len(source):,} faces in {data_dir}, "
         f"{total_steps} steps, peak lr {peak_lr:.3g}")
