@@ -9,6 +9,9 @@ Two pooling heads, as in the official code:
 - `pool='token'` (MAE pretraining): final `norm` over every token.
 - `pool='gap'` (fine-tuning and frozen features): mean over patch tokens, then `fc_norm`; this 768-d vector
   is the per-frame visual feature used downstream. An optional linear `head` maps it to task logits.
+
+Attention runs through XLA by default, or through cuDNN's fused flash attention (`attention='cudnn'`,
+NVIDIA GPUs) with the tokens padded to the kernels' tile and masked; both compute the same function.
 """
 from __future__ import annotations
 
@@ -249,7 +252,7 @@ class ViT(nn.Module):
         x, _ = self.encode(self.embed_patches(images), deterministic)
         if self.config.pool == "token":
             return self.norm(x)
-        feature = self.fc_norm(x[:, 1:].mean(axis=1))
+        feature = self.pool_patches(x)
         return self.head(feature) if self.config.num_classes else feature
 
     def features(self, images: jax.Array) -> jax.Array:
@@ -257,4 +260,8 @@ class ViT(nn.Module):
         if self.config.pool != "gap":
             raise ValueError("features() needs an encoder built with pool='gap'")
         x, _ = self.encode(self.embed_patches(images))
+        return self.pool_patches(x)
+
+    def pool_patches(self, x: jax.Array) -> jax.Array:
+        """Mean over the patch tokens (cls left out), then `fc_norm`, as the official fine-tuned model."""
         return self.fc_norm(x[:, 1:].mean(axis=1))

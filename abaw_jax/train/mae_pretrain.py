@@ -26,7 +26,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -114,8 +113,8 @@ def train_step(state: TrainState, images: jax.Array, *, model: MAE, cfg: MAEConf
             return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
         zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-        (loss, grads), _ = jax.lax.scan(accumulate, zeros,
-                                        (_split_micro(x, micro_batches, mesh), _split_micro(noise, micro_batches, mesh)))
+        micro = (_split_micro(x, micro_batches, mesh), _split_micro(noise, micro_batches, mesh))
+        (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)
         # The MAE loss averages over a fixed number of masked patches per image, so the mean of the
         # micro-batch losses (and gradients) equals the full-batch value.
         loss, grads = jax.tree.map(lambda t: t / micro_batches, (loss, grads))
