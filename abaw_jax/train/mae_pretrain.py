@@ -15,7 +15,6 @@ data iterator.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import shutil
@@ -214,7 +213,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
     checkpointer = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-        model_description={"kind": "mae", **dataclasses.asdict(cfg)})
+        model_description=params_io.config_to_dict(cfg))
     latest = checkpointer.latest_step()
     if latest is not None:
         abstract = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
