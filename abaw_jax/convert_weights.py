@@ -61,7 +61,7 @@ def read_torch_state(path: str, source: str) -> tw.StateDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     if source == "official":
-        return tw.load_official_checkpoint(path)
+        return tw.load_torch_checkpoint(path)
     if source != "hf":
         raise ValueError(f"source must be 'official' or 'hf', got {source!r}")
     if os.path.isdir(path):
@@ -75,12 +75,7 @@ def read_torch_state(path: str, source: str) -> tw.StateDict:
             raise FileNotFoundError(f"{path}: a transformers model folder needs model.safetensors or "
                                     "pytorch_model.bin, found neither")
         path = bin_file
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not state:
-        raise tw.WeightMismatchError(f"{path}: expected a transformers state dict, found {type(state).__name__}")
-    return tw.hf_to_official(state)
+    return tw.hf_to_official(tw.load_torch_checkpoint(path))
 
 
 def build_config(model: str, size: str, *, image_size: int = 224, patch_size: int = 16, num_classes: int = 0,

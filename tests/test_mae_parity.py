@@ -278,7 +278,7 @@ def test_pretrained_encoder_into_gap_model_keeps_fresh_head(small_official):
 def test_official_pth_round_trip(small_official, tmp_path):
     source = tmp_path / "checkpoint-799.pth"
     torch.save({"model": {k: torch.from_numpy(v) for k, v in small_official.items()}, "epoch": 799}, source)
-    state = tw.load_official_checkpoint(str(source))
+    state = tw.load_torch_checkpoint(str(source))
     model = MAE(our_config(ViTMAEConfig(**SMALL_HF)))
     params, _ = tw.official_to_flax(state, template(model, images(32, 1), np.zeros((1, 16), np.float32)))
     target = tmp_path / "exported.pth"

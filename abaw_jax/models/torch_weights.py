@@ -44,8 +44,9 @@ class WeightMismatchError(ValueError):
     """A checkpoint does not fit the model: lists missing, unexpected and wrongly shaped keys."""
 
 
-def load_official_checkpoint(path: str) -> StateDict:
-    """Reads an official MAE `.pth` (state under 'model', or a bare state dict) as numpy arrays."""
+def load_torch_checkpoint(path: str) -> StateDict:
+    """Reads a PyTorch state dict file as float32 numpy arrays: an official MAE `.pth` (state under
+    'model') or a bare state dict (timm, transformers `pytorch_model.bin`); keys are kept as they are."""
     try:
         import torch
     except ImportError as e:
