@@ -10,11 +10,9 @@ transfer, metrics, checkpoint at the end). Prints img/s per device, TFLOP/s per 
 device's peak is known, the share of time the job waited for data, and the job/step ratio. The first
 steps (compilation, warm-up) are left out of both.
 """
-import functools
 import json
 import os
 import tempfile
-import time
 
 from absl import app, flags
 import jax
@@ -22,7 +20,8 @@ from ml_collections import config_flags
 import numpy as np
 
 from abaw_jax.models import flops
-from abaw_jax.train import mae_pretrain, optimizer, sharding
+from abaw_jax.train import mae_pretrain, sharding
+from benchmarks.step_runner import jax_runner, timed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mae.py:tiny", "Job config.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 60, "Steps of the full job (the first log interval is warm-up).")
@@ -31,27 +30,10 @@ _STEP_ITERS = flags.DEFINE_integer("step_iters", 20, "Timed iterations of the ba
 
 def bare_step_rate(config) -> float:
     """Images/s of the jitted step on a batch that is already on the devices."""
-    model, cfg = mae_pretrain.model_from_config(config)
-    mesh = sharding.make_mesh(config.mesh.fsdp)
-    schedule = optimizer.learning_rate_schedule(1e-4, 10, 1000)
-    tx = optimizer.make_optimizer(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
-    init_fn = functools.partial(mae_pretrain.init_state, model=model, cfg=cfg, tx=tx)
-    shardings = sharding.fsdp_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh)
-    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
-    size = cfg.encoder.image_size
-    rng = np.random.default_rng(0)
-    images = jax.device_put(rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8),
-                            sharding.batch_sharding(mesh))
-    step = jax.jit(functools.partial(mae_pretrain.train_step, model=model, cfg=cfg, tx=tx, schedule=schedule,
-                                     micro_batches=config.micro_batches, mesh=mesh), donate_argnums=0)
-    for _ in range(3):
-        state, _ = step(state, images)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(_STEP_ITERS.value):
-        state, _ = step(state, images)
-    jax.block_until_ready(state)
-    return _STEP_ITERS.value * config.batch_size / (time.perf_counter() - start)
+    model, _ = mae_pretrain.model_from_config(config)
+    runner = jax_runner(model, config.batch_size, sharding.make_mesh(config.mesh.fsdp), config.micro_batches)
+    timed(runner, 3)
+    return _STEP_ITERS.value * config.batch_size / timed(runner, _STEP_ITERS.value)
 
 
 def job_rates(config) -> dict[str, float]:

@@ -24,7 +24,6 @@ JAX and PyTorch share the GPU here, so JAX allocates on demand instead of taking
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 
@@ -36,18 +35,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags, logging
 
 from abaw_jax.models.flops import device_peak_flops, mae_flops_per_image
 from abaw_jax.models.mae import MAE, MAEConfig, mae_config
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS
-from abaw_jax.train import mae_pretrain, optimizer, sharding
+from abaw_jax.train import sharding
+from benchmarks.step_runner import BETAS, LEARNING_RATE, WEIGHT_DECAY, Runner, jax_runner, timed
 
 _SIZE = flags.DEFINE_enum("size", "base", ["tiny", "base", "large"], "Model size.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per step.")
@@ -63,21 +62,6 @@ _REMAT = flags.DEFINE_boolean("remat", False, "JAX: recompute block activations 
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measures the roofline.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
 
-LEARNING_RATE = 1.5e-4
-BETAS = (0.9, 0.95)
-WEIGHT_DECAY = 0.05
-
-
-@dataclasses.dataclass
-class Runner:
-    """One implementation's training step on a fixed batch, and how to wait for the device."""
-
-    impl: str
-    step: Callable[[], None]
-    sync: Callable[[], None]
-    last_loss: Callable[[], float]
-
-
 @dataclasses.dataclass
 class Timing:
     impl: str
@@ -92,16 +76,6 @@ class Timing:
     @property
     def median_images_per_second(self) -> float:
         return self.batch / float(np.median(self.round_seconds_per_step))
-
-
-def timed(runner: Runner, steps: int) -> float:
-    """Seconds for `steps` steps, the device synchronised before and after."""
-    runner.sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        runner.step()
-    runner.sync()
-    return time.perf_counter() - start
 
 
 def measure(runners: Sequence[Runner], batch: int, warmup: int, steps: int, rounds: int) -> list[Timing]:
@@ -120,28 +94,6 @@ def measure(runners: Sequence[Runner], batch: int, warmup: int, steps: int, roun
         if not np.isfinite(loss):
             raise FloatingPointError(f"{runner.impl}: loss is {loss} after {warmup + rounds * steps} steps")
     return [Timing(r.impl, per_round[r.impl], warmup_seconds[r.impl], batch) for r in runners]
-
-
-def jax_runner(config: MAEConfig, batch: int, dtype: str, remat: bool, attention: str) -> Runner:
-    """The pretraining job's own jitted step (`mae_pretrain.train_step`) on a batch already on the device."""
-    model = MAE(config, dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32, remat=remat, attention=attention)
-    schedule = optax.constant_schedule(LEARNING_RATE)
-    tx = optimizer.make_optimizer(schedule, b1=BETAS[0], b2=BETAS[1], weight_decay=WEIGHT_DECAY)
-    mesh = sharding.make_mesh(1, jax.devices()[:1])
-    state = jax.jit(functools.partial(mae_pretrain.init_state, model=model, cfg=config, tx=tx))(jax.random.key(0))
-    size = config.encoder.image_size
-    images = jax.device_put(np.random.default_rng(1).integers(0, 256, (batch, size, size, config.encoder.channels),
-                                                               dtype=np.uint8))
-    train_step = jax.jit(functools.partial(mae_pretrain.train_step, model=model, cfg=config, tx=tx,
-                                           schedule=schedule, micro_batches=1, mesh=mesh), donate_argnums=0)
-    holder = {"state": state, "loss": jnp.zeros(())}
-
-    def step():
-        holder["state"], metrics = train_step(holder["state"], images)
-        holder["loss"] = metrics["loss"]
-
-    return Runner(f"jax ({attention} attention)", step, lambda: jax.block_until_ready(holder["loss"]),
-                  lambda: float(holder["loss"]))
 
 
 def torch_mae(config: MAEConfig):
@@ -248,7 +200,9 @@ def main(argv: Sequence[str]) -> None:
     runners = []
     for impl in _IMPLS.value:
         if impl == "jax":
-            runners.extend(jax_runner(config, _BATCH.value, _DTYPE.value, _REMAT.value, attention)
+            dtype = jnp.bfloat16 if _DTYPE.value == "bf16" else jnp.float32
+            runners.extend(jax_runner(MAE(config, dtype=dtype, remat=_REMAT.value, attention=attention),
+                                      _BATCH.value, sharding.make_mesh(1, jax.devices()[:1]))
                            for attention in _ATTENTION.value)
         else:
             runners.append(torch_runner(config, _BATCH.value, _DTYPE.value, impl == "torch_compile"))

@@ -204,11 +204,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         f"({config.micro_batches} micro-batches), {len(source):,} faces in {data_dir}, "
         f"{total_steps} steps, peak lr {peak_lr:.3g}")
 
+    skipped_dir = os.path.join(workdir, "skipped_records")
     loader = mae_pipeline.make_mae_loader(
         source, global_batch_size=config.batch_size, image_size=cfg.encoder.image_size, seed=config.seed,
         num_epochs=None, worker_count=config.data.worker_count,
         worker_buffer_size=config.data.worker_buffer_size,
-        skipped_records_dir=os.path.join(workdir, "skipped_records"))
+        skipped_records_dir=skipped_dir)
     data_iter = iter(loader)
 
     checkpointer = checkpointing.Checkpointer(
@@ -278,9 +279,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     finally:
         checkpointer.close()
         writer.close()
-    skipped = mae_pipeline.read_skipped_records(os.path.join(workdir, "skipped_records"))
+    skipped = mae_pipeline.read_skipped_records(skipped_dir)
     if skipped:
-        log(f"Skipped {len(skipped)} corrupt records (ids in {workdir}/skipped_records/)")
+        log(f"Skipped {len(skipped)} corrupt records (ids in {skipped_dir})")
     replicated_params = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(state.params)
     _export_encoder(replicated_params, cfg, workdir)
     return state

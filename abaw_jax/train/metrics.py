@@ -31,19 +31,14 @@ class Throughput:
         self.num_devices = num_devices
         self.peak = peak_flops_per_device
         self._start_time: float | None = None
-        self._start_step = 0
         self._last_time = 0.0
         self._last_step = 0
         self.data_wait = 0.0
 
     def start(self, step: int) -> None:
         self._start_time = self._last_time = time.perf_counter()
-        self._start_step = self._last_step = step
+        self._last_step = step
         self.data_wait = 0.0
-
-    @property
-    def started(self) -> bool:
-        return self._start_time is not None
 
     def measure(self, step: int, total_steps: int) -> dict[str, float]:
         """Rates since the previous call; empty before `start` or when no step has passed."""
