@@ -11,7 +11,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from abaw_jax.train import mae_pretrain
+from abaw_jax.jobs import mae_pretrain
+from abaw_jax.runtime.errors import JobError
 
 JOBS = {"mae_pretrain": mae_pretrain.train}
 
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> None:
     logging.info("Config:\n%s", config)
     try:
         JOBS[config.job](config, _WORKDIR.value)
-    except mae_pretrain.TrainingError as e:
+    except JobError as e:
         raise SystemExit(f"error: {e}") from None
 
 

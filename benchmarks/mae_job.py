@@ -20,7 +20,8 @@ from ml_collections import config_flags
 import numpy as np
 
 from abaw_jax.models import flops
-from abaw_jax.train import mae_pretrain, sharding
+from abaw_jax.jobs import mae_pretrain
+from abaw_jax.runtime import sharding
 from benchmarks.step_runner import jax_runner, timed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mae.py:tiny", "Job config.", lock_config=True)

@@ -45,7 +45,7 @@ from absl import app, flags, logging
 from abaw_jax.models.flops import device_peak_flops, mae_flops_per_image
 from abaw_jax.models.mae import MAE, MAEConfig, mae_config
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS
-from abaw_jax.train import sharding
+from abaw_jax.runtime import sharding
 from benchmarks.step_runner import BETAS, LEARNING_RATE, WEIGHT_DECAY, Runner, jax_runner, timed
 
 _SIZE = flags.DEFINE_enum("size", "base", ["tiny", "base", "large"], "Model size.")

@@ -17,7 +17,8 @@ import optax
 from jax.sharding import Mesh
 
 from abaw_jax.models.mae import MAE
-from abaw_jax.train import mae_pretrain, optimizer, sharding
+from abaw_jax.jobs import mae_pretrain
+from abaw_jax.runtime import optimizer, sharding
 
 LEARNING_RATE = 1.5e-4
 BETAS = (0.9, 0.95)

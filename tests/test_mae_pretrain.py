@@ -18,7 +18,8 @@ import pytest
 
 from abaw_jax.data import face_shards
 from abaw_jax.models import params_io
-from abaw_jax.train import mae_pretrain
+from abaw_jax.jobs import mae_pretrain
+from abaw_jax.runtime.errors import JobError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = {
@@ -183,5 +184,5 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(face_data, tmp
 
 def test_batch_layout_checks():
     mae_pretrain.check_batch_layout(4096, 4, 8, 2)
-    with pytest.raises(mae_pretrain.TrainingError, match="not divisible by the 3 processes"):
+    with pytest.raises(JobError, match="not divisible by the 3 processes"):
         mae_pretrain.check_batch_layout(4096, 1, 8, 3)

@@ -32,19 +32,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
-EXPR_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-VA_NAMES = ("valence", "arousal")
+from abaw_jax import tasks
 
-TASKS = ("AU", "EXPR", "VA")
-TASK_FOLDERS = {
-    "AU": ("AU_Detection_Challenge",),
-    "EXPR": ("EXPR_Recognition_Challenge", "EXPR_Classification_Challenge"),
-    "VA": ("VA_Estimation_Challenge",),
-}
-HEADERS = {"AU": ",".join(AU_NAMES), "EXPR": ",".join(EXPR_NAMES), "VA": ",".join(VA_NAMES)}
-SUBMISSION_HEADERS = {task: "image_location," + header for task, header in HEADERS.items()}
-INVALID_MARKERS = {"AU": -1, "EXPR": -1, "VA": -5}
 SPLITS = ("Train_Set", "Validation_Set")
 PAIR_SUFFIXES = ("_left", "_right")
 CROP_PATTERN = re.compile(r"^(\d{5})\.jpg$")
@@ -135,12 +124,11 @@ def source_video(name: str) -> str:
 def find_task_dir(root: str | pathlib.Path, task: str) -> pathlib.Path:
     """The `<task>_Challenge` folder under `root` or under any folder directly inside it."""
     root = pathlib.Path(root)
-    candidates = [
-        d for folder in TASK_FOLDERS[task] for d in (root / folder, *root.glob(f"*/{folder}")) if d.is_dir()
-    ]
+    folders = tasks.get_task(task).folders
+    candidates = [d for folder in folders for d in (root / folder, *root.glob(f"*/{folder}")) if d.is_dir()]
     if len(candidates) != 1:
         raise FileNotFoundError(
-            f"expected exactly one of {TASK_FOLDERS[task]} in {root} or one level below, "
+            f"expected exactly one of {folders} in {root} or one level below, "
             f"found {[str(c) for c in candidates]}"
         )
     return candidates[0]
@@ -149,22 +137,24 @@ def find_task_dir(root: str | pathlib.Path, task: str) -> pathlib.Path:
 def parse_annotation_file(path: str | pathlib.Path, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(labels, valid) for every row of an annotation file; row k is frame k + 1."""
     path = pathlib.Path(path)
+    header = tasks.get_task(task).header
     lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if not lines or lines[0].strip() != HEADERS[task]:
-        raise AnnotationError(path, 1, f"the {task} header {HEADERS[task]!r}", lines[0] if lines else "")
+    if not lines or lines[0].strip() != header:
+        raise AnnotationError(path, 1, f"the {task} header {header!r}", lines[0] if lines else "")
     parse_row = {"AU": _parse_au_row, "EXPR": _parse_expr_row, "VA": _parse_va_row}[task]
     while len(lines) > 1 and not lines[-1].strip():
         lines.pop()
     rows = [parse_row(path, number, line.strip()) for number, line in enumerate(lines[1:], start=2)]
-    dtype, width = {"AU": (np.int8, (len(AU_NAMES),)), "EXPR": (np.int64, ()), "VA": (np.float32, (2,))}[task]
+    dtype, width = {"AU": (np.int8, (tasks.AU.values_per_row,)), "EXPR": (np.int64, ()),
+                    "VA": (np.float32, (tasks.VA.values_per_row,))}[task]
     labels = np.array([r for r, _ in rows], dtype).reshape((len(rows),) + width)
     return labels, np.array([v for _, v in rows], bool)
 
 
 def _parse_au_row(path: pathlib.Path, number: int, line: str) -> tuple[list[int], bool]:
     fields = line.split(",")
-    expected = f"{len(AU_NAMES)} comma-separated values in {{0, 1, -1}}"
-    if len(fields) != len(AU_NAMES):
+    expected = f"{tasks.AU.values_per_row} comma-separated values in {{0, 1, -1}}"
+    if len(fields) != tasks.AU.values_per_row:
         raise AnnotationError(path, number, expected, line)
     try:
         values = [int(f) for f in fields]
@@ -176,12 +166,12 @@ def _parse_au_row(path: pathlib.Path, number: int, line: str) -> tuple[list[int]
 
 
 def _parse_expr_row(path: pathlib.Path, number: int, line: str) -> tuple[int, bool]:
-    expected = f"one integer in 0..{len(EXPR_NAMES) - 1} or -1"
+    expected = f"one integer in 0..{tasks.EXPR.num_outputs - 1} or -1"
     try:
         value = int(line)
     except ValueError:
         raise AnnotationError(path, number, expected, line) from None
-    if not -1 <= value < len(EXPR_NAMES):
+    if not -1 <= value < tasks.EXPR.num_outputs:
         raise AnnotationError(path, number, expected, line)
     return value, value != -1
 
@@ -326,10 +316,10 @@ def read_submission_template(path: str | pathlib.Path, task: str) -> SubmissionT
     """
     path = pathlib.Path(path)
     lines = path.read_text(encoding="utf-8-sig").splitlines()
-    header = SUBMISSION_HEADERS[task]
+    header = tasks.get_task(task).submission_header
     if not lines or lines[0].strip() != header:
         raise AnnotationError(path, 1, f"the {task} submission header {header!r}", lines[0] if lines else "")
-    num_values = {"AU": len(AU_NAMES), "EXPR": 1, "VA": len(VA_NAMES)}[task]
+    num_values = tasks.get_task(task).values_per_row
     names, frames = [], []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():

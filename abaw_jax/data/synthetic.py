@@ -75,10 +75,11 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from abaw_jax import tasks
 from abaw_jax.data import affwild2
 
 SCENES = ("reaction", "other")
-# Target-expression probabilities, in affwild2.EXPR_NAMES order.
+# Target-expression probabilities, in tasks.EXPR.label_names order.
 EXPRESSION_PRIORS = {
     "reaction": (0.15, 0.03, 0.04, 0.05, 0.35, 0.03, 0.25, 0.10),
     "other": (0.22, 0.13, 0.11, 0.08, 0.08, 0.15, 0.05, 0.18),
@@ -96,7 +97,7 @@ _EXPRESSION_AUS = {
 # "Other" switches on one or two of these, which alone match no rule.
 _OTHER_AUS = ("AU1", "AU2", "AU7", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
 
-_AU_INDEX = {name: i for i, name in enumerate(affwild2.AU_NAMES)}
+_AU_INDEX = {name: i for i, name in enumerate(tasks.AU.label_names)}
 _ACTIVE_THRESHOLD = 0.5
 _SMOOTH_SIGMA = 5.0
 _DRIFT_SIGMA, _DRIFT_STD = 12.0, 0.06
@@ -105,16 +106,6 @@ _VA_NOISE = 0.02
 _FPS = 30
 _SAMPLE_RATE = 16000
 _CROP_BOX = 1.45  # crop side in face widths
-_TEST_FOLDERS = {
-    "AU": "AU_Detection_Challenge",
-    "EXPR": "EXPR_Recognition_Challenge",
-    "VA": "VA_Estimation_Challenge",
-}
-_EXAMPLE_NAMES = {
-    "AU": "CVPR_6th_ABAW_AU_test_set_example.txt",
-    "EXPR": "CVPR_6th_ABAW_Expr_test_set_example.txt",
-    "VA": "CVPR_6th_ABAW_VA_test_set_example.txt",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,11 +207,11 @@ def valence_arousal_from_aus(intensity: np.ndarray) -> np.ndarray:
 def sample_au_trajectory(rng: np.random.Generator, num_frames: int, scene: str) -> np.ndarray:
     """Smooth AU intensities (num_frames, 12) moving between expression targets of `scene`."""
     priors = np.asarray(EXPRESSION_PRIORS[scene])
-    targets = np.empty((num_frames, len(affwild2.AU_NAMES)))
+    targets = np.empty((num_frames, len(tasks.AU.label_names)))
     start = 0
     while start < num_frames:
         length = int(rng.integers(24, 97))
-        expression = affwild2.EXPR_NAMES[rng.choice(len(priors), p=priors / priors.sum())]
+        expression = tasks.EXPR.label_names[rng.choice(len(priors), p=priors / priors.sum())]
         targets[start : start + length] = _target_aus(rng, expression)
         start += length
     smooth = ndimage.gaussian_filter1d(targets, _SMOOTH_SIGMA, axis=0, mode="nearest")
@@ -235,7 +226,7 @@ def _target_aus(rng: np.random.Generator, expression: str) -> np.ndarray:
     else:
         always, optional = _EXPRESSION_AUS[expression]
         on = list(always) + [au for au, p in optional if rng.random() < p]
-    target = rng.uniform(0.0, 0.2, len(affwild2.AU_NAMES))
+    target = rng.uniform(0.0, 0.2, len(tasks.AU.label_names))
     for au in on:
         target[_AU_INDEX[au]] = rng.uniform(0.7, 1.0)
     return target
@@ -441,7 +432,7 @@ def _invalid_run(rng: np.random.Generator, num_frames: int) -> slice:
 
 
 def _make_person(
-    rng: np.random.Generator, name: str, split: str, tasks: tuple[str, ...], scene: str, num_frames: int
+    rng: np.random.Generator, name: str, split: str, task_names: tuple[str, ...], scene: str, num_frames: int
 ) -> Person:
     intensity = sample_au_trajectory(rng, num_frames, scene)
     active = intensity > _ACTIVE_THRESHOLD
@@ -454,7 +445,7 @@ def _make_person(
     return Person(
         name=name,
         split=split,
-        tasks=tasks,
+        tasks=task_names,
         identity=sample_identity(rng),
         intensity=intensity,
         au=au,
@@ -483,10 +474,10 @@ def plan_videos(
         people = []
         for name in names:
             gap = rng.random()
-            tasks = tuple(
-                t for t in affwild2.TASKS if not (t == "AU" and gap < 0.2) and not (t == "VA" and gap > 0.8)
+            person_tasks = tuple(
+                t for t in tasks.TASK_NAMES if not (t == "AU" and gap < 0.2) and not (t == "VA" and gap > 0.8)
             )
-            people.append(_make_person(rng, name, split, tasks, scene, num_frames))
+            people.append(_make_person(rng, name, split, person_tasks, scene, num_frames))
         specs.append(
             VideoSpec(
                 index=i,
@@ -507,7 +498,7 @@ def _annotation_text(task: str, person: Person) -> str:
         rows = [str(v) for v in person.expr]
     else:
         rows = ["-5,-5" if row[0] == -5 else f"{row[0]:.4f},{row[1]:.4f}" for row in person.va]
-    return "\n".join([affwild2.HEADERS[task]] + rows) + "\n"
+    return "\n".join([tasks.TASKS[task].header] + rows) + "\n"
 
 
 def _layout(num_people: int, width: int, height: int) -> list[tuple[float, float, float]]:
@@ -610,9 +601,9 @@ def _write_annotations(specs: Sequence[VideoSpec], out_dir: pathlib.Path) -> lis
         for person in spec.people:
             for task in person.tasks:
                 if spec.is_test:
-                    folder = out_dir / "test_set" / "ground_truth" / _TEST_FOLDERS[task]
+                    folder = out_dir / "test_set" / "ground_truth" / tasks.TASKS[task].folders[0]
                 else:
-                    folder = out_dir / "annotations" / affwild2.TASK_FOLDERS[task][0] / person.split
+                    folder = out_dir / "annotations" / tasks.TASKS[task].folders[0] / person.split
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"{person.name}.txt").write_text(_annotation_text(task, person))
             if not spec.is_test:
@@ -626,20 +617,20 @@ def _write_test_set(specs: Sequence[VideoSpec], out_dir: pathlib.Path) -> list[s
     examples_dir = out_dir / "test_set" / "prediction_files_format"
     lists_dir.mkdir(parents=True, exist_ok=True)
     examples_dir.mkdir(parents=True, exist_ok=True)
-    placeholder = {"AU": ",".join(["0"] * len(affwild2.AU_NAMES)), "EXPR": "0", "VA": "0.0,0.0"}
+    placeholder = {"AU": ",".join(["0"] * len(tasks.AU.label_names)), "EXPR": "0", "VA": "0.0,0.0"}
     test_names = []
-    for task in affwild2.TASKS:
+    for task in tasks.TASK_NAMES:
         people = [(spec, p) for spec in specs if spec.is_test for p in spec.people if task in p.tasks]
-        (lists_dir / f"{_TEST_FOLDERS[task]}_test_set_release.txt").write_text(
+        (lists_dir / tasks.TASKS[task].test_list_file).write_text(
             "".join(f"{p.name}\n" for _, p in people)
         )
-        rows = [affwild2.SUBMISSION_HEADERS[task]]
+        rows = [tasks.TASKS[task].submission_header]
         rows += [
             f"{p.name}/{k:05d}.jpg,{placeholder[task]}"
             for spec, p in people
             for k in range(1, spec.num_frames + 1)
         ]
-        (examples_dir / _EXAMPLE_NAMES[task]).write_text("\n".join(rows) + "\n")
+        (examples_dir / tasks.TASKS[task].example_file).write_text("\n".join(rows) + "\n")
         test_names += [p.name for _, p in people if p.name not in test_names]
     return test_names
 

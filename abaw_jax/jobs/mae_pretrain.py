@@ -30,17 +30,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from abaw_jax.data import default_faces, face_shards, mae_pipeline
+from abaw_jax.eval import reconstruction_grid
 from abaw_jax.models import flops, params_io, torch_weights
 from abaw_jax.models.mae import MAE, MAEConfig, mae_config
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS
-from abaw_jax.train import checkpointing, metrics, optimizer, reconstruction_grid, sharding
-from abaw_jax.train.metrics import log
+from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry
+from abaw_jax.runtime.errors import JobError
+from abaw_jax.runtime.telemetry import log
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue (bad configuration, bad data, non-finite loss)."""
 
 
 @flax.struct.dataclass
@@ -55,12 +53,12 @@ class TrainState:
 def model_from_config(config: ml_collections.ConfigDict) -> tuple[MAE, MAEConfig]:
     m = config.model
     if m.dtype not in DTYPES:
-        raise TrainingError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+        raise JobError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
     attention = m.attention
     if attention == "auto":
         attention = "cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla"
     if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise TrainingError(f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
+        raise JobError(f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
                             f"got {m.attention!r}")
     cfg = mae_config(m.size, image_size=m.image_size, patch_size=m.patch_size, mask_ratio=m.mask_ratio,
                      norm_pix_loss=m.norm_pix_loss)
@@ -69,13 +67,13 @@ def model_from_config(config: ml_collections.ConfigDict) -> tuple[MAE, MAEConfig
 
 def check_batch_layout(batch_size: int, micro_batches: int, num_devices: int, num_processes: int) -> None:
     if micro_batches < 1 or batch_size % micro_batches:
-        raise TrainingError(f"batch_size={batch_size} is not divisible by micro_batches={micro_batches}")
+        raise JobError(f"batch_size={batch_size} is not divisible by micro_batches={micro_batches}")
     micro = batch_size // micro_batches
     if micro % num_devices:
-        raise TrainingError(f"each micro-batch ({batch_size} / {micro_batches} = {micro} images) must split "
+        raise JobError(f"each micro-batch ({batch_size} / {micro_batches} = {micro} images) must split "
                             f"evenly over the {num_devices} devices")
     if batch_size % num_processes:
-        raise TrainingError(f"batch_size={batch_size} is not divisible by the {num_processes} processes")
+        raise JobError(f"batch_size={batch_size} is not divisible by the {num_processes} processes")
 
 
 def init_state(rng: jax.Array, model: MAE, cfg: MAEConfig, tx: optax.GradientTransformation) -> TrainState:
@@ -152,13 +150,13 @@ def _load_source(config: ml_collections.ConfigDict):
         data_dir = build()  # returns at once: process 0 has built them
         log(f"No --config.data.data_dir given: training on the embedded synthetic faces in {data_dir}")
     if not os.path.isdir(data_dir):
-        raise TrainingError(f"config.data.data_dir={data_dir} does not exist")
+        raise JobError(f"config.data.data_dir={data_dir} does not exist")
     try:
         source = face_shards.load_face_source(data_dir, config.data.split)
     except FileNotFoundError as e:
-        raise TrainingError(str(e)) from e
+        raise JobError(str(e)) from e
     if len(source) < config.batch_size:
-        raise TrainingError(f"{data_dir} ({config.data.split}) holds {len(source)} faces, fewer than one batch "
+        raise JobError(f"{data_dir} ({config.data.split}) holds {len(source)} faces, fewer than one batch "
                             f"of {config.batch_size}")
     return data_dir, source
 
@@ -231,9 +229,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                        out_shardings=sharding.replicated(mesh))
 
     is_main = jax.process_index() == 0
-    writer = metrics.MetricWriter(workdir, enabled=is_main)
+    writer = telemetry.MetricWriter(workdir, enabled=is_main)
     flops_per_image = flops.mae_flops_per_image(cfg)["train"]
-    throughput = metrics.Throughput(config.batch_size, flops_per_image, num_devices,
+    throughput = telemetry.Throughput(config.batch_size, flops_per_image, num_devices,
                                     flops.device_peak_flops(jax.devices()[0]))
     step = int(jax.device_get(state.step))
     first_step = step
@@ -256,13 +254,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 scalars = jax.device_get(step_metrics)
                 bad_steps = int(jax.device_get(state.nonfinite_steps))
                 if bad_steps:
-                    raise TrainingError(
+                    raise JobError(
                         f"non-finite loss or gradient in {bad_steps} step(s) at or before step {step} "
                         f"(last loss {float(scalars['loss'])}); stopping. The last good checkpoint "
                         f"(step {last_good_checkpoint}) is kept in {checkpointer.directory}.")
                 if log_now:
                     scalars.update(throughput.measure(step, total_steps))
-                    log(metrics.progress_line(step, total_steps, scalars))
+                    log(telemetry.progress_line(step, total_steps, scalars))
                     writer.write(step, scalars)
                 if step % config.checkpoint_every == 0 or is_last:
                     checkpointer.save(step, state, data_iter)

@@ -1,0 +1,121 @@
+"""ABAW task metrics as pure, jittable functions over padded arrays with a validity mask.
+
+  AU    mean of the 12 binary F1 scores (a probability above the AU's threshold, 0.5 by default, is 1).
+  EXPR  mean F1 over all 8 classes; a class absent from both prediction and truth scores 0, as
+        `sklearn.metrics.f1_score(labels=range(8), average=None, zero_division=0)`.
+  VA    (CCC_valence + CCC_arousal) / 2, with population (biased) variances and covariance.
+
+Inputs may have any leading shape (frames, or videos x frames); the last axis holds classes or
+channels. `mask` has the leading shape (or the full shape for per-label masks) and is True where a
+label is valid; masked frames never count. Degenerate cases have defined values, never NaN: an F1
+whose class has no true and no predicted positive is 0, and a CCC whose denominator is 0 (no valid
+frame, or prediction and truth both constant) is 0. `valid_count` lets a job refuse to report a
+metric over zero frames.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from abaw_jax import tasks
+
+
+def _flat(x: jax.Array, trailing: int) -> jax.Array:
+    x = jnp.asarray(x)
+    return x.reshape((-1,) + x.shape[x.ndim - trailing:]) if trailing else x.reshape(-1)
+
+
+def _label_mask(mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A (frames, labels) float mask from a per-frame or per-label mask."""
+    mask = jnp.asarray(mask)
+    if mask.ndim == len(shape):
+        return mask.reshape(-1, shape[-1]).astype(jnp.float32)
+    return jnp.broadcast_to(mask.reshape(-1, 1), (mask.size, shape[-1])).astype(jnp.float32)
+
+
+def f1_from_counts(tp: jax.Array, fp: jax.Array, fn: jax.Array) -> jax.Array:
+    """F1 = 2tp / (2tp + fp + fn), 0 where the denominator is 0 (sklearn's zero_division=0)."""
+    denominator = 2 * tp + fp + fn
+    return jnp.where(denominator > 0, 2 * tp / jnp.maximum(denominator, 1e-12), 0.0)
+
+
+def binary_f1(predictions: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-label F1 of 0/1 `predictions` against 0/1 `labels`, both (..., K): returns (K,)."""
+    shape = jnp.shape(labels)
+    pred = _flat(predictions, 1).astype(jnp.float32)
+    true = _flat(labels, 1).astype(jnp.float32)
+    weight = _label_mask(mask, shape)
+    tp = jnp.sum(weight * pred * true, axis=0)
+    fp = jnp.sum(weight * pred * (1 - true), axis=0)
+    fn = jnp.sum(weight * (1 - pred) * true, axis=0)
+    return f1_from_counts(tp, fp, fn)
+
+
+def multiclass_f1(predictions: jax.Array, labels: jax.Array, mask: jax.Array, num_classes: int) -> jax.Array:
+    """Per-class F1 of integer `predictions` against integer `labels`, both (...,): returns (num_classes,)."""
+    pred = jax.nn.one_hot(_flat(predictions, 0), num_classes)
+    true = jax.nn.one_hot(jnp.clip(_flat(labels, 0), 0, num_classes - 1), num_classes)
+    weight = _flat(mask, 0).astype(jnp.float32)[:, None]
+    tp = jnp.sum(weight * pred * true, axis=0)
+    fp = jnp.sum(weight * pred * (1 - true), axis=0)
+    fn = jnp.sum(weight * (1 - pred) * true, axis=0)
+    return f1_from_counts(tp, fp, fn)
+
+
+def ccc(predictions: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-channel concordance correlation coefficient, (..., K) inputs: returns (K,).
+
+    CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2), population statistics.
+    """
+    shape = jnp.shape(labels)
+    x = _flat(predictions, 1).astype(jnp.float32)
+    y = _flat(labels, 1).astype(jnp.float32)
+    weight = _label_mask(mask, shape)
+    count = jnp.maximum(weight.sum(axis=0), 1.0)
+    mean_x = (weight * x).sum(axis=0) / count
+    mean_y = (weight * y).sum(axis=0) / count
+    dx, dy = x - mean_x, y - mean_y
+    var_x = (weight * dx * dx).sum(axis=0) / count
+    var_y = (weight * dy * dy).sum(axis=0) / count
+    cov = (weight * dx * dy).sum(axis=0) / count
+    denominator = var_x + var_y + (mean_x - mean_y) ** 2
+    return jnp.where(denominator > 0, 2 * cov / jnp.maximum(denominator, 1e-12), 0.0)
+
+
+def valid_count(mask: jax.Array) -> jax.Array:
+    """How many valid labels (frames, or frame-label pairs for a per-label mask) a metric would use."""
+    return jnp.sum(jnp.asarray(mask).astype(jnp.int32))
+
+
+def au_scores(probabilities: jax.Array, labels: jax.Array, mask: jax.Array,
+              thresholds: jax.Array | float = 0.5) -> jax.Array:
+    """Per-AU F1 (12,) of sigmoid probabilities (..., 12) thresholded per AU."""
+    predictions = probabilities >= jnp.asarray(thresholds, jnp.float32)
+    return binary_f1(predictions, labels, mask)
+
+
+def expr_scores(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-class F1 (8,) of the arg-max of per-class scores (..., 8) (logits or probabilities)."""
+    return multiclass_f1(jnp.argmax(scores, axis=-1), labels, mask, scores.shape[-1])
+
+
+def va_scores(values: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """(CCC_valence, CCC_arousal) of predicted values (..., 2)."""
+    return ccc(values, labels, mask)
+
+
+def task_scores(task: str | tasks.Task, outputs: jax.Array, labels: jax.Array, mask: jax.Array,
+                thresholds: jax.Array | float = 0.5) -> tuple[jax.Array, jax.Array]:
+    """(task metric, per-class scores) for a task's per-frame outputs.
+
+    AU outputs are probabilities, EXPR outputs per-class scores, VA outputs values; labels are in the
+    annotation files' encoding (AU 0/1 per AU, EXPR class index, VA two floats).
+    """
+    task = task if isinstance(task, tasks.Task) else tasks.get_task(task)
+    if task.kind == "binary":
+        per_class = au_scores(outputs, labels, mask, thresholds)
+    elif task.kind == "multiclass":
+        per_class = expr_scores(outputs, labels, mask)
+    else:
+        per_class = va_scores(outputs, labels, mask)
+    return per_class.mean(), per_class
