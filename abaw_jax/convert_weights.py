@@ -56,28 +56,6 @@ _STRICT = flags.DEFINE_boolean("strict", True, "to_flax: fail on any missing or 
 _SEED = flags.DEFINE_integer("seed", 0, "to_flax with --strict=false: seed of the fresh init of missing keys.")
 
 
-def read_torch_state(path: str, source: str) -> tw.StateDict:
-    """A PyTorch checkpoint as an official-layout state dict of float32 numpy arrays."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    if source == "official":
-        return tw.load_torch_checkpoint(path)
-    if source != "hf":
-        raise ValueError(f"source must be 'official' or 'hf', got {source!r}")
-    if os.path.isdir(path):
-        safetensors_file = os.path.join(path, "model.safetensors")
-        if os.path.exists(safetensors_file):
-            from safetensors.numpy import load_file
-
-            return tw.hf_to_official(load_file(safetensors_file))
-        bin_file = os.path.join(path, "pytorch_model.bin")
-        if not os.path.exists(bin_file):
-            raise FileNotFoundError(f"{path}: a transformers model folder needs model.safetensors or "
-                                    "pytorch_model.bin, found neither")
-        path = bin_file
-    return tw.hf_to_official(tw.load_torch_checkpoint(path))
-
-
 def build_config(model: str, size: str, *, image_size: int = 224, patch_size: int = 16, num_classes: int = 0,
                  mask_ratio: float = 0.75, norm_pix_loss: bool = True) -> params_io.ModelConfig:
     """The config for --model: 'mae', 'encoder' (pool='token') or 'encoder_gap' (pool='gap', optional head)."""
@@ -110,7 +88,7 @@ def _count(arrays) -> tuple[int, int]:
 def convert_to_flax(input_path: str, output_dir: str, *, source: str, config: params_io.ModelConfig,
                     strict: bool = True, seed: int = 0) -> str:
     """PyTorch checkpoint -> our params directory. Returns the summary line."""
-    state = read_torch_state(input_path, source)
+    state = tw.read_state_dict(input_path, source)
     params, report = state_to_params(state, config, strict=strict, seed=seed)
     params_io.save_params(output_dir, params, config)
     tensors, count = _count({k: v for k, v in state.items() if k not in report["unexpected"]})

@@ -11,6 +11,7 @@ full MAE with decoder, and fine-tuned (`fc_norm.*` and `head.*` instead of `norm
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +57,33 @@ def load_torch_checkpoint(path: str) -> StateDict:
     if not isinstance(state, Mapping) or not state:
         raise WeightMismatchError(f"{path}: expected a state dict (or one under 'model'), found {type(checkpoint)}")
     return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def read_state_dict(path: str, source: str) -> StateDict:
+    """A PyTorch checkpoint as an official-layout state dict of float32 numpy arrays.
+
+    `source='official'`: an official MAE `.pth` or any state dict in its layout (timm). `source='hf'`: a
+    transformers ViTMAE state dict file, or a model folder with `model.safetensors` (read without torch)
+    or `pytorch_model.bin`.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if source == "official":
+        return load_torch_checkpoint(path)
+    if source != "hf":
+        raise ValueError(f"source must be 'official' or 'hf', got {source!r}")
+    if os.path.isdir(path):
+        safetensors_file = os.path.join(path, "model.safetensors")
+        if os.path.exists(safetensors_file):
+            from safetensors.numpy import load_file
+
+            return hf_to_official(load_file(safetensors_file))
+        bin_file = os.path.join(path, "pytorch_model.bin")
+        if not os.path.exists(bin_file):
+            raise FileNotFoundError(f"{path}: a transformers model folder needs model.safetensors or "
+                                    "pytorch_model.bin, found neither")
+        path = bin_file
+    return hf_to_official(load_torch_checkpoint(path))
 
 
 def save_official_checkpoint(state: StateDict, path: str) -> None:

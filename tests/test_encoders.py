@@ -1,0 +1,51 @@
+"""Loading an encoder for fine-tuning / features from our folders, official .pth files and pretraining workdirs."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from abaw_jax.models import encoders, params_io
+from abaw_jax.models import torch_weights as tw
+from abaw_jax.models.mae import mae_config
+
+
+@pytest.fixture(scope="module")
+def mae_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enc")
+    config = mae_config("tiny", image_size=32, patch_size=8)
+    params = params_io.init_params(config, seed=3)
+    params_io.save_params(str(root / "workdir" / "export" / "encoder"), params["encoder"], config.encoder)
+    return root, config, params
+
+
+def test_workdir_and_official_pth_give_the_same_encoder(mae_dir):
+    root, config, params = mae_dir
+    from_workdir = encoders.load_encoder(str(root / "workdir"), num_classes=8)
+    pth = str(root / "encoder.pth")
+    tw.save_official_checkpoint(tw.flax_to_official(params["encoder"]), pth)
+    from_pth = encoders.load_encoder(pth, num_classes=8)
+    assert from_workdir.config == from_pth.config
+    assert from_workdir.config.pool == "gap" and from_workdir.config.num_classes == 8
+    assert from_workdir.config.width == 192 and from_workdir.config.image_size == 32
+    assert set(from_workdir.fresh_keys) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    for a, b, c in zip(jax.tree.leaves(from_workdir.params["blocks_1"]), jax.tree.leaves(from_pth.params["blocks_1"]),
+                       jax.tree.leaves(params["encoder"]["blocks_1"])):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    assert from_workdir.kind == "abaw_jax" and from_pth.kind == "official"
+    assert len(from_pth.sha256) == 64
+
+
+def test_bad_sources_are_named(mae_dir, tmp_path):
+    root, _, params = mae_dir
+    os.makedirs(tmp_path / "run" / "checkpoints")
+    with pytest.raises(encoders.EncoderLoadError, match="without export/encoder"):
+        encoders.load_encoder(str(tmp_path / "run"))
+    state = tw.flax_to_official(params["encoder"])
+    del state["blocks.2.mlp.fc1.weight"]
+    tw.save_official_checkpoint(state, str(tmp_path / "cut.pth"))
+    with pytest.raises(encoders.EncoderLoadError, match=r"missing \['blocks.2.mlp.fc1.weight'\]"):
+        encoders.load_encoder(str(tmp_path / "cut.pth"))
+    with pytest.raises(encoders.EncoderLoadError, match="no such file"):
+        encoders.load_encoder(str(tmp_path / "nothing.pth"))
