@@ -4,13 +4,9 @@ from __future__ import annotations
 import os
 import pathlib
 
-from abaw_jax.data import face_shards, synthetic
+from abaw_jax.data import face_shards, release
 
 SOURCE_NAME = "synthetic_affwild2"
-
-
-def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("ABAW_JAX_CACHE", pathlib.Path.home() / ".cache" / "abaw_jax"))
 
 
 def default_face_shards(cache_dir: str | os.PathLike | None = None, *, num_videos: int = 16,
@@ -18,14 +14,12 @@ def default_face_shards(cache_dir: str | os.PathLike | None = None, *, num_video
     """Returns a data_dir of face shards made from a synthetic release's crops, building them if missing.
 
     The shards' quality report is written last, so its presence marks a complete build; anything short
-    of that (an interrupted generation or build) is generated again from scratch.
+    of that is built again (the release itself is regenerated only if it is incomplete).
     """
-    cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-    root = cache / f"synthetic_v{num_videos}_f{frames_per_video}_s{seed}"
-    data_dir = root / "face_shards"
+    sizes = dict(num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
+    data_dir = release.synthetic_root(cache_dir, **sizes) / "face_shards"
     if not (face_shards.dataset_dir(data_dir) / face_shards.REPORT_FILENAME).exists():
-        print(f"Generating the synthetic Aff-Wild2 release and its face shards in {root} (once)", flush=True)
-        release = root / "release"
-        synthetic.generate(release, num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
-        face_shards.build_face_shards({SOURCE_NAME: release / "cropped_aligned"}, data_dir, overwrite=True)
+        root = release.synthetic_release(cache_dir, **sizes)
+        print(f"Building face shards from the synthetic release's crops in {data_dir} (once)", flush=True)
+        face_shards.build_face_shards({SOURCE_NAME: root / "cropped_aligned"}, data_dir, overwrite=True)
     return data_dir
