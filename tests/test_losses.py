@@ -1,0 +1,57 @@
+"""Task losses against torch.nn's weighted BCE / CE and a numpy CCC; class weights by the seed team's rule."""
+import numpy as np
+import pytest
+import torch
+
+from abaw_jax.models import losses
+
+
+def test_au_loss_is_torch_bce_with_pos_weight_on_valid_frames():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 30, 12)).astype(np.float32)
+    labels = (rng.uniform(size=(4, 30, 12)) < 0.3).astype(np.int8)
+    mask = rng.uniform(size=(4, 30)) < 0.7
+    w = rng.uniform(1, 5, size=12).astype(np.float32)
+    ours = float(losses.au_loss(logits, labels, mask, w))
+    keep = mask.reshape(-1)
+    ref = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(w))(
+        torch.tensor(logits.reshape(-1, 12)[keep]), torch.tensor(labels.reshape(-1, 12)[keep], dtype=torch.float32))
+    assert ours == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_expr_loss_is_torch_weighted_cross_entropy_on_valid_frames():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 40, 8)).astype(np.float32)
+    labels = rng.integers(0, 8, size=(3, 40))
+    mask = rng.uniform(size=(3, 40)) < 0.6
+    labels[~mask] = -1  # invalid rows carry the marker and must not matter
+    w = rng.uniform(1, 5, size=8).astype(np.float32)
+    ours = float(losses.expr_loss(logits, labels, mask, w))
+    keep = mask.reshape(-1)
+    ref = torch.nn.CrossEntropyLoss(weight=torch.tensor(w))(torch.tensor(logits.reshape(-1, 8)[keep]),
+                                                             torch.tensor(labels.reshape(-1)[keep]))
+    assert ours == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_va_loss_is_two_minus_ccc_sum():
+    rng = np.random.default_rng(2)
+    labels = rng.uniform(-1, 1, size=(2, 50, 2)).astype(np.float32)
+    values = np.tanh(labels + 0.4 * rng.normal(size=labels.shape)).astype(np.float32)
+    mask = np.ones((2, 50), bool)
+    x, y = values.reshape(-1, 2).astype(np.float64), labels.reshape(-1, 2).astype(np.float64)
+    ccc = [2 * np.mean((x[:, c] - x[:, c].mean()) * (y[:, c] - y[:, c].mean()))
+           / (x[:, c].var() + y[:, c].var() + (x[:, c].mean() - y[:, c].mean()) ** 2) for c in range(2)]
+    assert float(losses.va_loss(values, labels, mask)) == pytest.approx(2 - sum(ccc), rel=1e-5)
+
+
+def test_class_weights_max_over_count_ignoring_invalid_rows():
+    labels = np.array([0, 0, 0, 0, 4, 4, 7, 3, 3, 3])
+    valid = np.ones(10, bool)
+    valid[[7, 8]] = False  # two of the class-3 rows are invalid
+    w = losses.class_weights("EXPR", labels, valid)
+    np.testing.assert_allclose(w[[0, 4, 7, 3]], [1.0, 2.0, 4.0, 4.0])
+    assert w[1] == w.max()  # unseen classes get the largest weight
+    au = np.array([[1, 0], [1, 1], [1, 0], [0, 0]])[:, [0, 1] * 6]
+    np.testing.assert_allclose(losses.class_weights("AU", au, np.ones(4, bool))[:2], [1.0, 3.0])
+    with pytest.raises(ValueError, match="no positive AU labels"):
+        losses.class_weights("AU", np.zeros((3, 12)), np.ones(3, bool))
