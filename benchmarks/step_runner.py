@@ -33,6 +33,8 @@ class Runner:
     step: Callable[[], None]
     sync: Callable[[], None]
     last_loss: Callable[[], float]
+    # The compiled step's HLO text (JAX runners only): what the profile attributes trace events to.
+    compiled_text: Callable[[], str] | None = None
 
 
 def timed(runner: Runner, steps: int) -> float:
@@ -66,4 +68,5 @@ def jax_runner(model: MAE, batch: int, mesh: Mesh, micro_batches: int = 1) -> Ru
         holder["loss"] = metrics["loss"]
 
     return Runner(f"jax ({model.attention} attention)", step, lambda: jax.block_until_ready(holder["loss"]),
-                  lambda: float(holder["loss"]))
+                  lambda: float(holder["loss"]),
+                  lambda: train_step.lower(holder["state"], images).compile().as_text())
