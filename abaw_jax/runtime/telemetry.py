@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from typing import Any
 
-from absl import logging
+from absl import flags, logging
 
 
 def format_duration(seconds: float) -> str:
@@ -114,5 +115,29 @@ class MetricWriter:
 
 
 def log(message: str) -> None:
+    """A line for the person running the job: printed, and kept in the log file."""
     logging.info(message)
     print(message, flush=True)
+
+
+def configure_console(workdir: str, verbose: bool = False) -> str | None:
+    """Keeps the console to our own lines (`log`), warnings and errors.
+
+    Library INFO logs (absl, orbax, TFDS, grain, JAX) and the config dump go to `<workdir>/logs/` instead, and
+    TFDS progress bars are off and Python warnings are logged to the file. With `verbose` (the entry
+    point's `--verbosity=1`) everything stays on stderr as absl prints it. Returns the log folder, or None.
+    """
+    if verbose:
+        return None
+    log_dir = os.path.join(os.path.abspath(workdir), "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    logging.get_absl_handler().use_absl_log_file("abaw_jax", log_dir)
+    if not flags.FLAGS["stderrthreshold"].present:
+        flags.FLAGS.stderrthreshold = "warning"
+    # Library warnings (multiprocessing start methods, deprecations) are for the log, not the console.
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: logging.info(
+        "%s:%d: %s: %s", filename, lineno, category.__name__, message)
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    return log_dir
