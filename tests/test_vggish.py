@@ -123,7 +123,7 @@ def test_embeddings_equal_torchvggish(torch_vggish, weights_file):
     reference = _torch_embed(torch_vggish, examples)
     params, pca = vggish.load_weights(weights_file)
     assert pca is None
-    ours = vggish.VGGishEmbedder(params, batch_size=4)(examples)  # a full batch and a padded one
+    ours = vggish.VGGishEmbedder(params, batch_size=4)(examples)  # a full batch and the remainder
     assert ours.shape == (5, 128) and ours.dtype == np.float32
     assert (reference > 0).mean() > 0.2 and reference.max() > 0.1  # informative, not collapsed by the ReLUs
     assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()

@@ -182,8 +182,9 @@ def embed_batch(params: Mapping, examples: jax.Array, pca: PCAParams | None = No
 
 
 class VGGishEmbedder:
-    """Embeds any number of examples in batches of `batch_size`; a smaller last batch is zero-padded to the
-    next power of two, so there are at most log2(batch_size) + 1 compilations and little wasted work."""
+    """Embeds any number of examples in batches of `batch_size`; what remains is cut into batches of the
+    powers of two in its binary expansion (21 -> 16, 4, 1), so nothing is padded and there are at most
+    log2(batch_size) + 1 compiled shapes."""
 
     def __init__(self, params: Mapping, pca: PCAParams | None = None, batch_size: int = 64):
         if batch_size < 1:
@@ -205,15 +206,16 @@ class VGGishEmbedder:
         examples = np.asarray(examples, np.float32)
         if examples.ndim != 3 or examples.shape[1:] != (EXAMPLE_FRAMES, NUM_BANDS):
             raise ValueError(f"expected examples [n, {EXAMPLE_FRAMES}, {NUM_BANDS}], got {examples.shape}")
-        outputs = []
-        for start in range(0, len(examples), self.batch_size):
-            batch = examples[start : start + self.batch_size]
-            size = min(self.batch_size, 1 << (len(batch) - 1).bit_length())
-            padded = np.pad(batch, ((0, size - len(batch)), (0, 0), (0, 0)))
-            outputs.append(np.asarray(embed_batch(self.params, padded, self.pca))[: len(batch)])
+        full_batches, remainder = divmod(len(examples), self.batch_size)
+        sizes = [self.batch_size] * full_batches
+        sizes += [1 << bit for bit in reversed(range(remainder.bit_length())) if remainder >> bit & 1]
+        outputs, start = [], 0
+        for size in sizes:  # dispatched asynchronously; read back once at the end
+            outputs.append(embed_batch(self.params, examples[start : start + size], self.pca))
+            start += size
         if not outputs:
             return np.zeros((0, EMBEDDING_SIZE), np.float32)
-        return np.concatenate(outputs).astype(np.float32)
+        return np.concatenate([np.asarray(out) for out in outputs]).astype(np.float32)
 
 
 # --- Weights ---------------------------------------------------------------------------------------------
