@@ -9,8 +9,9 @@ random weights (torchvggish's network with PyTorch's init, converted to ours) an
 - `torchvggish`: `vggish_input.waveform_to_examples` then the module under `torch.inference_mode`, batch
   by batch, on CUDA if present (else CPU).
 Each round times every implementation in turn (front end and network also separately), after one untimed
-warm-up call each (compilation happens there); the table gives the best round and the median, and the
-ratio to torchvggish. fp32 throughout, each library with its default matmul/conv precision.
+warm-up call each (compilation happens there); the table gives audio seconds per wall second (best round
+and median), per CPU second of the process (all threads; steadier than wall time on a shared CPU), and the
+best-round ratio to torchvggish. fp32 throughout, each library with its default matmul/conv precision.
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ _BATCH = flags.DEFINE_integer("batch", 64, "Examples per network call, both impl
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds; each times every implementation in turn.")
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (all threads) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main(argv):
@@ -62,7 +64,8 @@ def main(argv):
 
     def torch_network(examples):
         with torch.inference_mode():
-            out = [model(examples[i : i + _BATCH.value].to(device)).cpu() for i in range(0, len(examples), _BATCH.value)]
+            batches = torch.split(examples, _BATCH.value)
+            out = [model(batch.to(device)).cpu() for batch in batches]
         return torch.cat(out).numpy()
 
     ours_examples = vggish.waveform_to_examples(audio)
@@ -96,12 +99,14 @@ def main(argv):
           f"{torch.__version__} on {device} ({torch.get_num_threads()} threads), "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print()
-    print("| impl | stage | audio s / s (best) | audio s / s (median) | seconds per call (best) | vs torchvggish |")
+    print("| impl | stage | audio s / s (best) | audio s / s (median) | audio s / CPU s (best) | vs torchvggish "
+          "(best wall) |")
     print("|---|---|---|---|---|---|")
     for (impl, stage), runs in times.items():
-        best, median = min(runs), statistics.median(runs)
-        ratio = min(times["torchvggish", stage]) / best
-        print(f"| {impl} | {stage} | {seconds / best:.1f} | {seconds / median:.1f} | {best:.3f} | {ratio:.2f}x |")
+        walls, cpus = zip(*runs)
+        ratio = min(w for w, _ in times["torchvggish", stage]) / min(walls)
+        print(f"| {impl} | {stage} | {seconds / min(walls):.1f} | {seconds / statistics.median(walls):.1f} | "
+              f"{seconds / min(cpus):.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
