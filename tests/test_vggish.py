@@ -260,3 +260,13 @@ def test_extract_audio_cli_writes_vggish_features(weights_file, pca_file, tmp_pa
     expected = audio_prep.make_featurizer("vggish", vggish_weights=weights_file, vggish_pca=pca_file)(
         audio_prep.read_audio(video), 50, 25.0)
     np.testing.assert_allclose(features, expected, atol=1e-3)
+
+
+def test_extract_audio_cli_names_a_missing_weights_file(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "data_prep.extract_audio", f"--videos={tmp_path}", f"--out_dir={tmp_path / 'out'}",
+         "--features=vggish", f"--vggish_weights={tmp_path / 'vggish.pth'}"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert f"{tmp_path / 'vggish.pth'}: VGGish weights file not found" in result.stderr

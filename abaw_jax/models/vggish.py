@@ -116,7 +116,8 @@ def waveform_to_examples(audio: np.ndarray, *, hop_frames: int = EXAMPLE_HOP_FRA
                          pad_end: bool = False) -> np.ndarray:
     """[num_examples, 96, 64] float32 log-mel examples of a 16 kHz mono waveform, one every `hop_frames` x 10 ms.
 
-    With `pad_end=False` this is the release's framing: incomplete examples at the end are dropped and a
+    The result is a read-only strided view of the log-mel frames, so overlapping examples (a hop under 96
+    frames) take no extra memory. With `pad_end=False` this is the release's framing: incomplete examples at the end are dropped and a
     waveform shorter than one example (15600 samples) is a ValueError. With `pad_end=True` the waveform is
     zero-padded at the end so that every sample lies in an example: a short waveform gives exactly one
     example, its log-mel frames past the audio are those of silence, log(0.01).
@@ -132,8 +133,8 @@ def waveform_to_examples(audio: np.ndarray, *, hop_frames: int = EXAMPLE_HOP_FRA
                          f"({EXAMPLE_SAMPLES} samples, {EXAMPLE_SAMPLES / SAMPLE_RATE} s); pad_end=True zero-pads it")
     needed = (count - 1) * hop_frames * HOP_SAMPLES + EXAMPLE_SAMPLES
     logmel = log_mel_spectrogram(np.pad(audio, (0, max(0, needed - len(audio))))[:needed])
-    starts = np.arange(count) * hop_frames
-    return logmel[starts[:, None] + np.arange(EXAMPLE_FRAMES)].astype(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(logmel.astype(np.float32), EXAMPLE_FRAMES, axis=0)
+    return windows[::hop_frames].transpose(0, 2, 1)  # [count, bands, frames] -> [count, frames, bands]
 
 
 def example_centres(count: int, hop_frames: int = EXAMPLE_HOP_FRAMES) -> np.ndarray:
@@ -214,10 +215,11 @@ class VGGishEmbedder:
         padded = -(-remainder // step) * step
         sizes = [self.batch_size] * full_batches
         sizes += [1 << bit for bit in reversed(range(padded.bit_length())) if padded >> bit & 1]
-        batches = np.pad(examples, ((0, sum(sizes) - len(examples)), (0, 0), (0, 0)))
         outputs, start = [], 0
         for size in sizes:  # dispatched asynchronously; read back once at the end
-            outputs.append(embed_batch(self.params, batches[start : start + size], self.pca))
+            batch = examples[start : start + size]
+            batch = np.pad(batch, ((0, size - len(batch)), (0, 0), (0, 0))) if len(batch) < size else batch
+            outputs.append(embed_batch(self.params, batch, self.pca))
             start += size
         if not outputs:
             return np.zeros((0, EMBEDDING_SIZE), np.float32)
