@@ -139,7 +139,7 @@ def test_postprocessing_equals_the_releases_postprocessor(torch_vggish, pca_arra
     ours = np.asarray(vggish.postprocess(embeddings, vggish.PCAParams(*map(np.float32, pca))))
     assert ((reference == 0) | (reference == 255)).mean() > 0.1  # clipping is exercised
     assert ((reference > 0) & (reference < 255)).mean() > 0.3
-    assert np.abs(ours - reference).max() <= 1 and (ours != reference).mean() < 1e-3  # float rounding ties
+    np.testing.assert_array_equal(ours, reference)
 
     # The TF release's .npz with the same names, and a torchvggish VGGish state dict carrying its PCA.
     np.savez(tmp_path / "pca.npz", pca_eigen_vectors=pca_arrays[0], pca_means=pca_arrays[1])
@@ -156,7 +156,9 @@ def test_postprocessing_equals_the_releases_postprocessor(torch_vggish, pca_arra
         torch_vggish.postprocess = False
         del torch_vggish.pproc
     full = vggish.VGGishEmbedder.from_files(tmp_path / "with_pca.pth")(examples)
+    # The networks differ by float rounding (~1e-6), which can move a value across a quantisation step.
     assert np.abs(full - full_reference).max() <= 1 and (full != full_reference).mean() < 0.01
+    assert ((full_reference > 0) & (full_reference < 255)).mean() > 0.05  # not all clipped
 
 
 def test_weight_file_errors_name_the_problem(torch_vggish, weights_file, tmp_path):
