@@ -5,7 +5,8 @@ network) against torchvggish (its `waveform_to_examples` and `VGG` module) on th
 
 Both run the whole path from a 16 kHz waveform to [examples, 128] embeddings (no PCA), with the same
 random weights (torchvggish's network with PyTorch's init, converted to ours) and the same batch size:
-- `ours`: `vggish.waveform_to_examples` then `VGGishEmbedder` (jitted forward, fixed batch shapes);
+- `ours`: `vggish.waveform_to_examples` then `VGGishEmbedder` (jitted forward; the remainder padded to a
+  multiple of 16 examples);
 - `torchvggish`: `vggish_input.waveform_to_examples` then the module under `torch.inference_mode`, batch
   by batch, on CUDA if present (else CPU).
 Each round times every implementation in turn (front end and network also separately), after one untimed

@@ -24,7 +24,7 @@ feature row k-1 describes the audio around the middle of that interval, t_k = (k
   track zero-padded at the end so every sample lies in an example (a track shorter than one example gives
   one). Example j covers [j * hop, j * hop + 0.975 s); row k-1 is the linear interpolation, at t_k, of
   the embeddings placed at their examples' centres j * hop + 0.4875 s (the first/last beyond them), as
-  for the encoders. So row k-1 depends only on audio within hop + 0.4875 s of t_k.
+  for the encoders. So a row inside the track depends only on audio within hop + 0.4875 s of t_k.
 
 Files: `<wav_dir>/<video>.wav` (float32 WAV) and `<features_dir>/<video>.npy` (float32 [N, D]) with
 `<features_dir>/<video>.json` describing it (kind, dim, columns, sample rate, hop = sr / fps samples per
