@@ -42,6 +42,9 @@ setup(
             "timm>=1.0",
             "scikit-learn>=1.4",
             "scikit-image>=0.24",
+            # VGGish parity reference (0.2 builds its network without downloading); its input module imports resampy.
+            "torchvggish==0.2",
+            "resampy>=0.4",
         ],
     },
 )

@@ -18,10 +18,18 @@ feature row k-1 describes the audio around the middle of that interval, t_k = (k
   sample s describes the receptive field centred at s + j * stride + (field - 1) / 2, where stride and
   field follow from the model's convolution kernels and strides (320 and 400 samples for the published
   models). Row k-1 is the linear interpolation of these states at t_k (the first/last state beyond them).
+* `VGGishFeatures`: VGGish embeddings (abaw_jax.models.vggish, weights from a local torchvggish `.pth`;
+  PCA-whitened and quantised to 0..255 when PCA parameters are given) of the release's 0.96 s examples on a
+  regular grid, one every `hop_seconds` (0.96 s, the release's framing, by default) from sample 0, the
+  track zero-padded at the end so every sample lies in an example (a track shorter than one example gives
+  one). Example j covers [j * hop, j * hop + 0.975 s); row k-1 is the linear interpolation, at t_k, of
+  the embeddings placed at their examples' centres j * hop + 0.4875 s (the first/last beyond them), as
+  for the encoders. So a row inside the track depends only on audio within hop + 0.4875 s of t_k.
 
 Files: `<wav_dir>/<video>.wav` (float32 WAV) and `<features_dir>/<video>.npy` (float32 [N, D]) with
 `<features_dir>/<video>.json` describing it (kind, dim, columns, sample rate, hop = sr / fps samples per
-row, window, fps, N, and for encoders the model folder, type and layer). Audio is per video file, so the
+row, window, fps, N, for encoders the model folder, type and layer, for VGGish the weights and PCA
+files, the example hop and the example centres' rule). Audio is per video file, so the
 two crops of a two-person video, `<video>_left` and `<video>_right`, both use `<video>.npy`: strip the
 suffix to find it.
 """
@@ -39,8 +47,11 @@ import librosa
 import numpy as np
 import soundfile
 
+from abaw_jax.models import vggish
+
 SAMPLE_RATE = 16000
 ENCODER_KINDS = ("wav2vec2", "hubert")
+VGGISH_KIND = "vggish"
 
 
 class NoAudioStreamError(ValueError):
@@ -264,6 +275,44 @@ class EncoderFeatures:
         return features["input_values"]
 
 
+class VGGishFeatures:
+    """VGGish embeddings of 0.96 s examples on a regular grid, interpolated to the video frame times."""
+
+    kind = VGGISH_KIND
+
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        pca: str | os.PathLike | None = None,
+        *,
+        hop_seconds: float = 0.96,
+        batch_size: int = 64,
+    ):
+        hop_frames = int(round(hop_seconds * SAMPLE_RATE / vggish.HOP_SAMPLES))
+        if hop_frames < 1 or abs(hop_frames * vggish.HOP_SAMPLES / SAMPLE_RATE - hop_seconds) > 1e-9:
+            raise ValueError(f"The VGGish example hop must be a positive multiple of 0.01 s, got {hop_seconds}.")
+        self.embedder = vggish.VGGishEmbedder.from_files(weights, pca, batch_size)
+        self.weights = pathlib.Path(weights)
+        self.pca = None if pca is None else pathlib.Path(pca)
+        self.hop_frames = hop_frames
+
+    def __call__(self, audio: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
+        examples = vggish.waveform_to_examples(audio, hop_frames=self.hop_frames, pad_end=True)
+        centres = vggish.example_centres(len(examples), self.hop_frames)
+        return interpolate_rows(centres, self.embedder(examples), frame_times(num_frames, fps)).astype(np.float32)
+
+    def metadata(self) -> dict:
+        return {
+            "weights": str(self.weights),
+            "pca": str(self.pca) if self.pca else None,
+            "postprocessed": self.embedder.pca is not None,
+            "example_seconds": vggish.EXAMPLE_SAMPLES / SAMPLE_RATE,
+            "example_hop_seconds": self.hop_frames * vggish.HOP_SAMPLES / SAMPLE_RATE,
+            "example_centre": "j * example_hop_seconds + example_seconds / 2 for example j (0-based); rows "
+            "interpolate linearly between centres",
+        }
+
+
 def conv_geometry(kernels: Sequence[int], strides: Sequence[int]) -> tuple[int, int]:
     """Total stride and receptive field (in input samples) of a stack of 1-D convolutions."""
     stride, field = 1, 1
@@ -294,15 +343,23 @@ def make_featurizer(
     n_mels: int = 64,
     n_mfcc: int = 20,
     window: int = 1024,
+    vggish_weights: str | os.PathLike | None = None,
+    vggish_pca: str | os.PathLike | None = None,
+    vggish_hop: float = 0.96,
 ) -> Featurizer:
-    """'logmel_mfcc', 'logmel', 'mfcc' (librosa) or 'wav2vec2' / 'hubert' (needs `model_dir`)."""
+    """'logmel_mfcc', 'logmel', 'mfcc' (librosa), 'wav2vec2' / 'hubert' (needs `model_dir`) or 'vggish'
+    (needs `vggish_weights`; `vggish_pca` adds the release's PCA and quantisation)."""
+    if kind == VGGISH_KIND:
+        if not vggish_weights:
+            raise ValueError("The vggish features need a local torchvggish state dict (--vggish_weights).")
+        return VGGishFeatures(vggish_weights, vggish_pca, hop_seconds=vggish_hop)
     if kind in ENCODER_KINDS:
         if not model_dir:
             raise ValueError(f"The {kind} features need a local model folder (--audio_model_dir).")
         return EncoderFeatures(model_dir, kind, layer=layer)
     if kind not in SPECTRAL_KINDS:
         raise ValueError(
-            f"Unknown audio features {kind!r}; expected one of {(*SPECTRAL_KINDS, *ENCODER_KINDS)}."
+            f"Unknown audio features {kind!r}; expected one of {(*SPECTRAL_KINDS, *ENCODER_KINDS, VGGISH_KIND)}."
         )
     return SpectralFeatures(SPECTRAL_KINDS[kind], n_mels=n_mels, n_mfcc=n_mfcc, window=window)
 

@@ -11,7 +11,13 @@ comma-separated. Other features: `--features=logmel` or `--features=mfcc` (with 
     python -m data_prep.extract_audio --videos=VIDEOS --out_dir=OUT --features=wav2vec2 \\
         --audio_model_dir=/models/wav2vec2-base-960h [--layer=6]
 
-(`--features=hubert` likewise), written to `<out_dir>/<features>/`, or `--features_dir=DIR`.
+(`--features=hubert` likewise), or VGGish from a local torchvggish state dict, optionally with the
+release's PCA + 8-bit quantisation (0.96 s examples every `--vggish_hop` seconds, interpolated to frames):
+
+    python -m data_prep.extract_audio --videos=VIDEOS --out_dir=OUT --features=vggish \\
+        --vggish_weights=/models/vggish-10086976.pth [--vggish_pca=/models/vggish_pca_params-970ea276.pth]
+
+written to `<out_dir>/<features>/`, or `--features_dir=DIR`.
 `--features=none` writes only the WAV files. The crops `<video>_left` / `<video>_right` share
 `<video>.npy`. Videos without an audio stream or that fail to decode are reported and skipped; the exit
 status is 1 if any failed to decode.
@@ -28,7 +34,8 @@ from data_prep import faces
 _VIDEOS = flags.DEFINE_list("videos", None, "Video files and/or folders of videos.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output root for wav/ and the features.", required=True)
 _FEATURES = flags.DEFINE_enum(
-    "features", "logmel_mfcc", [*audio.SPECTRAL_KINDS, *audio.ENCODER_KINDS, "none"], "Audio features."
+    "features", "logmel_mfcc", [*audio.SPECTRAL_KINDS, *audio.ENCODER_KINDS, audio.VGGISH_KIND, "none"],
+    "Audio features.",
 )
 _FEATURES_DIR = flags.DEFINE_string("features_dir", None, "Features folder (default <out_dir>/<features>).")
 _AUDIO_MODEL_DIR = flags.DEFINE_string("audio_model_dir", None, "Local Wav2Vec2/HuBERT model folder.")
@@ -36,6 +43,11 @@ _LAYER = flags.DEFINE_integer("layer", None, "Encoder hidden-state index (defaul
 _N_MELS = flags.DEFINE_integer("n_mels", 64, "Mel bands of the log-mel features.")
 _N_MFCC = flags.DEFINE_integer("n_mfcc", 20, "MFCC coefficients.")
 _WINDOW = flags.DEFINE_integer("window", 1024, "Spectral window in samples at 16 kHz, centred per frame.")
+_VGGISH_WEIGHTS = flags.DEFINE_string("vggish_weights", None, "Local torchvggish state dict (.pth).")
+_VGGISH_PCA = flags.DEFINE_string(
+    "vggish_pca", None, "Local VGGish PCA parameters (.pth or .npz): adds the release's PCA + quantisation."
+)
+_VGGISH_HOP = flags.DEFINE_float("vggish_hop", 0.96, "Seconds between VGGish examples (a multiple of 0.01).")
 
 
 def main(argv):
@@ -50,6 +62,9 @@ def main(argv):
             n_mels=_N_MELS.value,
             n_mfcc=_N_MFCC.value,
             window=_WINDOW.value,
+            vggish_weights=_VGGISH_WEIGHTS.value,
+            vggish_pca=_VGGISH_PCA.value,
+            vggish_hop=_VGGISH_HOP.value,
         )
         features_dir = _FEATURES_DIR.value or os.path.join(_OUT_DIR.value, _FEATURES.value)
     videos = faces.find_videos(_VIDEOS.value)
