@@ -35,6 +35,9 @@ def test_workdir_and_official_pth_give_the_same_encoder(mae_dir):
         np.testing.assert_array_equal(a, c)
     assert from_workdir.kind == "abaw_jax" and from_pth.kind == "official"
     assert len(from_pth.sha256) == 64
+    assert from_workdir.source.endswith("export/encoder")
+    (root / "workdir" / "train.log").write_text("a log line changes nothing")
+    assert encoders.load_encoder(str(root / "workdir"), num_classes=8).sha256 == from_workdir.sha256
 
 
 def test_bad_sources_are_named(mae_dir, tmp_path):

@@ -85,10 +85,15 @@ def _config_from_state(state: tw.StateDict, num_heads: int | None) -> ViTConfig:
                      num_heads=num_heads, mlp_dim=mlp_dim)
 
 
+def resolve_source(path: str) -> str:
+    """The encoder files `path` names: a workdir's `export/encoder`, else `path` itself."""
+    path = os.path.abspath(os.path.expanduser(path))
+    exported = os.path.join(path, "export", "encoder")
+    return exported if os.path.isdir(exported) else path
+
+
 def _read_source(path: str) -> tuple[tw.StateDict, int | None, str]:
-    """(official-layout state dict, heads if the source states them, kind of source)."""
-    if os.path.isdir(os.path.join(path, "export", "encoder")):
-        path = os.path.join(path, "export", "encoder")
+    """(official-layout state dict, heads if the source states them, kind of source) of a resolved path."""
     if os.path.isdir(path) and os.path.exists(os.path.join(path, params_io.MODEL_FILE)):
         params, config = params_io.load_params(path)
         vit = config.encoder if isinstance(config, MAEConfig) else config
@@ -120,7 +125,8 @@ def _read_source(path: str) -> tuple[tw.StateDict, int | None, str]:
 def load_encoder(path: str, *, num_classes: int = 0, drop_path_rate: float = 0.0, seed: int = 0,
                  pos_embed_trainable: bool = True) -> LoadedEncoder:
     """A `pool='gap'` ViT (with a `num_classes` head when > 0) initialised from the encoder at `path`."""
-    path = os.path.abspath(os.path.expanduser(path))
+    # Hash and record the encoder files only: a workdir's logs and checkpoints change between runs.
+    path = resolve_source(path)
     state, heads, kind = _read_source(path)
     shape = _config_from_state(state, heads)
     config = dataclasses.replace(shape, pool="gap", num_classes=num_classes, drop_path_rate=drop_path_rate,
