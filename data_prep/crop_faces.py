@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from abaw_jax.runtime import errors
 from data_prep import faces
 
 _VIDEOS = flags.DEFINE_list("videos", [], "Video files and/or folders of videos.")
@@ -57,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)
