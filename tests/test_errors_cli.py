@@ -166,3 +166,16 @@ def test_tools_print_one_error_line(tmp_path):
         assert result.returncode == code, (args, result.stderr[-2000:])
         assert result.stderr.strip().splitlines()[-1] == line
         assert "Traceback" not in result.stderr, args
+
+
+def test_damaged_params_directory_names_it(tmp_path):
+    from abaw_jax.models import params_io
+    from abaw_jax.models.vit import ViTConfig
+
+    config = ViTConfig(image_size=16, patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64)
+    params_io.save_params(str(tmp_path / "enc"), params_io.init_params(config), config)
+    largest = max((tmp_path / "enc" / "params").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    largest.write_bytes(largest.read_bytes()[:100])
+    with pytest.raises(params_io.ParamsFileError, match=f"{tmp_path / 'enc' / 'params'}: cannot restore the "
+                                                        "parameters of the model in model.json"):
+        params_io.load_params(str(tmp_path / "enc"))

@@ -40,6 +40,9 @@ next to the model state through the handler that grain registers:
         state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(it)))
 
 The restore sets the state of `it` in place (one JSON file per process).
+
+Worker processes watch their parent and exit when it is gone, so a training process killed outright
+(SIGKILL, the OOM killer) does not leave them running; on a normal exit Python stops them itself.
 """
 from __future__ import annotations
 
