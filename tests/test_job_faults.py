@@ -134,6 +134,15 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(face_data
     resumed = losses(workdir)
     assert [resumed[s] for s in (7, 8, 9)] == pytest.approx([first[s] for s in (7, 8, 9)], rel=1e-6)
 
+    # Another batch size is not damage: grain could not restore its iterator, so the run stops, naming both.
+    code, out, err = run(workdir, face_data, {"batch_size": 16})
+    assert code == 1
+    [line] = error_lines(err)
+    assert line.startswith(f"error: {workdir / 'checkpoints'} holds a checkpoint (step 9) written with another "
+                           "data layout (sampler: checkpoint ")
+    assert "local_batch_size=32" in line and "local_batch_size=16" in line
+    assert checkpoint_steps(workdir) == [3, 6, 9] and "damaged" not in out
+
     # With every checkpoint damaged there is nothing to fall back to: one line listing them, nothing moved.
     for path in (workdir / "checkpoints").glob("*/model/*"):
         if path.is_file():
@@ -222,7 +231,7 @@ def test_second_run_on_a_locked_workdir_is_refused(face_data, tmp_path):
     try:
         workdir.mkdir()
         (workdir / workdir_lib.LOCK_FILENAME).write_text(json.dumps(
-            {"host": socket.gethostname(), "pid": holder.pid, "start": workdir_lib._process_start(holder.pid),
+            {"host": socket.gethostname(), "pid": holder.pid, "start": workdir_lib.process_start(holder.pid),
              "time": time.time(), "command": "python -m abaw_jax.main (the first run)"}))
         code, out, err = run(workdir, face_data)
     finally:
@@ -236,7 +245,7 @@ def test_second_run_on_a_locked_workdir_is_refused(face_data, tmp_path):
 
 
 def _lock_of(pid: int, host: str | None = None) -> str:
-    return json.dumps({"host": host or socket.gethostname(), "pid": pid, "start": workdir_lib._process_start(pid),
+    return json.dumps({"host": host or socket.gethostname(), "pid": pid, "start": workdir_lib.process_start(pid),
                        "time": time.time(), "command": "an earlier run"})
 
 

@@ -93,13 +93,13 @@ def model_from_config(config: ml_collections.ConfigDict) -> tuple[MAE, MAEConfig
 
 def check_batch_layout(batch_size: int, micro_batches: int, num_devices: int, num_processes: int) -> None:
     if micro_batches < 1 or batch_size % micro_batches:
-        raise JobError(f"batch_size={batch_size} is not divisible by micro_batches={micro_batches}")
+        raise ConfigError(f"config.batch_size={batch_size} is not divisible by micro_batches={micro_batches}")
     micro = batch_size // micro_batches
     if micro % num_devices:
-        raise JobError(f"each micro-batch ({batch_size} / {micro_batches} = {micro} images) must split "
-                            f"evenly over the {num_devices} devices")
+        raise ConfigError(f"each micro-batch (config.batch_size / config.micro_batches = {batch_size} / "
+                          f"{micro_batches} = {micro} images) must split evenly over the {num_devices} devices")
     if batch_size % num_processes:
-        raise JobError(f"batch_size={batch_size} is not divisible by the {num_processes} processes")
+        raise ConfigError(f"config.batch_size={batch_size} is not divisible by the {num_processes} processes")
 
 
 def init_state(rng: jax.Array, model: MAE, cfg: MAEConfig, tx: optax.GradientTransformation) -> TrainState:

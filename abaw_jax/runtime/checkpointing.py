@@ -13,6 +13,7 @@ A save that fails (full disk, lost permissions), synchronously or in the backgro
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -90,10 +91,35 @@ class Checkpointer:
                 f"{self.directory} holds a checkpoint (step {step}) of a different model ("
                 + "; ".join(_differences(stored, self.model_description))
                 + "). Use a fresh --workdir, or the config that wrote the checkpoint.")
+        layout = self._data_layout_differences(step, data_iterator)
+        if layout:
+            raise CheckpointMismatchError(
+                f"{self.directory} holds a checkpoint (step {step}) written with another data layout ("
+                + "; ".join(layout) + "). Resume with the same batch_size, data.worker_count, number of "
+                "processes and data, or use a fresh --workdir.")
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(data_iterator)))
         return restored["state"]
+
+    def _data_layout_differences(self, step: int, data_iterator: Any) -> list[str]:
+        """How the stored grain iterator state's layout differs from `data_iterator`'s (grain refuses those)."""
+        data_dir = os.path.join(self.directory, str(step), "data")
+        stored_files = glob.glob(os.path.join(data_dir, f"process_{jax.process_index()}-of-*.json"))
+        if len(stored_files) != 1:
+            return []  # nothing to compare: the restore itself reports a missing file
+        processes = stored_files[0].rsplit("-of-", 1)[1].removesuffix(".json")
+        if processes != str(jax.process_count()):
+            return [f"processes: checkpoint {processes}, this run {jax.process_count()}"]
+        try:
+            with open(stored_files[0], encoding="utf-8") as f:
+                stored = json.load(f)
+            current = json.loads(data_iterator.get_state())
+        except (OSError, ValueError):
+            return []  # a damaged file: the restore reports it
+        return [f"{key}: checkpoint {stored[key]!r}, this run {current[key]!r}"
+                for key in ("worker_count", "sampler", "data_source")
+                if key in stored and key in current and stored[key] != current[key]]
 
     def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | tuple[None, None]:
         """(step, state) of the newest checkpoint that restores completely, or (None, None) if there is none.

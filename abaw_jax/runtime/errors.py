@@ -13,7 +13,8 @@ Library code and jobs raise errors whose message already says which file (and li
 wrong, what was expected, what was found and what to do:
 
   JobError        the run cannot continue (bad data, non-finite loss, a failed checkpoint save, ...).
-  ConfigError     a bad configuration or command-line value (`config.x.y must be ..., got ...`).
+  ConfigError     a bad configuration or command-line value (`config.x.y must be ..., got ...`); a JobError
+                  and a ValueError.
   ExplainedError  the base of both; domain errors derive from it too (`affwild2.AnnotationError`,
                   `checkpointing.CheckpointMismatchError`, `torch_weights.WeightMismatchError`, ...).
 
@@ -55,8 +56,10 @@ class JobError(ExplainedError, RuntimeError):
     """The run cannot continue (bad data, non-finite loss, a failed save); the message says what to do."""
 
 
-class ConfigError(ExplainedError, ValueError):
-    """A configuration or command-line value is out of range or of the wrong kind; names the key."""
+class ConfigError(JobError, ValueError):
+    """A configuration or command-line value is out of range or of the wrong kind; names the key.
+
+    A JobError (a job catching JobError sees it) and a ValueError (the type library callers expect)."""
 
     exit_code = EXIT_USAGE
 

@@ -1,9 +1,10 @@
 """A run's hold on its workdir: a lock so that two runs cannot write one workdir, and a clean SIGTERM.
 
-Every job takes it with one call around its work (process 0 only, in multi-process runs):
+Every job takes both with one call each around its work (the lock on process 0 only):
 
-    with workdir.lock(workdir_path, enabled=jax.process_index() == 0):
-        ...
+    with workdir.lock(workdir_path, enabled=jax.process_index() == 0), \
+            workdir.stop_on_sigterm() as stop_requested:
+        ...                             # in the loop: if stop_requested(): save, raise JobError(...)
 
 The lock is the file `<workdir>/LOCK` holding JSON {host, pid, start, command}, created atomically. A lock
 left by a process that is gone (killed, crashed, out of memory, the container restarted) is taken over with
@@ -30,8 +31,8 @@ LOCK_FILENAME = "LOCK"
 _held: set[str] = set()  # lock files this process holds
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), to tell a reused PID from the original process."""
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux; None elsewhere), to tell a reused PID from the original."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             return f.read().rsplit(")", 1)[1].split()[19]
@@ -50,7 +51,7 @@ def _alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    current = _process_start(pid)
+    current = process_start(pid)
     return start is None or current is None or current == start
 
 
@@ -68,7 +69,7 @@ def lock(directory: str | os.PathLike, *, enabled: bool = True) -> Iterator[None
         return
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_FILENAME)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
           "time": time.time(), "command": " ".join(sys.argv)[:300]}
     for _ in range(3):
         try:
