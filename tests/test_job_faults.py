@@ -269,3 +269,36 @@ def test_lock_of_another_host_names_the_file_to_delete(tmp_path):
                                        f"delete {tmp_path / workdir_lib.LOCK_FILENAME}"):
         with workdir_lib.lock(tmp_path):
             pass
+
+
+PARENT = """
+import multiprocessing, sys, time
+from abaw_jax.data import mae_pipeline
+
+def worker():
+    mae_pipeline._exit_with_parent()  # what each grain worker does on its first record
+    time.sleep(120)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=worker, daemon=True)
+    child.start()
+    print(child.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_data_workers_exit_when_the_training_process_is_killed(tmp_path):
+    """SIGKILL (the OOM killer) runs no cleanup at all: the workers must notice on their own."""
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)  # let the child start its watch
+    assert _alive(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 15
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child), "a worker outlived its killed parent"

@@ -316,7 +316,7 @@ def _exit_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if _parent_watch or parent is None:
         return
-    _parent_watch.append(os.getppid())
+    _parent_watch.append(parent.pid)  # not getppid(): the parent may already be gone by now
 
     def watch():
         while os.getppid() == _parent_watch[0]:
