@@ -125,7 +125,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(face_data
 
     code, out, err = run(workdir, face_data)
     assert code == 0, err[-3000:]
-    assert f"Skipped damaged checkpoint step 9 (" in out
+    assert "Skipped damaged checkpoint step 9 (" in out
     assert f"moved it to {workdir / 'checkpoints.damaged' / '9'}" in out
     assert f"Resumed from {workdir / 'checkpoints'} at step 6" in out
     assert "Event loop is closed" not in err and err.count("Traceback") == 0
