@@ -29,6 +29,7 @@ a damaged or git-lfs-pointer file, a state dict without tensors or with NaN, an 
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 
@@ -139,6 +140,9 @@ def convert_to_flax(input_path: str, output_dir: str, *, source: str, config: pa
 
 def convert_to_official(input_dir: str, output_path: str) -> str:
     """Our params directory -> official `.pth`. Returns the summary line."""
+    if os.path.isdir(output_path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory; --output of to_official names the .pth file to write",
+                                output_path)
     params, config = params_io.load_params(input_dir)
     state = tw.flax_to_official(params)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)

@@ -9,6 +9,8 @@ abaw_jax/runtime/errors.py (`ABAW_JAX_TRACEBACK=1` or --verbosity=1 adds the tra
 --distributed on every host (JAX detects the cluster: TPU pods, SLURM, ...), or name the coordinator
 explicitly with --coordinator_address=host:port --num_processes=N --process_id=i.
 """
+import os
+
 from absl import flags, logging
 import jax
 from ml_collections import config_flags
@@ -35,6 +37,8 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif _DISTRIBUTED.value:
         jax.distributed.initialize()
+    if _WORKDIR.value and os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+        raise errors.ConfigError(f"--workdir={_WORKDIR.value} is a file; expected a directory (created if missing)")
     config = _CONFIG.value
     if config.job not in JOBS:
         raise errors.ConfigError(f"config.job={config.job!r} is not one of {sorted(JOBS)}")

@@ -179,3 +179,10 @@ def test_damaged_params_directory_names_it(tmp_path):
     with pytest.raises(params_io.ParamsFileError, match=f"{tmp_path / 'enc' / 'params'}: cannot restore the "
                                                         "parameters of the model in model.json"):
         params_io.load_params(str(tmp_path / "enc"))
+
+
+def test_output_that_is_a_directory_is_named(tmp_path):
+    with pytest.raises(IsADirectoryError) as caught:
+        convert_weights.convert_to_official(str(tmp_path / "params"), str(tmp_path))
+    assert errors.explain(caught.value) == (
+        f"{tmp_path}: is a directory; --output of to_official names the .pth file to write", 1)

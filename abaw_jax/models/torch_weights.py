@@ -84,7 +84,7 @@ def load_torch_checkpoint(path: str) -> StateDict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types (pickle, zip, EOF) for a damaged file
-        reason = " ".join(str(e).split())[:300]
+        reason = " ".join(str(e).split()).split(". ")[0][:200]  # torch's advice after that does not apply
         raise WeightFileError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {reason}); "
                               "is it complete, and a .pth/.bin state dict?") from e
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
