@@ -31,6 +31,8 @@ setup(
         "ml-collections>=1.1,<2",
         "numpy>=1.26",
         "pillow>=10",
+        # libjpeg-turbo with warnings as errors: the face-shard filter's check for JPEGs cut short.
+        "simplejpeg>=1.6,<2",
         "absl-py>=2",
         "tensorboardX>=2.6",
     ],

@@ -24,10 +24,12 @@ writes `{'model': state_dict}` with torch.save, loadable by the official MAE cod
 
 `--output` of to_flax is a directory with `model.json` (the model config) and `params/` (orbax). Every run
 prints one summary line; a checkpoint that does not fit the model exits with an error naming each missing,
-unexpected or wrongly shaped key.
+unexpected or wrongly shaped key. Every failure is one line `error: ...` (see abaw_jax/runtime/errors.py):
+a damaged or git-lfs-pointer file, a state dict without tensors or with NaN, an existing output.
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 
@@ -39,6 +41,8 @@ from abaw_jax.models import params_io
 from abaw_jax.models import torch_weights as tw
 from abaw_jax.models.mae import mae_config
 from abaw_jax.models.vit import VIT_SIZES, ViTConfig
+from abaw_jax.runtime import errors
+from abaw_jax.runtime.errors import ConfigError
 
 _DIRECTION = flags.DEFINE_enum("direction", None, ["to_flax", "to_official"], "Which way to convert.")
 _SOURCE = flags.DEFINE_enum("source", "official", ["official", "hf"], "to_flax: layout of the PyTorch input.")
@@ -67,7 +71,7 @@ def build_config(model: str, size: str, *, image_size: int = 224, patch_size: in
     if size not in VIT_SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(VIT_SIZES)}")
     if model == "encoder" and num_classes:
-        raise ValueError("--num_classes needs --model=encoder_gap (the official head sits on the pooled feature)")
+        raise ConfigError("--num_classes needs --model=encoder_gap (the official head sits on the pooled feature)")
     pool = "gap" if model == "encoder_gap" else "token"
     return ViTConfig(image_size=image_size, patch_size=patch_size, pool=pool, num_classes=num_classes,
                      **VIT_SIZES[size])
@@ -103,6 +107,9 @@ def convert_to_flax(input_path: str, output_dir: str, *, source: str, config: pa
 
 def convert_to_official(input_dir: str, output_path: str) -> str:
     """Our params directory -> official `.pth`. Returns the summary line."""
+    if os.path.isdir(output_path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory; --output of to_official names the .pth file to write",
+                                output_path)
     params, config = params_io.load_params(input_dir)
     state = tw.flax_to_official(params)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
@@ -117,19 +124,19 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _DIRECTION.value or not _INPUT.value or not _OUTPUT.value:
         raise app.UsageError("--direction, --input and --output are required")
-    try:
-        if _DIRECTION.value == "to_flax":
+    if _DIRECTION.value == "to_flax":
+        try:
             config = build_config(_MODEL.value, _SIZE.value, image_size=_IMAGE_SIZE.value,
                                   patch_size=_PATCH_SIZE.value, num_classes=_NUM_CLASSES.value,
                                   mask_ratio=_MASK_RATIO.value, norm_pix_loss=_NORM_PIX_LOSS.value)
-            summary = convert_to_flax(_INPUT.value, _OUTPUT.value, source=_SOURCE.value, config=config,
-                                      strict=_STRICT.value, seed=_SEED.value)
-        else:
-            summary = convert_to_official(_INPUT.value, _OUTPUT.value)
-    except (tw.WeightMismatchError, FileNotFoundError, FileExistsError, ValueError) as e:
-        raise SystemExit(f"convert_weights: {e}") from e
+        except ValueError as e:  # the model's own checks, e.g. an image size the patch size does not divide
+            raise ConfigError(str(e)) from e
+        summary = convert_to_flax(_INPUT.value, _OUTPUT.value, source=_SOURCE.value, config=config,
+                                  strict=_STRICT.value, seed=_SEED.value)
+    else:
+        summary = convert_to_official(_INPUT.value, _OUTPUT.value)
     print(summary)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -21,6 +21,9 @@ CPU preset, the README's main job (a few minutes on 2 cores, on the embedded syn
   1-2 minutes on 2 cores after a ~30 s first-time data build. The loss falls from ~1.3 at step 1 to
   ~0.7 (it plateaus there: per-patch-normalised 8x8 patches of smooth synthetic faces are mostly JPEG
   noise); reconstructions are written to <workdir>/reconstructions/.
+
+Every value is checked before the run starts (`abaw_jax.jobs.mae_pretrain.validate_config`): a bad one
+stops with `error: config.<key> must be ..., got ...` and exit status 2.
 """
 import ml_collections
 

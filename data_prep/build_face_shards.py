@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 
 from abaw_jax.data import face_shards
+from abaw_jax.runtime import errors
 
 _IMAGE_ROOTS = flags.DEFINE_list(
     "image_roots", None, "Comma-separated source_name=folder pairs, searched recursively.",
@@ -50,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -8,13 +8,15 @@ of files and folders; `--image_dirs=DIR1,DIR2` adds folders of frame images (the
 name order is frame k, the output name is the folder name). Videos with two people: `--two_faces` writes
 `<video>_left` and `<video>_right` for every video, `--two_face_videos=NAME1,NAME2` only for those named.
 YuNet instead of the Haar cascade: `--detector=yunet --yunet_onnx=face_detection_yunet_2023mar.onnx`.
-Prints a progress line every `--log_every` frames and a summary per video; unreadable sources are
-reported and skipped, and the exit status is 1 if any was.
+Prints a progress line every `--log_every` frames and a summary per video. Unreadable sources (a file
+OpenCV cannot open, a truncated video, an unreadable image) are logged, leave no crops behind, and end the
+run with one line `error: skipped N of M sources ...` and exit status 1 after the others are done.
 """
 from absl import app
 from absl import flags
 from absl import logging
 
+from abaw_jax.runtime import errors
 from data_prep import faces
 
 _VIDEOS = flags.DEFINE_list("videos", [], "Video files and/or folders of videos.")
@@ -53,8 +55,12 @@ def main(argv):
     )
     for name, error in report.failed.items():
         logging.error("Skipped %s: %s", name, error)
-    return 1 if report.failed else 0
+    if report.failed:
+        total = len(report.summaries) + len(report.failed)
+        first = next(iter(report.failed.values()))
+        raise errors.JobError(f"skipped {len(report.failed)} of {total} sources ({', '.join(report.failed)}); "
+                              f"the first: {first}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from abaw_jax.runtime import errors
 from data_prep import audio
 from data_prep import faces
 
@@ -81,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

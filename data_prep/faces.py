@@ -15,12 +15,19 @@ get no file, as in the real release.
 
 A crop is the square of side `margin * max(w, h)` centred on the detected box; parts outside the frame
 are filled with black, then the square is resized to `size` x `size`.
+
+A folder under the output root is always complete: crops are written to `<out>/.partial_crops/<name>/`
+and moved into place (replacing an older folder of that name) once every frame of the source is done;
+a source that fails part-way (an unreadable image, a video that decodes fewer frames than its header
+announces, i.e. a truncated file) leaves nothing behind and is reported.
 """
 from collections.abc import Collection, Iterator, Sequence
+import contextlib
 import dataclasses
 import os
 import pathlib
 import re
+import shutil
 import time
 from typing import Protocol
 
@@ -31,6 +38,7 @@ import numpy as np
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+PARTIAL_DIR = ".partial_crops"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,10 +163,15 @@ def square_crop(image: np.ndarray, box: Box, *, margin: float = 1.25, size: int 
 
 
 def iter_video_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields (k, BGR frame) for every decodable frame of a video file, k 1-based."""
+    """Yields (k, BGR frame) for every decodable frame of a video file, k 1-based.
+
+    Raises IOError (after the frames it could decode) when the file decodes fewer frames than its header
+    announces: a truncated or damaged file.
+    """
     capture = cv2.VideoCapture(os.fspath(path))
     if not capture.isOpened():
         raise IOError(f"{path}: OpenCV could not open this file as a video.")
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     try:
         k = 0
         while True:
@@ -171,6 +184,9 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray
         capture.release()
     if k == 0:
         raise IOError(f"{path}: the video opened but no frame could be decoded.")
+    if k < announced:
+        raise IOError(f"{path}: truncated or damaged: decoded {k} of the {announced} frames its header announces; "
+                      "no crops written for it (re-encode or fetch the file again)")
 
 
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
@@ -199,7 +215,12 @@ def find_videos(paths: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
     videos = []
     for path in map(pathlib.Path, paths):
         if path.is_dir():
-            videos.extend(p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+            found = [p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS]
+            if not found:
+                others = sorted({p.suffix or p.name for p in path.iterdir()})[:8]
+                raise FileNotFoundError(f"{path}: no video with a supported extension {list(VIDEO_EXTENSIONS)} "
+                                        f"in this folder; found {others or 'nothing'}")
+            videos.extend(found)
         elif path.is_file():
             videos.append(path)
         else:
@@ -236,29 +257,45 @@ def crop_frames(
     jpeg_quality: int = 95,
     log_every: int = 500,
 ) -> CropSummary:
-    """Detects, crops and writes `<out_dir>/<name><suffix>/<k:05d>.jpg` for every frame with a face."""
+    """Detects, crops and writes `<out_dir>/<name><suffix>/<k:05d>.jpg` for every frame with a face.
+
+    The crops are staged in `<out_dir>/.partial_crops/<name>/` and moved into place only when `frames`
+    is exhausted without an error; on an error the staged crops are removed and the error propagates.
+    """
     summary = CropSummary(name)
     out_dir = pathlib.Path(out_dir)
+    staging = out_dir / PARTIAL_DIR / name
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted earlier run
     start = time.perf_counter()
-    for k, frame in frames:
-        summary.frames += 1
-        chosen = select_faces(detector(frame), frame.shape[1], two_faces=two_faces)
-        if not chosen:
-            summary.frames_without_face += 1
-        for suffix, box in chosen.items():
-            target = out_dir / f"{name}{suffix}"
-            target.mkdir(parents=True, exist_ok=True)
-            crop = square_crop(frame, box, margin=margin, size=size)
-            path = target / f"{k:05d}.jpg"
-            if not cv2.imwrite(os.fspath(path), crop, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
-                raise IOError(f"{path}: OpenCV could not write this crop.")
-            summary.crops[name + suffix] = summary.crops.get(name + suffix, 0) + 1
-        if log_every and summary.frames % log_every == 0:
-            rate = summary.frames / (time.perf_counter() - start)
-            logging.info(
-                "%s: %d frames, %d without a face, %.1f frames/s",
-                name, summary.frames, summary.frames_without_face, rate,
-            )
+    try:
+        for k, frame in frames:
+            summary.frames += 1
+            chosen = select_faces(detector(frame), frame.shape[1], two_faces=two_faces)
+            if not chosen:
+                summary.frames_without_face += 1
+            for suffix, box in chosen.items():
+                target = staging / f"{name}{suffix}"
+                target.mkdir(parents=True, exist_ok=True)
+                crop = square_crop(frame, box, margin=margin, size=size)
+                path = target / f"{k:05d}.jpg"
+                if not cv2.imwrite(os.fspath(path), crop, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+                    raise IOError(f"{out_dir / path.relative_to(staging)}: OpenCV could not write this crop.")
+                summary.crops[name + suffix] = summary.crops.get(name + suffix, 0) + 1
+            if log_every and summary.frames % log_every == 0:
+                rate = summary.frames / (time.perf_counter() - start)
+                logging.info(
+                    "%s: %d frames, %d without a face, %.1f frames/s",
+                    name, summary.frames, summary.frames_without_face, rate,
+                )
+        for output in sorted(summary.crops):
+            final = out_dir / output
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging / output, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (out_dir / PARTIAL_DIR).rmdir()  # only when no other source is being staged
     return summary
 
 

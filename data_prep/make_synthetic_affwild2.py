@@ -8,9 +8,10 @@ produces `<out_dir>/annotations/`, `cropped_aligned/`, `videos/*.mp4` (with audi
 `abaw_jax.data.synthetic`. The defaults take a few seconds on 2 CPU cores.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from abaw_jax.data import synthetic
+from abaw_jax.runtime import errors
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", 16, "Annotated source videos.")
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -109,13 +109,13 @@ def test_pretrained_encoder_into_gap_model_non_strict(official, tmp_path, capsys
 
 def test_mismatched_checkpoint_exits_naming_keys(official, tmp_path, capsys):
     source = write_official(official, tmp_path / "full.pth")
-    with pytest.raises(SystemExit, match=r"not in the model: decoder_blocks\.0\.attn\.proj\.bias"):
+    with pytest.raises(tw.WeightMismatchError, match=r"not in the model: decoder_blocks\.0\.attn\.proj\.bias"):
         run_cli(capsys, "--direction=to_flax", f"--input={source}", "--model=encoder", *TINY,
                 f"--output={tmp_path / 'enc'}")
-    with pytest.raises(SystemExit, match=r"cls_token: checkpoint \(1, 1, 192\).*model expects \(1, 1, 768\)"):
+    with pytest.raises(tw.WeightMismatchError, match=r"cls_token: checkpoint \(1, 1, 192\).*model expects \(1, 1, 768\)"):
         run_cli(capsys, "--direction=to_flax", f"--input={source}", "--model=mae", "--size=base",
                 "--image_size=32", "--patch_size=8", f"--output={tmp_path / 'base'}")
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(FileNotFoundError, match="no such file"):
         run_cli(capsys, "--direction=to_flax", f"--input={tmp_path / 'absent.pth'}", *TINY,
                 f"--output={tmp_path / 'x'}")
     assert not (tmp_path / "enc").exists() and not (tmp_path / "base").exists()

@@ -19,6 +19,13 @@ Alignment rule: a `VideoLabels` holds only the frames that have BOTH an annotati
 `num_rows - len(frames)`). Invalid rows are kept and masked out by `valid`, so per-frame arrays stay
 aligned with the crops for feature extraction and temporal models.
 
+Readers stop (`LayoutError`, `AnnotationError`, FileNotFoundError, each naming the path, what was
+expected and what was found) on anything that would make a dataset empty or shift its frames: a crop
+folder numbered from 00000.jpg, crops named in another scheme (`1.jpg`, `.JPG`, `.png`, 6 digits), an
+empty crop folder or crops tree, a misspelled split folder, a split folder without annotation files, an
+annotation file without rows, a video none of whose crops is annotated. Annotation files may be named
+`*.txt` in any case.
+
 Test set: a plain list of names per task and an example submission file per task whose first line
 is the submission header and whose rows start with `<name>/<k:05d>.jpg`, every frame in order.
 """
@@ -33,15 +40,21 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from abaw_jax import tasks
+from abaw_jax.runtime.errors import ExplainedError
 
 SPLITS = ("Train_Set", "Validation_Set")
 PAIR_SUFFIXES = ("_left", "_right")
 CROP_PATTERN = re.compile(r"^(\d{5})\.jpg$")
 _SUBMISSION_ROW = re.compile(r"^(.+)/(\d{5})\.jpg$")
 _VIDEO_EXTENSIONS = (".mp4", ".avi")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class AnnotationError(ValueError):
+class LayoutError(ExplainedError, ValueError):
+    """Files or folders that do not follow the release's layout; names the path, expected and found."""
+
+
+class AnnotationError(ExplainedError, ValueError):
     """A malformed Aff-Wild2 file: names the file, the 1-based line, what was expected and found."""
 
     def __init__(self, path: str | pathlib.Path, line: int, expected: str, found: str):
@@ -144,6 +157,8 @@ def parse_annotation_file(path: str | pathlib.Path, task: str) -> tuple[np.ndarr
     parse_row = {"AU": _parse_au_row, "EXPR": _parse_expr_row, "VA": _parse_va_row}[task]
     while len(lines) > 1 and not lines[-1].strip():
         lines.pop()
+    if len(lines) < 2:
+        raise AnnotationError(path, 2, f"one row of {task} labels per frame after the header", "")
     rows = [parse_row(path, number, line.strip()) for number, line in enumerate(lines[1:], start=2)]
     dtype, width = {"AU": (np.int8, (tasks.AU.values_per_row,)), "EXPR": (np.int64, ()),
                     "VA": (np.float32, (tasks.VA.values_per_row,))}[task]
@@ -191,8 +206,28 @@ def _parse_va_row(path: pathlib.Path, number: int, line: str) -> tuple[list[floa
 
 
 def list_crops(crop_dir: str | pathlib.Path) -> np.ndarray:
-    """Sorted 1-based frame indices of the `<k:05d>.jpg` crops in `crop_dir`; other files are ignored."""
-    frames = [int(m.group(1)) for p in pathlib.Path(crop_dir).iterdir() if (m := CROP_PATTERN.match(p.name))]
+    """Sorted 1-based frame indices of the `<k:05d>.jpg` crops in `crop_dir`.
+
+    Files that are not images are ignored. Raises LayoutError when the folder holds no crop, a frame 0
+    (a 0-based folder would shift every label by one) or images named in another scheme.
+    """
+    crop_dir = pathlib.Path(crop_dir)
+    frames, others = [], []
+    for p in crop_dir.iterdir():
+        if m := CROP_PATTERN.match(p.name):
+            frames.append(int(m.group(1)))
+        elif p.suffix.lower() in _IMAGE_SUFFIXES:
+            others.append(p.name)
+    expected = "crops named <k:05d>.jpg with k the 1-based frame index (00001.jpg, 00002.jpg, ...)"
+    if others:
+        examples = ", ".join(sorted(others)[:3])
+        raise LayoutError(f"{crop_dir}: expected {expected}, found {len(others)} image(s) named otherwise "
+                          f"({examples}{', ...' if len(others) > 3 else ''}); rename them")
+    if not frames:
+        raise LayoutError(f"{crop_dir}: expected {expected}, found no crop in this folder")
+    if 0 in frames:
+        raise LayoutError(f"{crop_dir / '00000.jpg'}: expected {expected}; frame 0 does not exist, so this "
+                          "folder looks numbered from 0: renumber its files from 00001.jpg")
     return np.array(sorted(frames), np.int64)
 
 
@@ -208,6 +243,9 @@ def load_video_labels(
     labels, valid = parse_annotation_file(path, task)
     crops = list_crops(crop_dir)
     frames = crops[crops <= len(labels)]
+    if not len(frames):
+        raise LayoutError(f"{path}: its {len(labels)} rows label frames 1..{len(labels)}, but the crops in "
+                          f"{crop_dir} are frames {crops[0]}..{crops[-1]}: no frame has both")
     return VideoLabels(
         name=name,
         task=task,
@@ -223,13 +261,35 @@ def load_video_labels(
 
 
 def load_task(
-    root: str | pathlib.Path, task: str, crops_root: str | pathlib.Path, splits: Sequence[str] = SPLITS
+    root: str | pathlib.Path, task: str, crops_root: str | pathlib.Path, splits: Sequence[str] | None = None
 ) -> dict[str, VideoLabels]:
-    """All videos of a task in `splits`, keyed by annotation name (sorted by split, then name)."""
+    """All videos of a task in `splits`, keyed by annotation name (sorted by split, then name).
+
+    `splits` None reads whichever of SPLITS exist (at least one must); named splits must all exist.
+    """
+    if isinstance(splits, str):
+        raise TypeError(f"splits must be a list of split folder names such as {list(SPLITS)}, got the string "
+                        f"{splits!r} (write [{splits!r}])")
     task_dir = find_task_dir(root, task)
+    crops_root = pathlib.Path(crops_root)
+    if crops_root.is_dir() and not any(p.is_dir() for p in crops_root.iterdir()):
+        raise LayoutError(f"{crops_root}: expected one crop folder per video (<crops>/<name>/<k:05d>.jpg), "
+                          "found no folder")
+    if splits is None:
+        splits = [split for split in SPLITS if (task_dir / split).is_dir()] or list(SPLITS)
     videos: dict[str, VideoLabels] = {}
     for split in splits:
-        for path in sorted((task_dir / split).glob("*.txt")):
+        split_dir = task_dir / split
+        if not split_dir.is_dir():
+            present = sorted(p.name for p in task_dir.iterdir() if p.is_dir())
+            raise LayoutError(f"{split_dir}: no such split folder; {task_dir} holds {present}, expected "
+                              f"{list(SPLITS)}")
+        paths = sorted(p for p in split_dir.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
+        if not paths:
+            found = sorted(p.name for p in split_dir.iterdir())[:5]
+            raise LayoutError(f"{split_dir}: expected one <name>.txt annotation file per video, found none "
+                              f"(holds {found})")
+        for path in paths:
             if path.stem in videos:
                 raise AnnotationError(
                     path, 1, "each video in one split only", f"{path.stem} also in {videos[path.stem].path}"

@@ -1,15 +1,18 @@
 """TFDS face shards: image trees -> quality-filtered ArrayRecord shards of JPEG faces.
 
-`build_face_shards({"affectnet": "/data/affectnet", ...}, data_dir)` walks every root recursively
-(*.jpg, *.jpeg, *.png), drops files that fail the quality filter, and writes the rest with a
+`build_face_shards({"affectnet": "/data/affectnet", ...}, data_dir)` walks every root recursively,
+following symlinked folders (each real folder once), (*.jpg, *.jpeg, *.png in any case), drops files that fail the quality filter, and writes the rest with a
 `tfds.core.GeneratorBasedBuilder` in the ArrayRecord format to `<data_dir>/face_shards/1.0.0/`. Each
 record holds the encoded JPEG (`image`), the `source` name and a stable `id` "<source>/<relative path>".
 JPEGs are stored byte for byte; PNGs, and JPEGs that do not end in an EOI marker, are re-encoded
-(quality 95) so that every stored record is a complete JPEG.
+(quality 95) so that every stored record is a complete JPEG. 16-bit PNGs are scaled to 8 bits (not
+clipped, which would turn them white).
 
 The quality filter gives each dropped file the first reason that applies, checked in this order:
   duplicate  - the file's bytes equal (SHA-256) those of a file seen earlier;
-  corrupt    - PIL cannot decode it completely (random bytes, truncated files);
+  corrupt    - it cannot be read or decoded completely: random bytes, a truncated file, a dangling
+               symlink, or a JPEG whose decoding makes libjpeg warn (a file cut short but ending in an
+               EOI marker decodes "successfully" with grey rows; libjpeg's warning is treated as an error);
   too_small  - min(height, width) < min_face_size;
   blurry     - variance of the Laplacian of the grey image (3x3 kernel, OpenCV's reflect-101 border,
                at the stored resolution) < min_blur_var.
@@ -37,7 +40,10 @@ from absl import logging
 import cv2
 import numpy as np
 from PIL import Image
+import simplejpeg
 import tensorflow_datasets as tfds
+
+from abaw_jax.runtime.errors import ConfigError, ExplainedError
 
 DATASET_NAME = "face_shards"
 DATASET_VERSION = "1.0.0"
@@ -109,6 +115,33 @@ class CorruptImageError(ValueError):
     """Raised when encoded image bytes cannot be decoded completely."""
 
 
+class NoFacesError(ExplainedError, ValueError):
+    """No image of the roots passed the quality filter."""
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grey PIL image scaled to 8 bits (PIL's own convert clips at 255); others unchanged."""
+    if image.mode not in _SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image, np.float64)
+    return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+
+
+def check_jpeg_strictly(encoded: bytes) -> None:
+    """Decodes a JPEG with libjpeg-turbo treating its warnings as errors; raises CorruptImageError.
+
+    PIL and OpenCV only print libjpeg's warnings (e.g. "premature end of data segment" for a file cut
+    short that still ends in an EOI marker) and return an image whose missing part is flat grey.
+    """
+    try:
+        simplejpeg.decode_jpeg(encoded, colorspace="GRAY", strict=True)
+    except ValueError as e:
+        raise CorruptImageError(f"libjpeg: {e}") from e
+
+
 def laplacian_variance(gray: np.ndarray) -> float:
     """Variance of the 3x3 Laplacian of a 2-D grey image (the usual blur measure: low = blurry)."""
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
@@ -116,10 +149,12 @@ def laplacian_variance(gray: np.ndarray) -> float:
 
 def decode_grey(encoded: bytes) -> np.ndarray:
     """Decodes image bytes completely into a uint8 grey image; raises CorruptImageError otherwise."""
+    if is_jpeg(encoded):
+        check_jpeg_strictly(encoded)
     try:
         with Image.open(io.BytesIO(encoded)) as image:
             image.load()
-            return np.asarray(image.convert("L"))
+            return np.asarray(eight_bit(image).convert("L"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(str(e)) from e
 
@@ -153,13 +188,27 @@ def as_complete_jpeg(encoded: bytes) -> bytes:
         return encoded
     with Image.open(io.BytesIO(encoded)) as image:
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=_REENCODE_QUALITY)
+        eight_bit(image).convert("RGB").save(buffer, format="JPEG", quality=_REENCODE_QUALITY)
     return buffer.getvalue()
 
 
 def list_image_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """All *.jpg/*.jpeg/*.png files below `root` (any case), sorted so that ids and order are stable."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """All *.jpg/*.jpeg/*.png files below `root` (any case), sorted so that ids and order are stable.
+
+    Symlinked folders are followed, each real folder once (a link back up the tree is not a loop), and
+    symlinked files are listed even when dangling, so that the quality filter counts them as corrupt.
+    """
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders.sort()
+        files.extend(pathlib.Path(folder, name) for name in names
+                     if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+    return sorted(files)
 
 
 class FaceShards(tfds.core.GeneratorBasedBuilder):
@@ -220,7 +269,7 @@ class FaceShards(tfds.core.GeneratorBasedBuilder):
                 rate = count / max(time.monotonic() - start, 1e-9)
                 logging.info("%d/%d files (%.0f/s): %s", count, len(files), rate, self.report.summary())
         if not self.report.kept:
-            raise ValueError(f"No image passed the quality filter ({self.report.summary()}); "
+            raise NoFacesError(f"No image passed the quality filter ({self.report.summary()}); "
                              f"roots: {self.report.image_roots}, filter: {self._quality_filter}.")
 
     def _checked(self, files: Sequence[tuple[str, pathlib.Path, pathlib.Path]]
@@ -233,7 +282,11 @@ class FaceShards(tfds.core.GeneratorBasedBuilder):
                 yield from pool.map(self._check, files[chunk_start:chunk_start + _CHECK_CHUNK])
 
     def _check(self, file: tuple[str, pathlib.Path, pathlib.Path]) -> tuple[bytes, bytes, str | None]:
-        encoded = file[2].read_bytes()
+        try:
+            encoded = file[2].read_bytes()
+        except OSError as e:  # a dangling symlink, a file that vanished or cannot be read
+            logging.warning("Cannot read %s (%s): counted as corrupt", file[2], e)
+            return b"", hashlib.sha256(os.fsencode(file[2])).digest(), "corrupt"
         return encoded, hashlib.sha256(encoded).digest(), drop_reason(encoded, self._quality_filter)
 
 
@@ -289,22 +342,23 @@ def parse_image_roots(spec: str | Sequence[str]) -> dict[str, str]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"Expected image roots as name=path, found {item!r} in {spec!r}.")
+            raise ConfigError(f"Expected image roots as name=path, found {item!r} in {spec!r}.")
         if name in roots:
-            raise ValueError(f"Source name {name!r} is given twice in {spec!r}.")
+            raise ConfigError(f"Source name {name!r} is given twice in {spec!r}.")
         roots[name] = path
     return roots
 
 
 def _validated_roots(image_roots: Mapping[str, str | os.PathLike]) -> dict[str, str]:
     if not image_roots:
-        raise ValueError("Expected at least one image root (source name -> folder), found none.")
+        raise ConfigError("Expected at least one image root (source name -> folder), found none.")
     roots = {}
     for name, root in image_roots.items():
         if not name or "/" in name:
-            raise ValueError(f"Source names must be non-empty and contain no '/', found {name!r}.")
+            raise ConfigError(f"Source names must be non-empty and contain no '/', found {name!r}.")
         path = pathlib.Path(root).resolve()
         if not path.is_dir():
-            raise NotADirectoryError(f"Image root {name}={root} is not a directory.")
+            found = "a file" if path.is_file() else "nothing"
+            raise NotADirectoryError(f"Image root {name}={root} must be a directory, found {found} there.")
         roots[name] = str(path)
     return roots

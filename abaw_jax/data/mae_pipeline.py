@@ -40,13 +40,19 @@ next to the model state through the handler that grain registers:
         state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(it)))
 
 The restore sets the state of `it` in place (one JSON file per process).
+
+Worker processes watch their parent and exit when it is gone, so a training process killed outright
+(SIGKILL, the OOM killer) does not leave them running; on a normal exit Python stops them itself.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import multiprocessing
 import os
 import pathlib
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,6 +175,7 @@ class MaeAugment(grain.transforms.RandomMap):
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
         _use_one_opencv_thread()
+        _exit_with_parent()
         try:
             image = decode_random_resized_crop(element["image"], rng, image_size=self.image_size,
                                                scale=self.scale, ratio=self.ratio,
@@ -295,6 +302,28 @@ def normalize_images(images: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.A
 def _record_id(element: dict[str, Any]) -> str:
     record_id = element.get("id", "<no id>")
     return record_id.decode("utf-8", "replace") if isinstance(record_id, bytes) else str(record_id)
+
+
+_parent_watch: list[int] = []
+
+
+def _exit_with_parent() -> None:
+    """In a grain worker process, exits when the training process is gone (e.g. killed with SIGKILL).
+
+    grain's workers are daemon processes: Python stops them when the parent exits normally, but a parent
+    killed outright leaves them running, each holding its buffers. A thread per worker polls the parent.
+    """
+    parent = multiprocessing.parent_process()
+    if _parent_watch or parent is None:
+        return
+    _parent_watch.append(parent.pid)  # not getppid(): the parent may already be gone by now
+
+    def watch():
+        while os.getppid() == _parent_watch[0]:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
 
 
 def _use_one_opencv_thread() -> None:

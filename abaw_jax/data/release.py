@@ -19,9 +19,12 @@ and `synthetic_seed`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import pathlib
+from collections.abc import Iterator
 
 import ml_collections
 
@@ -52,15 +55,28 @@ def synthetic_root(cache_dir: str | os.PathLike | None, *, num_videos: int, fram
     return cache / f"synthetic_v{num_videos}_f{frames_per_video}_s{seed}"
 
 
+@contextlib.contextmanager
+def build_lock(root: pathlib.Path) -> Iterator[None]:
+    """Holds an flock on `<root>/.build_lock`; the OS releases it if the holder dies."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".build_lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def synthetic_release(cache_dir: str | os.PathLike | None = None, *, num_videos: int = 16,
                       frames_per_video: int = 300, seed: int = 0) -> pathlib.Path:
-    """The root of a synthetic release in the cache, generated (from scratch) unless a complete one is there."""
-    release = synthetic_root(cache_dir, num_videos=num_videos, frames_per_video=frames_per_video,
-                             seed=seed) / "release"
+    """The root of a synthetic release in the cache, generated (from scratch) unless a complete one is there.
+
+    Runs sharing the cache wait for each other's generation (`build_lock`)."""
+    root = synthetic_root(cache_dir, num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
+    release = root / "release"
     if not (release / _COMPLETE).exists():
-        print(f"Generating the synthetic Aff-Wild2 release in {release} (once)", flush=True)
-        synthetic.generate(release, num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
-        (release / _COMPLETE).write_text("")
+        with build_lock(root):
+            if not (release / _COMPLETE).exists():
+                print(f"Generating the synthetic Aff-Wild2 release in {release} (once)", flush=True)
+                synthetic.generate(release, num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
+                (release / _COMPLETE).write_text("")
     return release
 
 

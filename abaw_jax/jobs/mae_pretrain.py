@@ -11,7 +11,9 @@ RNG, so the loss trajectory does not depend on the device count, the process cou
 A non-finite loss or gradient leaves the state untouched for that step and is counted; the loop checks
 the count before every checkpoint and log line and stops with a message, keeping the last good
 checkpoint. Rerunning with the same workdir resumes parameters, optimizer state, step, RNG and the
-data iterator.
+data iterator, from the newest checkpoint that reads back completely (a damaged one is reported and
+moved aside). Config values are validated before any work (`validate_config`); the workdir is locked
+for the run (`runtime.workdir.lock`), and SIGTERM stops the loop at the next step with a checkpoint.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import functools
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -34,8 +37,9 @@ from abaw_jax.eval import reconstruction_grid
 from abaw_jax.models import flops, params_io, torch_weights
 from abaw_jax.models.mae import MAE, MAEConfig, mae_config
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS
-from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry
-from abaw_jax.runtime.errors import JobError
+from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry, workdir as workdir_lib
+from abaw_jax.runtime import config_checks as checks
+from abaw_jax.runtime.errors import ConfigError, JobError
 from abaw_jax.runtime.telemetry import log
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -50,30 +54,52 @@ class TrainState:
     nonfinite_steps: jax.Array
 
 
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every value the job reads; raises ConfigError naming `config.<key>` and the bad value."""
+    checks.choice(config, "model.dtype", DTYPES)
+    checks.choice(config, "model.attention", ("auto",) + tuple(ATTENTION_IMPLEMENTATIONS))
+    checks.integer(config, "model.image_size", minimum=1)
+    checks.integer(config, "model.patch_size", minimum=1)
+    checks.fraction(config, "model.mask_ratio")
+    checks.integer(config, "data.worker_count", minimum=0)
+    checks.integer(config, "data.worker_buffer_size", minimum=1)
+    checks.integer(config, "data.synthetic_videos", minimum=1)
+    checks.integer(config, "data.synthetic_frames_per_video", minimum=1)
+    checks.path(config, "data.data_dir", kind="dir", allow_empty=True)
+    for key in ("batch_size", "micro_batches", "mesh.fsdp", "num_epochs", "log_every", "checkpoint_every",
+                "image_every", "image_count", "keep_checkpoints"):
+        checks.integer(config, key, minimum=1)
+    for key in ("total_steps", "warmup_steps", "warmup_epochs", "seed"):
+        checks.integer(config, key, minimum=0)
+    checks.number(config, "base_lr", minimum=0, exclusive=True)
+    checks.fraction(config, "b1", inclusive=True)
+    checks.fraction(config, "b2", inclusive=True)
+    checks.number(config, "weight_decay", minimum=0)
+    checks.number(config, "grad_clip", minimum=0)
+
+
 def model_from_config(config: ml_collections.ConfigDict) -> tuple[MAE, MAEConfig]:
     m = config.model
-    if m.dtype not in DTYPES:
-        raise JobError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
     attention = m.attention
     if attention == "auto":
         attention = "cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla"
-    if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise JobError(f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
-                            f"got {m.attention!r}")
-    cfg = mae_config(m.size, image_size=m.image_size, patch_size=m.patch_size, mask_ratio=m.mask_ratio,
-                     norm_pix_loss=m.norm_pix_loss)
+    try:
+        cfg = mae_config(m.size, image_size=m.image_size, patch_size=m.patch_size, mask_ratio=m.mask_ratio,
+                         norm_pix_loss=m.norm_pix_loss)
+    except ValueError as e:  # the model's own checks (size name, image size divisible by the patch size)
+        raise ConfigError(f"config.model: {e}") from e
     return MAE(cfg, dtype=DTYPES[m.dtype], remat=m.remat, attention=attention), cfg
 
 
 def check_batch_layout(batch_size: int, micro_batches: int, num_devices: int, num_processes: int) -> None:
     if micro_batches < 1 or batch_size % micro_batches:
-        raise JobError(f"batch_size={batch_size} is not divisible by micro_batches={micro_batches}")
+        raise ConfigError(f"config.batch_size={batch_size} is not divisible by micro_batches={micro_batches}")
     micro = batch_size // micro_batches
     if micro % num_devices:
-        raise JobError(f"each micro-batch ({batch_size} / {micro_batches} = {micro} images) must split "
-                            f"evenly over the {num_devices} devices")
+        raise ConfigError(f"each micro-batch (config.batch_size / config.micro_batches = {batch_size} / "
+                          f"{micro_batches} = {micro} images) must split evenly over the {num_devices} devices")
     if batch_size % num_processes:
-        raise JobError(f"batch_size={batch_size} is not divisible by the {num_processes} processes")
+        raise ConfigError(f"config.batch_size={batch_size} is not divisible by the {num_processes} processes")
 
 
 def init_state(rng: jax.Array, model: MAE, cfg: MAEConfig, tx: optax.GradientTransformation) -> TrainState:
@@ -149,12 +175,12 @@ def _load_source(config: ml_collections.ConfigDict):
         multihost_utils.sync_global_devices("default face shards ready")
         data_dir = build()  # returns at once: process 0 has built them
         log(f"No --config.data.data_dir given: training on the embedded synthetic faces in {data_dir}")
-    if not os.path.isdir(data_dir):
-        raise JobError(f"config.data.data_dir={data_dir} does not exist")
     try:
         source = face_shards.load_face_source(data_dir, config.data.split)
     except FileNotFoundError as e:
         raise JobError(str(e)) from e
+    except (KeyError, ValueError) as e:  # tfds: a split the shards do not hold
+        raise ConfigError(f"config.data.split={config.data.split!r}: {e}") from e
     if len(source) < config.batch_size:
         raise JobError(f"{data_dir} ({config.data.split}) holds {len(source)} faces, fewer than one batch "
                             f"of {config.batch_size}")
@@ -177,7 +203,27 @@ def _export_encoder(params: Any, cfg: MAEConfig, workdir: str) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Runs (or resumes) MAE pretraining in `workdir`; returns the final state."""
+    """Runs (or resumes) MAE pretraining in `workdir`, holding its lock; returns the final state."""
+    validate_config(config)
+    with workdir_lib.lock(workdir, enabled=jax.process_index() == 0), \
+            workdir_lib.stop_on_sigterm() as stop_requested:
+        return _train(config, workdir, stop_requested)
+
+
+def _stop_on_sigterm(step: int, state: TrainState, data_iter: Any, checkpointer: checkpointing.Checkpointer,
+                     last_good_checkpoint: int | None) -> None:
+    if jax.process_count() > 1:
+        # The other processes did not get the signal: a collective save would wait for them forever.
+        raise JobError(f"stopped by SIGTERM at step {step}; the last checkpoint (step {last_good_checkpoint}) "
+                       f"is in {checkpointer.directory}: rerun the same command to resume from it")
+    if last_good_checkpoint != step:
+        checkpointer.save(step, state, data_iter)
+    checkpointer.wait()
+    raise JobError(f"stopped by SIGTERM at step {step}; saved checkpoint step {step} in "
+                   f"{checkpointer.directory}: rerun the same command to resume")
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stop_requested: Callable[[], bool]) -> TrainState:
     model, cfg = model_from_config(config)
     num_devices, num_processes = jax.device_count(), jax.process_count()
     check_batch_layout(config.batch_size, config.micro_batches, num_devices, num_processes)
@@ -186,6 +232,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
     steps_per_epoch = len(source) // config.batch_size
     total_steps = config.total_steps or steps_per_epoch * config.num_epochs
+    if total_steps <= 0:
+        raise ConfigError(f"config.total_steps=0 means config.num_epochs={config.num_epochs} epochs of "
+                          f"{steps_per_epoch} steps, i.e. no training; set config.total_steps > 0")
     warmup_steps = config.warmup_steps or steps_per_epoch * config.warmup_epochs
     peak_lr = optimizer.peak_learning_rate(config.base_lr, config.batch_size)
     schedule = optimizer.learning_rate_schedule(peak_lr, warmup_steps, total_steps)
@@ -213,10 +262,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     checkpointer = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
         model_description=params_io.config_to_dict(cfg))
-    latest = checkpointer.latest_step()
+    abstract = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
+    latest, restored = checkpointer.restore_latest(abstract, data_iter)
     if latest is not None:
-        abstract = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
-        state = checkpointer.restore(latest, abstract, data_iter)
+        state = restored
         log(f"Resumed from {checkpointer.directory} at step {latest}")
 
     step_fn = jax.jit(
@@ -238,6 +287,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     last_good_checkpoint = latest
     try:
         while step < total_steps:
+            if stop_requested():
+                _stop_on_sigterm(step, state, data_iter, checkpointer, last_good_checkpoint)
             wait_start = time.perf_counter()
             local = next(data_iter)["image"]
             throughput.data_wait += time.perf_counter() - wait_start

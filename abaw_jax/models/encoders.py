@@ -112,9 +112,7 @@ def _read_source(path: str) -> tuple[tw.StateDict, int | None, str]:
     if not os.path.exists(path):
         raise EncoderLoadError(f"{path}: no such file or directory")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        state = dict(load_file(path))
+        state = tw.read_safetensors(path)
     else:
         state = tw.load_torch_checkpoint(path)
     if any(k.startswith(("vit.", "embeddings.", "encoder.layer.")) for k in state):

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from abaw_jax.runtime.errors import ExplainedError
+
 StateDict = dict[str, np.ndarray]
 
 # transformers (v5 and v4 names) -> official, applied to keys after the model prefix is removed.
@@ -41,8 +43,35 @@ _HF_QKV = re.compile(r"^(.*)\.attention\.(?:(q|k|v)_proj|attention\.(query|key|v
 _QKV_ORDER = {"q": 0, "k": 1, "v": 2, "query": 0, "key": 1, "value": 2}
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(ExplainedError, ValueError):
     """A checkpoint does not fit the model: lists missing, unexpected and wrongly shaped keys."""
+
+
+class WeightFileError(ExplainedError, ValueError):
+    """A weight file that cannot be read as one: corrupt, cut short, a git-lfs pointer, non-finite values."""
+
+
+_LFS_POINTER = b"version https://git-lfs"
+
+
+def check_weight_file(path: str) -> None:
+    """Raises WeightFileError for an empty file or a git-lfs pointer (the weights were never fetched)."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LFS_POINTER))
+    if not head:
+        raise WeightFileError(f"{path}: the file is empty; expected PyTorch or safetensors weights")
+    if head == _LFS_POINTER:
+        raise WeightFileError(f"{path}: a git-lfs pointer, not the weights; fetch them with `git lfs pull` "
+                              "in that repository")
+
+
+def check_finite(state: StateDict, path: str) -> StateDict:
+    """Raises WeightFileError naming the tensors that hold NaN or infinity."""
+    bad = [k for k, v in state.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise WeightFileError(f"{path}: {len(bad)} tensor(s) hold NaN or infinity ({', '.join(sorted(bad)[:5])}"
+                              f"{', ...' if len(bad) > 5 else ''}); the checkpoint is broken")
+    return state
 
 
 def load_torch_checkpoint(path: str) -> StateDict:
@@ -52,11 +81,22 @@ def load_torch_checkpoint(path: str) -> StateDict:
         import torch
     except ImportError as e:
         raise ImportError(f"reading {path} needs PyTorch: pip install torch==2.13.0") from e
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    check_weight_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types (pickle, zip, EOF) for a damaged file
+        reason = " ".join(str(e).split()).split(". ")[0][:200]  # torch's advice after that does not apply
+        raise WeightFileError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {reason}); "
+                              "is it complete, and a .pth/.bin state dict?") from e
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
+    expected = "a state dict of tensors, or one under 'model'"
     if not isinstance(state, Mapping) or not state:
-        raise WeightMismatchError(f"{path}: expected a state dict (or one under 'model'), found {type(checkpoint)}")
-    return {k: v.detach().float().numpy() for k, v in state.items()}
+        raise WeightFileError(f"{path}: expected {expected}, found {type(checkpoint).__name__}")
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise WeightFileError(f"{path}: expected {expected}, found entries that are not tensors "
+                              f"({', '.join(not_tensors[:5])}); top-level keys: {sorted(map(str, checkpoint))[:8]}")
+    return check_finite({k: v.detach().float().numpy() for k, v in state.items()}, path)
 
 
 def read_state_dict(path: str, source: str) -> StateDict:
@@ -75,15 +115,26 @@ def read_state_dict(path: str, source: str) -> StateDict:
     if os.path.isdir(path):
         safetensors_file = os.path.join(path, "model.safetensors")
         if os.path.exists(safetensors_file):
-            from safetensors.numpy import load_file
-
-            return hf_to_official(load_file(safetensors_file))
+            return hf_to_official(read_safetensors(safetensors_file))
         bin_file = os.path.join(path, "pytorch_model.bin")
         if not os.path.exists(bin_file):
             raise FileNotFoundError(f"{path}: a transformers model folder needs model.safetensors or "
                                     "pytorch_model.bin, found neither")
         path = bin_file
     return hf_to_official(load_torch_checkpoint(path))
+
+
+def read_safetensors(path: str) -> StateDict:
+    """A safetensors file as numpy arrays; WeightFileError for a damaged file or non-finite values."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    check_weight_file(path)
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightFileError(f"{path}: not a readable safetensors file ({e}); is it complete?") from e
+    return check_finite(state, path)
 
 
 def save_official_checkpoint(state: StateDict, path: str) -> None:
