@@ -33,6 +33,8 @@ setup(
         "pillow>=10",
         "absl-py>=2",
         "tensorboardX>=2.6",
+        # Evaluation timelines (Agg backend, no display).
+        "matplotlib>=3.8",
     ],
     extras_require={
         "dev": [

@@ -245,6 +245,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
                                  + ([config.ensemble.reaction_member] if routed else [])))
     predictions.require_members(members)
     index = {m: i for i, m in enumerate(members)}
+    test_list = _check_test_inputs(predictions, paths, task)
     workdir.mkdir(parents=True, exist_ok=True)
 
     # 1. Labelled tracks, with every member's filled outputs.
@@ -287,11 +288,6 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
         router_flags, router_report = _scene_router(config, paths, predictions)
 
     # 4. Test tracks (predictions of every member) and the ablation.
-    test_list = affwild2.read_video_list(paths.test_list(task))
-    absent = [n for n in test_list if n not in predictions.tracks()]
-    if absent:
-        raise JobError(f"test videos {absent} (in {paths.test_list(task)}) have no predictions in "
-                       f"{predictions.directory}")
     truth_dir = paths.ground_truth_dir(task)
     truth_files = {n: truth_dir / f"{n}.txt" for n in test_list} if truth_dir and truth_dir.is_dir() else None
     if truth_files and not all(p.exists() for p in truth_files.values()):
@@ -329,6 +325,25 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     return results
 
 
+def _check_test_inputs(predictions: Predictions, paths: release.ReleasePaths, task: tasks.Task) -> tuple[str, ...]:
+    """The test list, after checking (before any work) that the example file and the predictions agree with it."""
+    test_list = affwild2.read_video_list(paths.test_list(task))
+    absent = [n for n in test_list if n not in predictions.tracks()]
+    if absent:
+        raise JobError(f"test videos {absent} (in {paths.test_list(task)}) have no predictions in "
+                       f"{predictions.directory}")
+    _, locations = submission.read_example(paths.example_file(task), task.name)
+    counts: dict[str, int] = {}
+    for location in locations:
+        name = location.rsplit("/", 1)[0]
+        counts[name] = counts.get(name, 0) + 1
+    for name in test_list:
+        if counts.get(name, 0) != predictions.num_frames(name):
+            raise JobError(f"{paths.example_file(task)} lists {counts.get(name, 0)} frames of test video {name!r}, "
+                           f"but {predictions.directory} has predictions for {predictions.num_frames(name)}")
+    return test_list
+
+
 def _routing(config, members: Sequence[str], general: Sequence[str], is_reaction: np.ndarray) -> np.ndarray:
     return ensemble.routing_mask(members, is_reaction, general=general,
                                  reaction_member=config.ensemble.reaction_member,
@@ -344,18 +359,20 @@ def _ablation(config, task: tasks.Task, data: Tracks, members, general, paths, r
     singles = [_scores_row(task, own[members.index(m)], data, every)["metric"] for m in general]
     rows.append({"setting": f"single member (mean of {len(general)}), post-processed",
                  "metric": float(np.mean(singles))})
-    other = "soft" if config.ensemble.method == "vote" else "vote"
-    variants = [(config.ensemble.method, False, None), (config.ensemble.method, False, tuned)]
-    if config.scene_routing != "none":
+    method, other = config.ensemble.method, "soft" if config.ensemble.method == "vote" else "vote"
+    routed = config.scene_routing != "none"
+    variants = [(method, False, None), (method, False, tuned)]
+    if routed:
         sdd = _routing(config, members, general, _reaction_flags(config, paths, data.names, router_flags))
-        variants += [(config.ensemble.method, True, None), (config.ensemble.method, True, tuned), (other, True, tuned)]
-    else:
-        variants += [(other, False, tuned)]
-    for method, with_sdd, post in variants:
+        variants += [(method, True, None), (method, True, tuned)]
+    if task.kind != "continuous":  # VA has one way to combine: the mean
+        variants.append((other, routed, tuned))
+    for how, with_sdd, post in variants:
         use = sdd if with_sdd else no_sdd
-        final = _final(task, data, use, post, method)
+        final = _final(task, data, use, post, how)
         metric, _ = _score(task, final, data.labels, data.valid & data.mask)
-        rows.append({"setting": f"{method}{' + SDD' if with_sdd else ''}{' + smoothing' if post else ''}",
+        name = "mean" if task.kind == "continuous" else how
+        rows.append({"setting": f"{name}{' + SDD' if with_sdd else ''}{' + smoothing' if post else ''}",
                      "metric": metric})
     return rows
 
