@@ -65,7 +65,8 @@ def get_config(preset: str = "expr") -> ml_collections.ConfigDict:
     config.tuning.thresholds = tuple(round(0.05 + 0.025 * i, 4) for i in range(37))
     config.tuning.expr_bias = tuple(round(-1.5 + 0.1 * i, 4) for i in range(31))
     config.tuning.bias_rounds = 2
-    config.tuning.chunk = 16
+    # Frames per step of the streamed grid evaluation (memory ~ chunk x channels x grid size x 4 bytes x 3).
+    config.tuning.chunk = 16384
 
     config.static_predictions = ""
     config.num_plots = 3

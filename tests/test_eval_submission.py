@@ -1,5 +1,4 @@
 """Submission files against the synthetic release's example files: writing, and each kind of wrong file."""
-import pathlib
 
 import numpy as np
 import pytest

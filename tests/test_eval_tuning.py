@@ -5,7 +5,7 @@ from scipy import ndimage
 from sklearn.metrics import f1_score
 
 from abaw_jax import tasks
-from abaw_jax.eval import coverage, smoothing, tuning
+from abaw_jax.eval import coverage, tuning
 
 
 def _ccc(x, y):
@@ -49,7 +49,7 @@ def test_sigma_grid_matches_scipy_and_sklearn(task):
     padded, mask = coverage.pad_batch(outputs)
     ours = np.asarray(tuning.sigma_grid_scores(task, padded, coverage.pad_batch(labels)[0],
                                                coverage.pad_batch(valid)[0], mask,
-                                               smoothing.gaussian_weights(sigmas), chunk=2))  # 5 videos: 3 chunks
+                                               sigmas, chunk=16))  # several chunks and groups
     for row, sigma in zip(ours, sigmas):
         np.testing.assert_allclose(row, _reference(task, outputs, labels, valid, sigma), atol=2e-5)
 
@@ -59,7 +59,7 @@ def test_threshold_and_bias_grids_match_sklearn():
     padded, mask = coverage.pad_batch(outputs)
     grid = np.linspace(0.1, 0.9, 9).astype(np.float32)
     ours = np.asarray(tuning.threshold_grid_scores(padded, coverage.pad_batch(labels)[0],
-                                                   coverage.pad_batch(valid)[0] & mask, grid, chunk=2))
+                                                   coverage.pad_batch(valid)[0] & mask, grid, chunk=64))
     x = np.concatenate([o[v] for o, v in zip(outputs, valid)])
     y = np.concatenate([l[v] for l, v in zip(labels, valid)])
     for row, threshold in zip(ours, grid):
@@ -70,7 +70,7 @@ def test_threshold_and_bias_grids_match_sklearn():
     bias = np.linspace(-0.2, 0.2, 8).astype(np.float32)
     grid = np.array([-1.0, 0.0, 0.8], np.float32)
     ours = np.asarray(tuning.class_bias_grid_scores(log_p, coverage.pad_batch(labels)[0],
-                                                    coverage.pad_batch(valid)[0] & mask, bias, 3, grid, chunk=4))
+                                                    coverage.pad_batch(valid)[0] & mask, bias, 3, grid, chunk=64))
     x = np.log(np.concatenate([o[v] for o, v in zip(outputs, valid)]) + 1e-12)
     y = np.concatenate([l[v] for l, v in zip(labels, valid)])
     for row, value in zip(ours, grid):

@@ -6,8 +6,10 @@ normalised to sum 1, and the video extended past both of its own ends by scipy's
 numpy's `symmetric`), repeated as often as the kernel needs, so a sigma larger than the video and the padding
 of a shorter video in the batch never leak in. sigma = 0 means no smoothing.
 
-A grid of sigmas is one array of kernels (`gaussian_weights`), all applied in one convolution whose output
-channels are the grid: the tuning evaluates every sigma at once, and the same function smooths with one sigma.
+A grid of sigmas is one array of kernels (`gaussian_weights`, zero beyond each sigma's own radius) applied at once
+as the output features of one convolution (`correlate`): on CPU, XLA's convolution is a matrix product whose
+cost barely grows with the number of kernels, so the whole grid costs little more than its largest sigma. The
+tuning evaluates a whole grid this way, and the same code smooths with one sigma.
 """
 from __future__ import annotations
 
@@ -58,36 +60,45 @@ def reflect_index(index: jax.Array, length: jax.Array) -> jax.Array:
     return jnp.where(folded < length, folded, 2 * length - 1 - folded)
 
 
-@functools.partial(jax.jit, static_argnames=())
-def smooth(values: jax.Array, mask: jax.Array, weights: jax.Array) -> jax.Array:
-    """Smooths a padded batch with each kernel of `weights`.
+def correlate(signal: jax.Array, weights: jax.Array, kernels_last: bool = False) -> jax.Array:
+    """sum_j weights[:, j] * signal[..., j:j + L] for signal (..., L + 2R), weights (S, 2R + 1).
+
+    Returns (S, ..., L), or (..., L, S) with `kernels_last`. One convolution with the kernels as output
+    features: on CPU, XLA runs it several times faster than the same taps written as fused shifted slices.
+    """
+    batch = signal.shape[:-1]
+    flat = signal.reshape((-1, signal.shape[-1], 1))
+    out = jax.lax.conv_general_dilated(flat, jnp.transpose(weights)[:, None, :], window_strides=(1,),
+                                       padding="VALID", dimension_numbers=("NWC", "WIO", "NWC"),
+                                       precision=jax.lax.Precision.HIGHEST)               # (B, L, S)
+    out = out.reshape(batch + out.shape[1:])
+    return out if kernels_last else jnp.moveaxis(out, -1, 0)
+
+
+@functools.partial(jax.jit, static_argnames=("sigmas",))
+def smooth(values: jax.Array, mask: jax.Array, sigmas: tuple[float, ...]) -> jax.Array:
+    """Smooths a padded batch with each sigma of a grid.
 
     Args:
       values: (V, T, C) per-frame values, row t of video v valid where `mask[v, t]`.
       mask: (V, T) bool; each video's frames are a prefix of its row (what `pad_batch` makes).
-      weights: (S, 2R + 1) kernels from `gaussian_weights`.
+      sigmas: the grid (a tuple: it fixes the kernel sizes, so each grid compiles once).
 
     Returns:
       (S, V, T, C) float32, zeros on padding.
     """
     num_videos, num_frames, channels = values.shape
-    radius = (weights.shape[1] - 1) // 2
-    lengths = jnp.sum(mask, axis=1)
-    positions = jnp.arange(-radius, num_frames + radius)[None, :]
-    source = reflect_index(positions, lengths[:, None])                          # (V, T + 2R)
-    extended = jnp.take_along_axis(values.astype(jnp.float32), source[..., None], axis=1)
-    # Channels join the batch: one (T + 2R)-long signal per (video, channel), kernels as output features.
-    signals = jnp.transpose(extended, (0, 2, 1)).reshape(num_videos * channels, num_frames + 2 * radius, 1)
-    kernels = jnp.transpose(weights.astype(jnp.float32))[:, None, :]            # (2R + 1, 1, S)
-    out = jax.lax.conv_general_dilated(signals, kernels, window_strides=(1,), padding="VALID",
-                                       dimension_numbers=("NWC", "WIO", "NWC"),
-                                       precision=jax.lax.Precision.HIGHEST)     # (V C, T, S)
-    out = jnp.transpose(out.reshape(num_videos, channels, num_frames, -1), (3, 0, 2, 1))
+    lengths = jnp.sum(mask, axis=1)[:, None]
+    # Time on the minor axis: (V, C, T).
+    series = jnp.transpose(values.astype(jnp.float32), (0, 2, 1))
+    radius = max(kernel_radius(sigma) for sigma in sigmas)
+    source = reflect_index(jnp.arange(-radius, num_frames + radius)[None, :], lengths)          # (V, T + 2R)
+    extended = jnp.take_along_axis(series, source[:, None, :], axis=2)
+    out = correlate(extended, jnp.asarray(gaussian_weights(sigmas, radius)), kernels_last=True)   # (V, C, T, S)
+    out = jnp.transpose(out, (3, 0, 2, 1))
     return jnp.where(mask[None, ..., None], out, 0.0)
 
 
 def gaussian_smooth(values: jax.Array, mask: jax.Array, sigma: float) -> jax.Array:
     """(V, T, C) values smoothed with one sigma (0 returns them unchanged, padding zeroed)."""
-    if sigma == 0:
-        return jnp.where(jnp.asarray(mask)[..., None], jnp.asarray(values, jnp.float32), 0.0)
-    return smooth(values, mask, jnp.asarray(gaussian_weights(sigma)))[0]
+    return smooth(values, mask, (float(sigma),))[0]

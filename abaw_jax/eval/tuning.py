@@ -1,9 +1,9 @@
 """Post-processing tuned on out-of-fold predictions: smoothing sigma, AU thresholds, EXPR class biases.
 
-Every grid is evaluated in one jitted computation, vmapped over its values (the sigma grid is the output
-channels of one convolution, see `smoothing`); videos stream through in chunks (`lax.map`) that each reduce to
-the metric's sufficient statistics (F1: true/false positives and false negatives per class; CCC: moments), so
-a grid over millions of frames never materialises (grid, frames, channels) at once.
+Every grid is evaluated in one jitted computation, batched over its values (the sigma grid as batches of kernels,
+see `smoothing.correlate`; thresholds and biases by vmap); videos stream through in chunks (`lax.map`) that each
+reduce to the metric's sufficient statistics (F1: true/false positives and false negatives per class; CCC:
+moments), so a grid over millions of frames never materialises (grid, frames, channels) at once.
 
 The steps run in order, each on the result of the one before (the before/after table of the job):
   1. sigma (a grid including 0) for the task metric at the default decision rule (AU threshold 0.5, arg-max);
@@ -26,31 +26,14 @@ from abaw_jax import tasks
 from abaw_jax.eval import metrics, smoothing
 
 
-def _counts(predictions: jax.Array, truth: jax.Array, weight: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """(3, ...) true positives, false positives and false negatives of 0/1 arrays summed over `axes`."""
-    return jnp.stack([(weight * predictions * truth).sum(axes), (weight * predictions * (1 - truth)).sum(axes),
-                      (weight * (1 - predictions) * truth).sum(axes)])
+def _frame_sums(predicted: jax.Array, truth: jax.Array, weight: jax.Array) -> jax.Array:
+    """(2, G, C): sum over frames of predicted * truth * weight and of predicted * weight.
 
-
-def _statistics(kind: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, thresholds: jax.Array,
-                shift: jax.Array) -> jax.Array:
-    """Sufficient statistics of the task metric for outputs (..., V, T, C), summed over V and T."""
-    frame_axes = (outputs.ndim - 3, outputs.ndim - 2)
-    weight = valid.astype(jnp.float32)[..., None]
-    if kind == "binary":
-        return _counts((outputs >= thresholds).astype(jnp.float32), labels.astype(jnp.float32), weight,
-                       frame_axes)
-    if kind == "multiclass":
-        num_classes = outputs.shape[-1]
-        predicted = jax.nn.one_hot(jnp.argmax(outputs, axis=-1), num_classes)
-        return _counts(predicted, jax.nn.one_hot(labels, num_classes), weight, frame_axes)
-    # Moments about the labels' mean keep float32 sums well conditioned.
-    x = outputs - shift
-    y = jnp.broadcast_to(labels.astype(jnp.float32) - shift, x.shape)
-    count = jnp.broadcast_to(weight, x.shape)
-    return jnp.stack([count.sum(frame_axes), (weight * x).sum(frame_axes), (weight * y).sum(frame_axes),
-                      (weight * x * x).sum(frame_axes), (weight * y * y).sum(frame_axes),
-                      (weight * x * y).sum(frame_axes)])
+    predicted (C, n, G) 0/1 for G grid values, truth (C, n), weight (n,). One batched matrix product: XLA's dot
+    is much faster on CPU than its reductions.
+    """
+    counted = jnp.stack([truth * weight, jnp.broadcast_to(weight, truth.shape)], -1)              # (C, n, 2)
+    return jnp.einsum("cng,cnk->kgc", predicted, counted, precision=jax.lax.Precision.HIGHEST)
 
 
 def _per_class(kind: str, statistics: jax.Array) -> jax.Array:
@@ -66,63 +49,155 @@ def _per_class(kind: str, statistics: jax.Array) -> jax.Array:
     return jnp.where(denominator > 0, 2 * cov / jnp.maximum(denominator, 1e-12), 0.0)
 
 
-def _chunked(arrays: Sequence[jax.Array], chunk: int, fn) -> jax.Array:
-    """Sum over video chunks of fn(*chunk_arrays); videos padded to a multiple of `chunk` with empty masks."""
-    num_videos = arrays[0].shape[0]
-    chunk = max(1, min(chunk, num_videos))
-    extra = -num_videos % chunk
-    padded = [jnp.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1)) for a in arrays]
-    stacked = [a.reshape((-1, chunk) + a.shape[1:]) for a in padded]
-    return jax.lax.map(lambda parts: fn(*parts), stacked).sum(0)
+def stream_layout(lengths: np.ndarray, num_frames: int, halo: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Videos end to end, each extended by `halo` reflected frames on both sides, padded to whole chunks.
 
-
-@functools.partial(jax.jit, static_argnames=("task", "chunk"))
-def sigma_grid_scores(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mask: jax.Array,
-                      weights: jax.Array, thresholds: jax.Array | float = 0.5, chunk: int = 16) -> jax.Array:
-    """(S, K) per-class scores of the outputs (V, T, C) smoothed with each kernel of `weights` (S, 2R+1).
-
-    `valid` (V, T) marks the frames that count (valid annotated frames); AU frames use `thresholds`.
+    Returns (source, real): for every stream position, the flat index (v * num_frames + t) of the frame it
+    reads, and whether it is one of the video's own frames (halo and padding positions are not). The stream
+    is `halo` longer than the chunks on both ends, so chunk k reads positions [k chunk, (k + 1) chunk + 2 halo).
     """
-    kind = tasks.get_task(task).kind
-    thresholds = jnp.asarray(thresholds, jnp.float32)
-    shift = _label_mean(labels, valid) if kind == "continuous" else 0.0
-
-    def chunk_statistics(values, chunk_labels, chunk_valid, chunk_mask):
-        smoothed = smoothing.smooth(values, chunk_mask, weights)
-        return _statistics(kind, smoothed, chunk_labels, chunk_valid & chunk_mask, thresholds, shift)
-
-    statistics = _chunked([outputs, labels, valid, mask], chunk, chunk_statistics)
-    return _per_class(kind, statistics)
-
-
-def _label_mean(labels: jax.Array, valid: jax.Array) -> jax.Array:
-    weight = valid.astype(jnp.float32)[..., None]
-    return (weight * labels).sum((0, 1)) / jnp.maximum(weight.sum((0, 1)), 1.0)
+    sources, reals = [np.zeros(halo, np.int64)], [np.zeros(halo, bool)]
+    for video, length in enumerate(np.asarray(lengths, np.int64)):
+        if length == 0:
+            continue
+        positions = np.arange(-halo, length + halo)
+        folded = np.mod(positions, 2 * length)
+        sources.append(video * num_frames + np.where(folded < length, folded, 2 * length - 1 - folded))
+        reals.append((positions >= 0) & (positions < length))
+    used = sum(len(r) for r in reals) - halo
+    tail = -(used - halo) % chunk + halo if used > halo else chunk + halo
+    sources.append(np.zeros(tail, np.int64))
+    reals.append(np.zeros(tail, bool))
+    return np.concatenate(sources), np.concatenate(reals)
 
 
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def threshold_grid_scores(probabilities: jax.Array, labels: jax.Array, valid: jax.Array, grid: jax.Array,
-                          chunk: int = 16) -> jax.Array:
+def sigma_grid_scores(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mask: np.ndarray,
+                      sigmas: Sequence[float], thresholds: np.ndarray | float = 0.5,
+                      chunk: int = 16384) -> jax.Array:
+    """(S, K) per-class scores of the outputs (V, T, C) smoothed with each sigma of the grid.
+
+    `valid` (V, T) marks the frames that count (valid annotated frames); AU frames use `thresholds`. The videos
+    are laid end to end (`stream_layout`) and scored in chunks of `chunk` frames, each reduced to sufficient
+    statistics for every sigma at once.
+    """
+    sigmas = tuple(float(s) for s in sigmas)
+    mask = np.asarray(mask, bool)
+    halo = max(smoothing.kernel_radius(sigma) for sigma in sigmas)
+    source, real = stream_layout(mask.sum(1), mask.shape[1], halo, chunk)
+    thresholds = np.broadcast_to(np.asarray(thresholds, np.float32), (outputs.shape[-1],))
+    return _sigma_grid_scores(tasks.get_task(task).kind, sigmas, chunk, halo, jnp.asarray(outputs),
+                              jnp.asarray(labels), jnp.asarray(valid), jnp.asarray(source), jnp.asarray(real),
+                              jnp.asarray(thresholds))
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "sigmas", "chunk", "halo"))
+def _sigma_grid_scores(kind, sigmas, chunk, halo, outputs, labels, valid, source, real, thresholds):
+    channels = outputs.shape[-1]
+    # Channel-major streams (time on the minor axis, where the taps and the reductions vectorise).
+    stream = jnp.take(outputs.reshape(-1, channels).astype(jnp.float32), source, axis=0).T       # (C, L)
+    weight = (jnp.take(valid.reshape(-1), source) & real).astype(jnp.float32)                  # (L,)
+    flat_labels = labels.reshape((-1,) + labels.shape[2:])
+    if kind == "multiclass":
+        truth = jax.nn.one_hot(jnp.take(flat_labels, source), channels).T                        # (C, L)
+    else:
+        truth = jnp.take(flat_labels, source, axis=0).astype(jnp.float32).T
+    shift = (truth * weight).sum(1) / jnp.maximum(weight.sum(), 1.0) if kind == "continuous" else None
+    if kind == "continuous":
+        truth = truth - shift[:, None]
+    num_chunks = (stream.shape[1] - 2 * halo) // chunk
+    kernels = jnp.asarray(smoothing.gaussian_weights(sigmas, halo))
+
+    def chunk_statistics(k):
+        window = jax.lax.dynamic_slice_in_dim(stream, k * chunk, chunk + 2 * halo, axis=1)
+        w = jax.lax.dynamic_slice_in_dim(weight, k * chunk + halo, chunk)
+        y_true = jax.lax.dynamic_slice_in_dim(truth, k * chunk + halo, chunk, axis=1)
+        y = smoothing.correlate(window, kernels, kernels_last=True)       # (C, n, S): every sigma at once
+        if kind == "continuous":
+            centred = y - shift[:, None, None]
+            x = centred * w[:, None]
+            sums = jnp.stack([x.sum(1), (x * centred).sum(1), (x * y_true[..., None]).sum(1)])
+            return jnp.swapaxes(sums, 1, 2)                                                # (3, S, C)
+        if kind == "binary":
+            predicted = (y >= thresholds[:, None, None]).astype(jnp.float32)
+        else:
+            predicted = (jnp.argmax(y, axis=0)[None] == jnp.arange(channels)[:, None, None]).astype(jnp.float32)
+        return _frame_sums(predicted, y_true, w)                                           # (2, S, C)
+
+    statistics = jax.lax.map(chunk_statistics, jnp.arange(num_chunks)).sum(0)
+    if kind == "continuous":
+        count = jnp.broadcast_to(weight.sum(), statistics.shape[1:])
+        sum_y = jnp.broadcast_to((truth * weight).sum(1), statistics.shape[1:])
+        sum_yy = jnp.broadcast_to((truth * truth * weight).sum(1), statistics.shape[1:])
+        full = jnp.stack([count, statistics[0], sum_y, statistics[1], sum_yy, statistics[2]])
+    else:
+        positives = jnp.broadcast_to((truth * weight).sum(1), statistics.shape[1:])
+        full = jnp.stack([statistics[0], statistics[1] - statistics[0], positives - statistics[0]])
+    return _per_class(kind, full)
+
+
+def _counted_frames(valid: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the counted frames, padded to whole chunks, and their 0/1 weights."""
+    index = np.flatnonzero(np.asarray(valid).reshape(-1))
+    padded = np.zeros(max(1, -(-len(index) // chunk)) * chunk, np.int64)
+    padded[:len(index)] = index
+    return padded, (np.arange(len(padded)) < len(index)).astype(np.float32)
+
+
+def _frame_major(values: jax.Array, index: jax.Array, chunk: int) -> jax.Array:
+    """(chunks, C, chunk) of the (V, T, C) or (V, T) values at flat frame `index`."""
+    flat = values.reshape((values.shape[0] * values.shape[1], -1))
+    return jnp.take(flat, index, axis=0).reshape(-1, chunk, flat.shape[1]).transpose(0, 2, 1)
+
+
+def threshold_grid_scores(probabilities: jax.Array, labels: jax.Array, valid: np.ndarray, grid: np.ndarray,
+                          chunk: int = 65536) -> jax.Array:
     """(G, 12) per-AU F1 of probabilities (V, T, 12) at each threshold of `grid` (G,) (the same for all AUs)."""
-    def chunk_statistics(values, chunk_labels, chunk_valid):
-        return jax.vmap(lambda t: _statistics("binary", values, chunk_labels, chunk_valid, t, 0.0))(grid)
-
-    statistics = _chunked([probabilities, labels, valid], chunk, chunk_statistics)   # (G, 3, 12)
-    return _per_class("binary", jnp.moveaxis(statistics, 1, 0))
+    index, weight = _counted_frames(valid, chunk)
+    return _threshold_grid_scores(jnp.asarray(probabilities), jnp.asarray(labels), jnp.asarray(index),
+                                  jnp.asarray(weight), jnp.asarray(grid, jnp.float32), chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
-def class_bias_grid_scores(log_probabilities: jax.Array, labels: jax.Array, valid: jax.Array, bias: jax.Array,
-                           target: jax.Array, grid: jax.Array, chunk: int = 16) -> jax.Array:
-    """(G, 8) per-class F1 of arg-max(log p + bias) with class `target`'s bias replaced by each `grid` value."""
-    def chunk_statistics(values, chunk_labels, chunk_valid):
-        def at(value):
-            return _statistics("multiclass", values + bias.at[target].set(value), chunk_labels, chunk_valid,
-                               0.0, 0.0)
-        return jax.vmap(at)(grid)
+def _threshold_grid_scores(probabilities, labels, index, weight, grid, chunk):
+    values = _frame_major(probabilities.astype(jnp.float32), index, chunk)
+    truth = _frame_major(labels.astype(jnp.float32), index, chunk)
+    weight = weight.reshape(-1, chunk)
 
-    statistics = _chunked([log_probabilities, labels, valid], chunk, chunk_statistics)
-    return _per_class("multiclass", jnp.moveaxis(statistics, 1, 0))
+    def chunk_statistics(parts):
+        p, t, w = parts
+        return _frame_sums((p[..., None] >= grid).astype(jnp.float32), t, w)                   # (2, G, 12)
+
+    sums = jax.lax.map(chunk_statistics, (values, truth, weight)).sum(0)
+    positives = (truth * weight[:, None, :]).sum((0, 2))
+    return _per_class("binary", jnp.stack([sums[0], sums[1] - sums[0], positives - sums[0]]))
+
+
+def class_bias_grid_scores(log_probabilities: jax.Array, labels: jax.Array, valid: np.ndarray, bias: np.ndarray,
+                           target: int, grid: np.ndarray, chunk: int = 65536) -> jax.Array:
+    """(G, 8) per-class F1 of arg-max(log p + bias) with class `target`'s bias replaced by each `grid` value."""
+    index, weight = _counted_frames(valid, chunk)
+    biases = np.repeat(np.asarray(bias, np.float32)[None], len(grid), 0)
+    biases[:, target] = grid
+    return _class_bias_grid_scores(jnp.asarray(log_probabilities), jnp.asarray(labels), jnp.asarray(index),
+                                   jnp.asarray(weight), jnp.asarray(biases), chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def _class_bias_grid_scores(log_probabilities, labels, index, weight, biases, chunk):
+    classes = log_probabilities.shape[-1]
+    values = _frame_major(log_probabilities.astype(jnp.float32), index, chunk)                     # (k, 8, n)
+    truth = jax.nn.one_hot(_frame_major(labels, index, chunk)[:, 0], classes).transpose(0, 2, 1)  # (k, 8, n)
+    weight = weight.reshape(-1, chunk)
+
+    def chunk_statistics(parts):
+        scores, t, w = parts
+        arg = jnp.argmax(scores[..., None] + biases.T[:, None, :], axis=0)                          # (n, G)
+        predicted = (arg[None] == jnp.arange(classes)[:, None, None]).astype(jnp.float32)
+        return _frame_sums(predicted, t, w)
+
+    sums = jax.lax.map(chunk_statistics, (values, truth, weight)).sum(0)
+    positives = (truth * weight[:, None, :]).sum((0, 2))
+    return _per_class("multiclass", jnp.stack([sums[0], sums[1] - sums[0], positives - sums[0]]))
 
 
 @dataclasses.dataclass
@@ -163,17 +238,18 @@ def apply(task: str, outputs: jax.Array, mask: jax.Array, tuned: Tuned) -> jax.A
 
 def tune(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mask: jax.Array,
          sigmas: Sequence[float], threshold_grid: Sequence[float] = (), bias_grid: Sequence[float] = (),
-         bias_rounds: int = 2, chunk: int = 16) -> Tuned:
+         bias_rounds: int = 2, chunk: int = 16384) -> Tuned:
     """Tunes the post-processing of outputs (V, T, C) (faces already filled) against labels on `valid` frames.
 
-    `sigmas` must include 0. An empty `threshold_grid` (AU) or `bias_grid` (EXPR) skips that step.
+    `sigmas` must include 0. An empty `threshold_grid` (AU) or `bias_grid` (EXPR) skips that step. `chunk` is
+    how many frames each step of the streamed grid evaluation holds.
     """
     task_facts = tasks.get_task(task)
     if 0 not in list(sigmas):
         raise ValueError(f"the sigma grid must include 0 (no smoothing), got {list(sigmas)}")
     sigma_grid = np.asarray(sigmas, np.float64)
-    per_class = sigma_grid_scores(task_facts.name, outputs, labels, valid, mask,
-                                  jnp.asarray(smoothing.gaussian_weights(sigma_grid)), chunk=chunk)
+    counted = np.asarray(valid, bool) & np.asarray(mask, bool)
+    per_class = sigma_grid_scores(task_facts.name, outputs, labels, valid, mask, sigma_grid, chunk=chunk)
     sigma_metric = np.asarray(per_class.mean(-1))
     best = int(np.argmax(sigma_metric))
     raw = float(sigma_metric[list(sigma_grid).index(0)])
@@ -183,19 +259,19 @@ def tune(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mas
     if task_facts.kind == "binary" and len(threshold_grid):
         smoothed = smoothing.gaussian_smooth(outputs, mask, tuned.sigma)
         grid = np.asarray(threshold_grid, np.float32)
-        scores = np.asarray(threshold_grid_scores(smoothed, labels, valid & mask, jnp.asarray(grid), chunk=chunk))
+        scores = np.asarray(threshold_grid_scores(smoothed, labels, counted, grid, chunk=chunk))
         tuned.thresholds = grid[np.argmax(scores, axis=0)]
         steps.append({"step": "AU thresholds", "value": [float(t) for t in tuned.thresholds],
                       "before": float(sigma_metric[best]), "after": float(scores.max(axis=0).mean())})
     if task_facts.kind == "multiclass" and len(bias_grid):
         log_p = jnp.log(jnp.maximum(smoothing.gaussian_smooth(outputs, mask, tuned.sigma), 1e-12))
-        grid = jnp.asarray(bias_grid, jnp.float32)
+        grid = np.asarray(bias_grid, np.float32)
         bias = np.zeros(task_facts.num_outputs, np.float32)
         metric = float(sigma_metric[best])
         for _ in range(bias_rounds):
             for target in range(task_facts.num_outputs):
-                scores = np.asarray(class_bias_grid_scores(log_p, labels, valid & mask, jnp.asarray(bias), target,
-                                                           grid, chunk=chunk)).mean(-1)
+                scores = np.asarray(class_bias_grid_scores(log_p, labels, counted, bias, target, grid,
+                                                           chunk=chunk)).mean(-1)
                 # Only move when it helps, so the metric never falls from one class to the next.
                 if scores.max() > metric:
                     bias[target], metric = float(bias_grid[int(np.argmax(scores))]), float(scores.max())
