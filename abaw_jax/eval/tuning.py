@@ -49,41 +49,19 @@ def _per_class(kind: str, statistics: jax.Array) -> jax.Array:
     return jnp.where(denominator > 0, 2 * cov / jnp.maximum(denominator, 1e-12), 0.0)
 
 
-def stream_layout(lengths: np.ndarray, num_frames: int, halo: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Videos end to end, each extended by `halo` reflected frames on both sides, padded to whole chunks.
-
-    Returns (source, real): for every stream position, the flat index (v * num_frames + t) of the frame it
-    reads, and whether it is one of the video's own frames (halo and padding positions are not). The stream
-    is `halo` longer than the chunks on both ends, so chunk k reads positions [k chunk, (k + 1) chunk + 2 halo).
-    """
-    sources, reals = [np.zeros(halo, np.int64)], [np.zeros(halo, bool)]
-    for video, length in enumerate(np.asarray(lengths, np.int64)):
-        if length == 0:
-            continue
-        positions = np.arange(-halo, length + halo)
-        folded = np.mod(positions, 2 * length)
-        sources.append(video * num_frames + np.where(folded < length, folded, 2 * length - 1 - folded))
-        reals.append((positions >= 0) & (positions < length))
-    used = sum(len(r) for r in reals) - halo
-    tail = -(used - halo) % chunk + halo if used > halo else chunk + halo
-    sources.append(np.zeros(tail, np.int64))
-    reals.append(np.zeros(tail, bool))
-    return np.concatenate(sources), np.concatenate(reals)
-
-
 def sigma_grid_scores(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mask: np.ndarray,
                       sigmas: Sequence[float], thresholds: np.ndarray | float = 0.5,
                       chunk: int = 16384) -> jax.Array:
     """(S, K) per-class scores of the outputs (V, T, C) smoothed with each sigma of the grid.
 
     `valid` (V, T) marks the frames that count (valid annotated frames); AU frames use `thresholds`. The videos
-    are laid end to end (`stream_layout`) and scored in chunks of `chunk` frames, each reduced to sufficient
+    are laid end to end (`smoothing.stream_layout`) and scored in chunks of `chunk` frames, each reduced to sufficient
     statistics for every sigma at once.
     """
     sigmas = tuple(float(s) for s in sigmas)
     mask = np.asarray(mask, bool)
     halo = max(smoothing.kernel_radius(sigma) for sigma in sigmas)
-    source, real = stream_layout(mask.sum(1), mask.shape[1], halo, chunk)
+    source, real = smoothing.stream_layout(mask.sum(1), mask.shape[1], halo, chunk)
     thresholds = np.broadcast_to(np.asarray(thresholds, np.float32), (outputs.shape[-1],))
     return _sigma_grid_scores(tasks.get_task(task).kind, sigmas, chunk, halo, jnp.asarray(outputs),
                               jnp.asarray(labels), jnp.asarray(valid), jnp.asarray(source), jnp.asarray(real),
@@ -105,7 +83,7 @@ def _sigma_grid_scores(kind, sigmas, chunk, halo, outputs, labels, valid, source
     if kind == "continuous":
         truth = truth - shift[:, None]
     num_chunks = (stream.shape[1] - 2 * halo) // chunk
-    kernels = jnp.asarray(smoothing.gaussian_weights(sigmas, halo))
+    kernels = smoothing.gaussian_weights(sigmas, halo)
 
     def chunk_statistics(k):
         window = jax.lax.dynamic_slice_in_dim(stream, k * chunk, chunk + 2 * halo, axis=1)
