@@ -23,6 +23,7 @@ the final ensemble metric are compared with the baseline's (printed with the lar
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import time
 
@@ -32,7 +33,7 @@ from scipy import ndimage
 from sklearn.metrics import f1_score
 
 from abaw_jax import tasks
-from abaw_jax.eval import coverage, ensemble, metrics, tuning
+from abaw_jax.eval import ensemble, metrics, tuning
 
 _FRAMES = flags.DEFINE_integer("frames", 3_000_000, "Annotated frames per task.")
 _VIDEOS = flags.DEFINE_integer("videos", 600, "Videos per task.")
@@ -53,7 +54,6 @@ def _grids():
 
 def simulate(task: tasks.Task, rng: np.random.Generator, frames: int, videos: int, members: int):
     """Padded (members, V, T, C) outputs, labels (V, T, ...), valid and mask (V, T)."""
-    mean = frames / videos
     lengths = rng.uniform(0.5, 1.5, videos)
     lengths = np.maximum(np.round(lengths / lengths.sum() * frames).astype(int), 10)
     lengths[-1] += frames - lengths.sum()
@@ -166,9 +166,10 @@ def baseline(task: tasks.Task, outputs, labels, valid, mask, sigmas, thresholds)
 
 
 def _timed(fn, *args):
-    start = time.perf_counter()
+    """(result, wall seconds, CPU seconds of this process, all threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv):
@@ -179,17 +180,17 @@ def main(argv):
     for task in (tasks.AU, tasks.EXPR, tasks.VA):
         outputs, labels, valid, mask = simulate(task, rng, _FRAMES.value, _VIDEOS.value, _MEMBERS.value)
         frames = int(mask.sum())
-        _, first = _timed(ours, task, outputs, labels, valid, mask, sigmas, thresholds)
-        full, steady = _timed(ours, task, outputs, labels, valid, mask, sigmas, thresholds)
+        _, first, _ = _timed(ours, task, outputs, labels, valid, mask, sigmas, thresholds)
+        full, steady, steady_cpu = _timed(ours, task, outputs, labels, valid, mask, sigmas, thresholds)
         subset = slice(0, _BASELINE_VIDEOS.value)
         sub_mask = mask[subset]
         sub_length = int(sub_mask.sum(1).max())
         sub = (outputs[:, subset, :sub_length], labels[subset, :sub_length], valid[subset, :sub_length],
                sub_mask[:, :sub_length])
-        reference, base_seconds = _timed(baseline, task, *sub, sigmas, thresholds)
+        reference, base_seconds, _ = _timed(baseline, task, *sub, sigmas, thresholds)
         mine = ours(task, *sub, sigmas, thresholds)
         scale = frames / int(sub_mask.sum())
-        rows.append((task.name, frames, first, steady, base_seconds, base_seconds * scale))
+        rows.append((task.name, frames, first, steady, steady_cpu, base_seconds, base_seconds * scale))
         differences = [abs(a - b) for x, y in zip(mine["steps"], reference["steps"]) for a, b in zip(x, y)]
         differences.append(abs(mine["final"] - reference["final"]))
         same_thresholds = mine["thresholds"] is None or np.array_equal(mine["thresholds"], reference["thresholds"])
@@ -201,16 +202,16 @@ def main(argv):
         del outputs
     print(f"\n{len(sigmas)} sigmas (0..{max(sigmas):g}), {len(thresholds)} AU thresholds, {_MEMBERS.value} members, "
           f"{_VIDEOS.value} videos per task; baseline measured on {_BASELINE_VIDEOS.value} videos and extrapolated\n")
-    print("| task | frames | ours, first call (s) | ours, steady (s) | baseline measured (s) | baseline extrapolated (s) "
-          "| speed-up (steady) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, frames, first, steady, measured, extrapolated in rows:
-        print(f"| {name} | {frames:,} | {first:.2f} | {steady:.2f} | {measured:.1f} | {extrapolated:.0f} | "
+    print("| task | frames | ours, first call (s) | ours, steady (s) | ours, steady CPU (s) | baseline measured (s) "
+          "| baseline extrapolated (s) | speed-up (steady) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, frames, first, steady, cpu, measured, extrapolated in rows:
+        print(f"| {name} | {frames:,} | {first:.2f} | {steady:.2f} | {cpu:.2f} | {measured:.1f} | {extrapolated:.0f} | "
               f"{extrapolated / steady:.0f}x |")
-    total_first, total_steady = sum(r[2] for r in rows), sum(r[3] for r in rows)
-    total_base = sum(r[5] for r in rows)
-    print(f"| all | {sum(r[1] for r in rows):,} | {total_first:.2f} | {total_steady:.2f} | "
-          f"{sum(r[4] for r in rows):.1f} | {total_base:.0f} | {total_base / total_steady:.0f}x |")
+    total = [sum(r[i] for r in rows) for i in range(1, 7)]
+    print(f"| all | {total[0]:,} | {total[1]:.2f} | {total[2]:.2f} | {total[3]:.2f} | {total[4]:.1f} | "
+          f"{total[5]:.0f} | {total[5] / total[2]:.0f}x |")
+    print(f"\nload average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     for line in agreement:
         print(line)
