@@ -57,26 +57,26 @@ def _check_config(config: ml_collections.ConfigDict) -> tasks.Task:
         task = tasks.get_task(config.task)
     except ValueError as e:
         raise JobError(f"config.task: {e}") from None
-    value = lambda key: config[key.split(".")[0]] if "." not in key else config[key.split(".")[0]][key.split(".")[1]]
+    t = config.tuning
     checks = [
-        (config.ensemble.method in ensemble.METHODS, "ensemble.method", f"one of {ensemble.METHODS}"),
-        (config.ensemble.reaction_routing in ensemble.ROUTINGS, "ensemble.reaction_routing",
-         f"one of {ensemble.ROUTINGS}"),
-        (config.scene_routing in SCENE_ROUTINGS, "scene_routing", f"one of {SCENE_ROUTINGS}"),
-        (0 in config.tuning.sigmas and min(config.tuning.sigmas) >= 0, "tuning.sigmas",
-         "non-negative values including 0"),
-        (all(0 < t < 1 for t in config.tuning.thresholds), "tuning.thresholds", "values in (0, 1)"),
-        (config.tuning.bias_rounds >= 0, "tuning.bias_rounds", ">= 0"),
-        (config.tuning.chunk >= 1, "tuning.chunk", ">= 1"),
-        (config.num_plots >= 0, "num_plots", ">= 0"),
-        (len(config.fold_members) >= 2, "fold_members", "at least 2 members"),
-        (len(config.ensemble.general) >= 1, "ensemble.general", "at least one member"),
-        (bool(config.fusion_workdir or config.predictions_dir), "fusion_workdir",
+        ("ensemble.method", config.ensemble.method, config.ensemble.method in ensemble.METHODS,
+         f"one of {ensemble.METHODS}"),
+        ("ensemble.reaction_routing", config.ensemble.reaction_routing,
+         config.ensemble.reaction_routing in ensemble.ROUTINGS, f"one of {ensemble.ROUTINGS}"),
+        ("scene_routing", config.scene_routing, config.scene_routing in SCENE_ROUTINGS, f"one of {SCENE_ROUTINGS}"),
+        ("tuning.sigmas", t.sigmas, 0 in t.sigmas and min(t.sigmas) >= 0, "non-negative values including 0"),
+        ("tuning.thresholds", t.thresholds, all(0 < v < 1 for v in t.thresholds), "values in (0, 1)"),
+        ("tuning.bias_rounds", t.bias_rounds, t.bias_rounds >= 0, ">= 0"),
+        ("tuning.chunk", t.chunk, t.chunk >= 1, ">= 1"),
+        ("num_plots", config.num_plots, config.num_plots >= 0, ">= 0"),
+        ("fold_members", config.fold_members, len(config.fold_members) >= 2, "at least 2 members"),
+        ("ensemble.general", config.ensemble.general, len(config.ensemble.general) >= 1, "at least one member"),
+        ("fusion_workdir", config.fusion_workdir, bool(config.fusion_workdir or config.predictions_dir),
          "a fusion workdir (or config.predictions_dir)"),
     ]
-    for ok, key, expected in checks:
+    for key, found, ok, expected in checks:
         if not ok:
-            raise JobError(f"config.{key} must be {expected}, got {value(key)!r}")
+            raise JobError(f"config.{key} must be {expected}, got {found!r}")
     return task
 
 
@@ -310,7 +310,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     log(f"wrote {submission_path} ({rows} rows, checked against {paths.example_file(task)})")
     test_metric = None
     if truth_files:
-        test_metric, test_per_class = _score(task, jnp.asarray(final), test.labels, test.valid & test.mask)
+        test_metric, _ = _score(task, jnp.asarray(final), test.labels, test.valid & test.mask)
         log(f"synthetic test {task.metric_name}: {test_metric:.4f}")
     plotted = _plots(task, data, oof_finals["after"], workdir, config.num_plots, predictions)
 
@@ -328,6 +328,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
 def _check_test_inputs(predictions: Predictions, paths: release.ReleasePaths, task: tasks.Task) -> tuple[str, ...]:
     """The test list, after checking (before any work) that the example file and the predictions agree with it."""
     test_list = affwild2.read_video_list(paths.test_list(task))
+    if not test_list:
+        raise JobError(f"{paths.test_list(task)} lists no test videos")
     absent = [n for n in test_list if n not in predictions.tracks()]
     if absent:
         raise JobError(f"test videos {absent} (in {paths.test_list(task)}) have no predictions in "
