@@ -6,10 +6,10 @@ normalised to sum 1, and the video extended past both of its own ends by scipy's
 numpy's `symmetric`), repeated as often as the kernel needs, so a sigma larger than the video and the padding
 of a shorter video in the batch never leak in. sigma = 0 means no smoothing.
 
-A grid of sigmas is one array of kernels (`gaussian_weights`, zero beyond each sigma's own radius) applied at once
-as the output features of one convolution (`correlate`): on CPU, XLA's convolution is a matrix product whose
-cost barely grows with the number of kernels, so the whole grid costs little more than its largest sigma. The
-tuning evaluates a whole grid this way, and the same code smooths with one sigma.
+Two ways to apply the same kernels (`gaussian_weights`, zero beyond each sigma's own radius), both tested against
+scipy: `smooth` applies one sigma (or a few) to a padded batch as fused shifted slices; `correlate` applies a
+whole grid at once as the output features of one convolution (on CPU a matrix product whose cost barely grows
+with the number of kernels), which the tuning uses on videos laid end to end (`stream_layout`).
 """
 from __future__ import annotations
 
@@ -84,59 +84,55 @@ def stream_layout(lengths: np.ndarray, num_frames: int, halo: int, chunk: int = 
     return np.concatenate(sources), np.concatenate(reals)
 
 
-def correlate(signal: jax.Array, weights: np.ndarray, kernels_last: bool = False) -> jax.Array:
-    """sum_j weights[:, j] * signal[..., j:j + L] for signal (..., L + 2R), weights (S, 2R + 1) (constants).
+def correlate(signal: jax.Array, weights: np.ndarray) -> jax.Array:
+    """(..., L, S) = sum_j weights[:, j] * signal[..., j:j + L] for signal (..., L + 2R), weights (S, 2R + 1).
 
-    Returns (S, ..., L), or (..., L, S) with `kernels_last`. One kernel: fused shifted slices along the minor
-    axis. Several: one convolution with the kernels as output features, a matrix product whose cost barely
-    grows with the number of kernels on CPU (a convolution with one output feature is ~6x slower than slices).
+    One convolution with the kernels as output features: on CPU it is a matrix product whose cost barely grows
+    with the number of kernels, so a whole grid costs little more than its largest sigma.
     """
-    weights = np.asarray(weights, np.float32)
-    length = signal.shape[-1] - weights.shape[1] + 1
-    if len(weights) == 1:
-        taps = [(j, float(w)) for j, w in enumerate(weights[0]) if w != 0]
-        out = sum(w * signal[..., j:j + length] for j, w in taps)[None]
-        return jnp.moveaxis(out, 0, -1) if kernels_last else out
     batch = signal.shape[:-1]
     flat = signal.reshape((-1, signal.shape[-1], 1))
-    out = jax.lax.conv_general_dilated(flat, jnp.asarray(weights.T)[:, None, :], window_strides=(1,),
-                                       padding="VALID", dimension_numbers=("NWC", "WIO", "NWC"),
+    out = jax.lax.conv_general_dilated(flat, jnp.asarray(np.asarray(weights, np.float32).T)[:, None, :],
+                                       window_strides=(1,), padding="VALID",
+                                       dimension_numbers=("NWC", "WIO", "NWC"),
                                        precision=jax.lax.Precision.HIGHEST)               # (B, L, S)
-    out = out.reshape(batch + out.shape[1:])
-    return out if kernels_last else jnp.moveaxis(out, -1, 0)
+    return out.reshape(batch + out.shape[1:])
 
 
 def smooth(values: jax.Array, mask: np.ndarray, sigmas: Sequence[float]) -> jax.Array:
-    """Smooths a padded batch with each sigma of a grid.
+    """Smooths a padded batch with each sigma of `sigmas` (a few; the tuning grid goes through `correlate`).
 
     Args:
       values: (V, T, C) per-frame values, row t of video v valid where `mask[v, t]`.
-      mask: (V, T) bool (concrete); each video's frames are a prefix of its row (what `pad_batch` makes).
-      sigmas: the grid.
+      mask: (V, T) bool; each video's frames are a prefix of its row (what `pad_batch` makes).
+      sigmas: the sigmas.
 
     Returns:
       (S, V, T, C) float32, zeros on padding.
     """
-    sigmas = tuple(float(s) for s in sigmas)
-    mask = np.asarray(mask, bool)
-    num_videos, num_frames = mask.shape
-    halo = max(kernel_radius(sigma) for sigma in sigmas)
-    source, real = stream_layout(mask.sum(1), num_frames, halo)
-    # Where each (video, frame) of the batch sits in the stream; padding reads position 0 and is zeroed.
-    back = np.zeros(num_videos * num_frames, np.int64)
-    back[source[real]] = np.flatnonzero(real)
-    return _smooth(jnp.asarray(values), jnp.asarray(mask), jnp.asarray(source), jnp.asarray(back), sigmas, halo)
+    return _smooth(jnp.asarray(values), jnp.asarray(mask), tuple(float(s) for s in sigmas))
 
 
-@functools.partial(jax.jit, static_argnames=("sigmas", "halo"))
-def _smooth(values, mask, source, back, sigmas, halo):
+@functools.partial(jax.jit, static_argnames=("sigmas",))
+def _smooth(values, mask, sigmas):
     num_videos, num_frames, channels = values.shape
-    stream = jnp.take(values.reshape(-1, channels).astype(jnp.float32), source, axis=0).T        # (C, L)
-    out = correlate(stream, gaussian_weights(sigmas, halo), kernels_last=True)                   # (C, L - 2R, S)
-    # Output position p is stream position p + halo.
-    out = jnp.take(out, jnp.maximum(back - halo, 0), axis=1)                                     # (C, V T, S)
-    out = jnp.transpose(out.reshape(channels, num_videos, num_frames, -1), (3, 1, 2, 0))
-    return jnp.where(mask[None, ..., None], out, 0.0)
+    radius = max(kernel_radius(sigma) for sigma in sigmas)
+    values = jnp.where(mask[..., None], values.astype(jnp.float32), 0.0)
+    lengths = jnp.sum(mask, axis=1)
+    # Only the 2R frames around each video are reflected copies (a small gather); the rest is a plain pad.
+    halo = jnp.concatenate([jnp.arange(-radius, 0)[None, :] + jnp.zeros_like(lengths)[:, None],
+                            lengths[:, None] + jnp.arange(radius)[None, :]], axis=1)        # (V, 2R)
+    reflected = jnp.take_along_axis(values, reflect_index(halo, lengths[:, None])[..., None], axis=1)
+    extended = jnp.pad(values, ((0, 0), (radius, radius), (0, 0)))
+    rows = jnp.arange(num_videos)[:, None]
+    extended = extended.at[rows, halo + radius].set(reflected, unique_indices=True)
+    # Time on the minor axis: the shifted slices become contiguous runs that XLA fuses and vectorises.
+    extended = jnp.transpose(extended, (0, 2, 1))
+    out = []
+    for kernel in gaussian_weights(sigmas, radius):
+        taps = [(j, float(w)) for j, w in enumerate(kernel) if w != 0]
+        out.append(sum(w * extended[..., j:j + num_frames] for j, w in taps))
+    return jnp.where(mask[None, ..., None], jnp.transpose(jnp.stack(out), (0, 1, 3, 2)), 0.0)
 
 
 def gaussian_smooth(values: jax.Array, mask: np.ndarray, sigma: float) -> jax.Array:

@@ -89,7 +89,7 @@ def _sigma_grid_scores(kind, sigmas, chunk, halo, outputs, labels, valid, source
         window = jax.lax.dynamic_slice_in_dim(stream, k * chunk, chunk + 2 * halo, axis=1)
         w = jax.lax.dynamic_slice_in_dim(weight, k * chunk + halo, chunk)
         y_true = jax.lax.dynamic_slice_in_dim(truth, k * chunk + halo, chunk, axis=1)
-        y = smoothing.correlate(window, kernels, kernels_last=True)       # (C, n, S): every sigma at once
+        y = smoothing.correlate(window, kernels)                           # (C, n, S): every sigma at once
         if kind == "continuous":
             centred = y - shift[:, None, None]
             x = centred * w[:, None]
