@@ -7,8 +7,8 @@ mean), smooth labels, and `--members` ensemble members' per-frame outputs (label
 per-frame noise); the out-of-fold outputs of a video are those of member `video mod 5`. Then times, per task:
 
   ours      `tuning.tune` over the evaluate config's grids (32 sigmas including 0; for AU 37 thresholds per AU;
-            EXPR biases off), then the final scoring: every member smoothed with the tuned sigma, the vote
-            (`ensemble.combine`), the task metric. Wall clock of the first call (with compilation) and of a
+            EXPR biases off), then the final scoring: every member smoothed with the tuned sigma and the vote
+            (`tuning.final_labels`), the task metric. Wall clock of the first call (with compilation) and of a
             second call (steady state).
   baseline  the same computation as a careful user writes it: per video `scipy.ndimage.gaussian_filter1d(x,
             sigma, axis=0, mode='reflect', truncate=4.0)` for each sigma, `sklearn.metrics.f1_score(...,
@@ -33,7 +33,7 @@ from scipy import ndimage
 from sklearn.metrics import f1_score
 
 from abaw_jax import tasks
-from abaw_jax.eval import ensemble, metrics, tuning
+from abaw_jax.eval import metrics, tuning
 
 _FRAMES = flags.DEFINE_integer("frames", 3_000_000, "Annotated frames per task.")
 _VIDEOS = flags.DEFINE_integer("videos", 600, "Videos per task.")
@@ -92,13 +92,11 @@ def _oof(outputs: np.ndarray) -> np.ndarray:
 
 
 def ours(task: tasks.Task, outputs, labels, valid, mask, sigmas, thresholds) -> dict:
+    start, cpu = time.perf_counter(), time.process_time()
     tuned = tuning.tune(task.name, _oof(outputs), labels, valid, mask, sigmas,
                         threshold_grid=thresholds if task.kind == "binary" else ())
-    members, videos = outputs.shape[:2]
-    flat_mask = np.tile(mask, (members, 1))
-    processed = tuning.apply(task.name, outputs.reshape((members * videos,) + outputs.shape[2:]), flat_mask, tuned)
-    final = ensemble.combine(task.name, processed.reshape(outputs.shape), np.ones((members, videos), bool),
-                             0.5 if tuned.thresholds is None else tuned.thresholds)
+    tuning_seconds = (time.perf_counter() - start, time.process_time() - cpu)
+    final = tuning.final_labels(task.name, outputs, mask, np.ones(outputs.shape[:2], bool), tuned)
     if task.kind == "binary":
         per_class = metrics.binary_f1(final, labels, valid)
     elif task.kind == "multiclass":
@@ -106,7 +104,8 @@ def ours(task: tasks.Task, outputs, labels, valid, mask, sigmas, thresholds) -> 
     else:
         per_class = metrics.ccc(final, labels, valid)
     return {"sigma": tuned.sigma, "thresholds": tuned.thresholds,
-            "steps": [(s["before"], s["after"]) for s in tuned.steps], "final": float(np.asarray(per_class).mean())}
+            "steps": [(s["before"], s["after"]) for s in tuned.steps], "final": float(np.asarray(per_class).mean()),
+            "tuning_seconds": tuning_seconds}
 
 
 def _ccc(x, y):
@@ -190,7 +189,8 @@ def main(argv):
         reference, base_seconds, _ = _timed(baseline, task, *sub, sigmas, thresholds)
         mine = ours(task, *sub, sigmas, thresholds)
         scale = frames / int(sub_mask.sum())
-        rows.append((task.name, frames, first, steady, steady_cpu, base_seconds, base_seconds * scale))
+        rows.append((task.name, frames, first, steady, steady_cpu, base_seconds, base_seconds * scale,
+                     *full["tuning_seconds"]))
         differences = [abs(a - b) for x, y in zip(mine["steps"], reference["steps"]) for a, b in zip(x, y)]
         differences.append(abs(mine["final"] - reference["final"]))
         same_thresholds = mine["thresholds"] is None or np.array_equal(mine["thresholds"], reference["thresholds"])
@@ -202,15 +202,15 @@ def main(argv):
         del outputs
     print(f"\n{len(sigmas)} sigmas (0..{max(sigmas):g}), {len(thresholds)} AU thresholds, {_MEMBERS.value} members, "
           f"{_VIDEOS.value} videos per task; baseline measured on {_BASELINE_VIDEOS.value} videos and extrapolated\n")
-    print("| task | frames | ours, first call (s) | ours, steady (s) | ours, steady CPU (s) | baseline measured (s) "
-          "| baseline extrapolated (s) | speed-up (steady) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, frames, first, steady, cpu, measured, extrapolated in rows:
-        print(f"| {name} | {frames:,} | {first:.2f} | {steady:.2f} | {cpu:.2f} | {measured:.1f} | {extrapolated:.0f} | "
-              f"{extrapolated / steady:.0f}x |")
-    total = [sum(r[i] for r in rows) for i in range(1, 7)]
-    print(f"| all | {total[0]:,} | {total[1]:.2f} | {total[2]:.2f} | {total[3]:.2f} | {total[4]:.1f} | "
-          f"{total[5]:.0f} | {total[5] / total[2]:.0f}x |")
+    print("| task | frames | ours, first call (s) | ours, steady (s) | ours, steady CPU (s) | of which tuning (s) "
+          "| tuning CPU (s) | baseline measured (s) | baseline extrapolated (s) | speed-up (steady) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, frames, first, steady, cpu, measured, extrapolated, tune_wall, tune_cpu in rows:
+        print(f"| {name} | {frames:,} | {first:.2f} | {steady:.2f} | {cpu:.2f} | {tune_wall:.2f} | {tune_cpu:.2f} | "
+              f"{measured:.1f} | {extrapolated:.0f} | {extrapolated / steady:.0f}x |")
+    total = [sum(r[i] for r in rows) for i in range(1, 9)]
+    print(f"| all | {total[0]:,} | {total[1]:.2f} | {total[2]:.2f} | {total[3]:.2f} | {total[6]:.2f} | {total[7]:.2f} | "
+          f"{total[4]:.1f} | {total[5]:.0f} | {total[5] / total[2]:.0f}x |")
     print(f"\nload average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     for line in agreement:

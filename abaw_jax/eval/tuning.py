@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from abaw_jax import tasks
-from abaw_jax.eval import metrics, smoothing
+from abaw_jax.eval import ensemble, metrics, smoothing
 
 
 def _frame_sums(predicted: jax.Array, truth: jax.Array, weight: jax.Array) -> jax.Array:
@@ -212,6 +212,26 @@ def apply(task: str, outputs: jax.Array, mask: jax.Array, tuned: Tuned) -> jax.A
     if tuned.bias is not None:
         smoothed = jnp.log(jnp.maximum(smoothed, 1e-12)) + jnp.asarray(tuned.bias, jnp.float32)
     return smoothed
+
+
+def final_labels(task: str, outputs: np.ndarray, mask: np.ndarray, use: np.ndarray, tuned: "Tuned | None",
+                 method: str = "vote", videos_per_step: int = 32) -> np.ndarray:
+    """Members' outputs (M, V, T, C) post-processed as tuned (None: as they are) and combined (`ensemble.combine`).
+
+    Works through `videos_per_step` videos at a time, so the temporaries of smoothing M members stay small
+    (one pass over the whole of Aff-Wild2 at once would allocate several GB per intermediate).
+    """
+    thresholds = 0.5 if tuned is None or tuned.thresholds is None else np.asarray(tuned.thresholds)
+    num_members, num_videos = outputs.shape[:2]
+    parts = []
+    for start in range(0, num_videos, videos_per_step):
+        part = slice(start, start + videos_per_step)
+        chunk = outputs[:, part]
+        if tuned is not None:
+            flat = chunk.reshape((-1,) + chunk.shape[2:])
+            chunk = apply(task, flat, np.tile(np.asarray(mask)[part], (num_members, 1)), tuned).reshape(chunk.shape)
+        parts.append(np.asarray(ensemble.combine(task, chunk, jnp.asarray(use[:, part]), thresholds, method)))
+    return np.concatenate(parts)
 
 
 def tune(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mask: jax.Array,

@@ -125,20 +125,6 @@ def _load(predictions: Predictions, members: Sequence[str], names: Sequence[str]
                   padded(valid) if padded else None)
 
 
-def _postprocess(task: str, outputs: np.ndarray, mask: np.ndarray, tuned: tuning.Tuned | None) -> jnp.ndarray:
-    """Members' outputs (M, V, T, C) smoothed (and biased) as tuned; None leaves them as they are."""
-    if tuned is None:
-        return jnp.asarray(outputs)
-    num_members, num_videos = outputs.shape[:2]
-    flat = tuning.apply(task, outputs.reshape((num_members * num_videos,) + outputs.shape[2:]),
-                        np.tile(mask, (num_members, 1)), tuned)
-    return flat.reshape(outputs.shape)
-
-
-def _thresholds(tuned: tuning.Tuned | None):
-    return 0.5 if tuned is None or tuned.thresholds is None else jnp.asarray(tuned.thresholds)
-
-
 def _score(task: tasks.Task, final: jnp.ndarray, labels: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]:
     """(metric, per-class) of final labels: AU 0/1, EXPR classes, VA values."""
     if task.kind == "binary":
@@ -150,16 +136,15 @@ def _score(task: tasks.Task, final: jnp.ndarray, labels: np.ndarray, valid: np.n
     return float(per_class.mean()), np.asarray(per_class)
 
 
-def _final(task: tasks.Task, data: Tracks, use: np.ndarray, tuned: tuning.Tuned | None, method: str) -> jnp.ndarray:
-    processed = _postprocess(task.name, data.outputs, data.mask, tuned)
-    return ensemble.combine(task.name, processed, jnp.asarray(use), _thresholds(tuned), method)
+def _final(task: tasks.Task, data: Tracks, use: np.ndarray, tuned: tuning.Tuned | None, method: str) -> np.ndarray:
+    return tuning.final_labels(task.name, data.outputs, data.mask, use, tuned, method)
 
 
 def _member_finals(task: tasks.Task, data: Tracks, tuned: tuning.Tuned | None) -> np.ndarray:
     """Each member's own final labels on every track of `data`: (M, V, T, ...)."""
-    processed = _postprocess(task.name, data.outputs, data.mask, tuned)
-    return np.stack([np.asarray(ensemble.hard_labels(task.name, processed[m], _thresholds(tuned)))
-                     for m in range(processed.shape[0])])
+    alone = np.ones((1, len(data.names)), bool)
+    return np.stack([tuning.final_labels(task.name, data.outputs[m:m + 1], data.mask, alone, tuned, "soft")
+                     for m in range(data.outputs.shape[0])])
 
 
 def _scores_row(task: tasks.Task, final: np.ndarray, data: Tracks, tracks: np.ndarray) -> dict:
