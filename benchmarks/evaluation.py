@@ -209,8 +209,8 @@ def main(argv):
         print(f"| {name} | {frames:,} | {first:.2f} | {steady:.2f} | {cpu:.2f} | {tune_wall:.2f} | {tune_cpu:.2f} | "
               f"{measured:.1f} | {extrapolated:.0f} | {extrapolated / steady:.0f}x |")
     total = [sum(r[i] for r in rows) for i in range(1, 9)]
-    print(f"| all | {total[0]:,} | {total[1]:.2f} | {total[2]:.2f} | {total[3]:.2f} | {total[6]:.2f} | {total[7]:.2f} | "
-          f"{total[4]:.1f} | {total[5]:.0f} | {total[5] / total[2]:.0f}x |")
+    print(f"| all | {total[0]:,} | {total[1]:.2f} | {total[2]:.2f} | {total[3]:.2f} | {total[6]:.2f} | "
+          f"{total[7]:.2f} | {total[4]:.1f} | {total[5]:.0f} | {total[5] / total[2]:.0f}x |")
     print(f"\nload average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     for line in agreement:

@@ -158,3 +158,25 @@ def test_scene_router_option_learns_the_reaction_scenes(synthetic_affwild2, fusi
     assert report["feature_set"] == "mae_expr" and report["validation_tracks"] > 0
     assert report["validation_accuracy"] == 1.0
     assert any("SDD" in row["setting"] for row in results["ablation"])
+
+
+def test_static_per_frame_predictions_against_tmf(synthetic_affwild2, fusion, tmp_path):
+    """A predictions folder with member `static` (a fine-tuned encoder's own per-frame outputs) joins the ablation."""
+    predictions = Predictions(fusion["EXPR"] / "predictions")
+    writer = PredictionWriter(tmp_path / "static", "EXPR")
+    rng = np.random.default_rng(1)
+    task_dir = affwild2.find_task_dir(synthetic_affwild2 / "annotations", "EXPR")
+    for track in predictions.tracks("Validation_Set"):
+        labels, valid = affwild2.parse_annotation_file(task_dir / "Validation_Set" / f"{track}.txt", "EXPR")
+        face = predictions.face_mask(track)
+        writer.add_track(track, "Validation_Set", face)
+        writer.write("static", track, simulate.simulate_outputs("EXPR", labels, valid, face, rng, 0.3), "heldout")
+    writer.flush()
+    config = _config("expr", synthetic_affwild2, fusion["EXPR"], static_predictions=str(tmp_path / "static"))
+    results = evaluate.run(config, str(tmp_path / "out"))
+    rows = {row["setting"]: row["metric"] for row in results["ablation"]}
+    static = rows["static fine-tuned encoder, per frame (Validation_Set)"]
+    assert rows["TMF official (Validation_Set)"] > static > 0  # the weaker simulated static model scores lower
+    shutil.rmtree(tmp_path / "static" / "static")
+    with pytest.raises(JobError, match="static"):
+        evaluate.run(config, str(tmp_path / "out2"))

@@ -51,3 +51,21 @@ def test_weights_follow_scipy_radius_and_reject_bad_sigmas():
     assert np.count_nonzero(weights[1]) == 2 * 4 + 1 and weights[0, centre] == 1.0
     with pytest.raises(ValueError, match="finite and >= 0"):
         smoothing.gaussian_weights([1.0, -0.5])
+
+
+def test_grid_convolution_on_the_stream_layout_matches_scipy():
+    """The tuning's path: videos end to end with reflected halos, the grid as output features of one convolution."""
+    arrays, values, mask = _batch(2)
+    halo = max(smoothing.kernel_radius(s) for s in SIGMAS)
+    source, real = smoothing.stream_layout(mask.sum(1), values.shape[1], halo, chunk=16)
+    assert (len(source) - 2 * halo) % 16 == 0 and real.sum() == mask.sum()
+    stream = values.reshape(-1, 3)[source].T                                        # (C, L)
+    out = np.asarray(smoothing.correlate(stream, smoothing.gaussian_weights(SIGMAS, halo)))  # (C, L - 2R, S)
+    frames = out[:, real[halo:len(real) - halo]]                                  # the videos' own frames, in order
+    start = 0
+    for array in arrays:
+        for s, sigma in enumerate(SIGMAS):
+            expected = array if sigma == 0 else ndimage.gaussian_filter1d(
+                array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
+            np.testing.assert_allclose(frames[:, start:start + len(array), s].T, expected, atol=1e-6, rtol=0)
+        start += len(array)

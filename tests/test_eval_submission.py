@@ -66,12 +66,16 @@ def _mutate(path, line_number, new_line=None, delete=False, insert=None):
 
 @pytest.mark.parametrize("task, mutation, message", [
     ("EXPR", dict(line_number=1, new_line="image_location,Neutral,Anger"), r":1: expected the example's header"),
-    ("EXPR", dict(line_number=5, delete=True), r":5: expected location '.*/00004.jpg' \(row 4 of .*\), found '.*/00005.jpg'"),
-    ("EXPR", dict(line_number=2, new_line="21-30-320x240/00001.jpg,8"), r":2: expected one integer class 0..7, found '8'"),
+    ("EXPR", dict(line_number=5, delete=True),
+     r":5: expected location '.*/00004.jpg' \(row 4 of .*\), found '.*/00005.jpg'"),
+    ("EXPR", dict(line_number=2, new_line="21-30-320x240/00001.jpg,8"),
+     r":2: expected one integer class 0..7, found '8'"),
     ("EXPR", dict(line_number=3, new_line="21-30-320x240/00002.jpg,1.0"), r":3: expected one integer class"),
-    ("AU", dict(line_number=4, new_line="21-30-320x240/00003.jpg,0,1,2,0,0,0,0,0,0,0,0,0"), r":4: expected 12 values 0 or 1"),
+    ("AU", dict(line_number=4, new_line="21-30-320x240/00003.jpg,0,1,2,0,0,0,0,0,0,0,0,0"),
+     r":4: expected 12 values 0 or 1"),
     ("AU", dict(line_number=4, new_line="21-30-320x240/00003.jpg,0,1,0"), r":4: expected 12 values 0 or 1"),
-    ("VA", dict(line_number=2, new_line="21-30-320x240/00001.jpg,0.5,1.5"), r":2: expected valence,arousal as two floats in \[-1, 1\]"),
+    ("VA", dict(line_number=2, new_line="21-30-320x240/00001.jpg,0.5,1.5"),
+     r":2: expected valence,arousal as two floats in \[-1, 1\]"),
     ("VA", dict(line_number=2, new_line="21-30-320x240/00001.jpg,nan,0.1"), r":2: expected valence,arousal"),
 ])
 def test_checker_says_file_line_and_what_is_wrong(task, mutation, message, synthetic_affwild2, tmp_path):

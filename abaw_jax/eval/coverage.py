@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def pad_batch(arrays: Sequence[np.ndarray], length: int | None = None, fill: float = 0) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(arrays: Sequence[np.ndarray], length: int | None = None,
+              fill: float = 0) -> tuple[np.ndarray, np.ndarray]:
     """Stacks per-video arrays (N_v, ...) into (V, T, ...) with T = max N_v (or `length`), and the (V, T) mask."""
     length = max([len(a) for a in arrays] + [1]) if length is None else length
     first = np.asarray(arrays[0])
