@@ -35,6 +35,8 @@ setup(
         "simplejpeg>=1.6,<2",
         "absl-py>=2",
         "tensorboardX>=2.6",
+        # Evaluation timelines (Agg backend, no display).
+        "matplotlib>=3.8",
     ],
     extras_require={
         "dev": [

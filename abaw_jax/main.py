@@ -15,10 +15,14 @@ from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
+from abaw_jax.jobs import evaluate
 from abaw_jax.jobs import mae_pretrain
 from abaw_jax.runtime import errors, telemetry
 
-JOBS = {"mae_pretrain": mae_pretrain.train}
+JOBS = {
+    "mae_pretrain": mae_pretrain.train,
+    "evaluate": evaluate.run,
+}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/mae.py:tiny.",
                                           lock_config=True)

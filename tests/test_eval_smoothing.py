@@ -1,0 +1,71 @@
+"""Gaussian smoothing against scipy.ndimage.gaussian_filter1d(mode='reflect', truncate=4.0), per video of a batch."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from abaw_jax.eval import coverage, smoothing
+
+SIGMAS = [0.0, 0.3, 1.0, 2.5, 7.0, 40.0]  # 40: the kernel is far longer than every video here
+
+
+def _batch(seed=0, lengths=(5, 37, 1, 120, 2)):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.uniform(size=(n, 3)).astype(np.float32) for n in lengths]
+    values, mask = coverage.pad_batch(arrays)
+    return arrays, values, mask
+
+
+def test_grid_matches_scipy_per_video_including_long_kernels():
+    arrays, values, mask = _batch()
+    out = np.asarray(smoothing.smooth(values, mask, tuple(SIGMAS)))
+    assert out.shape == (len(SIGMAS),) + values.shape
+    for s, sigma in enumerate(SIGMAS):
+        for v, array in enumerate(arrays):
+            expected = array if sigma == 0 else ndimage.gaussian_filter1d(
+                array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
+            np.testing.assert_allclose(out[s, v, :len(array)], expected, atol=1e-6, rtol=0)
+            assert np.all(out[s, v, len(array):] == 0)
+
+
+def test_padding_never_leaks_into_a_shorter_video():
+    _, values, mask = _batch(1)
+    noisy = np.where(mask[..., None], values, 1e6).astype(np.float32)
+    weights = (1.5, 20.0)
+    np.testing.assert_array_equal(np.asarray(smoothing.smooth(values, mask, weights)),
+                                  np.asarray(smoothing.smooth(noisy, mask, weights)))
+
+
+def test_scipy_docstring_vector_and_zero_sigma():
+    x = np.array([[1.0, 2, 3, 4, 5]], np.float32)[..., None]
+    mask = np.ones((1, 5), bool)
+    np.testing.assert_allclose(np.asarray(smoothing.gaussian_smooth(x, mask, 1.0))[0, :, 0],
+                               [1.42704095, 2.06782203, 3, 3.93217797, 4.57295905], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(smoothing.gaussian_smooth(x, mask, 0.0)), x)
+
+
+def test_weights_follow_scipy_radius_and_reject_bad_sigmas():
+    weights = smoothing.gaussian_weights([0.0, 1.0, 2.6])
+    assert weights.shape == (3, 2 * smoothing.kernel_radius(2.6) + 1)
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
+    centre = weights.shape[1] // 2
+    assert np.count_nonzero(weights[1]) == 2 * 4 + 1 and weights[0, centre] == 1.0
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        smoothing.gaussian_weights([1.0, -0.5])
+
+
+def test_grid_convolution_on_the_stream_layout_matches_scipy():
+    """The tuning's path: videos end to end with reflected halos, the grid as output features of one convolution."""
+    arrays, values, mask = _batch(2)
+    halo = max(smoothing.kernel_radius(s) for s in SIGMAS)
+    source, real = smoothing.stream_layout(mask.sum(1), values.shape[1], halo, chunk=16)
+    assert (len(source) - 2 * halo) % 16 == 0 and real.sum() == mask.sum()
+    stream = values.reshape(-1, 3)[source].T                                        # (C, L)
+    out = np.asarray(smoothing.correlate(stream, smoothing.gaussian_weights(SIGMAS, halo)))  # (C, L - 2R, S)
+    frames = out[:, real[halo:len(real) - halo]]                                  # the videos' own frames, in order
+    start = 0
+    for array in arrays:
+        for s, sigma in enumerate(SIGMAS):
+            expected = array if sigma == 0 else ndimage.gaussian_filter1d(
+                array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
+            np.testing.assert_allclose(frames[:, start:start + len(array), s].T, expected, atol=1e-6, rtol=0)
+        start += len(array)
