@@ -3,9 +3,10 @@ r"""Profile of one MAE pretraining step (the job's own `train_step`), summarised
     python -m benchmarks.mae_profile --size=base --batch=256 --dtype=bf16 --steps=5 --out_dir=/tmp/mae_profile
 
 traces `--steps` steps of `mae_pretrain.train_step` (after `--warmup` untimed ones) with `jax.profiler`
-(`create_perfetto_trace=True`), then attributes every executed HLO op to a category using the compiled
-module's instructions: the op's kind (dot, convolution, custom call, fusion and what the fusion computes)
-and its `op_name` metadata, which carries the Flax module path (`encoder.encode/blocks_3/attn/...`):
+(`create_perfetto_trace=True`), then attributes every executed HLO op to a category with
+`abaw_jax.runtime.profiling`, using the compiled module's instructions: the op's kind (dot, convolution,
+custom call, fusion and what the fusion computes) and its `op_name` metadata, which carries the Flax module
+path (`encoder.encode/blocks_3/attn/...`):
 
   matmul            dots and convolutions of the projections, MLPs, patch embedding and decoder head
   attention         the QK^T / softmax / PV part of attention, and fused attention kernels (cuDNN)
@@ -24,12 +25,9 @@ at batch 256 and 512, as issue 14 asks.
 """
 from __future__ import annotations
 
-import collections
 import glob
-import gzip
 import json
 import os
-import re
 import tempfile
 import time
 
@@ -38,7 +36,7 @@ from absl import app, flags
 
 from abaw_jax.models.mae import MAE, mae_config
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS
-from abaw_jax.runtime import sharding
+from abaw_jax.runtime import profiling, sharding
 from benchmarks.step_runner import jax_runner, timed
 
 _SIZE = flags.DEFINE_enum("size", "tiny", ["tiny", "base", "large"], "Model size.")
@@ -49,88 +47,6 @@ _ATTENTION = flags.DEFINE_enum("attention", "xla", list(ATTENTION_IMPLEMENTATION
 _STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation happens here).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "", "Keeps the trace and summary.json here (default: a temp dir).")
-
-CATEGORIES = ("matmul", "attention", "layernorm", "gelu/elementwise", "masking", "optimizer", "loss", "transfers",
-              "other")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([\w\-]+)\(")
-_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
-_CALLS = re.compile(r"calls=%?([\w.\-]+)")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-_TARGET = re.compile(r'custom_call_target="([^"]*)"')
-_NORMS = re.compile(r"/(norm1|norm2|norm|fc_norm|decoder_norm)/")
-_MASKING = re.compile(r"random_masking|permute_tokens|argsort|sort|gather|scatter|take_along_axis")
-_TRANSFER_EVENTS = re.compile(r"memcpy|MemcpyH2D|MemcpyD2H|TransferToDevice|TransferFromDevice", re.I)
-
-
-def hlo_instructions(hlo_text: str) -> dict[str, dict[str, object]]:
-    """Instruction name -> {'opcode', 'op_name', 'target', 'inner': opcodes of a fusion's computation}."""
-    computations: dict[str, list[str]] = collections.defaultdict(list)
-    instructions: dict[str, dict[str, object]] = {}
-    current = None
-    for line in hlo_text.splitlines():
-        header = _COMPUTATION.match(line)
-        if header and "=" not in line.split("{")[0]:
-            current = header.group(1)
-            continue
-        match = _INSTRUCTION.match(line)
-        if not match:
-            continue
-        name, opcode = match.groups()
-        computations[current].append(opcode)
-        op_name = _OP_NAME.search(line)
-        target = _TARGET.search(line)
-        calls = _CALLS.search(line)
-        instructions[name] = {"opcode": opcode, "op_name": op_name.group(1) if op_name else "",
-                              "target": target.group(1) if target else "", "calls": calls.group(1) if calls else ""}
-    for info in instructions.values():
-        info["inner"] = set(computations.get(info.pop("calls"), ()))
-    return instructions
-
-
-def categorize(info: dict[str, object]) -> str:
-    """The category of one compiled HLO instruction (see the module docstring)."""
-    opcode, op_name, target, inner = info["opcode"], str(info["op_name"]), str(info["target"]), info["inner"]
-    ops = {opcode} | set(inner)
-    if opcode in ("copy-start", "copy-done", "send", "recv", "infeed", "outfeed"):
-        return "transfers"
-    if "cudnn" in target and ("fmha" in target or "attention" in target.lower()):
-        return "attention"
-    if "/cond/" in op_name or op_name.endswith("/cond") or "global_norm" in op_name or "adam" in op_name.lower():
-        return "optimizer"
-    in_attention = "/attn/" in op_name and "/qkv/" not in op_name and "/proj/" not in op_name
-    if in_attention:
-        return "attention"
-    if ops & {"dot", "convolution"} or "gemm" in target or "matmul" in target.lower():
-        return "matmul"
-    if _NORMS.search(op_name):
-        return "layernorm"
-    if _MASKING.search(op_name) or ops & {"sort", "gather", "scatter"}:
-        return "masking"
-    if "reconstruction_loss" in op_name or "patchify" in op_name or "loss" in op_name:
-        return "loss"
-    if "/mlp/" in op_name or "erf" in op_name or ops & {"add", "multiply", "subtract", "divide", "erf", "exponential"}:
-        return "gelu/elementwise"
-    return "other"
-
-
-def summarize_trace(trace_path: str, instructions: dict[str, dict[str, object]], steps: int
-                    ) -> dict[str, float]:
-    """Seconds per step per category from a perfetto trace of `steps` steps."""
-    with gzip.open(trace_path, "rt") as f:
-        data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    seconds: dict[str, float] = collections.Counter()
-    for event in events:
-        if event.get("ph") != "X":
-            continue
-        args = event.get("args") or {}
-        name = str(args.get("hlo_op") or event.get("name", ""))
-        if _TRANSFER_EVENTS.search(event.get("name", "")):
-            seconds["transfers"] += event.get("dur", 0) * 1e-6
-        elif name in instructions:
-            seconds[categorize(instructions[name])] += event.get("dur", 0) * 1e-6
-    return {c: seconds.get(c, 0.0) / steps for c in CATEGORIES}
-
 
 def main(argv):
     del argv
@@ -153,7 +69,7 @@ def main(argv):
     if not traces:
         raise SystemExit(f"error: no perfetto trace was written under {out_dir}")
     hlo = runner.compiled_text()
-    per_step = summarize_trace(traces[-1], hlo_instructions(hlo), _STEPS.value)
+    per_step = profiling.summarize_trace(traces[-1], profiling.hlo_instructions(hlo), _STEPS.value)
     busy = sum(per_step.values())
 
     device = jax.devices()[0]
@@ -162,7 +78,7 @@ def main(argv):
           f"op time {busy * 1e3:.1f} ms/step")
     print(f"| {'category':<18} | {'ms/step':>9} | {'share':>6} |")
     print(f"|{'-' * 20}|{'-' * 11}|{'-' * 8}|")
-    for category in CATEGORIES:
+    for category in profiling.CATEGORIES:
         share = per_step[category] / busy if busy else 0.0
         print(f"| {category:<18} | {per_step[category] * 1e3:>9.2f} | {100 * share:>5.1f}% |")
     summary = {"size": _SIZE.value, "batch": _BATCH.value, "dtype": _DTYPE.value, "attention": _ATTENTION.value,

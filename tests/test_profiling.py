@@ -7,8 +7,7 @@ import optax
 
 from abaw_jax.jobs import mae_pretrain
 from abaw_jax.models.mae import MAE, mae_config
-from abaw_jax.runtime import optimizer, sharding
-from benchmarks import mae_profile
+from abaw_jax.runtime import optimizer, profiling, sharding
 
 
 def test_compiled_step_ops_fall_in_the_right_categories():
@@ -20,14 +19,14 @@ def test_compiled_step_ops_fall_in_the_right_categories():
                                      schedule=schedule, micro_batches=1, mesh=sharding.make_mesh(1, jax.devices()[:1])))
     text = step.lower(jax.eval_shape(init, jax.random.key(0)),
                       jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.uint8)).compile().as_text()
-    instructions = mae_profile.hlo_instructions(text)
+    instructions = profiling.hlo_instructions(text)
     by_category = {}
     for name, info in instructions.items():
-        by_category.setdefault(mae_profile.categorize(info), []).append(info)
+        by_category.setdefault(profiling.categorize(info), []).append(info)
     fc1_dots = [i for i in instructions.values() if "/mlp/fc1/" in i["op_name"] and "dot" in ({i["opcode"]} | i["inner"])]
-    assert fc1_dots and all(mae_profile.categorize(i) == "matmul" for i in fc1_dots)
+    assert fc1_dots and all(profiling.categorize(i) == "matmul" for i in fc1_dots)
     softmax = [i for i in instructions.values() if "/attn/" in i["op_name"] and "exponential" in ({i["opcode"]} | i["inner"])]
-    assert softmax and all(mae_profile.categorize(i) == "attention" for i in softmax)
+    assert softmax and all(profiling.categorize(i) == "attention" for i in softmax)
     update = [i for i in instructions.values() if "/cond/branch" in i["op_name"]]
-    assert update and all(mae_profile.categorize(i) == "optimizer" for i in update)
+    assert update and all(profiling.categorize(i) == "optimizer" for i in update)
     assert by_category.get("layernorm") and by_category.get("masking")
