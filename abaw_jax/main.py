@@ -12,9 +12,11 @@ import jax
 from ml_collections import config_flags
 
 from abaw_jax.jobs import mae_pretrain
+from abaw_jax.jobs import fusion
 from abaw_jax.runtime.errors import JobError
 
 JOBS = {"mae_pretrain": mae_pretrain.train}
+JOBS["fusion"] = fusion.run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/mae.py:tiny.",
                                           lock_config=True)
