@@ -9,6 +9,8 @@ decay 0.05), dropout on, in one process on the same machine:
 
 - `jax_vmap`: the fusion job's own `ensemble_train_step` (clips gathered on the device from a resident frame
   array, all members in one jitted, vmapped step, state donated);
+- `jax_map`: the same step with `member_loop='map'` (members looped with `lax.map` inside the one jitted step:
+  the job's choice on CPU);
 - `torch_eager`: `benchmarks.torch_tmf.TorchTMF`, one model and `torch.optim.AdamW` per member, trained member
   after member (the seed team's way);
 - `torch_func_vmap`: `torch.func.stack_module_state` + `functional_call` under `torch.func.vmap` (gradients of
@@ -20,7 +22,7 @@ decay 0.05), dropout on, in one process on the same machine:
 
 The figures are clips/s summed over members (members x batch / step time), best of `--rounds` rounds of
 `--steps` steps after `--warmup` untimed steps; implementations alternate within each round so a shared
-machine loads them alike. `--scaling` also times `jax_vmap` (and `torch_eager`) at other member counts.
+machine loads them alike. `--scaling` also times `jax_vmap`, `jax_map` and `torch_eager` at other member counts.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ _DIM = flags.DEFINE_integer("dim", 852, "Features per frame (768 visual + 84 log
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per implementation and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timing rounds.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation happens here).")
-_IMPLS = flags.DEFINE_list("impls", ["jax_vmap", "torch_eager", "torch_func_vmap", "torch_compile"],
+_IMPLS = flags.DEFINE_list("impls", ["jax_vmap", "jax_map", "torch_eager", "torch_func_vmap", "torch_compile"],
                            "Implementations to time.")
 _SCALING = flags.DEFINE_list("scaling", [], "Member counts at which to time jax_vmap and torch_eager too.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
@@ -64,7 +66,7 @@ def _config() -> fusion.TMFConfig:
     return fusion.TMFConfig(input_dim=_DIM.value, num_outputs=8)
 
 
-def jax_step(members: int) -> Callable[[], None]:
+def jax_step(members: int, member_loop: str = "vmap") -> Callable[[], None]:
     rng = np.random.default_rng(0)
     cfg = _config()
     data = jax.device_put(fusion_job.FrameData(
@@ -75,12 +77,12 @@ def jax_step(members: int) -> Callable[[], None]:
                  "class_weights": np.ones((members, 8), np.float32)}
     tx = fusion_job.make_optimizer(LR, WD)
     state = jax.jit(functools.partial(fusion_job.init_state, cfg=cfg, tx=tx))(
-        jax.random.key(0), constants, np.full(members, LR, np.float32))
+        jax.random.key(0, impl="rbg"), constants, np.full(members, LR, np.float32))  # the job's default PRNG
     starts = rng.integers(0, FRAMES - _CLIP_LEN.value, (members, _BATCH.value))
     rows = jax.device_put((starts[..., None] + np.arange(_CLIP_LEN.value)).astype(np.int32))
     mask = jax.device_put(np.ones(rows.shape, bool))
     step_fn = jax.jit(functools.partial(fusion_job.ensemble_train_step, model=fusion.TMF(cfg), task=tasks.EXPR,
-                                        tx=tx), donate_argnums=0)
+                                        tx=tx, member_loop=member_loop), donate_argnums=0)
     holder = {"state": state}
 
     def run():
@@ -165,7 +167,7 @@ def time_impls(impls: dict[str, Callable[[], None]]) -> dict[str, dict[str, floa
 
 
 def build(name: str, members: int) -> Callable[[], None]:
-    return {"jax_vmap": lambda: jax_step(members),
+    return {"jax_vmap": lambda: jax_step(members, "vmap"), "jax_map": lambda: jax_step(members, "map"),
             "torch_eager": lambda: torch_sequential(members, compiled=False),
             "torch_compile": lambda: torch_sequential(members, compiled=True),
             "torch_func_vmap": lambda: torch_func_vmap(members)}[name]()
@@ -190,14 +192,15 @@ def main(argv: Sequence[str]) -> None:
               + (f"{rate[name] / best_torch:.2f}x" if best_torch else "-") + " |")
     scaling = {}
     if _SCALING.value:
-        print("\n| members | jax_vmap clips/s | jax_vmap step ms | torch_eager clips/s | jax / torch eager |")
+        names = ("jax_vmap", "jax_map", "torch_eager")
+        print("\n| members | " + " | ".join(f"{n} clips/s" for n in names) + " | jax_map / torch eager |")
         print("|---|---|---|---|---|")
         for count in map(int, _SCALING.value):
-            timed = time_impls({"jax_vmap": build("jax_vmap", count), "torch_eager": build("torch_eager", count)})
+            timed = time_impls({n: build(n, count) for n in names})
             per = {n: count * _BATCH.value / min(r["rounds"]) for n, r in timed.items()}
             scaling[count] = per
-            print(f"| {count} | {per['jax_vmap']:.1f} | {1e3 * min(timed['jax_vmap']['rounds']):.1f} | "
-                  f"{per['torch_eager']:.1f} | {per['jax_vmap'] / per['torch_eager']:.2f}x |")
+            print(f"| {count} | " + " | ".join(f"{per[n]:.1f}" for n in names)
+                  + f" | {per['jax_map'] / per['torch_eager']:.2f}x |")
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
             json.dump({"results": results, "clips_per_s": rate, "scaling": scaling}, f, indent=1)

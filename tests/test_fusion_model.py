@@ -102,7 +102,7 @@ def test_training_steps_match_torch_adamw_and_batchnorm():
         member, step_metrics = fusion_job.member_train_step(member, batch, model=tmf, task=tasks.EXPR, tx=tx)
         if i == 0:
             stats = member.batch_stats
-    np.testing.assert_allclose(float(step_metrics["loss"]), float(loss), rtol=1e-5)
+    np.testing.assert_allclose(float(step_metrics["loss"]), loss.item(), rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), first_grads, torch_grads)
     expected = to_flax(model)
     # Some biases have a gradient of exactly 0 in exact arithmetic: the BatchNorm removes any constant shift of

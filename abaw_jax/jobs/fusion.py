@@ -15,6 +15,8 @@ member axis, sharded over a `member` mesh axis when there are several devices.
 Step. The host sends only (members, clips, L) row indices and padding masks; the step gathers the clips
 from the device arrays, and `jax.vmap` runs `member_train_step` over the member axis: a member's loss is the
 task loss (eq. 1, 2, 4) over its frames that are real (not padding), have a face, and have a valid label.
+On CPUs (`config.member_loop='auto'`) the same step loops over the members with `lax.map` instead, since
+XLA's batched matmuls on CPU are 2.4x slower than a loop of plain ones (benchmarks/fusion_ensemble.py).
 
 Evaluation, once per epoch: every member predicts every track with overlapping windows (`clip_len` every
 `eval_stride` frames) whose outputs are averaged per frame; a member's score is the task metric over the
@@ -53,6 +55,7 @@ from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 MEMBER_AXIS = "member"
+RNG_IMPLS = ("rbg", "threefry2x32")
 TINY_FEATURES_DIR = "/tmp/abaw_features_tiny"  # where the tiny presets read (and stage 3's tiny preset writes)
 
 
@@ -132,12 +135,21 @@ def member_train_step(member: MemberState, batch: dict[str, jax.Array], *, model
 
 
 def ensemble_train_step(state: TrainState, data: FrameData, rows: jax.Array, mask: jax.Array, *,
-                        model: fusion.TMF, task: tasks.Task, tx: optax.GradientTransformation
-                        ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """All members' steps at once: rows/mask (M, B, L) index the device-resident frame arrays."""
+                        model: fusion.TMF, task: tasks.Task, tx: optax.GradientTransformation,
+                        member_loop: str = "vmap") -> tuple[TrainState, dict[str, jax.Array]]:
+    """All members' steps in one jitted step: rows/mask (M, B, L) index the device-resident frame arrays.
+
+    `member_loop` 'vmap' batches the members' matmuls (what accelerators want); 'map' runs the members one
+    after another inside the step (`lax.map`), which keeps plain matrix products: faster on CPUs, whose
+    batched matmuls are slower than a loop of plain ones. Both compute the same per-member updates."""
     batch = gather(data, rows, mask)
     step = functools.partial(member_train_step, model=model, task=task, tx=tx)
-    members, step_metrics = jax.vmap(step)(state.members, batch)
+    if member_loop == "vmap":
+        members, step_metrics = jax.vmap(step)(state.members, batch)
+    elif member_loop == "map":
+        members, step_metrics = jax.lax.map(lambda args: step(*args), (state.members, batch))
+    else:
+        raise ValueError(f"member_loop must be 'vmap' or 'map', got {member_loop!r}")
     return state.replace(step=state.step + 1, members=members), step_metrics
 
 
@@ -342,6 +354,10 @@ def _validate(config: ml_collections.ConfigDict) -> tasks.Task:
     if config.eval_stride > config.clip_len:
         raise JobError(f"config.eval_stride={config.eval_stride} must not exceed config.clip_len={config.clip_len} "
                        "(windows must overlap or touch so every frame is predicted)")
+    if config.member_loop not in ("auto", "vmap", "map"):
+        raise JobError(f"config.member_loop must be 'auto', 'vmap' or 'map', got {config.member_loop!r}")
+    if config.rng_impl not in RNG_IMPLS:
+        raise JobError(f"config.rng_impl must be one of {RNG_IMPLS}, got {config.rng_impl!r}")
     if not config.learning_rate > 0 or config.weight_decay < 0:
         raise JobError(f"config.learning_rate must be > 0 and config.weight_decay >= 0, got "
                        f"{config.learning_rate} and {config.weight_decay}")
@@ -436,9 +452,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     member_sharding = NamedSharding(mesh, P(MEMBER_AXIS))
     stacked = {k: np.stack([c[k] for c in constants]) for k in constants[0]}
     init_fn = functools.partial(init_state, cfg=cfg, tx=tx)
-    abstract = jax.eval_shape(init_fn, jax.random.key(config.seed), stacked, learning_rates)
+    rng = jax.random.key(config.seed, impl=config.rng_impl)
+    abstract = jax.eval_shape(init_fn, rng, stacked, learning_rates)
     shardings = state_shardings(abstract, mesh)
-    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(config.seed), stacked, learning_rates)
+    state = jax.jit(init_fn, out_shardings=shardings)(rng, stacked, learning_rates)
 
     frame_data = jax.device_put(FrameData(features=data.features, face=data.face, labels=data.labels,
                                           valid=data.valid), replicated)
@@ -450,7 +467,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f"{sum(x.size for x in jax.tree.leaves(state.members.params)) // num_members:,} parameters each, "
         f"features {data.set_dims} ({data.features.shape[1]}-d), {len(data.tracks.names)} tracks "
         f"({data.tracks.num_rows:,} frames, {data.features.nbytes / 2**20:.1f} MiB on the device), "
-        f"mesh {dict(mesh.shape)}, {steps_per_epoch} steps/epoch x {config.num_epochs} epochs")
+        f"mesh {dict(mesh.shape)}, members {config.member_loop}, {steps_per_epoch} steps/epoch x "
+        f"{config.num_epochs} epochs")
 
     description = {"task": task.name, "model": dataclasses.asdict(cfg), "feature_sets": data.set_dims,
                    "members": [m.name for m in members]}
@@ -464,7 +482,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             raise JobError(str(e)) from e
         log(f"Resumed from {checkpointer.directory} at step {latest}")
 
-    step_fn = jax.jit(functools.partial(ensemble_train_step, model=model, task=task, tx=tx),
+    member_loop = config.member_loop
+    if member_loop == "auto":
+        member_loop = "map" if jax.devices()[0].platform == "cpu" else "vmap"
+    step_fn = jax.jit(functools.partial(ensemble_train_step, model=model, task=task, tx=tx, member_loop=member_loop),
                       in_shardings=(shardings, replicated, member_sharding, member_sharding),
                       out_shardings=(shardings, member_sharding), donate_argnums=0)
     predict_fn = jax.jit(functools.partial(ensemble_predict, model=model, task=task),
