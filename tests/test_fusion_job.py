@@ -1,6 +1,7 @@
 """The fusion job end to end on the synthetic release, with a feature store built here from its crops and videos."""
 import json
 import pathlib
+import re
 import shutil
 
 import cv2
@@ -141,14 +142,18 @@ def test_tiny_members_beat_a_constant_and_write_predictions(task_name, feature_s
     assert (tmp_path / "tables.txt").read_text().count("official") >= 1
 
 
-def test_resume_and_checkpoints_of_another_feature_dimension(feature_store, synthetic_affwild2, tmp_path):
+def test_resume_and_checkpoints_of_another_feature_dimension(feature_store, synthetic_affwild2, tmp_path, capsys):
     config = _config("EXPR", feature_store, synthetic_affwild2, num_epochs=1, members="official,whole")
     fusion_job.run(config, str(tmp_path))
+    steps = int(re.search(r"(\d+) steps/epoch", capsys.readouterr().out).group(1))
     config.num_epochs = 2
-    fusion_job.run(config, str(tmp_path))  # resumes after epoch 1
+    fusion_job.run(config, str(tmp_path))  # resumes after epoch 1 and trains epoch 2 only
+    out = capsys.readouterr().out
+    assert f"at step {steps}\n" in out and "epoch 1/2" not in out and "epoch 2/2" in out
     straight = tmp_path / "straight"
     fusion_job.run(config, str(straight))
-    resumed, fresh = predictions.Predictions(tmp_path / "predictions"), predictions.Predictions(straight / "predictions")
+    resumed = predictions.Predictions(tmp_path / "predictions")
+    fresh = predictions.Predictions(straight / "predictions")
     for track in fresh.tracks():
         np.testing.assert_allclose(resumed.outputs("whole", track), fresh.outputs("whole", track), rtol=1e-5,
                                    atol=1e-6)

@@ -107,9 +107,10 @@ def test_training_steps_match_torch_adamw_and_batchnorm():
     expected = to_flax(model)
     # Some biases have a gradient of exactly 0 in exact arithmetic: the BatchNorm removes any constant shift of
     # its input (the head's first bias and the last LayerNorm's bias), and the attention key bias adds the same
-    # q.b to every key's logit. Adam's normalised update of
-    # them is the sign of rounding noise in either framework, so only its size is comparable.
-    noise_driven = [("head1", "bias"), (f"layer{config.depth - 1}", "norm2", "bias")] + [(f"layer{i}", "attention", "key", "bias") for i in range(config.depth)]
+    # q.b to every key's logit. Adam's normalised update of them is the sign of rounding noise in either
+    # framework, so only its size is comparable.
+    noise_driven = [("head1", "bias"), (f"layer{config.depth - 1}", "norm2", "bias")]
+    noise_driven += [(f"layer{i}", "attention", "key", "bias") for i in range(config.depth)]
     for path in noise_driven:
         ours, theirs = _pop(member.params, path), _pop(expected["params"], path)
         np.testing.assert_array_less(np.abs(ours - theirs), 4 * lr)  # 2 steps of at most ~2 lr
