@@ -9,8 +9,11 @@ garbage, one track's crop folder removed and a stray folder added.
 import contextlib
 import io
 import json
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -48,12 +51,13 @@ def make_config(root: pathlib.Path, crops: pathlib.Path, encoders: dict, *, head
 
 
 def save_vit(directory: pathlib.Path, num_classes: int, seed: int) -> tuple[dict, ViTConfig]:
+    """A params folder of a small ViT with random weights, LayerNorms and head included (an untrained
+    fc_norm, ones and zeros, would hide a skipped fc_norm)."""
     config = ViTConfig(**SMALL_VIT, num_classes=num_classes)
-    params = params_io.init_params(config, seed)
-    # Random LayerNorm and head weights: an untrained fc_norm (ones, zeros) would hide a skipped fc_norm.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    params = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    rng = np.random.default_rng(seed)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: (path[-1].key == "scale") + rng.normal(0, 0.2, x.shape).astype(np.float32),
+        params_io.abstract_params(config))
     params_io.save_params(str(directory), params, config)
     return params, config
 
@@ -97,7 +101,8 @@ def extracted(synthetic_affwild2, tmp_path_factory):
 
 def decoded(crops: pathlib.Path, track: str, frames) -> np.ndarray:
     """The crops as the job decodes them, normalised in numpy (float32 NHWC)."""
-    pixels = np.stack([images.decode_resize((crops / track / f"{k:05d}.jpg").read_bytes(), 32) for k in frames])
+    pixels = np.stack([images.decode_resize((crops / track / f"{k:05d}.jpg").read_bytes(), image_size=32)
+                       for k in frames])
     return ((pixels / 255.0 - np.array(mae_pipeline.IMAGENET_MEAN)) / np.array(mae_pipeline.IMAGENET_STD)
             ).astype(np.float32)
 
@@ -158,7 +163,7 @@ def test_static_predictions_are_the_heads_sigmoid_with_roles(extracted):
     face = preds.face_mask(track)
     assert len(face) == len(affwild2.parse_annotation_file(au_dir / "Validation_Set" / f"{track}.txt", "AU")[0])
     frames = np.flatnonzero(face) + 1
-    logits = ViT(config).apply({"params": params}, decoded(extracted["crops"], track, frames))
+    logits = jax.jit(lambda x: ViT(config).apply({"params": params}, x))(decoded(extracted["crops"], track, frames))
     np.testing.assert_allclose(preds.outputs("static", track)[face], jax.nn.sigmoid(logits), atol=2e-5)
     assert not preds.outputs("static", track)[~face].any()
 
@@ -236,6 +241,12 @@ def test_bad_encoders_are_named(extracted, tmp_path, monkeypatch):
     monkeypatch.setitem(extract_features._TINY_WORKDIRS, absent, "configs/mae.py:tiny")
     with pytest.raises(JobError, match=f"python -m abaw_jax.main --config=configs/mae.py:tiny --workdir={absent}"):
         extract_features.run(make_config(root, crops, {"mae": absent}), str(tmp_path / "w"))
+    shutil.copytree(extracted["tmp"] / "vit", tmp_path / "finetune_expr" / "export" / "encoder")
+    (tmp_path / "finetune_expr" / "export" / "finetune.json").write_text(json.dumps({"task": "EXPR"}))
+    with pytest.raises(JobError, match=r"config.head_tasks.vit='AU', but .*finetune_expr/export/encoder was "
+                                       r"fine-tuned for EXPR"):
+        extract_features.run(make_config(root, crops, {"vit": tmp_path / "finetune_expr"}, heads={"vit": "AU"}),
+                             str(tmp_path / "w"))
     # A set folder written for another encoder is refused before anything is written.
     save_vit(tmp_path / "other", num_classes=0, seed=5)
     manifest = (extracted["workdir"] / "vit" / "manifest.json").read_text()
@@ -266,3 +277,26 @@ def test_bad_release_and_config_values_are_named(extracted, tmp_path):
     with pytest.raises(JobError, match="config.encoders.vit is empty"):
         extract_features.run(config, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_cli_on_4_devices_writes_the_same_features_and_predictions(extracted, tmp_path):
+    """Batches sharded over 4 devices (the last one padded) give the single-device run's numbers."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    overrides = {"data.root": extracted["root"], "data.crops": extracted["crops"], "sets": "mae",
+                 "encoders.mae": extracted["tmp"] / "vit", "head_tasks.mae": "AU", "audio": "()",
+                 "model.dtype": "float32", "storage_dtype": "float32", "batch_size": 44, "decode_threads": 2}
+    args = [sys.executable, "-m", "abaw_jax.main", f"--config={repo}/configs/extract_features.py:tiny",
+            f"--workdir={tmp_path}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    result = subprocess.run(args, env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ours, reference = features.VisualSet(tmp_path / "mae"), features.VisualSet(extracted["workdir"] / "vit")
+    assert ours.tracks() == reference.tracks()
+    for track in ours.tracks():
+        np.testing.assert_array_equal(ours.load(track)[1], reference.load(track)[1])
+        np.testing.assert_allclose(ours.load(track)[0], reference.load(track)[0], atol=2e-5, rtol=1e-5)
+    ours, reference = predictions.Predictions(tmp_path / "predictions_mae"), predictions.Predictions(
+        extracted["workdir"] / "predictions_vit")
+    assert ours.manifest["members"] == reference.manifest["members"]
+    for track in ours.tracks():
+        np.testing.assert_allclose(ours.outputs("static", track), reference.outputs("static", track), atol=2e-5)

@@ -16,7 +16,7 @@ from abaw_jax.data import mae_pipeline
 from abaw_jax.data.face_shards import CorruptImageError
 
 
-def decode_resize(encoded: bytes, image_size: int) -> np.ndarray:
+def decode_resize(encoded: bytes, *, image_size: int) -> np.ndarray:
     """Decodes an image and resizes all of it to uint8 [image_size, image_size, 3] (bicubic)."""
     height, width = mae_pipeline.encoded_image_shape(encoded)
     reduction = mae_pipeline.dct_reduction(height, width, image_size)

@@ -34,11 +34,12 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -206,6 +207,13 @@ def _encoder_source(name: str, path: str) -> str:
 def load_set_encoder(name: str, path: str, task: tasks.Task | None) -> tuple[encoders.LoadedEncoder, bool]:
     """(the encoder of set `name`, whether it carries `task`'s trained head)."""
     source = _encoder_source(name, path)
+    # The fine-tuning job's export says which task its head was trained for.
+    summary = pathlib.Path(source).parent / "finetune.json"
+    if task is not None and summary.is_file():
+        trained = json.loads(summary.read_text(encoding="utf-8")).get("task")
+        if trained and trained != task.name:
+            raise JobError(f"config.head_tasks.{name}={task.name!r}, but {source} was fine-tuned for {trained} "
+                           f"({summary}); fix config.encoders.{name} or config.head_tasks.{name}")
     try:
         loaded = encoders.load_encoder(source, num_classes=task.num_outputs if task else 0)
     except encoders.EncoderLoadError as e:
@@ -228,47 +236,64 @@ def extract_step(params: Any, images_uint8: jax.Array, valid: jax.Array, *, mode
     return features, outputs, valid
 
 
-def _decode(path: pathlib.Path, image_size: int) -> np.ndarray | str:
-    """The decoded, resized crop, or why it cannot be read."""
-    try:
-        return images.decode_resize(path.read_bytes(), image_size)
-    except (CorruptImageError, OSError) as e:
-        return str(e)
+def jit_extract_step(model: ViT, task: tasks.Task | None, mesh: Mesh):
+    """`extract_step` jitted with replicated parameters, the batch split over the mesh, replicated outputs."""
+    return jax.jit(functools.partial(extract_step, model=model, task=task),
+                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh),
+                                 sharding.batch_sharding(mesh)),
+                   out_shardings=sharding.replicated(mesh))
 
 
-def decoded_batches(items: Sequence[tuple[int, int, pathlib.Path]], *, global_batch: int, image_size: int,
+_DECODE_CHUNK = 16  # crops per decode task: fewer, larger tasks keep the submitting thread off the critical path
+
+
+def _decode_into(pixels: np.ndarray, valid: np.ndarray, rows: range, paths: list[pathlib.Path],
+                 image_size: int) -> list[str]:
+    """Decodes `paths` into `pixels[rows]`, sets `valid[rows]`; returns a message per crop that failed."""
+    failures = []
+    for row, path in zip(rows, paths):
+        try:
+            pixels[row] = images.decode_resize(path.read_bytes(), image_size=image_size)
+            valid[row] = True
+        except (CorruptImageError, OSError) as e:
+            failures.append(f"corrupt crop {path}: {e}; its frame is masked")
+    return failures
+
+
+def decoded_batches(path_of: Callable[[int], pathlib.Path], count: int, *, global_batch: int, image_size: int,
                     pool: concurrent.futures.Executor, prefetch: int
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, int, pathlib.Path]]]]:
-    """(this process's uint8 slice, its valid flags, the global batch's items) per global batch.
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray, range]]:
+    """(this process's uint8 slice, its valid flags, the global batch's item range) per global batch.
 
-    The items of a global batch beyond the end of `items` are padding (zero images, not valid). Decoding runs
-    `prefetch` batches ahead on `pool`. A crop that does not decode is logged and marked not valid.
+    Items 0..count-1 are the crops `path_of(i)`; the rows of the last global batch past `count` are padding
+    (zero images, not valid). Process p decodes rows p*b .. (p+1)*b - 1 of every global batch (b = global
+    batch / processes) on `pool`, `prefetch` batches ahead. A crop that does not decode is logged and marked
+    not valid.
     """
     local = global_batch // jax.process_count()
     first = jax.process_index() * local
-    starts = range(0, len(items), global_batch)
+    starts = range(0, count, global_batch)
     pending: collections.deque = collections.deque()
 
     def submit(start: int) -> None:
-        batch_items = list(items[start:start + global_batch])
-        mine = batch_items[first:first + local]
-        pending.append((batch_items, [pool.submit(_decode, path, image_size) for _, _, path in mine]))
+        pixels = np.zeros((local, image_size, image_size, 3), np.uint8)
+        valid = np.zeros(local, bool)
+        mine = range(start + first, min(start + first + local, count))
+        futures = [pool.submit(_decode_into, pixels, valid, range(row, min(row + _DECODE_CHUNK, len(mine))),
+                               [path_of(i) for i in mine[row:row + _DECODE_CHUNK]], image_size)
+                   for row in range(0, len(mine), _DECODE_CHUNK)]
+        pending.append((pixels, valid, range(start, min(start + global_batch, count)), futures))
 
     for start in starts[:prefetch]:
         submit(start)
     for index in range(len(starts)):
         if index + prefetch < len(starts):
             submit(starts[index + prefetch])
-        batch_items, futures = pending.popleft()
-        pixels = np.zeros((local, image_size, image_size, 3), np.uint8)
-        valid = np.zeros(local, bool)
-        for row, future in enumerate(futures):
-            decoded = future.result()
-            if isinstance(decoded, str):
-                log(f"corrupt crop {batch_items[first + row][2]}: {decoded}; its frame is masked")
-            else:
-                pixels[row], valid[row] = decoded, True
-        yield pixels, valid, batch_items
+        pixels, valid, items, futures = pending.popleft()
+        for future in futures:
+            for message in future.result():
+                log(message)
+        yield pixels, valid, items
 
 
 class _TrackBuffer:
@@ -323,19 +348,23 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
                 and predictions.manifest["members"].get(STATIC_MEMBER, {}).get(track.name) is None)
 
     todo = [t for t in tracks.values() if not writer.done(t.name) or needs_prediction(t)]
-    items = [(index, position, track.crop_dir / f"{frame:05d}.jpg")
-             for index, track in enumerate(todo) for position, frame in enumerate(track.frames)]
+    # Item i is crop `positions[i]` of track `todo[track_of[i]]`: two int arrays, not millions of paths.
+    track_of = np.repeat(np.arange(len(todo)), [len(t.frames) for t in todo])
+    positions = np.concatenate([np.arange(len(t.frames)) for t in todo] or [np.zeros(0, np.int64)])
+    count = len(track_of)
+
+    def path_of(i: int) -> pathlib.Path:
+        track = todo[track_of[i]]
+        return track.crop_dir / f"{track.frames[positions[i]]:05d}.jpg"
+
     log(f"set {name}: {loaded.kind} encoder {loaded.source} (ViT width {cfg.width}, depth {cfg.depth}, "
         f"{cfg.image_size}px), {compute} compute, {storage} storage, {attention} attention, "
-        f"{len(tracks) - len(todo)} of {len(tracks)} tracks already done, {len(items):,} crops to go"
+        f"{len(tracks) - len(todo)} of {len(tracks)} tracks already done, {count:,} crops to go"
         + (f", static {task.name} predictions" if predictions else ""))
 
     model = ViT(cfg, dtype=COMPUTE_DTYPES[compute], attention=attention)
     params = jax.device_put(loaded.params, sharding.replicated(mesh))
-    step = jax.jit(functools.partial(extract_step, model=model, task=task if predictions else None),
-                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh),
-                                 sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh))
+    step = jit_extract_step(model, task if predictions else None, mesh)
     buffers = [_TrackBuffer(t, cfg.width, task.num_outputs if predictions else 0) for t in todo]
     corrupt_total = 0
 
@@ -361,20 +390,22 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
             predictions.flush()
         writer.write(track.name, frames, values, track.num_frames, corrupt_frames=track.frames[~ok])
 
-    def consume(outputs: tuple[Any, Any, Any], batch_items: list[tuple[int, int, pathlib.Path]]) -> int:
+    def consume(outputs: tuple[Any, Any, Any], items: range) -> int:
         features, head_outputs, valid = jax.device_get(outputs)
-        corrupt = 0
-        for row, (index, position, _) in enumerate(batch_items):
-            buffer = buffers[index]
-            buffer.valid[position] = valid[row]
-            buffer.features[position] = features[row]
+        rows = len(items)
+        batch_tracks, batch_positions = track_of[items.start:items.stop], positions[items.start:items.stop]
+        # Items run track after track, so a batch holds a few contiguous runs of tracks.
+        for index in np.unique(batch_tracks):
+            run = np.flatnonzero(batch_tracks == index)
+            buffer, where = buffers[index], batch_positions[run]
+            buffer.valid[where] = valid[run]
+            buffer.features[where] = features[run]
             if head_outputs is not None:
-                buffer.outputs[position] = head_outputs[row]
-            corrupt += not valid[row]
-            buffer.remaining -= 1
+                buffer.outputs[where] = head_outputs[run]
+            buffer.remaining -= len(run)
             if buffer.remaining == 0:
                 finish(buffer)
-        return corrupt
+        return int(rows - valid[:rows].sum())
 
     for buffer in buffers:
         if buffer.remaining == 0:
@@ -382,25 +413,26 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
 
     done, done_at_start, in_flight = 0, 0, None
     start = wait = 0.0
-    batches = decoded_batches(items, global_batch=config.batch_size, image_size=cfg.image_size, pool=pool,
-                              prefetch=config.prefetch_batches)
-    for number, (wait_seconds, (pixels, valid, batch_items)) in enumerate(_timed(batches), start=1):
+    batches = decoded_batches(path_of, count, global_batch=config.batch_size, image_size=cfg.image_size,
+                              pool=pool, prefetch=config.prefetch_batches)
+    for number, (wait_seconds, (pixels, valid, items)) in enumerate(_timed(batches), start=1):
         wait += wait_seconds
+        batch = sharding.global_batch(pixels, mesh), sharding.global_batch(valid, mesh)
         with jax.transfer_guard("disallow"):
-            outputs = step(params, sharding.global_batch(pixels, mesh), sharding.global_batch(valid, mesh))
+            outputs = step(params, *batch)
         if in_flight is not None:
             corrupt_total += consume(*in_flight)
             done += len(in_flight[1])
-        in_flight = (outputs, batch_items)
+        in_flight = (outputs, items)
         if number == 2:
             start, wait, done_at_start = time.perf_counter(), 0.0, done  # the first batch compiled
         if number > 2 and number % config.log_every == 0:
-            log(_progress(name, done, len(items), done - done_at_start, time.perf_counter() - start, wait))
+            log(_progress(name, done, count, done - done_at_start, time.perf_counter() - start, wait))
     if in_flight is not None:
         corrupt_total += consume(*in_flight)
         done += len(in_flight[1])
-    if items and start:
-        log(_progress(name, done, len(items), done - done_at_start, time.perf_counter() - start, wait))
+    if count and start:
+        log(_progress(name, done, count, done - done_at_start, time.perf_counter() - start, wait))
     log(f"set {name}: {len(todo)} tracks written to {writer.directory} ({done:,} crops, {corrupt_total} corrupt "
         "and masked)" + (f"; static predictions in {predictions.directory}" if predictions else ""))
 
@@ -418,8 +450,9 @@ def _timed(iterator: Iterator) -> Iterator:
 
 def _progress(name: str, done: int, total: int, timed_frames: int, seconds: float, wait: float) -> str:
     rate = timed_frames / max(seconds, 1e-9)
+    eta = telemetry.format_duration((total - done) / max(rate, 1e-9))
     return (f"set {name}: {done:,}/{total:,} crops | {rate:,.1f} frames/s | data wait "
-            f"{100 * wait / max(seconds, 1e-9):.0f}% | ETA {telemetry.format_duration((total - done) / max(rate, 1e-9))}")
+            f"{100 * wait / max(seconds, 1e-9):.0f}% | ETA {eta}")
 
 
 def extract_audio_sets(kinds: Sequence[str], config: ml_collections.ConfigDict, tracks: dict[str, Track],
