@@ -21,8 +21,9 @@ CPU preset, the README's stage 3 (on the embedded synthetic release, after stage
   python -m abaw_jax.main --config=configs/extract_features.py:tiny --workdir=/tmp/abaw_features_tiny
 
   Sets `mae` (/tmp/abaw_mae_tiny), `au`, `expr`, `va` (/tmp/abaw_finetune_<task>_tiny) of the tiny ViT
-  (width 192) at 64 px in fp32, and `logmel_mfcc` audio: about a minute on 2 cores for the 16 x 300 frame
-  release. A missing workdir stops with the command that makes it; leave sets out with e.g.
+  (width 192) at 64 px in fp32, and `logmel_mfcc` audio, over the 22 tracks (6,226 crops) of the 16-video
+  release: about 90 s per set and 10 s of audio measured on a busy 2-core machine (70 frames/s), so a few
+  minutes in all. A missing workdir stops with the command that makes it; leave sets out with e.g.
   --config.sets=mae. Static AU / EXPR / VA predictions of the fine-tuned heads land in
   <workdir>/predictions_<set>/.
 """
