@@ -196,8 +196,7 @@ def _encoder_source(name: str, path: str) -> str:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path) and path in _TINY_WORKDIRS:
         raise JobError(f"config.encoders.{name}: {path} does not exist; make it first with: python -m "
-                       f"abaw_jax.main --config=configs/{_TINY_WORKDIRS[path].removeprefix('configs/')} "
-                       f"--workdir={path}")
+                       f"abaw_jax.main --config={_TINY_WORKDIRS[path]} --workdir={path}")
     # A workdir's export, not the whole workdir: the manifest's hash then names the weights alone (a
     # workdir's logs and checkpoints change without the encoder changing).
     export = os.path.join(path, "export", "encoder")
