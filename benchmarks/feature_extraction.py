@@ -1,0 +1,184 @@
+r"""Frozen-feature extraction, frames/s end to end (JPEG files in, pooled features on the host out), against
+timm's ViT in PyTorch on the same frames.
+
+  python -m benchmarks.feature_extraction [--sizes=tiny,base --frames=0 --batch=0 --dtype=auto]
+
+Writes --frames JPEG face crops of 112 x 112 px (quality 90, like Aff-Wild2's crops) to a temporary folder,
+then for each model size times, in one run:
+  decode  : reading and decoding the files alone (`data.images.decode_resize` to the model's input size
+            on `--threads` host threads), the ceiling either path can reach;
+  ours    : the feature-extraction job's path: `extract_features.decoded_batches` (file reads and decodes on
+            the threads, a few batches ahead) feeding the job's jitted step (`jit_extract_step`: the
+            batch sharded over all devices, ImageNet normalisation on device, `ViT.features`), features
+            fetched to the host each batch while the next one runs;
+  timm    : `timm` VisionTransformer(global_pool='avg', fc_norm=True) with the same weights: the same
+            reads and decodes on the same threads (the next batch decoding while the forward runs), uint8
+            -> normalised float tensor, `forward_features` + average pooling + `fc_norm` under
+            `torch.inference_mode()` (bf16 autocast when --dtype resolves to bfloat16).
+Both paths include the same JPEG decode cost. Each path runs once over all frames after a one-batch
+warm-up (compilation excluded); frames/s = frames / wall seconds. The table also gives the largest
+difference between the two paths' features (same weights, same pixels).
+
+Sizes: `tiny` is the tiny preset's model (width 192, 4 blocks, 64 px, patch 8); `base` is ViT-B/16 at
+224 px (17.6 GFLOP per frame). Defaults: on CPU 512 tiny / 64 base frames, batch 64 / 16, fp32; on an
+accelerator 32768 frames, batch 1024, bf16 (the goal on one H100: ViT-B/16 above 10,000 frames/s).
+"""
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from abaw_jax.data import images, mae_pipeline
+from abaw_jax.jobs import extract_features
+from abaw_jax.models import params_io
+from abaw_jax.models import torch_weights
+from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
+from abaw_jax.runtime import sharding
+from abaw_jax.torch_compat import import_torchvision
+from benchmarks.data_pipeline import make_faces
+
+_SIZES = flags.DEFINE_list("sizes", ["tiny", "base"], "Model sizes: tiny (64 px, patch 8) and/or base (224, 16).")
+_FRAMES = flags.DEFINE_integer("frames", 0, "Frames per size; 0: 512 tiny / 64 base on CPU, 32768 elsewhere.")
+_BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0: 64 tiny / 16 base on CPU, 1024 elsewhere.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                           "Compute dtype of both paths; auto: bfloat16 on accelerators, float32 on CPU.")
+_THREADS = flags.DEFINE_integer("threads", 0, "Decode threads (both paths); 0: one per CPU core.")
+
+_GEOMETRY = {"tiny": dict(image_size=64, patch_size=8), "base": dict(image_size=224, patch_size=16)}
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    frames: int
+    seconds: float
+    features: np.ndarray | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.frames / self.seconds
+
+
+def vit_config(size: str) -> ViTConfig:
+    return ViTConfig(**VIT_SIZES[size], **_GEOMETRY[size], pool="gap")
+
+
+def time_decode(paths, image_size, pool) -> Result:
+    start = time.perf_counter()
+    list(pool.map(lambda p: images.decode_resize(p.read_bytes(), image_size=image_size), paths))
+    return Result("decode only", len(paths), time.perf_counter() - start)
+
+
+def time_ours(paths, config, params, batch, dtype, pool) -> Result:
+    mesh = sharding.make_mesh()
+    model = ViT(config, dtype=extract_features.COMPUTE_DTYPES[dtype],
+                attention="cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla")
+    step = extract_features.jit_extract_step(model, None, mesh)
+    params = jax.device_put(params, sharding.replicated(mesh))
+
+    def run(count):
+        out, in_flight = [], None
+        for pixels, valid, _ in extract_features.decoded_batches(paths.__getitem__, count, global_batch=batch,
+                                                                 image_size=config.image_size, pool=pool,
+                                                                 prefetch=4):
+            outputs = step(params, sharding.global_batch(pixels, mesh), sharding.global_batch(valid, mesh))
+            if in_flight is not None:
+                out.append(jax.device_get(in_flight[0]))
+            in_flight = outputs
+        out.append(jax.device_get(in_flight[0]))
+        return np.concatenate(out)[:count]
+
+    run(batch)  # compile
+    start = time.perf_counter()
+    features = run(len(paths))
+    return Result("abaw_jax (JAX)", len(paths), time.perf_counter() - start, features)
+
+
+def time_timm(paths, config, params, batch, dtype, pool) -> Result:
+    import_torchvision()
+    import timm
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.width, depth=config.depth,
+        num_heads=config.num_heads, mlp_ratio=config.mlp_dim / config.width, global_pool="avg", fc_norm=True,
+        num_classes=0)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in torch_weights.flax_to_official(params).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"timm ViT does not take our weights: missing {missing}, unexpected {unexpected}")
+    model = model.eval().to(device)
+    mean = torch.tensor(mae_pipeline.IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(mae_pipeline.IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+
+    def decode(chunk):
+        return [pool.submit(lambda p: images.decode_resize(p.read_bytes(), image_size=config.image_size), p)
+                for p in chunk]
+
+    def run(paths):
+        out = []
+        chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+        pending = decode(chunks[0])
+        for index in range(len(chunks)):
+            pixels = np.stack([f.result() for f in pending])
+            if index + 1 < len(chunks):
+                pending = decode(chunks[index + 1])
+            x = (torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float() - mean) / std
+            with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16"):
+                tokens = model.forward_features(x)
+                feature = model.fc_norm(tokens[:, model.num_prefix_tokens:].mean(dim=1))
+            out.append(feature.float().cpu().numpy())
+        return np.concatenate(out)
+
+    run(paths[:batch])  # warm-up
+    start = time.perf_counter()
+    features = run(paths)
+    return Result("timm (PyTorch)", len(paths), time.perf_counter() - start, features)
+
+
+def main(argv):
+    del argv
+    accelerator = jax.devices()[0].platform != "cpu"
+    dtype = _DTYPE.value if _DTYPE.value != "auto" else ("bfloat16" if accelerator else "float32")
+    threads = _THREADS.value or os.cpu_count()
+    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores, {threads} decode "
+          f"threads, {dtype} compute, 112 px JPEG crops")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for size in _SIZES.value:
+            config = vit_config(size)
+            frames = _FRAMES.value or (32768 if accelerator else {"tiny": 512, "base": 64}[size])
+            batch = _BATCH.value or (1024 if accelerator else {"tiny": 64, "base": 16}[size])
+            faces = make_faces(112, min(frames, 512))
+            paths = []
+            for i in range(frames):
+                path = pathlib.Path(tmp, f"{size}_{i:06d}.jpg")
+                path.write_bytes(faces[i % len(faces)])
+                paths.append(path)
+            params = params_io.init_params(config, seed=0)
+            decode = time_decode(paths, config.image_size, pool)
+            ours = time_ours(paths, config, params, batch, dtype, pool)
+            timm_result = time_timm(paths, config, params, batch, dtype, pool)
+            diff = float(np.abs(ours.features - timm_result.features).max())
+            rows.append((size, config, frames, batch, decode, ours, timm_result, diff))
+            for path in paths:
+                path.unlink()
+
+    print(f"\n| model | frames | batch | decode only (frames/s) | abaw_jax (frames/s) | timm (frames/s) "
+          f"| abaw_jax / timm | max abs feature diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size, config, frames, batch, decode, ours, timm_result, diff in rows:
+        print(f"| ViT-{size} {config.image_size}px/{config.patch_size} | {frames} | {batch} | {decode.rate:,.0f} "
+              f"| {ours.rate:,.1f} | {timm_result.rate:,.1f} | {ours.rate / timm_result.rate:.2f}x | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
