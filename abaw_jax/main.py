@@ -11,10 +11,14 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
+from abaw_jax.jobs import finetune
 from abaw_jax.jobs import mae_pretrain
 from abaw_jax.runtime.errors import JobError
 
-JOBS = {"mae_pretrain": mae_pretrain.train}
+JOBS = {
+    "mae_pretrain": mae_pretrain.train,
+    "finetune": finetune.run,
+}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/mae.py:tiny.",
                                           lock_config=True)
