@@ -60,14 +60,20 @@ def test_training_batches_hold_every_valid_frame_and_no_invalid_one(synthetic_af
     np.testing.assert_array_equal(labels[np.lexsort(labels.T)], expected[np.lexsort(expected.T)])
 
 
-def test_eval_batches_are_every_frame_in_order_resized_and_padded(synthetic_affwild2):
+@pytest.mark.parametrize("worker_count", [0, 2])
+def test_eval_batches_are_every_frame_once_resized_and_padded(synthetic_affwild2, worker_count):
     _, evaluation = _frames(synthetic_affwild2, "EXPR")
     batch_size = 64
     loader = frame_pipeline.make_eval_loader(evaluation, global_batch_size=batch_size, image_size=24,
-                                             worker_count=0, shard_options=NO_SHARDING)
+                                             worker_count=worker_count, shard_options=NO_SHARDING)
     batches = list(loader)
-    assert len(batches) == frame_pipeline.num_eval_batches(len(evaluation), batch_size)
-    images, labels, masks = (np.concatenate([b[k] for b in batches]) for k in ("image", "label", "mask"))
+    assert len(batches) == frame_pipeline.num_eval_batches(len(evaluation), batch_size, worker_count)
+    index = np.concatenate([b["index"] for b in batches])
+    np.testing.assert_array_equal(np.sort(index), np.arange(len(index)))
+    if worker_count == 0:
+        np.testing.assert_array_equal(index, np.arange(len(index)))
+    order = np.argsort(index)
+    images, labels, masks = (np.concatenate([b[k] for b in batches])[order] for k in ("image", "label", "mask"))
     count = len(evaluation)
     assert len(images) >= count and not masks[count:].any()
     np.testing.assert_array_equal(masks[:count], evaluation.valid)
@@ -86,7 +92,7 @@ def test_eval_process_slices_assemble_the_single_process_batches(synthetic_affwi
         for p in range(2)]
     assert len(shards[0]) == len(shards[1]) == len(single)
     for t, batch in enumerate(single):
-        for key in ("image", "label", "mask"):
+        for key in ("image", "label", "mask", "index"):
             np.testing.assert_array_equal(np.concatenate([shards[0][t][key], shards[1][t][key]]), batch[key])
 
 

@@ -6,12 +6,14 @@
     batch = next(iter(loader))   # {"image": uint8 [b, S, S, 3], "label": ..., "mask": bool [b]}
     for batch in frame_pipeline.make_eval_loader(evaluation, global_batch_size=512, image_size=224,
                                                  worker_count=8):
-        ...                      # every frame once, in order; the last batch padded with mask False
+        ...                      # every frame once, plus "index" int64 [b]: its row in `evaluation`
 
 Labels per frame: AU int32 [12] in {0, 1}, EXPR int32 class index, VA float32 [2]; `mask` is False for a
 frame whose label is invalid (-1 / -5), a padding row or a corrupt crop. Training reads valid frames only
-(`LabelledFrames.valid_only`), so an invalid label is never trained on; evaluation reads every frame so that
-outputs stay aligned with the frame list, and the mask keeps invalid ones out of the metric.
+(`LabelledFrames.valid_only`), so an invalid label is never trained on; evaluation reads every frame once,
+each row carrying its `index` in the frame list (rows >= len(frames) are padding that fills the last global
+batch), and the mask keeps invalid ones out of the metric. With worker_count=0 the rows come in frame order;
+grain workers each batch their own share of the records, so with workers use `index` to put outputs back.
 
 Both loaders are sharded per JAX process like the MAE loader (`mae_pipeline.ProcessContiguousSampler`):
 process p reads the p-th contiguous slice of every global batch, so the assembled global batch t is batch t
@@ -166,7 +168,7 @@ def image_folder_frames(root: str | os.PathLike, task: str = "EXPR") -> Labelled
 
 
 class FrameSource:
-    """grain random-access source over `LabelledFrames`: {"image": bytes, "label", "mask", "id"}.
+    """grain random-access source over `LabelledFrames`: {"image": bytes, "label", "mask", "index", "id"}.
 
     With `length` > len(frames), positions past the end are padding rows (no image, mask False).
     """
@@ -184,19 +186,19 @@ class FrameSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index >= len(self._frames):
             return {"image": None, "label": np.zeros_like(self._frames.labels[0]), "mask": np.False_,
-                    "id": "<padding>"}
+                    "index": np.int64(index), "id": "<padding>"}
         path = self._frames.paths[index]
         try:
             encoded = pathlib.Path(path).read_bytes()
         except OSError:
             encoded = b""  # decoding fails, so the frame is skipped (training) or masked (evaluation)
         return {"image": encoded, "label": self._frames.labels[index], "mask": np.bool_(self._frames.valid[index]),
-                "id": path}
+                "index": np.int64(index), "id": path}
 
 
 @dataclasses.dataclass(frozen=True)
 class ResizeForEval(grain.transforms.Map):
-    """Record -> {"image": uint8 [S, S, 3], "label", "mask"}; a padding row or corrupt crop gives zeros and
+    """Record -> {"image": uint8 [S, S, 3], "label", "mask", "index"}; a padding row or corrupt crop gives zeros and
     mask False (a corrupt one is also logged and counted, as the training loader does)."""
 
     image_size: int
@@ -211,7 +213,7 @@ class ResizeForEval(grain.transforms.Map):
             except CorruptImageError as e:
                 mae_pipeline.log_skipped_record(self.skipped_records_dir, mae_pipeline.record_id(element), str(e))
                 mask = np.False_
-        return {"image": image, "label": element["label"], "mask": mask}
+        return {"image": image, "label": element["label"], "mask": mask, "index": element["index"]}
 
 
 def make_train_loader(frames: LabelledFrames, *, global_batch_size: int, image_size: int, seed: int,
@@ -231,15 +233,18 @@ def make_train_loader(frames: LabelledFrames, *, global_batch_size: int, image_s
         skipped_records_dir=skipped_records_dir, keep_keys=BATCH_KEYS)
 
 
-def num_eval_batches(num_frames: int, global_batch_size: int) -> int:
-    return -(-num_frames // global_batch_size)
+def num_eval_batches(num_frames: int, global_batch_size: int, worker_count: int = 0) -> int:
+    """Global batches of `make_eval_loader`: a multiple of the worker count, since each grain worker batches
+    its own share of the records and must get whole batches (or it would drop frames)."""
+    workers = max(worker_count, 1)
+    return -(-num_frames // (global_batch_size * workers)) * workers
 
 
 def make_eval_loader(frames: LabelledFrames, *, global_batch_size: int, image_size: int, worker_count: int,
                      worker_buffer_size: int = 2, skipped_records_dir: str | os.PathLike | None = None,
                      shard_options: grain.sharding.ShardOptions | None = None) -> grain.DataLoader:
-    """Every frame once, in order, resized; the global batches cover `num_eval_batches` x batch rows, the
-    rows past len(frames) padding with mask False."""
+    """Every frame once, resized, with its `index`; the global batches cover `num_eval_batches` x batch rows,
+    the rows with index >= len(frames) padding with mask False (see the module docstring for the order)."""
     if shard_options is None:
         shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     if global_batch_size % shard_options.shard_count:
@@ -248,7 +253,7 @@ def make_eval_loader(frames: LabelledFrames, *, global_batch_size: int, image_si
     if skipped_records_dir is not None:
         pathlib.Path(skipped_records_dir).mkdir(parents=True, exist_ok=True)
     local_batch_size = global_batch_size // shard_options.shard_count
-    length = num_eval_batches(len(frames), global_batch_size) * global_batch_size
+    length = num_eval_batches(len(frames), global_batch_size, worker_count) * global_batch_size
     sampler = mae_pipeline.ProcessContiguousSampler(
         grain.samplers.IndexSampler(num_records=length, shard_options=grain.sharding.NoSharding(), shuffle=False,
                                     num_epochs=1, seed=0),

@@ -84,9 +84,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ViT, ta
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], *, model: ViT, task: tasks.Task
-              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+              ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     logits = model.apply({"params": params}, mae_pipeline.normalize_images(batch["image"]))
-    return scores_from_logits(task, logits), batch["label"], batch["mask"]
+    return scores_from_logits(task, logits), batch["label"], batch["mask"], batch["index"]
 
 
 def _task(config: ml_collections.ConfigDict) -> tasks.Task:
@@ -271,15 +271,18 @@ def evaluate(eval_fn, params: Any, frames: frame_pipeline.LabelledFrames, task: 
         frames, global_batch_size=config.eval_batch_size, image_size=config.model.image_size,
         worker_count=config.data.worker_count, worker_buffer_size=config.data.worker_buffer_size,
         skipped_records_dir=skipped_dir)
-    outputs, labels, masks = [], [], []
+    parts = []
     for local in loader:
         batch = {key: sharding.global_batch(value, mesh) for key, value in local.items()}
         with jax.transfer_guard("disallow"):
-            result = eval_fn(params, batch)
-        for store, value in zip((outputs, labels, masks), jax.device_get(result)):
-            store.append(value)
+            parts.append(jax.device_get(eval_fn(params, batch)))
+    # Rows back in frame order (grain workers interleave them); padding rows (index >= count) dropped.
+    outputs, labels, masks, index = (np.concatenate(x) for x in zip(*parts))
     count = len(frames)
-    outputs, labels, masks = (np.concatenate(x)[:count] for x in (outputs, labels, masks))
+    order = np.argsort(index)[:count]
+    if not np.array_equal(index[order], np.arange(count)):
+        raise JobError(f"the evaluation loader did not return every frame once ({count} frames)")
+    outputs, labels, masks = outputs[order], labels[order], masks[order]
     valid = int(metrics.valid_count(masks))
     if not valid:
         raise JobError(f"no evaluation frame with a valid label could be scored ({count} frames; corrupt "
