@@ -15,11 +15,12 @@ from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from abaw_jax.jobs import evaluate, extract_features, fusion, mae_pretrain
+from abaw_jax.jobs import evaluate, extract_features, finetune, fusion, mae_pretrain
 from abaw_jax.runtime import errors, telemetry
 
 JOBS = {
     "mae_pretrain": mae_pretrain.train,
+    "finetune": finetune.run,
     "extract_features": extract_features.run,
     "fusion": fusion.run,
     "evaluate": evaluate.run,

@@ -5,7 +5,7 @@ timm's ViT in PyTorch on the same frames.
 
 Writes --frames JPEG face crops of 112 x 112 px (quality 90, like Aff-Wild2's crops) to a temporary folder,
 then for each model size times, in one run:
-  decode  : reading and decoding the files alone (`data.images.decode_resize` to the model's input size
+  decode  : reading and decoding the files alone (`data.mae_pipeline.decode_resize` to the model's input size
             on `--threads` host threads), the ceiling either path can reach;
   ours    : the feature-extraction job's path: `extract_features.decoded_batches` (file reads and decodes on
             the threads, a few batches ahead) feeding the job's jitted step (`jit_extract_step`: the
@@ -35,7 +35,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from abaw_jax.data import images, mae_pipeline
+from abaw_jax.data import mae_pipeline
 from abaw_jax.jobs import extract_features
 from abaw_jax.models import params_io
 from abaw_jax.models import torch_weights
@@ -72,7 +72,7 @@ def vit_config(size: str) -> ViTConfig:
 
 def time_decode(paths, image_size, pool) -> Result:
     start = time.perf_counter()
-    list(pool.map(lambda p: images.decode_resize(p.read_bytes(), image_size=image_size), paths))
+    list(pool.map(lambda p: mae_pipeline.decode_resize(p.read_bytes(), image_size=image_size), paths))
     return Result("decode only", len(paths), time.perf_counter() - start)
 
 
@@ -120,7 +120,7 @@ def time_timm(paths, config, params, batch, dtype, pool) -> Result:
     std = torch.tensor(mae_pipeline.IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
     def decode(chunk):
-        return [pool.submit(lambda p: images.decode_resize(p.read_bytes(), image_size=config.image_size), p)
+        return [pool.submit(lambda p: mae_pipeline.decode_resize(p.read_bytes(), image_size=config.image_size), p)
                 for p in chunk]
 
     def run(paths):
@@ -172,7 +172,7 @@ def main(argv):
             for path in paths:
                 path.unlink()
 
-    print(f"\n| model | frames | batch | decode only (frames/s) | abaw_jax (frames/s) | timm (frames/s) "
+    print("\n| model | frames | batch | decode only (frames/s) | abaw_jax (frames/s) | timm (frames/s) "
           f"| abaw_jax / timm | max abs feature diff |")
     print("|---|---|---|---|---|---|---|---|")
     for size, config, frames, batch, decode, ours, timm_result, diff in rows:

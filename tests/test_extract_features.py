@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from abaw_jax import tasks
-from abaw_jax.data import affwild2, features, images, mae_pipeline, predictions
+from abaw_jax.data import affwild2, features, mae_pipeline, predictions
 from abaw_jax.jobs import extract_features
 from abaw_jax.models import params_io
 from abaw_jax.models.vit import ViT, ViTConfig
@@ -101,7 +101,7 @@ def extracted(synthetic_affwild2, tmp_path_factory):
 
 def decoded(crops: pathlib.Path, track: str, frames) -> np.ndarray:
     """The crops as the job decodes them, normalised in numpy (float32 NHWC)."""
-    pixels = np.stack([images.decode_resize((crops / track / f"{k:05d}.jpg").read_bytes(), image_size=32)
+    pixels = np.stack([mae_pipeline.decode_resize((crops / track / f"{k:05d}.jpg").read_bytes(), image_size=32)
                        for k in frames])
     return ((pixels / 255.0 - np.array(mae_pipeline.IMAGENET_MEAN)) / np.array(mae_pipeline.IMAGENET_STD)
             ).astype(np.float32)

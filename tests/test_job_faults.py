@@ -276,7 +276,7 @@ import multiprocessing, sys, time
 from abaw_jax.data import mae_pipeline
 
 def worker():
-    mae_pipeline._exit_with_parent()  # what each grain worker does on its first record
+    mae_pipeline.exit_with_parent()  # what each grain worker does on its first record
     time.sleep(120)
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The grain input pipeline for MAE pretraining: JPEG faces -> augmented uint8 batches.
+"""The grain input pipeline for MAE pretraining (and the shared image pieces of the fine-tuning pipeline):
+JPEG faces -> augmented uint8 batches.
 
     source = face_shards.load_face_source(data_dir)
     loader = make_mae_loader(source, global_batch_size=4096, image_size=224, seed=0,
@@ -148,8 +149,24 @@ def decode_random_resized_crop(encoded: bytes, rng: np.random.Generator, *, imag
                                flip_prob: float = 0.5) -> np.ndarray:
     """Decode + RandomResizedCrop (bicubic) + horizontal flip of one image -> uint8 [S, S, 3]."""
     height, width = encoded_image_shape(encoded)
-    top, left, crop_height, crop_width = random_resized_crop_box(height, width, rng, scale, ratio)
+    box = random_resized_crop_box(height, width, rng, scale, ratio)
     flip = rng.random() < flip_prob
+    resized = decode_crop_resize(encoded, box, (height, width), image_size)
+    return np.ascontiguousarray(resized[:, ::-1]) if flip else resized
+
+
+def decode_resize(encoded: bytes, *, image_size: int) -> np.ndarray:
+    """Decode + deterministic bicubic resize of the whole image -> uint8 [S, S, 3] (evaluation)."""
+    height, width = encoded_image_shape(encoded)
+    return decode_crop_resize(encoded, (0, 0, height, width), (height, width), image_size)
+
+
+def decode_crop_resize(encoded: bytes, box: tuple[int, int, int, int], shape: tuple[int, int],
+                       image_size: int) -> np.ndarray:
+    """Decodes the (top, left, height, width) `box` of an image of header `shape` and resizes it to S x S
+    (bicubic), DCT-downscaling the decode when the box is at least twice the output size."""
+    height, width = shape
+    top, left, crop_height, crop_width = box
     reduction = dct_reduction(crop_height, crop_width, image_size)
     pixels = decode_rgb(encoded, reduction)
     if reduction == 1 and pixels.shape[:2] != (height, width):
@@ -158,43 +175,45 @@ def decode_random_resized_crop(encoded: bytes, rng: np.random.Generator, *, imag
     y0, x0 = top // reduction, left // reduction
     y1 = max(y0 + 1, min(pixels.shape[0], -(-(top + crop_height) // reduction)))
     x1 = max(x0 + 1, min(pixels.shape[1], -(-(left + crop_width) // reduction)))
-    resized = cv2.resize(pixels[y0:y1, x0:x1], (image_size, image_size),
-                         interpolation=cv2.INTER_CUBIC)
-    return np.ascontiguousarray(resized[:, ::-1]) if flip else resized
+    return cv2.resize(pixels[y0:y1, x0:x1], (image_size, image_size), interpolation=cv2.INTER_CUBIC)
 
 
 @dataclasses.dataclass(frozen=True)
-class MaeAugment(grain.transforms.RandomMap):
-    """Record {"image": bytes, "id": ...} -> {"image": uint8 [S, S, 3]}, or None if it is corrupt."""
+class CropFlipAugment(grain.transforms.RandomMap):
+    """Record {"image": bytes, "id": ..., *keep_keys} -> {"image": uint8 [S, S, 3], *keep_keys}, or None if
+    the image is corrupt. `keep_keys` pass through unchanged (the fine-tuning labels and masks)."""
 
     image_size: int
     scale: tuple[float, float] = (0.2, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_prob: float = 0.5
     skipped_records_dir: str | None = None
+    keep_keys: tuple[str, ...] = ()
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
-        _use_one_opencv_thread()
-        _exit_with_parent()
+        use_one_opencv_thread()
+        exit_with_parent()
         try:
             image = decode_random_resized_crop(element["image"], rng, image_size=self.image_size,
                                                scale=self.scale, ratio=self.ratio,
                                                flip_prob=self.flip_prob)
         except CorruptImageError as e:
-            self._log_skipped(_record_id(element), str(e))
+            log_skipped_record(self.skipped_records_dir, record_id(element), str(e))
             return None
-        return {"image": image}
+        return {"image": image, **{key: element[key] for key in self.keep_keys}}
 
-    def _log_skipped(self, record_id: str, reason: str) -> None:
-        logging.warning("Skipping corrupt record %s: %s", record_id, reason)
-        if self.skipped_records_dir is not None:
-            path = pathlib.Path(self.skipped_records_dir) / f"skipped_records.{os.getpid()}.txt"
-            with path.open("a", encoding="utf-8") as f:
-                f.write(record_id + "\n")
+
+def log_skipped_record(skipped_records_dir: str | None, record: str, reason: str) -> None:
+    """Logs a corrupt record and, with `skipped_records_dir`, appends its id there (see the module docstring)."""
+    logging.warning("Skipping corrupt record %s: %s", record, reason)
+    if skipped_records_dir is not None:
+        path = pathlib.Path(skipped_records_dir) / f"skipped_records.{os.getpid()}.txt"
+        with path.open("a", encoding="utf-8") as f:
+            f.write(record + "\n")
 
 
 class DropSkipped(grain.transforms.Filter):
-    """Drops the None that MaeAugment returns for a corrupt record."""
+    """Drops the None that CropFlipAugment returns for a corrupt record."""
 
     def filter(self, element: dict[str, Any] | None) -> bool:
         return element is not None
@@ -242,8 +261,10 @@ def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int,
                     scale: tuple[float, float] = (0.2, 1.0),
                     ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_prob: float = 0.5,
                     skipped_records_dir: str | os.PathLike | None = None,
-                    read_options: grain.ReadOptions | None = None) -> grain.DataLoader:
-    """A seeded, sharded, checkpointable loader of augmented MAE batches (see the module docstring).
+                    read_options: grain.ReadOptions | None = None,
+                    keep_keys: Sequence[str] = ()) -> grain.DataLoader:
+    """A seeded, sharded, checkpointable loader of augmented MAE batches (see the module docstring); with
+    `keep_keys`, also the fine-tuning loader (those record fields are batched next to the images).
 
     Args:
       source: random-access records {"image": encoded bytes, "id": bytes or str, ...}, e.g.
@@ -258,6 +279,7 @@ def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int,
       scale, ratio, flip_prob: RandomResizedCrop area fraction and aspect ranges; flip probability.
       skipped_records_dir: if set, where every skipped corrupt record's id is appended.
       read_options: grain reading threads/buffer per process.
+      keep_keys: record fields batched unchanged next to "image" (fixed-shape numpy values).
     """
     if shard_options is None:
         shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
@@ -272,10 +294,9 @@ def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int,
                                     shuffle=True, num_epochs=num_epochs, seed=seed),
         local_batch_size=local_batch_size, shard_count=shard_options.shard_count)
     operations = [
-        MaeAugment(image_size=image_size, scale=tuple(scale), ratio=tuple(ratio),
-                   flip_prob=flip_prob,
-                   skipped_records_dir=None if skipped_records_dir is None
-                   else os.fspath(skipped_records_dir)),
+        CropFlipAugment(image_size=image_size, scale=tuple(scale), ratio=tuple(ratio), flip_prob=flip_prob,
+                        skipped_records_dir=None if skipped_records_dir is None
+                        else os.fspath(skipped_records_dir), keep_keys=tuple(keep_keys)),
         DropSkipped(),
         grain.transforms.Batch(batch_size=local_batch_size, drop_remainder=True),
     ]
@@ -299,15 +320,16 @@ def normalize_images(images: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.A
     return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
-def _record_id(element: dict[str, Any]) -> str:
-    record_id = element.get("id", "<no id>")
-    return record_id.decode("utf-8", "replace") if isinstance(record_id, bytes) else str(record_id)
+def record_id(element: dict[str, Any]) -> str:
+    """A record's "id" as text, for logs and the skipped-records files."""
+    value = element.get("id", "<no id>")
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 _parent_watch: list[int] = []
 
 
-def _exit_with_parent() -> None:
+def exit_with_parent() -> None:
     """In a grain worker process, exits when the training process is gone (e.g. killed with SIGKILL).
 
     grain's workers are daemon processes: Python stops them when the parent exits normally, but a parent
@@ -326,7 +348,7 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
 
 
-def _use_one_opencv_thread() -> None:
+def use_one_opencv_thread() -> None:
     # Loader parallelism comes from grain workers; OpenCV's own thread pool would oversubscribe cores.
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)

@@ -9,7 +9,7 @@ encoder's pooled, `fc_norm`-ed feature (`ViT.features`) and lands in `<workdir>/
 (WAV files in `<workdir>/wav/`). `data.features.FeatureStore` reads both.
 
 Loop: crops stream track after track in global batches of `config.batch_size` (the last one padded);
-host threads read and decode the JPEGs (`data.images.decode_resize`) a few batches ahead, each process
+host threads read and decode the JPEGs (`data.mae_pipeline.decode_resize`) a few batches ahead, each process
 decoding its contiguous slice of every global batch; one jitted step, the batch sharded over all devices
 and the parameters replicated, normalises the uint8 images on device and returns the features (and the
 task head's outputs) replicated, so process 0 writes them. Dispatch is asynchronous: the device works on
@@ -50,7 +50,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from abaw_jax import tasks
-from abaw_jax.data import affwild2, images, mae_pipeline, release
+from abaw_jax.data import affwild2, mae_pipeline, release
 from abaw_jax.data.face_shards import CorruptImageError
 from abaw_jax.data.features import FeatureStoreError, VisualSetWriter
 from abaw_jax.data.predictions import PredictionWriter
@@ -252,7 +252,7 @@ def _decode_into(pixels: np.ndarray, valid: np.ndarray, rows: range, paths: list
     failures = []
     for row, path in zip(rows, paths):
         try:
-            pixels[row] = images.decode_resize(path.read_bytes(), image_size=image_size)
+            pixels[row] = mae_pipeline.decode_resize(path.read_bytes(), image_size=image_size)
             valid[row] = True
         except (CorruptImageError, OSError) as e:
             failures.append(f"corrupt crop {path}: {e}; its frame is masked")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 
 from abaw_jax.models.mae import MAEConfig
+from abaw_jax.models.vit import ViTConfig
 
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s per device, keyed by a substring of
 # `jax.Device.device_kind`. The longest matching key wins ("H100 PCIe" before "H100").
@@ -65,3 +66,12 @@ def device_peak_flops(device: jax.Device) -> float | None:
     kind = device.device_kind
     matches = [key for key in PEAK_FLOPS if key in kind]
     return PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def vit_flops_per_image(config: ViTConfig) -> dict[str, int]:
+    """FLOPs per image of a ViT forward pass (all patches, the cls token, the head if any) and of a training
+    step (3x), with the conventions above."""
+    forward = (2 * config.num_patches * config.patch_dim * config.width
+               + config.depth * _block_flops(1 + config.num_patches, config.width, config.mlp_dim)
+               + 2 * config.width * config.num_classes)
+    return {"forward": forward, "train": 3 * forward}

@@ -1,0 +1,445 @@
+"""Stage 2: fine-tune a pretrained ViT encoder on one ABAW task (AU, EXPR or VA), one readable loop.
+
+Model: the encoder with global average pooling over the patch tokens, `fc_norm` and a linear head (the
+official MAE fine-tuning model); VA outputs pass through tanh, so they lie in [-1, 1]. Losses (paper eq. 1,
+2, 4, `models.losses`): weighted BCE per AU, weighted CE per expression, (1 - CCC_V) + (1 - CCC_A) over the
+batch; class weights default to `max count / count` over the training labels. AdamW with layer-wise lr
+decay, drop path, linear warmup then per-step cosine.
+
+Sharding follows the pretraining job: a (data, fsdp) mesh, each process reads its slice of the global
+batch (`data.frame_pipeline`), one jitted step with explicit shardings and a donated state, run under a
+transfer guard. Every `eval_every` steps (and at the end) the model scores every frame of the evaluation
+split: the task metric and its per-class breakdown are printed and appended to `metrics.jsonl`, and the
+parameters are kept in `best/` when the metric improves. Rerunning with the same workdir resumes
+parameters, optimizer state, step, RNG, data iterator and the best-so-far. At the end the best parameters
+are exported to `export/encoder` (params_io, with head), `export/encoder_official.*` (official layout) and
+`export/finetune.json` (task, output transform, best step and its scores).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from abaw_jax import tasks
+from abaw_jax.data import frame_pipeline, mae_pipeline, release
+from abaw_jax.eval import metrics
+from abaw_jax.models import encoders, flops, losses, params_io, torch_weights
+from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, VIT_SIZES, ViT, ViTConfig
+from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry
+from abaw_jax.runtime.errors import JobError
+from abaw_jax.runtime.telemetry import log
+from abaw_jax.runtime.train_state import TrainState
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TINY_PRETRAIN_WORKDIR = "/tmp/abaw_mae_tiny"
+BEST_FILE = "best.json"
+
+
+def outputs_from_logits(task: tasks.Task, logits: jax.Array) -> jax.Array:
+    """What the loss takes: AU / EXPR logits, VA values bounded to [-1, 1] by tanh."""
+    return jnp.tanh(logits) if task.kind == "continuous" else logits
+
+
+def scores_from_logits(task: tasks.Task, logits: jax.Array) -> jax.Array:
+    """What the metric takes: AU probabilities, EXPR logits, VA values."""
+    return jax.nn.sigmoid(logits) if task.kind == "binary" else outputs_from_logits(task, logits)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ViT, task: tasks.Task,
+               class_weights: jax.Array | None, tx: optax.GradientTransformation, schedule: optax.Schedule
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    x = mae_pipeline.normalize_images(batch["image"])
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, x, deterministic=False, rngs={"dropout": dropout_rng})
+        return losses.task_loss(task, outputs_from_logits(task, logits), batch["label"], batch["mask"],
+                                class_weights)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def update(params, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    # A branch, not a select over every buffer (see mae_pretrain.train_step).
+    params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model: ViT, task: tasks.Task
+              ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    logits = model.apply({"params": params}, mae_pipeline.normalize_images(batch["image"]))
+    return scores_from_logits(task, logits), batch["label"], batch["mask"], batch["index"]
+
+
+def _task(config: ml_collections.ConfigDict) -> tasks.Task:
+    try:
+        return tasks.get_task(config.task)
+    except ValueError as e:
+        raise JobError(f"config.task: {e}") from None
+
+
+def _check_config(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
+    positive = ["batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                "model.image_size"]
+    for key in positive:
+        value = functools.reduce(getattr, key.split("."), config)
+        if not isinstance(value, int) or value < 1:
+            raise JobError(f"config.{key} must be a positive integer, got {value!r}")
+    for key in ("total_steps", "warmup_steps", "eval_every", "num_epochs", "warmup_epochs"):
+        if config[key] < 0:
+            raise JobError(f"config.{key} must be >= 0, got {config[key]!r}")
+    if not config.total_steps and not config.num_epochs:
+        raise JobError("config.total_steps and config.num_epochs are both 0: set one of them")
+    if not 0 < config.layer_decay <= 1:
+        raise JobError(f"config.layer_decay must be in (0, 1], got {config.layer_decay!r}")
+    if not 0 <= config.drop_path < 1:
+        raise JobError(f"config.drop_path must be in [0, 1), got {config.drop_path!r}")
+    if config.model.size not in VIT_SIZES:
+        raise JobError(f"config.model.size must be one of {sorted(VIT_SIZES)}, got {config.model.size!r}")
+    if config.model.dtype not in DTYPES:
+        raise JobError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
+    if config.data.split not in frame_pipeline.SPLIT_CHOICES:
+        raise JobError(f"config.data.split must be one of {frame_pipeline.SPLIT_CHOICES}, "
+                       f"got {config.data.split!r}")
+    scale = tuple(config.data.crop_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise JobError(f"config.data.crop_scale must be (low, high) with 0 < low <= high <= 1, got {scale}")
+    if config.data.image_folders and task.kind != "multiclass":
+        raise JobError(f"config.data.image_folders holds expression images; config.task={task.name} cannot "
+                       "use them")
+    if not config.data.affwild2_train and not config.data.image_folders:
+        raise JobError("config.data.affwild2_train=False needs config.data.image_folders: nothing to train on")
+    weights = tuple(config.class_weights)
+    if weights:
+        if task.kind == "continuous":
+            raise JobError(f"config.class_weights must be empty for VA (its loss is 1 - CCC), got {weights}")
+        if len(weights) != task.num_outputs or min(weights) <= 0:
+            raise JobError(f"config.class_weights must hold {task.num_outputs} positive values for "
+                           f"{task.name} ({', '.join(task.label_names)}), got {weights}")
+
+
+def _encoder_path(config: ml_collections.ConfigDict) -> str:
+    if config.encoder:
+        return config.encoder
+    if config.model.size == "tiny":
+        if not os.path.isdir(os.path.join(TINY_PRETRAIN_WORKDIR, "export", "encoder")):
+            raise JobError(f"config.encoder is empty and the tiny pretraining workdir {TINY_PRETRAIN_WORKDIR} has "
+                           "no export/encoder; make it first with: python -m abaw_jax.main "
+                           f"--config=configs/mae.py:tiny --workdir={TINY_PRETRAIN_WORKDIR}")
+        return TINY_PRETRAIN_WORKDIR
+    raise JobError("config.encoder is empty: set --config.encoder to a pretraining workdir, a params folder, "
+                   "an official MAE .pth or a transformers folder")
+
+
+def load_model(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[encoders.LoadedEncoder, ViT]:
+    """The encoder named by the config with a fresh task head, checked against config.model."""
+    path = _encoder_path(config)
+    try:
+        encoder = encoders.load_encoder(path, num_classes=task.num_outputs, drop_path_rate=config.drop_path,
+                                        seed=config.seed)
+    except (encoders.EncoderLoadError, FileNotFoundError, ValueError) as e:
+        raise JobError(f"config.encoder: {e}") from None
+    cfg = encoder.config
+    size = VIT_SIZES[config.model.size]
+    found = dict(width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim)
+    if found != size:
+        raise JobError(f"config.encoder={path} is not a ViT-{config.model.size} ({size}): it has {found}; "
+                       "set config.model.size to match the encoder")
+    if cfg.image_size != config.model.image_size:
+        raise JobError(f"config.encoder={path} takes {cfg.image_size}x{cfg.image_size} images, but "
+                       f"config.model.image_size={config.model.image_size}")
+    attention = config.model.attention
+    if attention == "auto":
+        attention = "cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla"
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise JobError(f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
+                       f"got {config.model.attention!r}")
+    return encoder, ViT(cfg, dtype=DTYPES[config.model.dtype], remat=config.model.remat, attention=attention)
+
+
+def load_frames(config: ml_collections.ConfigDict, task: tasks.Task
+                ) -> tuple[frame_pipeline.LabelledFrames, frame_pipeline.LabelledFrames, str]:
+    """(training frames, evaluation frames, a description of both) from the release and image folders."""
+    try:
+        paths = release.resolve(config.data)
+        train, evaluation = frame_pipeline.affwild2_frames(paths.annotations, paths.crops, task.name,
+                                                           split=config.data.split,
+                                                           fold_seed=config.data.fold_seed)
+        parts = [train] if config.data.affwild2_train else []
+        folders = [f for f in config.data.image_folders.split(",") if f.strip()]
+        parts += [frame_pipeline.image_folder_frames(f.strip(), task.name) for f in folders]
+    except (FileNotFoundError, ValueError) as e:
+        raise JobError(str(e)) from None
+    train = frame_pipeline.LabelledFrames.concatenate(parts)
+    description = (f"{int(train.valid.sum()):,} training frames ({config.data.split} split of {paths.root}"
+                   f"{' + ' + ', '.join(folders) if folders else ''}), {len(evaluation):,} evaluation frames "
+                   f"({int(evaluation.valid.sum()):,} with a valid label)")
+    return train, evaluation, description
+
+
+def default_class_weights(config: ml_collections.ConfigDict, task: tasks.Task,
+                          train: frame_pipeline.LabelledFrames) -> np.ndarray | None:
+    if task.kind == "continuous":
+        return None
+    if config.class_weights:
+        return np.asarray(config.class_weights, np.float32)
+    try:
+        return losses.class_weights(task, train.labels, train.valid)
+    except ValueError as e:
+        raise JobError(f"class weights from the training labels: {e}; set config.class_weights") from None
+
+
+def check_batch_layout(batch_size: int, num_devices: int, num_processes: int, key: str) -> None:
+    if batch_size % num_devices or batch_size % num_processes:
+        raise JobError(f"config.{key}={batch_size} must split evenly over the {num_devices} devices and "
+                       f"{num_processes} processes")
+
+
+class BestParams:
+    """The best parameters so far by the task metric: `<workdir>/best/step_<N>` (params_io) + `best.json`.
+
+    `best.json` is replaced atomically after the new parameters are written, and folders it does not name
+    are removed, so a kill at any point leaves one complete best.
+    """
+
+    def __init__(self, workdir: str, config: ViTConfig):
+        self.directory = os.path.join(workdir, "best")
+        self._file = os.path.join(workdir, BEST_FILE)
+        self._config = config
+        self.record: dict[str, Any] | None = None
+        if os.path.exists(self._file):
+            with open(self._file, encoding="utf-8") as f:
+                self.record = json.load(f)
+        self._clean()
+
+    @property
+    def metric(self) -> float:
+        return -np.inf if self.record is None else self.record["metric"]
+
+    def offer(self, step: int, metric: float, per_class: dict[str, float], params: Any) -> bool:
+        """Keeps `params` when `metric` beats the best so far (collective: every process calls it)."""
+        if metric <= self.metric:
+            return False
+        name = f"step_{step:07d}"
+        if jax.process_index() == 0 and os.path.exists(os.path.join(self.directory, name)):
+            shutil.rmtree(os.path.join(self.directory, name))
+        multihost_utils.sync_global_devices("best dir ready")
+        params_io.save_params(os.path.join(self.directory, name), jax.device_get(params), self._config)
+        self.record = {"step": step, "metric": metric, "per_class": per_class, "params": name}
+        if jax.process_index() == 0:
+            with open(self._file + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(self.record, f, indent=2)
+            os.replace(self._file + ".tmp", self._file)
+        self._clean()
+        return True
+
+    def load(self) -> dict[str, Any]:
+        params, _ = params_io.load_params(os.path.join(self.directory, self.record["params"]))
+        return params
+
+    def _clean(self) -> None:
+        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+            return
+        keep = None if self.record is None else self.record["params"]
+        for name in os.listdir(self.directory):
+            if name != keep:
+                shutil.rmtree(os.path.join(self.directory, name))
+
+
+def evaluate(eval_fn, params: Any, frames: frame_pipeline.LabelledFrames, task: tasks.Task, mesh: Mesh,
+             config: ml_collections.ConfigDict, skipped_dir: str) -> tuple[float, np.ndarray, int]:
+    """(task metric, per-class scores, valid frames scored) over every frame of `frames`."""
+    loader = frame_pipeline.make_eval_loader(
+        frames, global_batch_size=config.eval_batch_size, image_size=config.model.image_size,
+        worker_count=config.data.worker_count, worker_buffer_size=config.data.worker_buffer_size,
+        skipped_records_dir=skipped_dir)
+    parts = []
+    for local in loader:
+        batch = {key: sharding.global_batch(value, mesh) for key, value in local.items()}
+        with jax.transfer_guard("disallow"):
+            parts.append(jax.device_get(eval_fn(params, batch)))
+    # Rows back in frame order (grain workers interleave them); padding rows (index >= count) dropped.
+    outputs, labels, masks, index = (np.concatenate(x) for x in zip(*parts))
+    count = len(frames)
+    order = np.argsort(index)[:count]
+    if not np.array_equal(index[order], np.arange(count)):
+        raise JobError(f"the evaluation loader did not return every frame once ({count} frames)")
+    outputs, labels, masks = outputs[order], labels[order], masks[order]
+    valid = int(metrics.valid_count(masks))
+    if not valid:
+        raise JobError(f"no evaluation frame with a valid label could be scored ({count} frames; corrupt "
+                       f"crops are listed in {skipped_dir})")
+    metric, per_class = jax.device_get(metrics.task_scores(task, outputs, labels, masks))
+    return float(metric), np.asarray(per_class), valid
+
+
+def _export(params: Any, cfg: ViTConfig, task: tasks.Task, best: dict[str, Any], workdir: str) -> None:
+    params = jax.device_get(params)
+    export_dir = os.path.join(workdir, "export")
+    if jax.process_index() == 0 and os.path.exists(export_dir):
+        shutil.rmtree(export_dir)  # an earlier run of this workdir
+    multihost_utils.sync_global_devices("export dir ready")
+    params_io.save_params(os.path.join(export_dir, "encoder"), params, cfg)
+    if jax.process_index() == 0:
+        written = torch_weights.export_official(torch_weights.flax_to_official(params),
+                                                os.path.join(export_dir, "encoder_official"))
+        summary = {"task": task.name, "label_names": list(task.label_names),
+                   "outputs": {"binary": "sigmoid(head) per AU", "multiclass": "softmax(head) over classes",
+                               "continuous": "tanh(head): valence, arousal"}[task.kind],
+                   "metric_name": task.metric_name, **{k: best[k] for k in ("step", "metric", "per_class")}}
+        with open(os.path.join(export_dir, "finetune.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        log(f"Exported the fine-tuned encoder (step {best['step']}, {task.metric_name} {best['metric']:.4f}): "
+            + ", ".join([os.path.join(export_dir, "encoder")] + written))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Runs (or resumes) fine-tuning of `config.task` in `workdir`; returns the final state."""
+    task = _task(config)
+    _check_config(config, task)
+    num_devices, num_processes = jax.device_count(), jax.process_count()
+    check_batch_layout(config.batch_size, num_devices, num_processes, "batch_size")
+    check_batch_layout(config.eval_batch_size, num_devices, num_processes, "eval_batch_size")
+    try:
+        mesh = sharding.make_mesh(config.mesh.fsdp)
+    except ValueError as e:
+        raise JobError(str(e)) from None
+    train_frames, eval_frames, data_description = load_frames(config, task)
+    encoder, model = load_model(config, task)
+    cfg = encoder.config
+    weights = default_class_weights(config, task, train_frames)
+
+    steps_per_epoch = max(int(train_frames.valid.sum()) // config.batch_size, 1)
+    total_steps = config.total_steps or steps_per_epoch * config.num_epochs
+    warmup_steps = config.warmup_steps or steps_per_epoch * config.warmup_epochs
+    eval_every = config.eval_every or steps_per_epoch
+    peak_lr = optimizer.peak_learning_rate(config.base_lr, config.batch_size)
+    schedule = optimizer.learning_rate_schedule(peak_lr, warmup_steps, total_steps)
+    tx = optimizer.make_optimizer(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+                                  grad_clip=config.grad_clip,
+                                  lr_scales=optimizer.layer_decay_scales(encoder.params, cfg.depth,
+                                                                         config.layer_decay))
+
+    def init_fn(params, rng):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng,
+                          nonfinite_steps=jnp.zeros((), jnp.int32))
+
+    rng = jax.random.key(config.seed)
+    abstract_state = jax.eval_shape(init_fn, encoder.params, rng)
+    state_shardings = sharding.fsdp_shardings(abstract_state, mesh)
+    state = jax.jit(init_fn, out_shardings=state_shardings)(encoder.params, rng)
+    weight_text = "" if weights is None else " | class weights " + " ".join(
+        f"{n} {w:.2f}" for n, w in zip(task.label_names, weights))
+    log(f"Fine-tuning {task.name} from {encoder.source} ({encoder.kind}, ViT-{config.model.size} "
+        f"{cfg.image_size}px, {optimizer.tree_size(state.params):,} parameters): {data_description}; "
+        f"{num_devices} devices in {num_processes} processes, mesh {dict(mesh.shape)}, batch {config.batch_size}, "
+        f"{total_steps} steps, peak lr {peak_lr:.3g}, layer decay {config.layer_decay}{weight_text}")
+
+    skipped_dir = os.path.join(workdir, "skipped_records")
+    loader = frame_pipeline.make_train_loader(
+        train_frames, global_batch_size=config.batch_size, image_size=cfg.image_size, seed=config.seed,
+        worker_count=config.data.worker_count, worker_buffer_size=config.data.worker_buffer_size,
+        scale=tuple(config.data.crop_scale), skipped_records_dir=skipped_dir)
+    data_iter = iter(loader)
+
+    description = {"task": task.name, "encoder_sha256": encoder.sha256, **params_io.config_to_dict(cfg)}
+    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                              model_description=description)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        abstract = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
+        try:
+            state = checkpointer.restore(latest, abstract, data_iter)
+        except checkpointing.CheckpointMismatchError as e:
+            checkpointer.close()
+            raise JobError(str(e)) from None
+        log(f"Resumed from {checkpointer.directory} at step {latest}")
+
+    class_weights = None if weights is None else jnp.asarray(weights)
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, task=task, class_weights=class_weights, tx=tx,
+                          schedule=schedule),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, model=model, task=task),
+                      in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
+                      out_shardings=sharding.replicated(mesh))
+
+    is_main = jax.process_index() == 0
+    writer = telemetry.MetricWriter(workdir, enabled=is_main)
+    best = BestParams(workdir, cfg)
+    replicate = jax.jit(lambda tree: tree, out_shardings=sharding.replicated(mesh))
+    throughput = telemetry.Throughput(config.batch_size, flops.vit_flops_per_image(cfg)["train"], num_devices,
+                                      flops.device_peak_flops(jax.devices()[0]))
+    step = int(jax.device_get(state.step))
+    first_step = step
+    last_good_checkpoint = latest
+    try:
+        while step < total_steps:
+            wait_start = time.perf_counter()
+            local = next(data_iter)
+            throughput.data_wait += time.perf_counter() - wait_start
+            batch = {key: sharding.global_batch(value, mesh) for key, value in local.items()}
+            with jax.transfer_guard("disallow"):
+                state, step_metrics = step_fn(state, batch)
+            step += 1
+            if step == first_step + 1:
+                jax.block_until_ready(state)
+                throughput.start(step)
+            is_last = step == total_steps
+            log_now = step % config.log_every == 0 or step == first_step + 1 or is_last
+            evaluate_now = step % eval_every == 0 or is_last
+            if log_now or evaluate_now or step % config.checkpoint_every == 0:
+                scalars = jax.device_get(step_metrics)
+                bad_steps = int(jax.device_get(state.nonfinite_steps))
+                if bad_steps:
+                    raise JobError(
+                        f"non-finite loss or gradient in {bad_steps} step(s) at or before step {step} "
+                        f"(last loss {float(scalars['loss'])}); stopping. The last good checkpoint "
+                        f"(step {last_good_checkpoint}) is kept in {checkpointer.directory}.")
+                if log_now:
+                    scalars.update(throughput.measure(step, total_steps))
+                    log(telemetry.progress_line(step, total_steps, scalars))
+                    writer.write(step, scalars)
+            if evaluate_now:
+                metric, per_class, valid = evaluate(eval_fn, state.params, eval_frames, task, mesh, config,
+                                                    skipped_dir)
+                per_class_dict = {name: float(v) for name, v in zip(task.label_names, per_class)}
+                improved = best.offer(step, metric, per_class_dict, replicate(state.params))
+                log(f"eval step {step}: {task.metric_name} {metric:.4f} on {valid:,} frames"
+                    f"{' (best so far)' if improved else ''} | "
+                    + " ".join(f"{name} {v:.3f}" for name, v in per_class_dict.items()))
+                writer.write(step, {"eval_metric": metric, "eval_valid_frames": valid,
+                                    **{f"eval_{name}": v for name, v in per_class_dict.items()}})
+                throughput.start(step)  # evaluation time is not training throughput
+            if step % config.checkpoint_every == 0 or is_last:
+                checkpointer.save(step, state, data_iter)
+                last_good_checkpoint = step
+    finally:
+        checkpointer.close()
+        writer.close()
+    skipped = mae_pipeline.read_skipped_records(skipped_dir) if os.path.isdir(skipped_dir) else []
+    if skipped:
+        log(f"Skipped {len(skipped)} corrupt records (ids in {skipped_dir})")
+    if best.record is None:
+        raise JobError(f"no evaluation was run in {workdir} (total_steps={total_steps}); nothing to export")
+    _export(best.load(), cfg, task, best.record, workdir)
+    return state

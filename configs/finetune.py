@@ -1,0 +1,109 @@
+r"""Stage 2: fine-tune the pretrained MAE encoder on one ABAW task (presets au, expr, va and their _tiny variants).
+
+Paper setting (ViT-B/16 at 224 px; the encoder is a pretraining workdir, a params folder, an official MAE .pth
+or a transformers folder), on a multi-GPU host or a pod, with the licensed Aff-Wild2 release:
+
+  python -m abaw_jax.main --config=configs/finetune.py:au --workdir=/ckpt/finetune_au \
+      --config.encoder=/ckpt/mae_faces --config.data.root=/data/affwild2
+
+  Global average pooling + fc_norm + linear head; AU: eq. 1 (BCE, positives weighted per AU), EXPR: eq. 2
+  (CE weighted per class), VA: eq. 4 (1 - CCC per dimension, tanh outputs); class weights max count / count
+  over the training labels unless config.class_weights is set. The paper does not list its fine-tuning
+  hyperparameters; these follow the official MAE ViT-B fine-tuning recipe (AdamW (0.9, 0.999), weight
+  decay 0.05, layer-wise lr decay 0.65, drop path 0.1, base lr 5e-4 x batch / 256, warmup then per-step
+  cosine), with 10 epochs of the Train_Set (its frames are strongly correlated in time) and one
+  evaluation on the Validation_Set per epoch. A 5-fold split instead: --config.data.split=fold1 .. fold5.
+  Extra EXPR images in the AffectNet / RAF-DB export layout (<root>/<class>/*.jpg):
+  --config.data.image_folders=/data/affectnet_train,/data/rafdb_train (and --config.data.affwild2_train=False
+  to train on them alone, as the paper's affn_EXPR / RAF_EXPR feature sets).
+
+CPU presets (a few minutes each on 2 cores, on the embedded synthetic release, from the tiny pretraining):
+
+  python -m abaw_jax.main --config=configs/mae.py:tiny --workdir=/tmp/abaw_mae_tiny
+  python -m abaw_jax.main --config=configs/finetune.py:au_tiny --workdir=/tmp/abaw_finetune_au_tiny
+  python -m abaw_jax.main --config=configs/finetune.py:expr_tiny --workdir=/tmp/abaw_finetune_expr_tiny
+  python -m abaw_jax.main --config=configs/finetune.py:va_tiny --workdir=/tmp/abaw_finetune_va_tiny
+
+  Tiny ViT (width 192, 4 blocks, 64 px, 8 px patches), batch 32, 300 steps, evaluation every 100 steps.
+  Expected on the synthetic validation split: metrics well above a constant predictor (mean AU F1 and mean
+  EXPR F1 above what the training majority class scores, a positive CCC for VA, where the mean scores 0).
+
+Writes in --workdir: metrics.jsonl (training loss, eval_metric and eval_<class> per evaluation), checkpoints/,
+best.json + best/ (best parameters by the task metric), export/encoder (params_io, with head),
+export/encoder_official.* and export/finetune.json.
+"""
+import ml_collections
+
+from abaw_jax.data import release
+
+_TASKS = {"au": "AU", "expr": "EXPR", "va": "VA"}
+
+
+def get_config(preset: str = "au") -> ml_collections.ConfigDict:
+    task, _, variant = preset.partition("_")
+    if task not in _TASKS or variant not in ("", "tiny"):
+        raise ValueError(f"unknown preset {preset!r} for configs/finetune.py; use one of "
+                         f"{sorted(_TASKS) + [t + '_tiny' for t in sorted(_TASKS)]}")
+    config = ml_collections.ConfigDict()
+    config.job = "finetune"
+    config.task = _TASKS[task]
+    config.seed = 0
+    # A pretraining workdir, a params_io folder, an official MAE / timm .pth, or a transformers folder.
+    # Empty in the tiny presets: the tiny pretraining workdir /tmp/abaw_mae_tiny.
+    config.encoder = ""
+
+    config.model = ml_collections.ConfigDict()
+    # What the encoder must be; a mismatch stops with an error instead of fine-tuning the wrong model.
+    config.model.size = "base"
+    config.model.image_size = 224
+    config.model.dtype = "bfloat16"
+    config.model.remat = False
+    config.model.attention = "auto"
+
+    config.data = release.data_config()
+    config.data.split = "official"  # or fold1 .. fold5 (video-level, over Train_Set + Validation_Set)
+    config.data.fold_seed = 0
+    config.data.image_folders = ""  # comma-separated <root>/<class>/*.jpg trees (EXPR only)
+    config.data.affwild2_train = True
+    config.data.crop_scale = (0.2, 1.0)  # RandomResizedCrop area range
+    config.data.worker_count = 8
+    config.data.worker_buffer_size = 2
+
+    config.class_weights = ()  # empty: max count / count over the training labels
+    config.batch_size = 512
+    config.eval_batch_size = 1024
+    config.num_epochs = 10
+    config.warmup_epochs = 1
+    # When > 0, these replace the epoch-based counts.
+    config.total_steps = 0
+    config.warmup_steps = 0
+    config.eval_every = 0  # steps; 0 = once per epoch
+    config.base_lr = 5e-4
+    config.b1 = 0.9
+    config.b2 = 0.999
+    config.weight_decay = 0.05
+    config.layer_decay = 0.65
+    config.drop_path = 0.1
+    config.grad_clip = 0.0
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.fsdp = 1
+
+    config.log_every = 50
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 2
+
+    if variant == "tiny":
+        config.model.size = "tiny"
+        config.model.image_size = 64
+        config.model.dtype = "float32"
+        config.data.worker_count = 2
+        config.batch_size = 32
+        config.eval_batch_size = 128
+        config.total_steps = 300
+        config.warmup_steps = 30
+        config.eval_every = 100
+        config.base_lr = 8e-3  # peak lr 1e-3 at batch 32
+        config.log_every = 25
+        config.checkpoint_every = 100
+    return config

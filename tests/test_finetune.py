@@ -1,0 +1,221 @@
+"""The fine-tuning job on the synthetic release: it learns each task, scores only valid frames, resumes after a
+kill and stops with clear errors on bad input.
+
+The encoder is a random-init tiny ViT on 16x16 crops (cheaper than any pretraining; at this size the model
+learns the scene and coarse face cues that carry over to the validation people within 120 steps); with nothing
+pretrained to protect, the tests fine-tune without layer decay, and the best of six evaluations is exported.
+Compilations are shared through a persistent cache.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from abaw_jax import tasks
+from abaw_jax.data import frame_pipeline, mae_pipeline
+from abaw_jax.jobs import finetune
+from abaw_jax.models import params_io
+from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
+from abaw_jax.runtime.errors import JobError
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import finetune as finetune_config  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 16
+SMALL = {"model.image_size": IMAGE_SIZE, "data.worker_count": 0, "batch_size": 32, "eval_batch_size": 128,
+         "total_steps": 120, "warmup_steps": 8, "eval_every": 20, "log_every": 40, "checkpoint_every": 40,
+         "layer_decay": 1.0}
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("jax_cache"))
+    settings = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    previous = {key: getattr(jax.config, key) for key in settings}
+    for key, value in settings.items():
+        jax.config.update(key, value)
+    yield directory
+    for key, value in previous.items():
+        jax.config.update(key, value)
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory, compile_cache) -> pathlib.Path:
+    directory = tmp_path_factory.mktemp("encoder") / "vit"
+    config = ViTConfig(image_size=IMAGE_SIZE, patch_size=8, **VIT_SIZES["tiny"])
+    params_io.save_params(str(directory), params_io.init_params(config), config)
+    return directory
+
+
+def make_config(preset_task: str, encoder, data_root, **overrides):
+    config = finetune_config.get_config(f"{preset_task.lower()}_tiny")
+    settings = {**SMALL, "encoder": str(encoder), "data.root": str(data_root), **overrides}
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def finetuned(encoder_dir, synthetic_affwild2, tmp_path_factory):
+    """task -> workdir of a finished run (each task runs once, when a test first asks for it)."""
+    done = {}
+
+    def get(task: str) -> pathlib.Path:
+        if task not in done:
+            workdir = tmp_path_factory.mktemp(f"finetune_{task}")
+            finetune.run(make_config(task, encoder_dir, synthetic_affwild2), str(workdir))
+            done[task] = workdir
+        return done[task]
+
+    return get
+
+
+def _exported_outputs(workdir: pathlib.Path, frames: frame_pipeline.LabelledFrames) -> np.ndarray:
+    """Head outputs of the exported model on every evaluation frame, computed outside the job."""
+    params, config = params_io.load_params(str(workdir / "export" / "encoder"))
+    model = ViT(config)
+    loader = frame_pipeline.make_eval_loader(frames, global_batch_size=len(frames), image_size=IMAGE_SIZE,
+                                             worker_count=0)
+    images = next(iter(loader))["image"]
+    return np.asarray(jax.jit(model.apply)({"params": params}, mae_pipeline.normalize_images(images)))
+
+
+def _ccc(x: np.ndarray, y: np.ndarray) -> float:
+    return 2 * np.cov(x, y, bias=True)[0, 1] / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
+
+
+def _scores(task: tasks.Task, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class scores with scikit-learn / numpy, on valid frames only."""
+    if task.kind == "binary":
+        return f1_score(labels, outputs, average=None, zero_division=0)
+    if task.kind == "multiclass":
+        return f1_score(labels, outputs, labels=range(task.num_outputs), average=None, zero_division=0)
+    return np.array([_ccc(outputs[:, i], labels[:, i]) for i in range(2)])
+
+
+@pytest.mark.parametrize("task_name", tasks.TASK_NAMES)
+def test_finetuned_model_beats_a_constant_predictor_and_scores_only_valid_frames(
+        task_name, finetuned, synthetic_affwild2):
+    task = tasks.get_task(task_name)
+    workdir = finetuned(task_name)
+    summary = json.loads((workdir / "export" / "finetune.json").read_text())
+    evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+             if "eval_metric" in line]
+    assert [e["step"] for e in evals] == [20, 40, 60, 80, 100, 120]
+    assert summary["metric"] == pytest.approx(max(e["eval_metric"] for e in evals))
+    best = next(e for e in evals if e["step"] == summary["step"])
+    assert list(summary["per_class"]) == list(task.label_names)
+    for name in task.label_names:
+        assert best[f"eval_{name}"] == pytest.approx(summary["per_class"][name])
+
+    train, evaluation = frame_pipeline.affwild2_frames(synthetic_affwild2 / "annotations",
+                                                       synthetic_affwild2 / "cropped_aligned", task_name)
+    logits = _exported_outputs(workdir, evaluation)[evaluation.valid]
+    labels = evaluation.labels[evaluation.valid]
+    outputs = {"binary": (logits > 0).astype(int), "multiclass": logits.argmax(-1),
+               "continuous": np.tanh(logits)}[task.kind]
+    ours = _scores(task, outputs, labels)
+    # The job's reported scores are those of the valid frames alone (an invalid label counted would move them).
+    np.testing.assert_allclose([summary["per_class"][n] for n in task.label_names], ours, atol=1e-5)
+
+    train_labels = train.labels[train.valid]
+    if task.kind == "binary":
+        constant = np.broadcast_to((train_labels.mean(0) > 0.5).astype(int), labels.shape)
+    elif task.kind == "multiclass":
+        constant = np.full(len(labels), np.bincount(train_labels).argmax())
+    else:
+        constant = np.broadcast_to(train_labels.mean(0), labels.shape)
+    baseline = np.nan_to_num(_scores(task, constant, labels)).mean()
+    assert ours.mean() > baseline + 0.01, (ours.mean(), baseline)
+    if task.kind == "continuous":  # the job bounds VA outputs
+        assert np.abs(finetune.scores_from_logits(task, jnp.array([[40.0, -40.0]]))).max() <= 1
+
+    official = sorted(p.name for p in (workdir / "export").glob("encoder_official.*"))
+    assert official == ["encoder_official.pth", "encoder_official.safetensors"]
+    from safetensors.numpy import load_file
+
+    assert load_file(str(workdir / "export" / "encoder_official.safetensors"))["head.weight"].shape == (
+        task.num_outputs, VIT_SIZES["tiny"]["width"])
+
+
+def _finished_checkpoints(workdir: pathlib.Path) -> list[int]:
+    directory = workdir / "checkpoints"
+    return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
+
+
+def test_killed_run_resumes_to_the_same_best_model(finetuned, encoder_dir, synthetic_affwild2, compile_cache,
+                                                   tmp_path, capsys):
+    straight = finetuned("EXPR")
+    killed = tmp_path / "killed"
+    settings = {**SMALL, "encoder": str(encoder_dir), "data.root": str(synthetic_affwild2)}
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=compile_cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    args = [sys.executable, "-m", "abaw_jax.main", f"--config={REPO}/configs/finetune.py:expr_tiny",
+            f"--workdir={killed}"] + [f"--config.{k}={v}" for k, v in settings.items()]
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not _finished_checkpoints(killed) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _finished_checkpoints(killed)[-1]
+    assert 0 < killed_at < SMALL["total_steps"]
+
+    capsys.readouterr()
+    finetune.run(make_config("EXPR", encoder_dir, synthetic_affwild2), str(killed))
+    assert f"Resumed from {killed / 'checkpoints'} at step {killed_at}" in capsys.readouterr().out
+    assert json.loads((killed / "best.json").read_text()) == json.loads((straight / "best.json").read_text())
+    resumed, _ = params_io.load_params(str(killed / "export" / "encoder"))
+    reference, _ = params_io.load_params(str(straight / "export" / "encoder"))
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+
+
+def test_bad_input_stops_with_a_clear_error(encoder_dir, synthetic_affwild2, tmp_path, monkeypatch):
+    def fails(match, preset="EXPR", **overrides):
+        config = make_config(preset, overrides.pop("encoder", encoder_dir), synthetic_affwild2, **overrides)
+        with pytest.raises(JobError, match=match):
+            finetune.run(config, str(tmp_path / "work"))
+
+    (tmp_path / "pretrain" / "checkpoints").mkdir(parents=True)
+    fails("pretrain is a pretraining workdir without export/encoder", encoder=tmp_path / "pretrain")
+    fails(r"takes 16x16 images, but config.model.image_size=64", **{"model.image_size": 64})
+    fails(r"is not a ViT-base .* set config.model.size", **{"model.size": "base"})
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "AU_Detection_Challenge").symlink_to(
+        synthetic_affwild2 / "annotations" / "AU_Detection_Challenge")
+    fails(r"expected exactly one of \('EXPR_Recognition_Challenge'", **{"data.annotations": str(tmp_path / "annotations")})
+    (tmp_path / "empty_crops").mkdir()
+    fails(r"no crop folder .*empty_crops", **{"data.crops": str(tmp_path / "empty_crops")})
+    monkeypatch.setattr(finetune, "TINY_PRETRAIN_WORKDIR", str(tmp_path / "absent"))
+    fails(r"python -m abaw_jax.main --config=configs/mae.py:tiny --workdir=.*absent", encoder="")
+    fails(r"config.class_weights must hold 8 positive values", class_weights=(1.0, 2.0))
+    fails(r"config.data.split must be one of", **{"data.split": "fold9"})
+    fails(r"config.data.image_folders holds expression images", preset="VA", **{"data.image_folders": "/x"})
+    fails(r"config.task: unknown task 'XYZ'", **{"task": "XYZ"})
+
+
+def test_presets_validate():
+    for preset in ("au", "expr", "va", "au_tiny", "expr_tiny", "va_tiny"):
+        config = finetune_config.get_config(preset)
+        assert config.job == "finetune" and config.task == preset.split("_")[0].upper()
+    with pytest.raises(ValueError, match="unknown preset"):
+        finetune_config.get_config("expr_small")
+
