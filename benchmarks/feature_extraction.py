@@ -173,7 +173,7 @@ def main(argv):
                 path.unlink()
 
     print("\n| model | frames | batch | decode only (frames/s) | abaw_jax (frames/s) | timm (frames/s) "
-          f"| abaw_jax / timm | max abs feature diff |")
+          "| abaw_jax / timm | max abs feature diff |")
     print("|---|---|---|---|---|---|---|---|")
     for size, config, frames, batch, decode, ours, timm_result, diff in rows:
         print(f"| ViT-{size} {config.image_size}px/{config.patch_size} | {frames} | {batch} | {decode.rate:,.0f} "
