@@ -203,7 +203,7 @@ def test_bad_input_stops_with_a_clear_error(encoder_dir, synthetic_affwild2, tmp
         synthetic_affwild2 / "annotations" / "AU_Detection_Challenge")
     fails(r"expected exactly one of \('EXPR_Recognition_Challenge'", **{"data.annotations": str(tmp_path / "annotations")})
     (tmp_path / "empty_crops").mkdir()
-    fails(r"no crop folder .*empty_crops", **{"data.crops": str(tmp_path / "empty_crops")})
+    fails(r"empty_crops: expected one crop folder per video", **{"data.crops": str(tmp_path / "empty_crops")})
     monkeypatch.setattr(finetune, "TINY_PRETRAIN_WORKDIR", str(tmp_path / "absent"))
     fails(r"python -m abaw_jax.main --config=configs/mae.py:tiny --workdir=.*absent", encoder="")
     fails(r"config.class_weights must hold 8 positive values", class_weights=(1.0, 2.0))
