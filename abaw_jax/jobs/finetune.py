@@ -37,7 +37,7 @@ from abaw_jax.data import frame_pipeline, mae_pipeline, release
 from abaw_jax.eval import metrics
 from abaw_jax.models import encoders, flops, losses, params_io, torch_weights
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, VIT_SIZES, ViT, ViTConfig
-from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry
+from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry, train_state
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 from abaw_jax.runtime.train_state import TrainState
@@ -69,17 +69,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ViT, ta
                                 class_weights)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    def update(params, opt_state):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    # A branch, not a select over every buffer (see mae_pretrain.train_step).
-    params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
+    new_state, grad_norm = train_state.apply_gradients(state, loss, grads, tx)
     return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
 
 

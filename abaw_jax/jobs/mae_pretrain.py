@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,21 +36,13 @@ from abaw_jax.eval import reconstruction_grid
 from abaw_jax.models import flops, params_io, torch_weights
 from abaw_jax.models.mae import MAE, MAEConfig, mae_config
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS
-from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry, workdir as workdir_lib
+from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry, train_state, workdir as workdir_lib
 from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime.errors import ConfigError, JobError
 from abaw_jax.runtime.telemetry import log
+from abaw_jax.runtime.train_state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    rng: jax.Array
-    nonfinite_steps: jax.Array
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -142,18 +133,7 @@ def train_step(state: TrainState, images: jax.Array, *, model: MAE, cfg: MAEConf
         # micro-batch losses (and gradients) equals the full-batch value.
         loss, grads = jax.tree.map(lambda t: t / micro_batches, (loss, grads))
 
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    def update(params, opt_state):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    # A branch, not a select over every buffer: selecting would re-read and re-write all parameters and
-    # optimizer moments each step (8x the cost of the AdamW update itself on CPU).
-    params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
+    new_state, grad_norm = train_state.apply_gradients(state, loss, grads, tx)
     return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
 
 
