@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
 import sys
@@ -174,17 +175,22 @@ class Checkpointer:
 
 
 def _silence_orphaned_reads() -> None:
-    """Drops 'Event loop is closed' errors from reads a failed orbax restore left running.
+    """Drops the errors of reads a failed orbax restore left running.
 
     When one array of a restore fails, orbax closes its event loop while TensorStore still completes the
-    other reads; each completion then raises in a background thread, printing thousands of lines of
-    tracebacks about a loop that no longer matters. Other background errors are still printed.
+    other reads; each completion then raises in a background thread ('Event loop is closed'), each
+    abandoned read coroutine (`_read_array_index_and_device_put`) reports its own read error when it is
+    collected, and asyncio logs the never-retrieved exceptions of its `async_deserialize` tasks: thousands
+    of lines about a restore that has already been reported and skipped. Other background errors are still
+    printed.
     """
     if getattr(threading.excepthook, "_abaw_filter", False):
         return
 
-    def orphaned(error: BaseException | None) -> bool:
-        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    def orphaned(error: BaseException | None, source: object = None) -> bool:
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return True
+        return getattr(source, "__qualname__", "") == "_read_array_index_and_device_put"
 
     previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
 
@@ -193,11 +199,17 @@ def _silence_orphaned_reads() -> None:
             previous_thread_hook(args)
 
     def unraisable_hook(unraisable):
-        if not orphaned(unraisable.exc_value):
+        if not orphaned(unraisable.exc_value, unraisable.object):
             previous_unraisable_hook(unraisable)
+
+    def keep_log_record(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("exception was never retrieved" in message
+                    and ("async_deserialize" in message or "_read_array_index_and_device_put" in message))
 
     thread_hook._abaw_filter = True
     threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+    logging.getLogger("asyncio").addFilter(keep_log_record)
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
