@@ -180,19 +180,21 @@ def _silence_orphaned_reads() -> None:
     When one array of a restore fails, orbax closes its event loop while TensorStore still completes the
     other reads; each completion then raises in a background thread ('Event loop is closed'), each
     abandoned read coroutine (`_read_array_index_and_device_put`) reports its own read error when it is
-    collected, and asyncio logs the never-retrieved exceptions of its `async_deserialize` tasks: thousands
-    of lines about a restore that has already been reported and skipped. Other background errors are still
-    printed.
+    collected, and asyncio logs the never-retrieved exceptions of its tasks and gathering futures:
+    thousands of lines about a restore that has already been reported and skipped. Installed only once a
+    restore has failed; from then on asyncio's "exception was never retrieved" records are dropped (the
+    job's own code awaits every future it makes). Other background errors are still printed.
     """
     if getattr(threading.excepthook, "_abaw_filter", False):
         return
 
     def orphaned(error: BaseException | None, source: object = None) -> bool:
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return True
-        return getattr(source, "__qualname__", "") == "_read_array_index_and_device_put"
+        message = str(error)
+        return (message == "Event loop is closed" or message.startswith("Encountered error while reading array")
+                or getattr(source, "__qualname__", "") == "_read_array_index_and_device_put")
 
     previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
+    previous_excepthook = sys.excepthook
 
     def thread_hook(args):
         if not orphaned(args.exc_value):
@@ -202,13 +204,15 @@ def _silence_orphaned_reads() -> None:
         if not orphaned(unraisable.exc_value, unraisable.object):
             previous_unraisable_hook(unraisable)
 
+    def excepthook(kind, value, traceback):  # TensorStore's completion callbacks report through PyErr_Print
+        if not orphaned(value):
+            previous_excepthook(kind, value, traceback)
+
     def keep_log_record(record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("exception was never retrieved" in message
-                    and ("async_deserialize" in message or "_read_array_index_and_device_put" in message))
+        return "exception was never retrieved" not in str(record.msg)
 
     thread_hook._abaw_filter = True
-    threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+    threading.excepthook, sys.unraisablehook, sys.excepthook = thread_hook, unraisable_hook, excepthook
     logging.getLogger("asyncio").addFilter(keep_log_record)
 
 
