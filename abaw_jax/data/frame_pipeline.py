@@ -246,14 +246,8 @@ def make_eval_loader(frames: LabelledFrames, *, global_batch_size: int, image_si
                      shard_options: grain.sharding.ShardOptions | None = None) -> grain.DataLoader:
     """Every frame once, resized, with its `index`; the global batches cover `num_eval_batches` x batch rows,
     the rows with index >= len(frames) padding with mask False (see the module docstring for the order)."""
-    if shard_options is None:
-        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    if global_batch_size % shard_options.shard_count:
-        raise ValueError(f"global_batch_size={global_batch_size} does not divide by the "
-                         f"{shard_options.shard_count} data shards (JAX processes).")
-    if skipped_records_dir is not None:
-        pathlib.Path(skipped_records_dir).mkdir(parents=True, exist_ok=True)
-    local_batch_size = global_batch_size // shard_options.shard_count
+    shard_options, local_batch_size = mae_pipeline.batch_layout(global_batch_size, shard_options,
+                                                                skipped_records_dir)
     length = num_eval_batches(len(frames), global_batch_size, worker_count) * global_batch_size
     sampler = mae_pipeline.ProcessContiguousSampler(
         grain.samplers.IndexSampler(num_records=length, shard_options=grain.sharding.NoSharding(), shuffle=False,

@@ -281,14 +281,7 @@ def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int,
       read_options: grain reading threads/buffer per process.
       keep_keys: record fields batched unchanged next to "image" (fixed-shape numpy values).
     """
-    if shard_options is None:
-        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    if global_batch_size % shard_options.shard_count:
-        raise ValueError(f"global_batch_size={global_batch_size} does not divide by the "
-                         f"{shard_options.shard_count} data shards (JAX processes).")
-    if skipped_records_dir is not None:
-        pathlib.Path(skipped_records_dir).mkdir(parents=True, exist_ok=True)
-    local_batch_size = global_batch_size // shard_options.shard_count
+    shard_options, local_batch_size = batch_layout(global_batch_size, shard_options, skipped_records_dir)
     sampler = ProcessContiguousSampler(
         grain.samplers.IndexSampler(num_records=len(source), shard_options=grain.sharding.NoSharding(),
                                     shuffle=True, num_epochs=num_epochs, seed=seed),
@@ -311,6 +304,22 @@ def read_skipped_records(skipped_records_dir: str | os.PathLike) -> list[str]:
     for path in sorted(pathlib.Path(skipped_records_dir).glob(_SKIPPED_FILE_GLOB)):
         ids.extend(path.read_text(encoding="utf-8").splitlines())
     return ids
+
+
+def batch_layout(global_batch_size: int, shard_options: grain.sharding.ShardOptions | None,
+                 skipped_records_dir: str | os.PathLike | None) -> tuple[grain.sharding.ShardOptions, int]:
+    """(shard options, per-process batch size) of a loader; makes the skipped-records folder if one is named.
+
+    `shard_options` defaults to ShardByJaxProcess(drop_remainder=True); the global batch must split evenly.
+    """
+    if shard_options is None:
+        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    if global_batch_size % shard_options.shard_count:
+        raise ValueError(f"global_batch_size={global_batch_size} does not divide by the "
+                         f"{shard_options.shard_count} data shards (JAX processes).")
+    if skipped_records_dir is not None:
+        pathlib.Path(skipped_records_dir).mkdir(parents=True, exist_ok=True)
+    return shard_options, global_batch_size // shard_options.shard_count
 
 
 def normalize_images(images: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:

@@ -283,12 +283,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_requested: Call
             log_now = step % config.log_every == 0 or step == first_step + 1 or is_last
             if log_now or step % config.checkpoint_every == 0:
                 scalars = jax.device_get(step_metrics)
-                bad_steps = int(jax.device_get(state.nonfinite_steps))
-                if bad_steps:
-                    raise JobError(
-                        f"non-finite loss or gradient in {bad_steps} step(s) at or before step {step} "
-                        f"(last loss {float(scalars['loss'])}); stopping. The last good checkpoint "
-                        f"(step {last_good_checkpoint}) is kept in {checkpointer.directory}.")
+                train_state.stop_if_nonfinite(state, step, float(scalars["loss"]), last_good_checkpoint,
+                                              checkpointer.directory)
                 if log_now:
                     scalars.update(throughput.measure(step, total_steps))
                     log(telemetry.progress_line(step, total_steps, scalars))

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from abaw_jax.runtime.errors import JobError
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -39,3 +41,14 @@ def apply_gradients(state: TrainState, loss: jax.Array, grads: Any, tx: optax.Gr
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
     return new_state, grad_norm
+
+
+def stop_if_nonfinite(state: TrainState, step: int, last_loss: float, last_good_checkpoint: int | None,
+                      checkpoint_dir: str) -> None:
+    """Raises JobError if any step so far was skipped for a non-finite loss or gradient (`apply_gradients`)."""
+    bad_steps = int(jax.device_get(state.nonfinite_steps))
+    if bad_steps:
+        raise JobError(
+            f"non-finite loss or gradient in {bad_steps} step(s) at or before step {step} "
+            f"(last loss {last_loss}); stopping. The last good checkpoint "
+            f"(step {last_good_checkpoint}) is kept in {checkpoint_dir}.")
