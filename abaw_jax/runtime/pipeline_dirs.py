@@ -1,0 +1,67 @@
+"""Where each stage of the whole-method pipeline (`configs/abaw.py`) keeps its output, in one place.
+
+    <root>/mae/                       stage 1: MAE pretraining workdir
+    <root>/finetune_<task>/           stage 2: fine-tuning workdir per task (au, expr, va)
+    <root>/features/                  stage 3: the feature store (visual sets named after tasks + `mae`, audio)
+    <root>/fusion_<task>/             stage 4: TMF ensemble on visual + audio features
+    <root>/fusion_<task>_visual/      stage 4, ablation: the same ensemble on visual features only
+    <root>/evaluate_<task>[_visual]/  stage 5: tuning, tables, submission files of each ensemble
+    <root>/report/                    report.md and its figures
+    <root>/predictor/                 the predictor bundle that `python -m abaw_jax.predict` reads
+
+Each stage folder holds the stage job's own files plus `stage.json` (`STAGE_FILE`), written by the pipeline:
+the stage's settings, their fingerprint and whether the stage finished. Readers of a pipeline workdir (the
+report, the bundle export, `predict`) take a `PipelineDirs` rather than building paths themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+TASKS = ("au", "expr", "va")
+# '' : visual + audio features (the method); 'visual': visual features only (the audio ablation).
+VARIANTS = ("", "visual")
+STAGE_FILE = "stage.json"
+
+
+def _suffix(task: str, variant: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return f"{task}_{variant}" if variant else task
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineDirs:
+    """The stage folders of one pipeline workdir `root` (nothing is created here)."""
+
+    root: str
+
+    @property
+    def mae(self) -> str:
+        return os.path.join(self.root, "mae")
+
+    def finetune(self, task: str) -> str:
+        return os.path.join(self.root, f"finetune_{_suffix(task, '')}")
+
+    @property
+    def features(self) -> str:
+        return os.path.join(self.root, "features")
+
+    def fusion(self, task: str, variant: str = "") -> str:
+        return os.path.join(self.root, f"fusion_{_suffix(task, variant)}")
+
+    def evaluate(self, task: str, variant: str = "") -> str:
+        return os.path.join(self.root, f"evaluate_{_suffix(task, variant)}")
+
+    @property
+    def report(self) -> str:
+        return os.path.join(self.root, "report")
+
+    @property
+    def predictor(self) -> str:
+        return os.path.join(self.root, "predictor")
+
+    def stage_file(self, stage_dir: str) -> str:
+        return os.path.join(stage_dir, STAGE_FILE)
