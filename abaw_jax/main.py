@@ -2,6 +2,7 @@ r"""Entry point for abaw_jax training jobs.
 
   python -m abaw_jax.main --config=configs/mae.py:tiny --workdir=/tmp/abaw_mae_tiny
   python -m abaw_jax.main --config=configs/mae.py --workdir=/ckpt/mae --config.data.data_dir=/data/tfds
+  python -m abaw_jax.main --config=configs/abaw.py:tiny --workdir=/tmp/abaw      (the whole method)
 
 Override any config value with --config.key=value (unknown keys and out-of-range values are an error).
 Errors print one line `error: ...` and exit with status 2 (usage, config) or 1 (the rest); see
@@ -9,13 +10,14 @@ abaw_jax/runtime/errors.py (`ABAW_JAX_TRACEBACK=1` or --verbosity=1 adds the tra
 --distributed on every host (JAX detects the cluster: TPU pods, SLURM, ...), or name the coordinator
 explicitly with --coordinator_address=host:port --num_processes=N --process_id=i.
 """
+import functools
 import os
 
 from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from abaw_jax.jobs import evaluate, extract_features, finetune, fusion, mae_pretrain
+from abaw_jax.jobs import evaluate, extract_features, finetune, fusion, mae_pretrain, pipeline
 from abaw_jax.runtime import errors, telemetry
 
 JOBS = {
@@ -25,6 +27,8 @@ JOBS = {
     "fusion": fusion.run,
     "evaluate": evaluate.run,
 }
+# The whole method (configs/abaw.py) chains the jobs above through the registry, never by importing them.
+JOBS["pipeline"] = functools.partial(pipeline.run, jobs=dict(JOBS))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/mae.py:tiny.",
                                           lock_config=True)

@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+import importlib.util
 import pathlib
 
 import pytest
@@ -26,3 +27,60 @@ def absl_flags_parsed():
     """grain's worker processes read absl flags, which pytest never parses (and CLI tests reset)."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The whole method at toy scale: 16-pixel crops, tens of steps per stage. What it checks is the wiring between
+# the stages, the report and the predictor bundle, not what the models learn.
+MICRO_PIPELINE = {
+    "data.synthetic_videos": SYNTHETIC_AFFWILD2_ARGS["num_videos"],
+    "data.synthetic_frames_per_video": SYNTHETIC_AFFWILD2_ARGS["frames_per_video"],
+    "audio_ablation": "va",
+    "mae.model.image_size": 16, "mae.batch_size": 16, "mae.total_steps": 10, "mae.warmup_steps": 2,
+    "mae.log_every": 5, "mae.checkpoint_every": 10, "mae.image_every": 10, "mae.data.worker_count": 0,
+    "features.batch_size": 128, "features.log_every": 1000,
+}
+for _task in ("au", "expr", "va"):
+    MICRO_PIPELINE.update({
+        f"finetune.{_task}.model.image_size": 16, f"finetune.{_task}.data.worker_count": 0,
+        f"finetune.{_task}.batch_size": 32, f"finetune.{_task}.total_steps": 20, f"finetune.{_task}.warmup_steps": 2,
+        f"finetune.{_task}.eval_every": 20, f"finetune.{_task}.log_every": 10, f"finetune.{_task}.checkpoint_every": 20,
+        f"fusion.{_task}.clip_len": 32, f"fusion.{_task}.eval_stride": 16, f"fusion.{_task}.num_epochs": 2,
+        f"fusion.{_task}.model.depth": 1, f"fusion.{_task}.model.width": 32, f"fusion.{_task}.model.mlp_dim": 32,
+        f"fusion.{_task}.model.proj_dim": 64, f"evaluate.{_task}.num_plots": 1})
+
+
+def set_values(config, values: dict):
+    """Sets dotted keys ('fusion.expr.num_epochs') of a ConfigDict, as --config.key=value would."""
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def load_config(name: str, preset: str = ""):
+    """configs/<name>.py:<preset>."""
+    spec = importlib.util.spec_from_file_location(f"test_configs_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def micro_pipeline_config(cache_dir, **overrides):
+    """configs/abaw.py:tiny shrunk to MICRO_PIPELINE, on a synthetic release generated in `cache_dir`."""
+    config = load_config("abaw", "tiny")
+    return set_values(config, {**MICRO_PIPELINE, "data.cache_dir": str(cache_dir), **overrides})
+
+
+@pytest.fixture(scope="session")
+def micro_pipeline(tmp_path_factory):
+    """(root, config, records) of one finished micro run of the whole method (a few minutes on 2 cores)."""
+    from abaw_jax.main import JOBS
+
+    root = tmp_path_factory.mktemp("pipeline") / "run"
+    config = micro_pipeline_config(tmp_path_factory.mktemp("pipeline_cache"))
+    records = JOBS["pipeline"](config, str(root))
+    return root, config, records

@@ -86,3 +86,11 @@ def routing_mask(members: Sequence[str], is_reaction: np.ndarray, *, general: Se
 def hard_labels(task: str, outputs: jax.Array, thresholds: jax.Array | float = 0.5) -> jax.Array:
     """One member's final labels (what `combine` gives for a single member)."""
     return combine(task, outputs[None], jnp.ones((1, outputs.shape[0]), bool), thresholds, "soft")
+
+
+def required_members(config) -> list[str]:
+    """The members an evaluate config (configs/evaluate.py) reads, in a fixed order: folds, official, general,
+    and the reaction member unless scene routing is off."""
+    routed = config.scene_routing != "none"
+    return list(dict.fromkeys(list(config.fold_members) + [config.official_member] + list(config.ensemble.general)
+                              + ([config.ensemble.reaction_member] if routed else [])))

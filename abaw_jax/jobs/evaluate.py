@@ -226,8 +226,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     fold_members = list(config.fold_members)
     general = list(config.ensemble.general)
     routed = config.scene_routing != "none"
-    members = list(dict.fromkeys(fold_members + [config.official_member] + general
-                                 + ([config.ensemble.reaction_member] if routed else [])))
+    members = ensemble.required_members(config)
     predictions.require_members(members)
     index = {m: i for i, m in enumerate(members)}
     test_list = _check_test_inputs(predictions, paths, task)

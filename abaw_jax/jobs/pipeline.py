@@ -1,0 +1,298 @@
+"""The whole method in one run: every stage job in order, each in its own sub-folder (configs/abaw.py).
+
+The pipeline only chains: each stage is the stage job itself (`run(config, workdir)` from the registry main.py
+passes in), called in this process with the stage's own config, whose input paths point at the folders of the
+stages before it (`runtime.pipeline_dirs`). Around each stage it keeps `<stage>/stage.json`:
+
+  {"stage", "job", "config", "inputs": {stage: fingerprint}, "fingerprint", "complete", "seconds"}
+
+The fingerprint hashes the stage's config and its inputs' fingerprints, so a change anywhere reruns that stage
+and every stage that reads it, and nothing else. A stage with the same fingerprint that did not finish (killed,
+crashed) is run again in its folder, where the job resumes from its own checkpoints; a changed stage's folder is
+cleared first so no job resumes from state trained with other settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+from jax.experimental import multihost_utils
+
+from abaw_jax.eval import ensemble, report
+from abaw_jax.predictor import bundle
+from abaw_jax.runtime import workdir as workdir_lib
+from abaw_jax.runtime.errors import ExplainedError, JobError
+from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs
+from abaw_jax.runtime.telemetry import log
+
+# Bumped when what the report / bundle steps write changes, so finished runs redo them.
+_STEP_VERSIONS = {"report": 1, "predictor": 1}
+_STAGE_CONFIG_TEMPLATE = '''"""Settings of pipeline stage {name!r} (written by configs/abaw.py's pipeline; edits here are not read back).
+
+Rerun this stage alone:
+  python -m abaw_jax.main --config={path} --workdir={directory}
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({values!r})
+'''
+
+
+@dataclasses.dataclass
+class Stage:
+    """One step of the pipeline: a registered job with its config, or an in-process step (report, predictor)."""
+
+    name: str
+    directory: str
+    inputs: tuple[str, ...]
+    job: str = ""
+    config: ml_collections.ConfigDict | None = None
+    step: Callable[[], Any] | None = None
+
+    def settings(self) -> dict[str, Any]:
+        if self.config is not None:
+            return json.loads(json.dumps(self.config.to_dict(), sort_keys=True))
+        return {"version": _STEP_VERSIONS[self.name]}
+
+
+def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(config.to_dict())
+
+
+def _names(value: Any, key: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",")) if isinstance(value, str) else tuple(value)
+    names = tuple(n for n in names if n)
+    unknown = [n for n in names if n not in TASKS]
+    if unknown or len(set(names)) != len(names):
+        raise JobError(f"config.{key} must be distinct tasks among {TASKS}, got {value!r}")
+    return names
+
+
+def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
+    """The stages of this config in order, each with its config wired to the folders of the stages it reads."""
+    tasks = _names(config.tasks, "tasks")
+    if not tasks:
+        raise JobError("config.tasks must name at least one task of au, expr, va")
+    ablation = _names(config.audio_ablation, "audio_ablation")
+    if not set(ablation) <= set(tasks):
+        raise JobError(f"config.audio_ablation={config.audio_ablation!r} names tasks not in config.tasks={tasks}")
+
+    def with_release(stage_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        stage_config = _copy(stage_config)
+        for key, value in config.data.items():
+            stage_config.data[key] = value
+        return stage_config
+
+    stages: list[Stage] = []
+    if config.mae_encoder:
+        encoder, encoder_inputs = config.mae_encoder, ()
+    else:
+        mae = _copy(config.mae)
+        if config.data.root and not mae.data.data_dir:
+            raise JobError(f"config.data.root={config.data.root} is a real release, but config.mae.data.data_dir "
+                           "is empty, so stage 1 would pretrain on the synthetic faces: set it to your face shards "
+                           "(python -m data_prep.build_face_shards), or skip pretraining with "
+                           "--config.mae_encoder=<pretrained MAE weights>")
+        if not mae.data.data_dir:
+            mae.data.cache_dir = config.data.cache_dir
+            mae.data.synthetic_videos = config.data.synthetic_videos
+            mae.data.synthetic_frames_per_video = config.data.synthetic_frames_per_video
+        stages.append(Stage("mae", dirs.mae, (), "mae_pretrain", mae))
+        encoder, encoder_inputs = dirs.mae, ("mae",)
+
+    for task in tasks:
+        finetune = with_release(config.finetune[task])
+        finetune.encoder = encoder
+        stages.append(Stage(f"finetune_{task}", dirs.finetune(task), encoder_inputs, "finetune", finetune))
+
+    extract = with_release(config.features)
+    # The fine-tuned sets follow config.tasks; other sets (mae, affectnet_expr, ...) are kept as listed.
+    extract.sets = tuple(tasks) + tuple(s for s in extract.sets if s not in TASKS)
+    extract_inputs = [f"finetune_{t}" for t in tasks]
+    for task in tasks:
+        extract.encoders[task] = dirs.finetune(task)
+    if "mae" in extract.sets:
+        extract.encoders.mae = encoder
+        extract_inputs += list(encoder_inputs)
+    stages.append(Stage("features", dirs.features, tuple(extract_inputs), "extract_features", extract))
+
+    for task in tasks:
+        for variant in ("", "visual") if task in ablation else ("",):
+            fusion = with_release(config.fusion[task])
+            fusion.features_dir = dirs.features
+            if variant == "visual":
+                fusion.audio_sets = ""
+            name = f"fusion_{task}" + (f"_{variant}" if variant else "")
+            stages.append(Stage(name, dirs.fusion(task, variant), ("features",), "fusion", fusion))
+    for task in tasks:
+        for variant in ("", "visual") if task in ablation else ("",):
+            evaluate = with_release(config.evaluate[task])
+            evaluate.fusion_workdir = dirs.fusion(task, variant)
+            _check_members(f"fusion.{task}", config.fusion[task].members, f"evaluate.{task}",
+                           ensemble.required_members(evaluate))
+            inputs = [f"fusion_{task}" + (f"_{variant}" if variant else "")]
+            if not variant and extract.static_predictions:
+                evaluate.static_predictions = os.path.join(dirs.features, f"predictions_{task}")
+                inputs.append("features")
+            name = f"evaluate_{task}" + (f"_{variant}" if variant else "")
+            stages.append(Stage(name, dirs.evaluate(task, variant), tuple(inputs), "evaluate", evaluate))
+
+    ran = tuple(s.name for s in stages)
+    stages.append(Stage("report", dirs.report, ran, step=lambda: log(report.write_report(dirs, tasks=tasks))))
+    method = tuple(n for n in ran if not n.endswith("_visual"))
+    stages.append(Stage("predictor", dirs.predictor, method, step=lambda: bundle.export_bundle(
+        dirs, dirs.predictor, tasks=tasks, data_config=config.data)))
+    return stages
+
+
+def _check_members(fusion_key: str, trained: str, evaluate_key: str, needed: list[str]) -> None:
+    """Stops before any training when stage 5 would ask stage 4 for members it is not set to train."""
+    missing = [m for m in needed if m not in [n.strip() for n in trained.split(",")]]
+    if missing:
+        raise JobError(f"config.{evaluate_key} reads members {missing}, which config.{fusion_key}.members="
+                       f"{trained!r} does not train: add them there, or change config.{evaluate_key}'s "
+                       "fold_members / official_member / ensemble.general / scene_routing")
+
+
+def fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
+    blob = json.dumps({"settings": settings, "inputs": dict(inputs)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: tree}
+
+
+def describe_change(old: Mapping[str, Any], settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
+    """What differs between a stage's recorded run and this one, for the log line that explains a rerun."""
+    before, after = _flatten(old.get("config", {})), _flatten(settings)
+    changed = [f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"
+               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    changed += [f"input {k} changed" for k in sorted(inputs) if old.get("inputs", {}).get(k) != inputs[k]]
+    return "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+
+
+def read_stage_file(directory: str) -> dict[str, Any] | None:
+    path = os.path.join(directory, STAGE_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise JobError(f"{path}: unreadable stage record ({e}); delete that stage folder to rerun it") from None
+
+
+def _write_json(path: str, value: Mapping[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _sync(tag: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(tag)
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, Callable[..., Any]]) -> dict:
+    """Runs (or resumes, or skips) every stage of `config` under `workdir`; returns {stage: record}."""
+    dirs = PipelineDirs(os.path.abspath(workdir))
+    stages = plan(config, dirs)
+    leader = jax.process_index() == 0
+    os.makedirs(dirs.root, exist_ok=True)
+    fingerprints: dict[str, str] = {}
+    records: dict[str, dict[str, Any]] = {}
+    start = time.perf_counter()
+    with workdir_lib.lock(dirs.root, enabled=leader):
+        for index, stage in enumerate(stages, 1):
+            settings = stage.settings()
+            inputs = {name: fingerprints[name] for name in stage.inputs}
+            fingerprints[stage.name] = fingerprint(settings, inputs)
+            header = f"[{index}/{len(stages)}] {stage.name}"
+            old = read_stage_file(stage.directory)
+            if old is None and os.path.isdir(stage.directory) and os.listdir(stage.directory):
+                raise JobError(f"{stage.directory} exists but was not made by this pipeline (no {STAGE_FILE}); "
+                               "move it away or choose another --workdir")
+            if old is not None and old.get("fingerprint") == fingerprints[stage.name] and old.get("complete"):
+                log(f"== {header}: done earlier with these settings, skipped")
+                records[stage.name] = {**old, "status": "skipped"}
+                continue
+            if old is not None and old.get("fingerprint") == fingerprints[stage.name]:
+                status = "resumed"
+                log(f"== {header}: resuming the unfinished run in {stage.directory}")
+            else:
+                status = "ran"
+                if old is not None:
+                    log(f"== {header}: settings changed ({describe_change(old, settings, inputs)}); "
+                        f"clearing {stage.directory} and running it again")
+                    if leader:
+                        shutil.rmtree(stage.directory)
+                    _sync(f"cleared {stage.name}")
+                log(f"== {header}: {stage.job or stage.name} -> {stage.directory}")
+            record = {"stage": stage.name, "job": stage.job, "config": settings, "inputs": inputs,
+                      "fingerprint": fingerprints[stage.name], "complete": False}
+            if leader:
+                os.makedirs(stage.directory, exist_ok=True)
+                _write_json(os.path.join(stage.directory, STAGE_FILE), record)
+                if stage.config is not None:
+                    _write_stage_config(stage)
+            _sync(f"started {stage.name}")
+            began = time.perf_counter()
+            try:
+                if stage.config is not None:
+                    jobs[stage.job](stage.config, stage.directory)
+                else:
+                    stage.step()
+            except ExplainedError as e:
+                raise type(e)(f"stage {stage.name}: {e}") from e
+            record.update(complete=True, seconds=round(time.perf_counter() - began, 1))
+            if leader:
+                _write_json(os.path.join(stage.directory, STAGE_FILE), record)
+            _sync(f"finished {stage.name}")
+            records[stage.name] = {**record, "status": status}
+            log(f"== {header}: finished in {_format_seconds(record['seconds'])}")
+
+    log(summary(records, time.perf_counter() - start))
+    report_file = os.path.join(dirs.report, "report.md")
+    if os.path.exists(report_file):
+        log(f"Report: {report_file}\nPredictor: {dirs.predictor} "
+            f"(python -m abaw_jax.predict --model={dirs.root} --videos=<video or folder> --out_dir=<folder>)")
+    return records
+
+
+def summary(records: Mapping[str, Mapping[str, Any]], seconds: float) -> str:
+    lines = ["| stage | this run | time |", "|---|---|---|"]
+    for name, record in records.items():
+        took = _format_seconds(record["seconds"]) if record["status"] != "skipped" else "-"
+        lines.append(f"| {name} | {record['status']} | {took} |")
+    return "\n".join(lines) + f"\nPipeline time: {_format_seconds(seconds)}"
+
+
+def _write_stage_config(stage: Stage) -> None:
+    path = os.path.join(stage.directory, "stage_config.py")
+    text = _STAGE_CONFIG_TEMPLATE.format(name=stage.name, path=path, directory=stage.directory,
+                                         values=stage.config.to_dict())
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)

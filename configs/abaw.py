@@ -1,0 +1,88 @@
+r"""The whole method in one command: pretraining, fine-tuning, features, fusion ensembles, evaluation, report.
+
+  python -m abaw_jax.main --config=configs/abaw.py:tiny --workdir=/tmp/abaw
+
+runs, each in its own sub-folder of the workdir (`abaw_jax/runtime/pipeline_dirs.py`):
+  mae                     stage 1, configs/mae.py                MAE pretraining
+  finetune_<task>         stage 2, configs/finetune.py:<task>     per task: au, expr, va
+  features                stage 3, configs/extract_features.py   the three fine-tuned sets + log-mel/MFCC audio
+  fusion_<task>           stage 4, configs/fusion.py:<task>       TMF ensemble on visual + audio features
+  fusion_<task>_visual    stage 4 again on visual features only  (the audio ablation; config.audio_ablation)
+  evaluate_<task>[_visual] stage 5, configs/evaluate.py:<task>   tuning, Tables 1-3/5, submission files
+  report                  report.md + figures (the paper's tables, the ablation, the claims checked)
+  predictor               the bundle `python -m abaw_jax.predict --model=<workdir>` uses on new videos
+
+Every stage's settings are the stage config's own, under its name here, and can be overridden the same way:
+  --config.fusion.expr.members=official,whole  --config.finetune.au.total_steps=500  --config.mae.batch_size=64
+`config.data` (the release) applies to every stage that reads the release. A stage whose folder holds a
+finished run with the same settings and the same inputs is skipped; a killed run resumes inside the stage it
+stopped in; changed settings rerun that stage (its folder is cleared) and every stage after it that reads it.
+Each stage folder has `stage.json` (settings, fingerprint, wall time) and `stage_config.py`, which reruns the
+stage alone: `python -m abaw_jax.main --config=<stage folder>/stage_config.py --workdir=<stage folder>`.
+
+Paper preset (default): ViT-B/16 MAE on the face shards in --config.mae.data.data_dir (or skip pretraining with
+--config.mae_encoder=<official MAE .pth, params folder or pretraining workdir>), the licensed release in
+--config.data.root. Stage costs on one H100 (bf16): pretraining 4.5 M faces x 800 epochs is ~3.5 days on
+8 H100 at 40% MFU (configs/mae.py); fine-tuning 10 epochs of ~1.5 M Train_Set crops per task, ~3-4 h each at
+the measured ~4,400 img/s training rate; features ~3 M crops x 3 sets at >10,000 frames/s, ~15 min; fusion
+(8 members x 50 epochs on features in device memory) and evaluation, minutes. The paper's results: Tables 1-3
+in report.md (EXPR official F1 ~0.55, AU ~0.55, VA mean CCC ~0.6 with their features).
+
+`tiny` preset (CPU): the embedded synthetic release (16 videos, 22 tracks), the tiny ViT (width 192, 64 px),
+shortened stages (MAE 200 steps, fine-tuning 200 steps per task, fusion 10 epochs): about 15 minutes on 2
+cores. Expect scores only somewhat above a constant predictor (the tiny encoder learns little in 200 steps);
+report.md says, claim by claim, which of the paper's effects show on this run.
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+from abaw_jax.data import release
+
+TASKS = ("au", "expr", "va")
+
+
+def _stage_config(name: str, preset: str) -> ml_collections.ConfigDict:
+    """configs/<name>.py:<preset>, loaded by path (config files are not a package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"abaw_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    if preset not in ("", "tiny"):
+        raise ValueError(f"unknown preset {preset!r} for configs/abaw.py; use '' or 'tiny'")
+    tiny = preset == "tiny"
+    config = ml_collections.ConfigDict()
+    config.job = "pipeline"
+    config.tasks = ",".join(TASKS)
+    # Tasks whose ensemble is trained a second time on visual features alone (Table 5's audio row).
+    config.audio_ablation = ",".join(TASKS)
+    config.data = release.data_config()
+    # A pretrained encoder to fine-tune instead of running stage 1 (an official MAE .pth / .safetensors, a
+    # params folder, a transformers folder or a pretraining workdir).
+    config.mae_encoder = ""
+
+    config.mae = _stage_config("mae", preset)
+    config.finetune = ml_collections.ConfigDict({t: _stage_config("finetune", t + ("_tiny" if tiny else ""))
+                                                 for t in TASKS})
+    config.features = _stage_config("extract_features", preset)
+    config.features.sets = TASKS
+    config.fusion = ml_collections.ConfigDict({t: _stage_config("fusion", t + ("_tiny" if tiny else ""))
+                                               for t in TASKS})
+    config.evaluate = ml_collections.ConfigDict({t: _stage_config("evaluate", t + ("_tiny" if tiny else ""))
+                                                 for t in TASKS})
+
+    if tiny:
+        # The 20-minute budget on 2 cores: shorter stages than the stand-alone tiny presets.
+        config.mae.total_steps = 200
+        config.mae.warmup_steps = 20
+        config.mae.image_every = 200
+        for task in TASKS:
+            config.finetune[task].total_steps = 200
+            config.finetune[task].warmup_steps = 20
+            config.fusion[task].num_epochs = 10
+    return config

@@ -1,0 +1,129 @@
+"""The whole method in one run (configs/abaw.py, abaw_jax/jobs/pipeline.py) on a micro configuration.
+
+One real run of every stage (the `micro_pipeline` fixture) is shared; the tests then check what it wrote, and
+that reruns skip, resume or redo exactly the stages they should.
+"""
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from abaw_jax.data import release
+from abaw_jax.eval.submission import check_submission
+from abaw_jax.jobs import pipeline
+from abaw_jax.main import JOBS
+from abaw_jax.runtime.errors import JobError
+from abaw_jax.runtime.pipeline_dirs import PipelineDirs
+from conftest import REPO, micro_pipeline_config, set_values
+
+STAGES = ["mae", "finetune_au", "finetune_expr", "finetune_va", "features", "fusion_au", "fusion_expr",
+          "fusion_va", "fusion_va_visual", "evaluate_au", "evaluate_expr", "evaluate_va", "evaluate_va_visual",
+          "report", "predictor"]
+
+
+def _stage(root: pathlib.Path, name: str) -> dict:
+    return json.loads((root / name / "stage.json").read_text())
+
+
+def test_every_stage_runs_in_order_into_its_folder(micro_pipeline):
+    root, config, records = micro_pipeline
+    assert list(records) == STAGES
+    assert all(r["status"] == "ran" and r["complete"] for r in records.values())
+    dirs = PipelineDirs(str(root))
+    # Each stage read the folder of the stage before it, not the tiny presets' /tmp workdirs.
+    assert _stage(root, "finetune_expr")["config"]["encoder"] == dirs.mae
+    assert _stage(root, "features")["config"]["encoders"]["va"] == dirs.finetune("va")
+    assert _stage(root, "fusion_va_visual")["config"]["audio_sets"] == ""
+    assert _stage(root, "fusion_va")["config"]["audio_sets"] == "logmel_mfcc"
+    assert _stage(root, "evaluate_au")["config"]["fusion_workdir"] == dirs.fusion("au")
+    assert _stage(root, "evaluate_va_visual")["config"]["fusion_workdir"] == dirs.fusion("va", "visual")
+    assert _stage(root, "evaluate_au")["inputs"] == {"fusion_au": records["fusion_au"]["fingerprint"],
+                                                     "features": records["features"]["fingerprint"]}
+    paths = release.resolve(config.data)
+    for task in ("AU", "EXPR", "VA"):
+        submission = root / f"evaluate_{task.lower()}" / "submissions" / f"{task}.txt"
+        assert check_submission(submission, paths.example_file(task), task) > 0
+    assert (root / "report" / "report.md").is_file()
+
+
+def test_stage_config_file_reruns_the_stage_alone(micro_pipeline):
+    root, _, _ = micro_pipeline
+    path = root / "evaluate_expr" / "stage_config.py"
+    spec = importlib.util.spec_from_file_location("stage_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert f"--config={path}" in path.read_text()
+    assert json.loads(json.dumps(module.get_config().to_dict())) == _stage(root, "evaluate_expr")["config"]
+
+
+def test_rerun_with_the_same_settings_skips_every_stage(micro_pipeline):
+    root, config, _ = micro_pipeline
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "logs" not in p.parts}
+    records = JOBS["pipeline"](config, str(root))
+    assert [r["status"] for r in records.values()] == ["skipped"] * len(STAGES)
+    after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "logs" not in p.parts}
+    assert after == before
+
+
+def test_unfinished_stage_resumes_in_place_and_later_stages_stay(micro_pipeline, capsys):
+    root, config, _ = micro_pipeline
+    record = _stage(root, "fusion_va")
+    (root / "fusion_va" / "stage.json").write_text(json.dumps({**record, "complete": False}))
+    records = JOBS["pipeline"](config, str(root))
+    assert records["fusion_va"]["status"] == "resumed"
+    assert "Resumed from" in capsys.readouterr().out  # the job found its own checkpoint: no retraining
+    assert {n for n, r in records.items() if r["status"] != "skipped"} == {"fusion_va"}
+    assert _stage(root, "fusion_va")["complete"]
+
+
+def test_changed_setting_reruns_that_stage_and_its_dependents_only(micro_pipeline, capsys):
+    root, config, _ = micro_pipeline
+    changed = set_values(micro_pipeline_config(config.data.cache_dir), {"evaluate.expr.num_plots": 0})
+    (root / "evaluate_expr" / "marker").write_text("from the earlier run")
+    records = JOBS["pipeline"](changed, str(root))
+    ran = {n for n, r in records.items() if r["status"] == "ran"}
+    assert ran == {"evaluate_expr", "report", "predictor"}
+    assert "num_plots: 1 -> 0" in capsys.readouterr().out
+    assert not (root / "evaluate_expr" / "marker").exists()  # cleared, not resumed from
+    assert not list((root / "evaluate_expr").glob("plots/*.png"))
+
+
+def test_plan_rejects_inconsistent_settings(tmp_path):
+    dirs = PipelineDirs(str(tmp_path))
+
+    def fails(match, **overrides):
+        with pytest.raises(JobError, match=match):
+            pipeline.plan(micro_pipeline_config(tmp_path, **overrides), dirs)
+
+    fails(r"config.tasks must be distinct tasks", tasks="expr,pose")
+    fails(r"config.tasks must name at least one", tasks="", audio_ablation="")
+    fails(r"audio_ablation=.*not in config.tasks", tasks="expr", audio_ablation="va")
+    fails(r"config.evaluate.expr reads members \['reaction'\].*config.fusion.expr.members",
+          **{"fusion.expr.members": "official,fold1,fold2,fold3,fold4,fold5,whole"})
+    fails(r"config.mae.data.data_dir is empty", **{"data.root": str(tmp_path)})
+    one_task = pipeline.plan(micro_pipeline_config(tmp_path, tasks="expr", audio_ablation="",
+                                                   **{"features.sets": ("au", "mae")}), dirs)
+    assert [s.name for s in one_task][:4] == ["mae", "finetune_expr", "features", "fusion_expr"]
+    assert one_task[2].config.sets == ("expr", "mae") and one_task[2].inputs == ("finetune_expr", "mae")
+    skip_mae = pipeline.plan(micro_pipeline_config(tmp_path, mae_encoder="/weights/mae.pth"), dirs)
+    assert skip_mae[0].name == "finetune_au" and skip_mae[0].config.encoder == "/weights/mae.pth"
+
+
+def test_foreign_folder_in_a_stage_place_is_not_overwritten(tmp_path):
+    (tmp_path / "mae").mkdir()
+    (tmp_path / "mae" / "mine.txt").write_text("a user's file")
+    with pytest.raises(JobError, match=r"mae exists but was not made by this pipeline"):
+        JOBS["pipeline"](micro_pipeline_config(tmp_path / "cache"), str(tmp_path))
+    assert (tmp_path / "mae" / "mine.txt").read_text() == "a user's file"
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "abaw_jax.main", "--config=configs/abaw.py:tiny",
+                             f"--workdir={tmp_path}", "--config.tasks=expr,pose"],
+                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config.tasks must be distinct tasks")
