@@ -305,6 +305,7 @@ def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
     # Stage files: settings and wall time where stage.json exists, the rest said to lack it.
     stages = {r["stage"]: r for r in tables["Stage settings"].records()}
     assert stages["mae"]["wall time"] == "2m05s" and "model.size=tiny" in stages["mae"]["settings"]
+    assert stages["total"]["wall time"] == "3m06s"   # 125.4 s + 61 s
     assert stages["finetune_expr"]["settings"] == "task=EXPR" and stages["fusion_va"]["settings"] == "no stage.json"
     assert "Release: the synthetic release (16 videos x 300 frames, seed 0" in text
 

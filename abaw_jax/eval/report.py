@@ -265,6 +265,9 @@ def _stages_section(folders: Sequence[pathlib.Path], stages: dict[str, dict]) ->
                          format_duration(seconds) if isinstance(seconds, (int, float)) else MISSING))
         elif folder.is_dir():
             rows.append((folder.name, "no stage.json", MISSING, MISSING))
+    seconds = [s["seconds"] for s in stages.values() if isinstance(s.get("seconds"), (int, float))]
+    if seconds:
+        rows.append(("total", f"{len(seconds)} timed stages", "", format_duration(sum(seconds))))
     return "## Stages\n\n" + _markdown_table("Stage settings", ["stage", "settings", "complete", "wall time"], rows)
 
 
@@ -521,8 +524,9 @@ def write_report(dirs: PipelineDirs, *, tasks: Sequence[str]) -> str:
     notes = [f"{t.upper()}: not run (no rows for it)." for t in not_run]
     for files in all_files:
         if files.visual is None:
+            dropped = f"the {VISUAL_ONLY} column" + (" and the audio claim are" if files.task.name == "VA" else " is")
             notes.append(f"{files.task.name}: no visual-only variant ({_relative(files.paths['visual'])} absent): "
-                         f"the {VISUAL_ONLY} column and the audio claim are dropped.")
+                         f"{dropped} dropped.")
         if not any(r["setting"].startswith("static ") for r in files.results["ablation"]):
             notes.append(f"{files.task.name}: no static predictions in the ablation (evaluate ran without "
                          "static_predictions): the TMF rows and claim are dropped.")
