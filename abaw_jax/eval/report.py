@@ -468,7 +468,7 @@ def _finetune_figure(all_files: Sequence[TaskFiles], figures: pathlib.Path) -> t
         _curve(axes[1, column], files.finetune_metrics, "eval_metric")
         axes[0, column].set_title(f"fine-tuning {files.task.name}", fontsize=9)
         axes[0, column].set_ylabel("loss")
-        axes[1, column].set(xlabel="step", ylabel=files.task.metric_name.split(" (")[0])
+        axes[1, column].set(xlabel="step", ylabel=f"eval {files.task.metric_name.split(' (')[0]}")
     figure.tight_layout()
     return "Fine-tuning loss and evaluation metric per task", _save(figure, figures / "curves_finetune.png")
 
