@@ -2,7 +2,8 @@
 
 `write_report(PipelineDirs(root), tasks=("au", "expr", "va"))` writes `<root>/report/report.md` and
 `<root>/report/figures/*.png` and returns the markdown. Every number in it is copied from a file a stage wrote
-(nothing is recomputed), printed as the evaluate job prints it: fractions with 4 decimals.
+(nothing is recomputed; the claims' `change` is the difference of two copied numbers), printed as the evaluate job
+prints it: fractions with 4 decimals.
 
 Inputs, per task t of the run (a missing required file is a `ReportError` naming it):
   mae/metrics.jsonl                        required: MAE loss curve
@@ -17,6 +18,12 @@ Optional inputs that are absent drop their rows or columns, with a note saying s
 
 The claims section rests each of the paper's claims on two cells of a Table 5 (named as `setting [column]`):
 "holds" when the cell with the part is higher than the cell without it, else "does not hold on this run".
+With M the configured ensemble (vote / soft / mean) and SDD in both cells when the run routes reaction videos:
+  TMF helps (each task)       static fine-tuned encoder per frame vs TMF official, both on Validation_Set
+  audio helps VA              M [+ SDD] + smoothing: visual only vs visual + audio
+  SDD helps EXPR and VA       M + smoothing vs M + SDD + smoothing
+  smoothing helps (each)      M [+ SDD] vs M [+ SDD] + smoothing (the tuned sigma and AU thresholds / EXPR biases)
+  the ensemble helps (each)   single member (mean of the general members) vs M, both post-processed, without SDD
 
 `read_tables(markdown)` parses the report's tables back; `check_report(dirs, markdown, tasks=...)` compares every
 number in them with the file it comes from and returns the mismatches (the end-to-end test's check).
