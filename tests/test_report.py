@@ -286,6 +286,7 @@ def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
     path = pathlib.Path(dirs.evaluate("expr"), "results.json")
     results = _json(path)   # as evaluate writes it without static_predictions
     results["ablation"] = [r for r in results["ablation"] if not r["setting"].startswith(("static", "TMF"))]
+    results["test_metric"] = None   # a release without test labels
     path.write_text(json.dumps(results))
     text = report.write_report(dirs, tasks=["va", "expr"])
     assert "- AU: not run (no rows for it)." in text
@@ -300,6 +301,10 @@ def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
                                                                                      "visual + audio"]
     claims = _claim_rows(text)
     assert ("TMF helps", "VA") in claims and ("TMF helps", "EXPR") not in claims
+    (summary,) = [r for r in tables["Summary"].records() if r["task"] == "EXPR"]
+    assert summary["test (submission)"] == "—"
+    expr_rows = [r["setting"] for r in tables[next(t for t in tables if t.startswith("Table 5 (EXPR)"))].records()]
+    assert "submission (ensemble as configured)" not in expr_rows and "vote + SDD + smoothing" in expr_rows
     assert not (pathlib.Path(dirs.report) / "figures" / "mae_reconstructions.png").exists()
     assert report.check_report(dirs, text, tasks=["expr", "va"]) == []
     # Stage files: settings and wall time where stage.json exists, the rest said to lack it.
