@@ -35,7 +35,8 @@ from absl import logging
 import cv2
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+from abaw_jax.media.video import VIDEO_EXTENSIONS
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 PARTIAL_DIR = ".partial_crops"
