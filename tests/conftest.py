@@ -26,3 +26,12 @@ def absl_flags_parsed():
     """grain's worker processes read absl flags, which pytest never parses (and CLI tests reset)."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(synthetic_affwild2, tmp_path_factory):
+    """A pipeline workdir with real features, fusion, evaluate and predictor bundle on the fixture release
+    (tests/tiny_pipeline.py; random-weight encoder)."""
+    import tiny_pipeline as builder
+
+    return builder.build(tmp_path_factory.mktemp("tiny_pipeline"), synthetic_affwild2)
