@@ -58,6 +58,9 @@ def build(root: pathlib.Path, release: pathlib.Path) -> PipelineDirs:
         config.fusion_workdir, config.fusion_preset = dirs.fusion(task), ""
         config.data.root = str(release)
         config.tuning.sigmas = (0.0, 1.0, 2.0, 4.0)
+        config.tuning.thresholds = (0.3, 0.4, 0.5, 0.6, 0.7)
+        config.tuning.expr_bias = (-0.5, 0.0, 0.5)
+        config.tuning.bias_rounds = 1
         config.num_plots = 0
         evaluate.run(config, dirs.evaluate(task))
         data_config = config.data
