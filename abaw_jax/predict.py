@@ -129,6 +129,7 @@ def predict_video(path: pathlib.Path, predictor: predictor_lib.Predictor, detect
                   scene: str, draw_video: bool, min_track_frames: int, log_every: int) -> dict:
     """Writes the outputs of one video; returns its summary (also written as <video>_summary.json)."""
     start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
     num_frames, tracker, _ = read_frames(path, detector, warnings, log_every)
     try:
