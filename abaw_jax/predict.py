@@ -40,9 +40,9 @@ from abaw_jax.predictor import bundle as bundle_lib
 from abaw_jax.predictor import predictor as predictor_lib
 from abaw_jax.runtime import errors
 
-_MODEL = flags.DEFINE_string("model", None, "Pipeline workdir or predictor bundle folder.", required=True)
-_VIDEOS = flags.DEFINE_list("videos", None, "Video files and/or folders of videos.", required=True)
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSV, PNG and summary files go.", required=True)
+_MODEL = flags.DEFINE_string("model", None, "Pipeline workdir or predictor bundle folder.")
+_VIDEOS = flags.DEFINE_list("videos", None, "Video files and/or folders of videos.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSV, PNG and summary files go.")
 _DRAW_VIDEO = flags.DEFINE_bool("draw_video", False, "Also write a copy of each video with boxes and labels.")
 _SCENE = flags.DEFINE_enum("scene", "auto", list(predictor_lib.SCENES),
                            "Scene routing: auto (the bundle's scene router), reaction or other.")
@@ -232,6 +232,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax's and JAX's INFO lines would bury the progress lines
     if len(argv) > 1:
         raise errors.ConfigError(f"unexpected arguments: {argv[1:]}")
+    # Checked here rather than with required=True, so that benchmarks can import this module under their own flags.
+    missing = [f"--{f.name}" for f in (_MODEL, _VIDEOS, _OUT_DIR) if not f.value]
+    if missing:
+        raise errors.ConfigError(f"give {' and '.join(missing)} (see python -m abaw_jax.predict --help)")
     if _BATCH_SIZE.value < 1:
         raise errors.ConfigError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
     try:
