@@ -6,10 +6,12 @@ and crops them itself, so its outputs agree within a looser, stated tolerance (m
 difference| about 0.01, AU labels 97% equal, EXPR labels all equal, VA correlation above 0.98).
 """
 import csv
+import fractions
 import pathlib
 import subprocess
 import sys
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -125,3 +127,44 @@ def test_cli_error_lines(tiny_pipeline, tmp_path):
         assert result.returncode == 1, result.stderr
         assert lines[-1].startswith("error: ") and expected in lines[-1], result.stderr
         assert "Traceback" not in result.stderr
+
+
+def _write_variable_rate_video(path, frames):
+    """An mp4 whose frame intervals alternate between 33 ms (5 frames) and 66 ms (5 frames)."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=30)
+    stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    millisecond = fractions.Fraction(1, 1000)  # the muxer may change stream.time_base once it writes
+    stream.codec_context.time_base = stream.time_base = millisecond
+    pts = np.cumsum([0] + [33 if i % 10 < 5 else 66 for i in range(len(frames) - 1)])
+    for frame, t in zip(frames, pts):
+        picture = av.VideoFrame.from_ndarray(frame, format="bgr24")
+        picture.pts, picture.time_base = int(t), millisecond
+        for packet in stream.encode(picture):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return pts / 1000.0
+
+
+def test_variable_frame_rate_and_two_faces(synthetic_affwild2, predictor, test_track, tmp_path):
+    frames = _frames(affwild2.find_video_file(synthetic_affwild2 / "videos", test_track))[:40]
+    times = _write_variable_rate_video(tmp_path / "vfr.mp4", frames)
+    summary = _run(tmp_path / "vfr.mp4", predictor, tmp_path / "out")
+    assert summary["variable_frame_rate"] and any(w.startswith("variable frame rate") for w in summary["warnings"])
+    with open(tmp_path / "out" / "vfr_0.csv", newline="") as f:
+        np.testing.assert_allclose([float(r["time"]) for r in csv.DictReader(f)], times, atol=1e-3)
+
+    # A two-person video of the release (crops <video>_left / _right): two tracks, the left one first.
+    video = next(p for p in sorted((synthetic_affwild2 / "videos").glob("*.mp4"))
+                 if (synthetic_affwild2 / "cropped_aligned" / f"{p.stem}_left").is_dir())
+    summary = _run(video, predictor, tmp_path / "two")
+    assert len(summary["tracks"]) == 2, summary
+    centres = []
+    for track in summary["tracks"]:
+        with open(tmp_path / "two" / track["csv"], newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["face_found"] == "1"]
+        centres.append(np.median([float(r["face_x"]) + float(r["face_w"]) / 2 for r in rows]))
+    width = frames[0].shape[1]
+    assert centres[0] < width / 2 < centres[1], centres

@@ -377,7 +377,8 @@ class FaceTrack:
 
 class FaceTracker:
     """Greedy IoU tracking: each frame's boxes, largest first, join the track whose last box overlaps most
-    (IoU >= `min_iou`, seen within `max_gap` frames), else start a new track."""
+    (IoU >= `min_iou`, seen within `max_gap` frames), else start a new track. A box whose centre lies inside a
+    larger box of the same frame is a second detection of that face (the Haar cascade gives some) and is dropped."""
 
     def __init__(self, *, min_iou: float = 0.3, max_gap: int = 30):
         self.min_iou, self.max_gap = min_iou, max_gap
@@ -385,7 +386,12 @@ class FaceTracker:
 
     def update(self, k: int, boxes: Sequence[Box]) -> None:
         taken: set[int] = set()
+        kept: list[Box] = []
         for box in sorted(boxes, key=lambda b: b.area, reverse=True):
+            cx, cy = box.center
+            if any(k.x <= cx <= k.x + k.w and k.y <= cy <= k.y + k.h for k in kept):
+                continue
+            kept.append(box)
             best, best_iou = None, self.min_iou
             for i, track in enumerate(self.tracks):
                 last_k, last_box = track.last()
