@@ -108,21 +108,19 @@ def plot_track(path: pathlib.Path, result, title: str) -> None:
 
 
 def read_frames(path: pathlib.Path, detector, warnings: list[str], log_every: int):
-    """Decodes and detects every frame: (frames decoded, FaceTracker, frame size); a corrupt tail is a warning."""
+    """Decodes and detects every frame: (frames decoded, FaceTracker); a corrupt tail is a warning."""
     tracker = faces.FaceTracker()
     count, start = 0, time.perf_counter()
-    size = None
-    frames = faces.iter_video_frames(path)
     try:
-        for k, frame in frames:
-            count, size = k, frame.shape[:2]
+        for k, frame in faces.iter_video_frames(path):
+            count = k
             tracker.update(k, detector(frame))
             if log_every and k % log_every == 0:
                 print(f"{path.name}: {k} frames decoded and searched, {k / (time.perf_counter() - start):.1f} "
                       "frames/s", flush=True)
     except faces.TruncatedVideoError as e:
         warnings.append(f"corrupt tail: {e}; the outputs cover the {count} frames decoded (partial)")
-    return count, tracker, size
+    return count, tracker
 
 
 def predict_video(path: pathlib.Path, predictor: predictor_lib.Predictor, detector, out_dir: pathlib.Path, *,
@@ -131,7 +129,7 @@ def predict_video(path: pathlib.Path, predictor: predictor_lib.Predictor, detect
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
-    num_frames, tracker, _ = read_frames(path, detector, warnings, log_every)
+    num_frames, tracker = read_frames(path, detector, warnings, log_every)
     try:
         times, rate = video.frame_timestamps(path)
     except (av.FFmpegError, ValueError) as e:
