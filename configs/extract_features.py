@@ -52,7 +52,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     })
     config.static_predictions = True
 
-    # Audio kinds of data_prep.audio.make_featurizer; encoder kinds read their local model folder here.
+    # Audio kinds of abaw_jax.media.audio.make_featurizer; encoder kinds read their local model folder here.
     config.audio = ("logmel_mfcc",)
     config.audio_models = ml_collections.ConfigDict({"hubert": "", "wav2vec2": ""})
 

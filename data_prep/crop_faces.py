@@ -17,7 +17,7 @@ from absl import flags
 from absl import logging
 
 from abaw_jax.runtime import errors
-from data_prep import faces
+from abaw_jax.media import faces
 
 _VIDEOS = flags.DEFINE_list("videos", [], "Video files and/or folders of videos.")
 _IMAGE_DIRS = flags.DEFINE_list("image_dirs", [], "Folders of frame images, one folder per video.")

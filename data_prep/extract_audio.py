@@ -29,8 +29,8 @@ from absl import flags
 from absl import logging
 
 from abaw_jax.runtime import errors
-from data_prep import audio
-from data_prep import faces
+from abaw_jax.media import audio
+from abaw_jax.media import faces
 
 _VIDEOS = flags.DEFINE_list("videos", None, "Video files and/or folders of videos.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output root for wav/ and the features.", required=True)

@@ -84,3 +84,11 @@ def micro_pipeline(tmp_path_factory):
     config = micro_pipeline_config(tmp_path_factory.mktemp("pipeline_cache"))
     records = JOBS["pipeline"](config, str(root))
     return root, config, records
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(synthetic_affwild2, tmp_path_factory):
+    """A pipeline workdir with real features, fusion, evaluate and predictor bundle on the fixture release
+    (tests/tiny_pipeline.py; random-weight encoder)."""
+    import tiny_pipeline as builder
+
+    return builder.build(tmp_path_factory.mktemp("tiny_pipeline"), synthetic_affwild2)

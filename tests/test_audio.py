@@ -1,4 +1,4 @@
-"""Tests for data_prep.audio: PyAV extraction to 16 kHz mono, frame-aligned spectral and encoder features."""
+"""Tests for abaw_jax.media.audio: PyAV extraction to 16 kHz mono, frame-aligned spectral and encoder features."""
 import json
 import pathlib
 import subprocess
@@ -13,7 +13,7 @@ from scipy import interpolate, signal
 from scipy.io import wavfile
 
 from abaw_jax.torch_compat import import_torchvision
-from data_prep import audio
+from abaw_jax.media import audio
 
 # scipy's WAV reader, the independent reference here, does not know the 'fact' chunk of float WAVs.
 pytestmark = pytest.mark.filterwarnings("ignore::scipy.io.wavfile.WavFileWarning")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from data_prep import faces
+from abaw_jax.media import faces
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

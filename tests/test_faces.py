@@ -1,4 +1,4 @@
-"""Tests for data_prep.faces: Haar detection on real photographs, square crops, the crop layout."""
+"""Tests for abaw_jax.media.faces: Haar detection on real photographs, square crops, the crop layout."""
 import pathlib
 import re
 import subprocess
@@ -10,7 +10,7 @@ from PIL import Image
 import pytest
 from skimage import data
 
-from data_prep import faces
+from abaw_jax.media import faces
 
 
 @pytest.fixture(scope="module")

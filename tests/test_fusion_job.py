@@ -15,7 +15,7 @@ from abaw_jax.data import affwild2, features, predictions
 from abaw_jax.jobs import fusion as fusion_job
 from abaw_jax.runtime.errors import JobError
 from configs import fusion as fusion_configs
-from data_prep import audio
+from abaw_jax.media import audio
 
 PIXELS = 16
 
@@ -36,7 +36,7 @@ def compilation_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def feature_store(synthetic_affwild2, tmp_path_factory) -> pathlib.Path:
-    """`pix`: 16x16 grayscale pixels of every crop (a cheap visual set); `logmel_mfcc`: data_prep.audio's
+    """`pix`: 16x16 grayscale pixels of every crop (a cheap visual set); `logmel_mfcc`: abaw_jax.media.audio's
     spectral features of every video."""
     store = tmp_path_factory.mktemp("fusion_store")
     writer = features.VisualSetWriter(store / "pix", dim=PIXELS * PIXELS, dtype="float32",

@@ -14,7 +14,7 @@ from torchvggish import torchvggish as tv
 from abaw_jax.data import synthetic
 from abaw_jax.models import vggish
 from abaw_jax.models.torch_weights import WeightMismatchError
-from data_prep import audio as audio_prep
+from abaw_jax.media import audio as audio_prep
 
 RATE = 16000
 

@@ -40,13 +40,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from abaw_jax import tasks
+from abaw_jax.media.video import VIDEO_EXTENSIONS
 from abaw_jax.runtime.errors import ExplainedError
 
 SPLITS = ("Train_Set", "Validation_Set")
 PAIR_SUFFIXES = ("_left", "_right")
 CROP_PATTERN = re.compile(r"^(\d{5})\.jpg$")
 _SUBMISSION_ROW = re.compile(r"^(.+)/(\d{5})\.jpg$")
-_VIDEO_EXTENSIONS = (".mp4", ".avi")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -360,8 +360,8 @@ def is_listed(name: str, videos: Iterable[str]) -> bool:
 
 
 def find_video_file(videos_dir: str | pathlib.Path, name: str) -> pathlib.Path:
-    """The raw video (mp4 or avi) holding annotation name `name`; its audio track is the same file."""
-    tried = [pathlib.Path(videos_dir) / (source_video(name) + ext) for ext in _VIDEO_EXTENSIONS]
+    """The raw video (mp4, avi, ...: media.video.VIDEO_EXTENSIONS) holding annotation name `name`; its audio track is the same file."""
+    tried = [pathlib.Path(videos_dir) / (source_video(name) + ext) for ext in VIDEO_EXTENSIONS]
     for path in tried:
         if path.is_file():
             return path

@@ -25,7 +25,7 @@ Rows: the job concatenates all tracks' per-frame arrays into one (rows, ...) arr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -217,3 +217,20 @@ def average_windows(outputs: np.ndarray, rows: np.ndarray, mask: np.ndarray, num
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums / counts[None, :, None]
     return mean.reshape(lead + (num_rows, outputs.shape[-1])).astype(np.float32)
+
+
+def windowed_outputs(apply: Callable[[np.ndarray, np.ndarray], np.ndarray], tracks: Tracks, names: Sequence[str],
+                     clip_len: int, stride: int, batch: int) -> np.ndarray:
+    """(..., tracks.num_rows, C) per-frame outputs of `names`, windows averaged: the one windowed inference.
+
+    `apply(rows (batch, L), mask (batch, L))` gives (..., batch, L, C) for a fixed-size batch of windows
+    (`evaluation_windows`; the last batch is padded with masked windows so one compiled shape serves all)."""
+    rows, mask = evaluation_windows(tracks, names, clip_len, stride)
+    count = len(rows)
+    pad = (-count) % batch
+    padded_rows = np.concatenate([rows, np.zeros((pad, clip_len), np.int32)])
+    padded_mask = np.concatenate([mask, np.zeros((pad, clip_len), bool)])
+    outputs = [np.asarray(apply(padded_rows[s:s + batch], padded_mask[s:s + batch]))
+               for s in range(0, len(padded_rows), batch)]
+    outputs = np.concatenate(outputs, axis=-3)[..., :count, :, :]
+    return average_windows(outputs, rows, mask, tracks.num_rows)

@@ -47,3 +47,24 @@ def plot_timeline(path: str | os.PathLike, task: str, predictions: np.ndarray, l
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
+
+
+def plot_prediction_timeline(path: str | os.PathLike, series: dict[str, np.ndarray], face: np.ndarray,
+                             title: str = "", times: np.ndarray | None = None) -> pathlib.Path:
+    """Writes one PNG of unlabelled predictions: a row per named series (N,) (e.g. AU probabilities, the EXPR
+    class, valence, arousal) along the frames (or `times` in seconds); frames without a face are shaded."""
+    face = np.asarray(face, bool)
+    x = np.arange(1, len(face) + 1) if times is None else np.asarray(times)
+    figure, axes = plt.subplots(len(series), 1, figsize=(10, 0.6 * len(series) + 1.2), sharex=True, squeeze=False)
+    for axis, (name, values) in zip(axes[:, 0], series.items()):
+        axis.plot(x, np.asarray(values, np.float64), color="tab:red", linewidth=0.8)
+        axis.fill_between(x, 0, 1, where=~face, transform=axis.get_xaxis_transform(), color="0.85", linewidth=0)
+        axis.set_ylabel(name, rotation=0, ha="right", fontsize=6)
+        axis.tick_params(labelsize=5)
+    axes[-1, 0].set_xlabel("frame" if times is None else "time (s)")
+    figure.suptitle(title or "predictions (grey: no face)", fontsize=9)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path

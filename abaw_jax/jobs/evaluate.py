@@ -11,7 +11,9 @@ One pass, in order:
      else on Validation_Set (where the whole and fold members trained on most videos: optimistic);
   5. the submission file for the test list, checked against the example file, and its test metric when the
      release has test labels; timeline plots of a few validation tracks.
-Writes `tables.md`, `results.json`, `submissions/<TASK>.txt` and `plots/<track>.png` in the workdir.
+Writes `tables.md`, `results.json`, `submissions/<TASK>.txt`, `plots/<track>.png` and `final/<track>.npz` (the
+submitted test tracks' post-processed scores and labels, `eval.postprocess`, for comparing with the predictor) in
+the workdir; `results.json["postprocess"]` holds the tuned post-processing as the predictor bundle reads it.
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ import numpy as np
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, features, release
 from abaw_jax.data.predictions import Predictions, PredictionsError
-from abaw_jax.eval import coverage, ensemble, metrics, plots, scene_router, submission, tuning
+from abaw_jax.eval import coverage, ensemble, metrics, plots, postprocess, scene_router, submission, tuning
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 SCENE_ROUTINGS = ("list", "router", "none")
+FINAL_DIR = "final"
 
 
 @dataclasses.dataclass
@@ -115,11 +118,7 @@ def _load(predictions: Predictions, members: Sequence[str], names: Sequence[str]
             valid.append(track_valid)
     stacked, mask = coverage.pad_batch(outputs)                               # (V, T, M, C)
     face, _ = coverage.pad_batch(faces, stacked.shape[1])
-    num_members, channels = len(members), task.num_outputs
-    flat = stacked.transpose(2, 0, 1, 3).reshape(num_members * len(names), -1, channels)
-    tile = lambda a: np.tile(a, (num_members, 1))
-    filled = np.asarray(coverage.fill_missing(flat, tile(face), tile(mask))).reshape(
-        num_members, len(names), -1, channels)
+    filled = postprocess.fill_members(stacked.transpose(2, 0, 1, 3), face, mask)
     padded = (lambda arrays: coverage.pad_batch(arrays, stacked.shape[1])[0]) if label_files is not None else None
     return Tracks(list(names), filled, face, mask, padded(labels) if padded else None,
                   padded(valid) if padded else None)
@@ -285,9 +284,13 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
         ablation += _static_rows(config, task, predictions, data, index, tuned)
 
     # 5. Submission, its check and its test metric; plots.
-    use = _routing(config, members, general, _reaction_flags(config, paths, test_list, router_flags))
-    final = np.asarray(_final(task, test, use, tuned, config.ensemble.method))
+    post = postprocess.PostProcess.from_tuned(tuned, members, method=config.ensemble.method, general=general,
+                                              reaction_member=config.ensemble.reaction_member,
+                                              routing=config.ensemble.reaction_routing)
+    test_reaction = _reaction_flags(config, paths, test_list, router_flags)
+    scores, final = postprocess.final_outputs(post, test.outputs, test.mask, test_reaction)
     per_track = {n: final[i, :predictions.num_frames(n)] for i, n in enumerate(test_list)}
+    _write_final(workdir / FINAL_DIR, test_list, scores, final, test, test_reaction)
     submission_path = workdir / "submissions" / f"{task.name}.txt"
     rows = submission.write_submission(submission_path, task.name, paths.example_file(task), per_track)
     submission.check_submission(submission_path, paths.example_file(task), task.name)
@@ -301,12 +304,24 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     results = {"task": task.name, "predictions": str(predictions.directory), "members": members,
                "tuning": tuned.to_json(), "tables": per_member, "ablation_set": ablation_set,
                "ablation": ablation, "scene_router": router_report, "submission": str(submission_path),
-               "submission_rows": rows, "test_metric": test_metric, "plots": plotted}
+               "submission_rows": rows, "test_metric": test_metric, "plots": plotted,
+               "postprocess": post.to_json(), "final": str(workdir / FINAL_DIR)}
     text = _tables_markdown(task, tuning_rows, per_member, ablation_set, ablation, router_report, test_metric)
     (workdir / "tables.md").write_text(text, encoding="utf-8")
     (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(text, flush=True)
     return results
+
+
+def _write_final(directory: pathlib.Path, names: Sequence[str], scores: np.ndarray, final: np.ndarray, test: Tracks,
+                 is_reaction: np.ndarray) -> None:
+    """`<directory>/<track>.npz` per submitted test track: `scores` (N, C) (`postprocess.final_outputs`), `labels`
+    (the submission's values), `face` (N,) and `is_reaction` (the scene routing used), frame k at row k-1."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        n = int(test.mask[i].sum())
+        np.savez(directory / f"{name}.npz", scores=scores[i, :n], labels=final[i, :n], face=test.face[i, :n],
+                 is_reaction=bool(is_reaction[i]))
 
 
 def _check_test_inputs(predictions: Predictions, paths: release.ReleasePaths, task: tasks.Task) -> tuple[str, ...]:

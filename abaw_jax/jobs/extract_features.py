@@ -5,7 +5,7 @@ Stage 3 of the pipeline. For each visual set `name` in `config.sets` (an encoder
 the release (each task's Train_Set and Validation_Set annotations and test list) goes through the frozen
 encoder's pooled, `fc_norm`-ed feature (`ViT.features`) and lands in `<workdir>/<name>/`, written by
 `data.features.VisualSetWriter` (layout and manifest in that module). For each audio kind in
-`config.audio`, `data_prep.audio` computes frame-aligned features of every video into `<workdir>/<kind>/`
+`config.audio`, `abaw_jax.media.audio` computes frame-aligned features of every video into `<workdir>/<kind>/`
 (WAV files in `<workdir>/wav/`). `data.features.FeatureStore` reads both.
 
 Loop: crops stream track after track in global batches of `config.batch_size` (the last one padded);
@@ -457,7 +457,7 @@ def _progress(name: str, done: int, total: int, timed_frames: int, seconds: floa
 def extract_audio_sets(kinds: Sequence[str], config: ml_collections.ConfigDict, tracks: dict[str, Track],
                        paths: release.ReleasePaths, workdir: str) -> list[str]:
     """Writes `<workdir>/<kind>/<video>.npy + .json` for the videos of `tracks`; returns the failures."""
-    from data_prep import audio, faces
+    from abaw_jax.media import audio, faces
 
     videos = sorted({affwild2.source_video(t) for t in tracks})
     try:

@@ -25,7 +25,9 @@ held-out tracks (whole, reaction) keep their last epoch. At the end the job prin
 layout of the paper's Tables 1-3: held-out, and test ground truth when the release has it), writes
 tables.txt and scores.json, and writes every member's per-frame outputs for every track to
 <workdir>/predictions (`abaw_jax.data.predictions`: sigmoid probabilities for AU, softmax for EXPR, values
-for VA). Rerunning with the same workdir resumes from the last checkpoint (taken after each epoch).
+for VA) and the final members to <workdir>/export/ (`models.fusion.save_ensemble`: stacked parameters and
+BatchNorm statistics, standardisation, TMFConfig, member names, feature sets and dims in order, clip_len and
+eval_stride: all the predictor needs to run them on new features). Rerunning with the same workdir resumes from the last checkpoint (taken after each epoch).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 MEMBER_AXIS = "member"
+EXPORT_DIR = "export"  # the trained members for new features (`fusion.save_ensemble`)
 RNG_IMPLS = ("rbg", "threefry2x32")
 TINY_FEATURES_DIR = "/tmp/abaw_features_tiny"  # where the tiny presets read (and stage 3's tiny preset writes)
 
@@ -104,15 +107,6 @@ def gather(data: FrameData, rows: jax.Array, mask: jax.Array) -> dict[str, jax.A
             "valid": data.valid[rows], "mask": mask}
 
 
-def output_activation(task: tasks.Task, outputs: jax.Array) -> jax.Array:
-    """What predictions hold: AU sigmoid probabilities, EXPR softmax probabilities, VA values."""
-    if task.kind == "binary":
-        return jax.nn.sigmoid(outputs)
-    if task.kind == "multiclass":
-        return jax.nn.softmax(outputs, axis=-1)
-    return outputs
-
-
 def member_train_step(member: MemberState, batch: dict[str, jax.Array], *, model: fusion.TMF, task: tasks.Task,
                       tx: optax.GradientTransformation) -> tuple[MemberState, dict[str, jax.Array]]:
     """One AdamW step of one member on its batch (B, L, ...): dropout on, BatchNorm on batch statistics."""
@@ -151,19 +145,6 @@ def ensemble_train_step(state: TrainState, data: FrameData, rows: jax.Array, mas
     else:
         raise ValueError(f"member_loop must be 'vmap' or 'map', got {member_loop!r}")
     return state.replace(step=state.step + 1, members=members), step_metrics
-
-
-def ensemble_predict(params: Any, batch_stats: Any, feature_mean: jax.Array, feature_std: jax.Array,
-                     data: FrameData, rows: jax.Array, mask: jax.Array, *, model: fusion.TMF, task: tasks.Task
-                     ) -> jax.Array:
-    """(M, W, L, C) outputs of every member (stacked params) on the same windows rows/mask (W, L)."""
-    x, face = data.features[rows], data.face[rows]
-
-    def one(p, bs, mean, std):
-        out = model.apply({"params": p, "batch_stats": bs}, (x - mean) / std, face, mask, train=False)
-        return output_activation(task, out)
-
-    return jax.vmap(one)(params, batch_stats, feature_mean, feature_std)
 
 
 def keep_best(state: TrainState, improved: jax.Array, scores: jax.Array) -> TrainState:
@@ -488,28 +469,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     step_fn = jax.jit(functools.partial(ensemble_train_step, model=model, task=task, tx=tx, member_loop=member_loop),
                       in_shardings=(shardings, replicated, member_sharding, member_sharding),
                       out_shardings=(shardings, member_sharding), donate_argnums=0)
-    predict_fn = jax.jit(functools.partial(ensemble_predict, model=model, task=task),
+    predict_fn = jax.jit(functools.partial(fusion.ensemble_predict, model=model, kind=task.kind),
                          out_shardings=member_sharding)
     keep_best_fn = jax.jit(keep_best, out_shardings=shardings, donate_argnums=0)
-    eval_rows, eval_mask = clips.evaluation_windows(data.tracks, data.tracks.names, config.clip_len,
-                                                    config.eval_stride)
     heldout_masks = _row_masks(data, [m.heldout for m in members])
     has_heldout = heldout_masks.any(axis=1)
     score_fn = jax.jit(functools.partial(member_scores, task=task))
 
     def predict_all(params, batch_stats) -> np.ndarray:
         """(M, R, C) per-frame outputs of every member on every track, windows averaged."""
-        pad = (-len(eval_rows)) % config.eval_batch
-        rows = np.concatenate([eval_rows, np.zeros((pad, config.clip_len), np.int32)])
-        mask = np.concatenate([eval_mask, np.zeros((pad, config.clip_len), bool)])
-        outputs = []
-        for start in range(0, len(rows), config.eval_batch):
-            chunk_rows, chunk_mask = jax.device_put((rows[start:start + config.eval_batch],
-                                                     mask[start:start + config.eval_batch]), replicated)
-            outputs.append(np.asarray(predict_fn(params, batch_stats, state.members.feature_mean,
-                                                 state.members.feature_std, frame_data, chunk_rows, chunk_mask)))
-        outputs = np.concatenate(outputs, axis=1)[:, :len(eval_rows)]
-        return clips.average_windows(outputs, eval_rows, eval_mask, data.tracks.num_rows)
+        def apply(rows, mask):
+            rows, mask = jax.device_put((rows, mask), replicated)
+            return predict_fn(params, batch_stats, state.members.feature_mean, state.members.feature_std,
+                              frame_data.features, frame_data.face, rows, mask)
+
+        return clips.windowed_outputs(apply, data.tracks, data.tracks.names, config.clip_len, config.eval_stride,
+                                      config.eval_batch)
 
     writer = telemetry.MetricWriter(workdir)
     step = int(jax.device_get(state.step))
@@ -548,6 +523,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     final_params = pick(state.best_params, state.members.params)
     final_stats = pick(state.best_batch_stats, state.members.batch_stats)
     outputs = predict_all(final_params, final_stats)
+    fusion.save_ensemble(os.path.join(workdir, EXPORT_DIR), fusion.EnsembleExport(
+        task=task.name, config=cfg, members=tuple(m.name for m in members), feature_sets=data.set_dims,
+        clip_len=config.clip_len, eval_stride=config.eval_stride, params=final_params, batch_stats=final_stats,
+        feature_mean=state.members.feature_mean, feature_std=state.members.feature_std))
     return _report(workdir, task, data, members, outputs, np.asarray(state.best_step), paths, score_fn)
 
 

@@ -36,10 +36,13 @@ and every encoder layer a copy of the first (`nn.TransformerEncoder` deep-copies
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
+from flax import serialization
 import jax
 import jax.numpy as jnp
 
@@ -183,3 +186,96 @@ def init_variables(config: TMFConfig, rng: jax.Array) -> dict[str, Any]:
     for i in range(1, config.depth):
         params[f"layer{i}"] = params["layer0"]
     return {"params": params, "batch_stats": variables["batch_stats"]}
+
+
+# ------------------------------------------------------------------------------- ensembles of members
+
+
+def output_activation(kind: str, outputs: jax.Array) -> jax.Array:
+    """What predictions hold, by task kind: 'binary' sigmoid probabilities, 'multiclass' softmax, else values."""
+    if kind == "binary":
+        return jax.nn.sigmoid(outputs)
+    if kind == "multiclass":
+        return jax.nn.softmax(outputs, axis=-1)
+    return outputs
+
+
+def ensemble_predict(params: Any, batch_stats: Any, feature_mean: jax.Array, feature_std: jax.Array,
+                     features: jax.Array, face: jax.Array, rows: jax.Array, mask: jax.Array, *, model: TMF,
+                     kind: str) -> jax.Array:
+    """(M, W, L, C) activated outputs of every member (stacked params, means and stds (M, D)) on the windows
+    rows/mask (W, L) of per-frame `features` (R, D) and `face` (R,): the one way windowed inference is done
+    (the fusion job's evaluation and the predictor both jit this)."""
+    x, present = features[rows], face[rows]
+
+    def one(p, bs, mean, std):
+        out = model.apply({"params": p, "batch_stats": bs}, (x - mean) / std, present, mask, train=False)
+        return output_activation(kind, out)
+
+    return jax.vmap(one)(params, batch_stats, feature_mean, feature_std)
+
+
+EXPORT_FORMAT = 1
+EXPORT_JSON = "export.json"
+EXPORT_ARRAYS = "ensemble.msgpack"
+
+
+@dataclasses.dataclass
+class EnsembleExport:
+    """What it takes to run trained members on new per-frame features (the fusion job's `<workdir>/export/`).
+
+    Attributes:
+      task: AU, EXPR or VA.
+      config: the members' TMFConfig (input_dim = sum of feature_sets' dims).
+      members: member names, in the order of the stacked leading axis.
+      feature_sets: {set name: dim} in the order the features are concatenated (visual sets, then audio).
+      clip_len, eval_stride: the evaluation windows (`clips.evaluation_windows`).
+      params, batch_stats: stacked member variables (leading axis M).
+      feature_mean, feature_std: (M, D) per-member standardisation.
+    """
+
+    task: str
+    config: TMFConfig
+    members: tuple[str, ...]
+    feature_sets: dict[str, int]
+    clip_len: int
+    eval_stride: int
+    params: Any
+    batch_stats: Any
+    feature_mean: Any
+    feature_std: Any
+
+
+def save_ensemble(directory: str, export: EnsembleExport) -> None:
+    """Writes `export.json` (everything but the arrays) and `ensemble.msgpack` (flax serialization) atomically."""
+    os.makedirs(directory, exist_ok=True)
+    arrays = {"params": export.params, "batch_stats": export.batch_stats, "feature_mean": export.feature_mean,
+              "feature_std": export.feature_std}
+    description = {"format_version": EXPORT_FORMAT, "task": export.task, "model": dataclasses.asdict(export.config),
+                   "members": list(export.members), "feature_sets": [[n, d] for n, d in export.feature_sets.items()],
+                   "clip_len": export.clip_len, "eval_stride": export.eval_stride}
+    for name, data, mode in ((EXPORT_ARRAYS, serialization.msgpack_serialize(jax.device_get(arrays)), "wb"),
+                             (EXPORT_JSON, json.dumps(description, indent=1) + "\n", "w")):
+        path = os.path.join(directory, name)
+        with open(path + ".tmp", mode) as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
+
+
+def load_ensemble(directory: str) -> EnsembleExport:
+    """Reads what `save_ensemble` wrote; raises ValueError naming the file on anything else."""
+    path = os.path.join(directory, EXPORT_JSON)
+    try:
+        with open(path, encoding="utf-8") as f:
+            description = json.load(f)
+        with open(os.path.join(directory, EXPORT_ARRAYS), "rb") as f:
+            arrays = serialization.msgpack_restore(f.read())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{directory}: not a fusion ensemble export ({e})") from e
+    if description.get("format_version") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: format_version {description.get('format_version')!r}, expected {EXPORT_FORMAT}")
+    return EnsembleExport(task=description["task"], config=TMFConfig(**description["model"]),
+                          members=tuple(description["members"]),
+                          feature_sets={n: int(d) for n, d in description["feature_sets"]},
+                          clip_len=int(description["clip_len"]), eval_stride=int(description["eval_stride"]),
+                          **arrays)

@@ -35,7 +35,8 @@ from absl import logging
 import cv2
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+from abaw_jax.media.video import VIDEO_EXTENSIONS
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 PARTIAL_DIR = ".partial_crops"
@@ -162,6 +163,10 @@ def square_crop(image: np.ndarray, box: Box, *, margin: float = 1.25, size: int 
     return cv2.resize(square, (size, size), interpolation=interpolation)
 
 
+class TruncatedVideoError(IOError):
+    """A video decoded fewer frames than its header announces (raised after yielding the frames it could decode)."""
+
+
 def iter_video_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (k, BGR frame) for every decodable frame of a video file, k 1-based.
 
@@ -185,8 +190,8 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray
     if k == 0:
         raise IOError(f"{path}: the video opened but no frame could be decoded.")
     if k < announced:
-        raise IOError(f"{path}: truncated or damaged: decoded {k} of the {announced} frames its header announces; "
-                      "no crops written for it (re-encode or fetch the file again)")
+        raise TruncatedVideoError(f"{path}: truncated or damaged: decoded {k} of the {announced} frames its header "
+                                  "announces (re-encode or fetch the file again)")
 
 
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
@@ -330,7 +335,8 @@ def crop_sources(
         try:
             summary = crop_frames(reader(path), name, out_dir, detector, two_faces=two, **crop_kwargs)
         except IOError as error:
-            report.failed[name] = str(error)
+            report.failed[name] = str(error) + ("; no crops written for it" if isinstance(error, TruncatedVideoError)
+                                                else "")
             logging.error("[%d/%d] skipped: %s", index, len(sources), error)
             continue
         report.summaries.append(summary)
@@ -348,3 +354,57 @@ def _to_bgr(image: np.ndarray) -> np.ndarray:
 
 def _natural_key(path: pathlib.Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    width = min(a.x + a.w, b.x + b.w) - max(a.x, b.x)
+    height = min(a.y + a.h, b.y + b.h) - max(a.y, b.y)
+    inter = max(0.0, width) * max(0.0, height)
+    return inter / (a.area + b.area - inter) if inter > 0 else 0.0
+
+
+@dataclasses.dataclass
+class FaceTrack:
+    """One person's boxes by 1-based frame index."""
+
+    boxes: dict[int, Box] = dataclasses.field(default_factory=dict)
+
+    def last(self) -> tuple[int, Box]:
+        k = max(self.boxes)
+        return k, self.boxes[k]
+
+
+class FaceTracker:
+    """Greedy IoU tracking: each frame's boxes, largest first, join the track whose last box overlaps most
+    (IoU >= `min_iou`, seen within `max_gap` frames), else start a new track. A box whose centre lies inside a
+    larger box of the same frame is a second detection of that face (the Haar cascade gives some) and is dropped."""
+
+    def __init__(self, *, min_iou: float = 0.3, max_gap: int = 30):
+        self.min_iou, self.max_gap = min_iou, max_gap
+        self.tracks: list[FaceTrack] = []
+
+    def update(self, k: int, boxes: Sequence[Box]) -> None:
+        taken: set[int] = set()
+        kept: list[Box] = []
+        for box in sorted(boxes, key=lambda b: b.area, reverse=True):
+            cx, cy = box.center
+            if any(k.x <= cx <= k.x + k.w and k.y <= cy <= k.y + k.h for k in kept):
+                continue
+            kept.append(box)
+            best, best_iou = None, self.min_iou
+            for i, track in enumerate(self.tracks):
+                last_k, last_box = track.last()
+                overlap = iou(box, last_box)
+                if i not in taken and last_k < k and k - last_k <= self.max_gap and overlap >= best_iou:
+                    best, best_iou = i, overlap
+            if best is None:
+                self.tracks.append(FaceTrack())
+                best = len(self.tracks) - 1
+            self.tracks[best].boxes[k] = box
+            taken.add(best)
+
+    def result(self, min_frames: int = 1) -> list[FaceTrack]:
+        """Tracks with at least `min_frames` boxes, ordered by their first frame, then by x."""
+        kept = [t for t in self.tracks if len(t.boxes) >= min_frames]
+        return sorted(kept, key=lambda t: (min(t.boxes), t.boxes[min(t.boxes)].x))

@@ -1,0 +1,270 @@
+r"""Per-frame AU, expression and valence/arousal predictions for your videos, from a trained pipeline.
+
+  python -m abaw_jax.predict --model=/tmp/abaw --videos=clip.mp4,more/ --out_dir=/tmp/predictions [--draw_video]
+
+--model is a pipeline workdir (its predictor/ bundle) or a bundle folder (`abaw_jax.predictor.bundle`). Per video:
+faces are detected in every frame (OpenCV's Haar cascade, or --detector=yunet with --yunet_onnx), followed over
+time as separate tracks (IoU tracking), cropped as the bundle says and run through the bundle's encoders, audio
+features, fusion members and tuned post-processing. Outputs in --out_dir:
+
+  <video>_<track>.csv   one row per frame: frame, time (s), face_x/y/w/h (pixels, empty without a face),
+                        face_found, AU1..AU26 probabilities and AU1_c..AU26_c 0/1 labels (ABAW's AU names,
+                        OpenFace's `_c` suffix), Neutral..Other probabilities and `expression` (the label),
+                        valence, arousal
+  <video>_<track>.png   the timeline of those outputs (grey: frames without a face)
+  <video>_summary.json  frames, fps, tracks, the scene used for routing, and warnings: no face, no audio stream,
+                        variable frame rate, a corrupt tail (then the outputs cover the frames decoded: partial)
+  <video>_annotated.mp4 with --draw_video: boxes and labels drawn on a copy
+
+Bad input (an unreadable file, a model folder without a bundle) ends with one line `error: ...`; with several
+videos the others are still done first.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import sys
+import time
+
+from absl import flags, logging
+import av
+import cv2
+import numpy as np
+
+from abaw_jax import tasks
+from abaw_jax.eval import plots
+from abaw_jax.media import audio, faces, video
+from abaw_jax.predictor import bundle as bundle_lib
+from abaw_jax.predictor import predictor as predictor_lib
+from abaw_jax.runtime import errors
+
+_MODEL = flags.DEFINE_string("model", None, "Pipeline workdir or predictor bundle folder.")
+_VIDEOS = flags.DEFINE_list("videos", None, "Video files and/or folders of videos.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSV, PNG and summary files go.")
+_DRAW_VIDEO = flags.DEFINE_bool("draw_video", False, "Also write a copy of each video with boxes and labels.")
+_SCENE = flags.DEFINE_enum("scene", "auto", list(predictor_lib.SCENES),
+                           "Scene routing: auto (the bundle's scene router), reaction or other.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Face crops per encoder call.")
+_DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "yunet"], "Face detector.")
+_YUNET_ONNX = flags.DEFINE_string("yunet_onnx", None, "YuNet ONNX model file (for --detector=yunet).")
+_MIN_TRACK_FRAMES = flags.DEFINE_integer("min_track_frames", 5, "Drop face tracks seen in fewer frames.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 250, "Frames between progress lines.")
+
+TASK_ORDER = ("au", "expr", "va")
+
+
+def crop_face(frame: np.ndarray, box: faces.Box, crop: dict) -> bytes:
+    """The bundle's crop of `box` (square of margin x the box, centre moved down center_dy widths) as JPEG bytes."""
+    shifted = faces.Box(box.x, box.y + crop["center_dy"] * box.w, box.w, box.h, box.score)
+    square = faces.square_crop(frame, shifted, margin=crop["margin"], size=crop["size"])
+    ok, data = cv2.imencode(".jpg", square, [cv2.IMWRITE_JPEG_QUALITY, crop["jpeg_quality"]])
+    if not ok:
+        raise RuntimeError("OpenCV could not JPEG-encode a face crop")
+    return data.tobytes()
+
+
+def columns(task_keys) -> list[str]:
+    names = ["frame", "time", "face_x", "face_y", "face_w", "face_h", "face_found"]
+    if "au" in task_keys:
+        names += list(tasks.AU.label_names) + [f"{n}_c" for n in tasks.AU.label_names]
+    if "expr" in task_keys:
+        names += list(tasks.EXPR.label_names) + ["expression"]
+    if "va" in task_keys:
+        names += list(tasks.VA.label_names)
+    return names
+
+
+def write_csv(path: pathlib.Path, times: np.ndarray, boxes: dict[int, faces.Box], result) -> None:
+    task_keys = [k for k in TASK_ORDER if k in result.tasks]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns(task_keys))
+        for i in range(len(times)):
+            box = boxes.get(i + 1)
+            row = [i + 1, f"{times[i]:.4f}"]
+            row += ["", "", "", ""] if box is None else [f"{box.x:.0f}", f"{box.y:.0f}", f"{box.w:.0f}", f"{box.h:.0f}"]
+            row.append(int(result.face[i]))
+            if "au" in result.tasks:
+                row += [f"{v:.4f}" for v in result.tasks["au"].scores[i]] + [int(v) for v in result.tasks["au"].labels[i]]
+            if "expr" in result.tasks:
+                row += [f"{v:.4f}" for v in result.tasks["expr"].scores[i]]
+                row.append(tasks.EXPR.label_names[int(result.tasks["expr"].labels[i])])
+            if "va" in result.tasks:
+                row += [f"{v:.4f}" for v in result.tasks["va"].labels[i]]
+            writer.writerow(row)
+
+
+def plot_track(path: pathlib.Path, result, title: str) -> None:
+    series = {}
+    if "au" in result.tasks:
+        series.update({n: result.tasks["au"].scores[:, j] for j, n in enumerate(tasks.AU.label_names)})
+    if "expr" in result.tasks:
+        series["expression"] = result.tasks["expr"].labels
+    if "va" in result.tasks:
+        series.update({n: result.tasks["va"].labels[:, j] for j, n in enumerate(tasks.VA.label_names)})
+    plots.plot_prediction_timeline(path, series, result.face, title=title)
+
+
+def read_frames(path: pathlib.Path, detector, warnings: list[str], log_every: int):
+    """Decodes and detects every frame: (frames decoded, FaceTracker); a corrupt tail is a warning."""
+    tracker = faces.FaceTracker()
+    count, start = 0, time.perf_counter()
+    try:
+        for k, frame in faces.iter_video_frames(path):
+            count = k
+            tracker.update(k, detector(frame))
+            if log_every and k % log_every == 0:
+                print(f"{path.name}: {k} frames decoded and searched, {k / (time.perf_counter() - start):.1f} "
+                      "frames/s", flush=True)
+    except faces.TruncatedVideoError as e:
+        warnings.append(f"corrupt tail: {e}; the outputs cover the {count} frames decoded (partial)")
+    return count, tracker
+
+
+def predict_video(path: pathlib.Path, predictor: predictor_lib.Predictor, detector, out_dir: pathlib.Path, *,
+                  scene: str, draw_video: bool, min_track_frames: int, log_every: int) -> dict:
+    """Writes the outputs of one video; returns its summary (also written as <video>_summary.json)."""
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+    num_frames, tracker = read_frames(path, detector, warnings, log_every)
+    try:
+        times, rate = video.frame_timestamps(path)
+    except (av.FFmpegError, ValueError) as e:
+        times, rate = np.zeros(0), 0.0
+        warnings.append(f"frame timestamps unreadable ({e}); times assume a constant rate")
+    if not rate:
+        rate = float(cv2.VideoCapture(os.fspath(path)).get(cv2.CAP_PROP_FPS)) or 30.0
+    variable = video.is_variable_rate(times[:num_frames])
+    if variable:
+        warnings.append("variable frame rate: the time column holds each frame's timestamp; audio features are "
+                        f"aligned to the average rate {rate:.3f} fps")
+    if len(times) < num_frames or not variable:
+        times = np.arange(num_frames) / rate
+    times = times[:num_frames]
+    try:
+        waveform = audio.read_audio(path)
+    except audio.NoAudioStreamError:
+        waveform = None
+        warnings.append("no audio stream: audio features are zeros (predictions rely on the faces)")
+    except (av.FFmpegError, ValueError, OSError) as e:
+        waveform = None
+        warnings.append(f"audio unreadable ({e}): audio features are zeros")
+
+    tracks = tracker.result(min_track_frames)
+    if not tracks:
+        warnings.append(f"no face found in any of the {num_frames} frames"
+                        + (f" (or only in fewer than {min_track_frames} frames)" if tracker.tracks else "")
+                        + ": no per-frame outputs written")
+    crop = predictor.bundle.crop
+    crops: list[dict[int, bytes]] = [{} for _ in tracks]
+    if tracks:
+        wanted = {k: [(i, t.boxes[k]) for i, t in enumerate(tracks) if k in t.boxes] for k in range(1, num_frames + 1)}
+        for k, frame in _frames_until(path, num_frames):
+            for i, box in wanted[k]:
+                crops[i][k] = crop_face(frame, box, crop)
+    summary_tracks, results = [], []
+    for i, track in enumerate(tracks):
+        result = predictor.predict(crops[i], num_frames, waveform, rate, scene=scene)
+        stem = f"{path.stem}_{i}"
+        write_csv(out_dir / f"{stem}.csv", times, track.boxes, result)
+        plot_track(out_dir / f"{stem}.png", result, f"{path.name} track {i}")
+        results.append(result)
+        summary_tracks.append({"track": i, "csv": f"{stem}.csv", "png": f"{stem}.png", "face_frames": len(track.boxes),
+                               "scene": "reaction" if result.is_reaction else "other",
+                               "scene_source": result.scene_source})
+        warnings += [f"track {i}: {n}" for n in result.notes if not n.startswith("no audio stream")]
+    if draw_video and tracks:
+        _draw(path, out_dir / f"{path.stem}_annotated.mp4", tracks, results, rate, num_frames)
+    seconds = time.perf_counter() - start
+    summary = {"video": str(path), "frames": num_frames, "fps": rate, "variable_frame_rate": variable,
+               "audio": waveform is not None, "partial": any(w.startswith("corrupt tail") for w in warnings),
+               "tracks": summary_tracks, "warnings": warnings, "seconds": round(seconds, 3),
+               "frames_per_second": round(num_frames / seconds, 2)}
+    (out_dir / f"{path.stem}_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return summary
+
+
+def _frames_until(path: pathlib.Path, count: int):
+    """The first `count` frames again (the decoded ones: a corrupt tail is not read twice)."""
+    capture = cv2.VideoCapture(os.fspath(path))
+    try:
+        for k in range(1, count + 1):
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield k, frame
+    finally:
+        capture.release()
+
+
+def _draw(path, target, tracks, results, rate, num_frames) -> None:
+    writer = None
+    try:
+        for k, frame in _frames_until(path, num_frames):
+            if writer is None:
+                writer = cv2.VideoWriter(os.fspath(target), cv2.VideoWriter_fourcc(*"mp4v"), rate,
+                                         (frame.shape[1], frame.shape[0]))
+            for i, (track, result) in enumerate(zip(tracks, results)):
+                box = track.boxes.get(k)
+                if box is None:
+                    continue
+                x, y, w, h = (int(round(v)) for v in (box.x, box.y, box.w, box.h))
+                cv2.rectangle(frame, (x, y), (x + w, y + h), (0, 255, 0), 1)
+                text = [f"#{i}"]
+                if "expr" in result.tasks:
+                    text.append(tasks.EXPR.label_names[int(result.tasks["expr"].labels[k - 1])])
+                if "va" in result.tasks:
+                    text.append("V{:+.2f} A{:+.2f}".format(*result.tasks["va"].labels[k - 1]))
+                cv2.putText(frame, " ".join(text), (x, max(10, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 0), 1)
+            writer.write(frame)
+    finally:
+        if writer is not None:
+            writer.release()
+
+
+def main(argv):
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax's and JAX's INFO lines would bury the progress lines
+    if len(argv) > 1:
+        raise errors.ConfigError(f"unexpected arguments: {argv[1:]}")
+    # Checked here rather than with required=True, so that benchmarks can import this module under their own flags.
+    missing = [f"--{f.name}" for f in (_MODEL, _VIDEOS, _OUT_DIR) if not f.value]
+    if missing:
+        raise errors.ConfigError(f"give {' and '.join(missing)} (see python -m abaw_jax.predict --help)")
+    if _BATCH_SIZE.value < 1:
+        raise errors.ConfigError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
+    try:
+        bundle = bundle_lib.load_bundle(_MODEL.value)
+    except bundle_lib.BundleError as e:
+        raise errors.JobError(f"--model: {e}") from None
+    try:
+        videos = faces.find_videos(_VIDEOS.value)
+    except FileNotFoundError as e:
+        raise errors.JobError(f"--videos: {e}") from None
+    detector = faces.make_detector(_DETECTOR.value, _YUNET_ONNX.value)
+    predictor = predictor_lib.Predictor(bundle, batch_size=_BATCH_SIZE.value)
+    out_dir = pathlib.Path(_OUT_DIR.value)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = {}
+    for index, path in enumerate(videos, start=1):
+        try:
+            summary = predict_video(path, predictor, detector, out_dir, scene=_SCENE.value,
+                                    draw_video=_DRAW_VIDEO.value, min_track_frames=_MIN_TRACK_FRAMES.value,
+                                    log_every=_LOG_EVERY.value)
+        except (IOError, ValueError, av.FFmpegError) as e:
+            failed[path.name] = str(e)
+            print(f"[{index}/{len(videos)}] {path.name}: failed: {e}", file=sys.stderr, flush=True)
+            continue
+        print(f"[{index}/{len(videos)}] {path.name}: {summary['frames']} frames, {len(summary['tracks'])} face "
+              f"tracks, {summary['frames_per_second']:.1f} frames/s end to end"
+              + "".join(f"\n  warning: {w}" for w in summary["warnings"]), flush=True)
+    if failed:
+        first = next(iter(failed.values()))
+        raise errors.JobError(f"{len(failed)} of {len(videos)} videos failed ({', '.join(failed)}); the first: {first}")
+
+
+if __name__ == "__main__":
+    errors.run(main)

@@ -1,0 +1,117 @@
+"""The predictor bundle of a tiny pipeline workdir (tests/tiny_pipeline.py): contents, self-containment, reproduction.
+
+The reference for the predictor is what the pipeline itself wrote: evaluate's `final/<track>.npz` (post-processed
+scores and labels of its submitted test tracks) and the submission file, computed from the feature store and the
+fusion job's predictions; the predictor recomputes everything from the release's crops and the video's audio.
+"""
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from abaw_jax import tasks
+from abaw_jax.data import affwild2, features
+from abaw_jax.media import audio
+from abaw_jax.models import fusion
+from abaw_jax.predictor import bundle as bundle_lib
+from abaw_jax.predictor import predictor as predictor_lib
+
+TASK_KEYS = ("au", "expr", "va")
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_pipeline):
+    return predictor_lib.Predictor(bundle_lib.load_bundle(tiny_pipeline.root))
+
+
+def _test_track(dirs) -> str:
+    (path,) = pathlib.Path(dirs.evaluate("expr"), "final").glob("*.npz")
+    return path.stem
+
+
+def test_bundle_is_self_contained_and_records_what_the_stages_chose(tiny_pipeline):
+    dirs = tiny_pipeline
+    root = pathlib.Path(dirs.predictor)
+    for path in root.rglob("*"):
+        assert not path.is_symlink(), path
+        if path.suffix == ".json":
+            assert str(pathlib.Path(dirs.root).parent) not in path.read_text(), f"{path} points outside the bundle"
+    description = json.loads((root / bundle_lib.BUNDLE_JSON).read_text())
+    assert description["format_version"] == bundle_lib.FORMAT_VERSION
+    assert description["crop"] == bundle_lib.DEFAULT_CROP
+    manifest = json.loads((pathlib.Path(dirs.features) / "face" / features.MANIFEST).read_text())
+    assert description["visual_sets"]["face"]["sha256"] == manifest["encoder"]["sha256"]
+    assert description["visual_sets"]["face"]["image_size"] == manifest["encoder"]["config"]["image_size"]
+    assert description["audio_sets"] == {"logmel_mfcc": {"kind": "logmel_mfcc", "n_mels": 64, "n_mfcc": 20,
+                                                         "window": 1024}}
+    loaded = bundle_lib.load_bundle(root)
+    for key in TASK_KEYS:
+        results = json.loads(pathlib.Path(dirs.evaluate(key), "results.json").read_text())
+        post = loaded.tasks[key].post
+        assert post.sigma == results["tuning"]["sigma"]
+        assert post.thresholds == (None if results["tuning"]["thresholds"] is None
+                                   else tuple(results["tuning"]["thresholds"]))
+        assert post.bias == (None if results["tuning"]["bias"] is None else tuple(results["tuning"]["bias"]))
+        scores = json.loads(pathlib.Path(dirs.fusion(key), "scores.json").read_text())
+        ensemble = loaded.tasks[key].ensemble
+        assert list(ensemble.members) == list(scores["members"])
+        assert ensemble.feature_sets == {"face": 32, "logmel_mfcc": 84}
+        assert np.asarray(ensemble.feature_mean).shape == (len(ensemble.members), 116)
+    # The router learnt the release's reaction list from the Train_Set videos' statistics.
+    assert loaded.router is not None and description["scene_router"]["reaction_videos"] > 0
+
+
+def test_load_bundle_errors_name_the_folder(tiny_pipeline, tmp_path):
+    with pytest.raises(bundle_lib.BundleError, match=f"{tmp_path}: neither a predictor bundle"):
+        bundle_lib.load_bundle(tmp_path)
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_pipeline.predictor, copy)
+    description = json.loads((copy / bundle_lib.BUNDLE_JSON).read_text())
+    description["format_version"] = 99
+    (copy / bundle_lib.BUNDLE_JSON).write_text(json.dumps(description))
+    with pytest.raises(bundle_lib.BundleError, match="format_version 99"):
+        bundle_lib.load_bundle(copy)
+
+
+def test_evaluate_final_outputs_are_the_submission(tiny_pipeline, synthetic_affwild2):
+    """The reference itself: final/ labels are what the submission file says for the track."""
+    track = _test_track(tiny_pipeline)
+    for key in TASK_KEYS:
+        task = tasks.get_task(key)
+        final = np.load(pathlib.Path(tiny_pipeline.evaluate(key), "final", f"{track}.npz"))
+        lines = (pathlib.Path(tiny_pipeline.evaluate(key)) / "submissions" / f"{task.name}.txt").read_text().split()
+        rows = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]
+                         if line.startswith(f"{track}/")])
+        assert rows.shape[0] == len(final["labels"])
+        np.testing.assert_allclose(rows.reshape(final["labels"].shape), final["labels"], atol=1e-3)
+
+
+def test_predictor_on_release_crops_reproduces_evaluate(tiny_pipeline, synthetic_affwild2, predictor):
+    """(a) the release's crops and the video's audio through the bundle = evaluate's final outputs, frame by frame."""
+    track = _test_track(tiny_pipeline)
+    crop_dir = synthetic_affwild2 / "cropped_aligned" / track
+    crops = {int(p.stem): p.read_bytes() for p in crop_dir.glob("*.jpg")}
+    video = affwild2.find_video_file(synthetic_affwild2 / "videos", track)
+    waveform = audio.read_audio(video)
+    _, fps = audio.video_frames(video)
+    for key in TASK_KEYS:
+        final = np.load(pathlib.Path(tiny_pipeline.evaluate(key), "final", f"{track}.npz"))
+        scene = "reaction" if bool(final["is_reaction"]) else "other"
+        out = predictor.predict(crops, len(final["scores"]), waveform, fps, scene=scene)
+        np.testing.assert_array_equal(out.face, final["face"])
+        np.testing.assert_allclose(out.tasks[key].scores, final["scores"], atol=1e-4, rtol=0)
+        # Labels: identical (a tie at a threshold within float noise would be the only excuse; there is none here).
+        np.testing.assert_array_equal(out.tasks[key].labels, final["labels"]) if key != "va" else \
+            np.testing.assert_allclose(out.tasks[key].labels, final["labels"], atol=1e-4)
+
+
+def test_ensemble_export_round_trip(tiny_pipeline, tmp_path):
+    export = fusion.load_ensemble(os.path.join(tiny_pipeline.fusion("va"), "export"))
+    fusion.save_ensemble(str(tmp_path), export)
+    again = fusion.load_ensemble(str(tmp_path))
+    assert again.config == export.config and again.members == export.members
+    for a, b in zip(np.asarray(again.feature_std), np.asarray(export.feature_std)):
+        np.testing.assert_array_equal(a, b)
