@@ -85,10 +85,18 @@ def micro_pipeline(tmp_path_factory):
     records = JOBS["pipeline"](config, str(root))
     return root, config, records
 
-@pytest.fixture(scope="session")
-def tiny_pipeline(synthetic_affwild2, tmp_path_factory):
-    """A pipeline workdir with real features, fusion, evaluate and predictor bundle on the fixture release
-    (tests/tiny_pipeline.py; random-weight encoder)."""
-    import tiny_pipeline as builder
 
-    return builder.build(tmp_path_factory.mktemp("tiny_pipeline"), synthetic_affwild2)
+@pytest.fixture(scope="session")
+def micro_dirs(micro_pipeline):
+    """The stage folders of the micro pipeline run."""
+    from abaw_jax.runtime.pipeline_dirs import PipelineDirs
+
+    return PipelineDirs(str(micro_pipeline[0]))
+
+
+@pytest.fixture(scope="session")
+def micro_release(micro_pipeline) -> pathlib.Path:
+    """The synthetic release the micro pipeline run read."""
+    from abaw_jax.data import release
+
+    return release.resolve(micro_pipeline[1].data).root

@@ -1,4 +1,4 @@
-"""The predictor bundle of a tiny pipeline workdir (tests/tiny_pipeline.py): contents, self-containment, reproduction.
+"""The predictor bundle of the micro pipeline run (conftest `micro_pipeline`): contents, self-containment, reproduction.
 
 The reference for the predictor is what the pipeline itself wrote: evaluate's `final/<track>.npz` (post-processed
 scores and labels of its submitted test tracks) and the submission file, computed from the feature store and the
@@ -23,17 +23,18 @@ TASK_KEYS = ("au", "expr", "va")
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_pipeline):
-    return predictor_lib.Predictor(bundle_lib.load_bundle(tiny_pipeline.root))
+def predictor(micro_dirs):
+    return predictor_lib.Predictor(bundle_lib.load_bundle(micro_dirs.root))
 
 
 def _test_track(dirs) -> str:
-    (path,) = pathlib.Path(dirs.evaluate("expr"), "final").glob("*.npz")
-    return path.stem
+    """A submitted test track with one face in its video (the CLI test compares it with the video's one track)."""
+    names = sorted(p.stem for p in pathlib.Path(dirs.evaluate("expr"), "final").glob("*.npz"))
+    return next(n for n in names if not n.endswith(("_left", "_right")))
 
 
-def test_bundle_is_self_contained_and_records_what_the_stages_chose(tiny_pipeline):
-    dirs = tiny_pipeline
+def test_bundle_is_self_contained_and_records_what_the_stages_chose(micro_dirs):
+    dirs = micro_dirs
     root = pathlib.Path(dirs.predictor)
     for path in root.rglob("*"):
         assert not path.is_symlink(), path
@@ -42,9 +43,11 @@ def test_bundle_is_self_contained_and_records_what_the_stages_chose(tiny_pipelin
     description = json.loads((root / bundle_lib.BUNDLE_JSON).read_text())
     assert description["format_version"] == bundle_lib.FORMAT_VERSION
     assert description["crop"] == bundle_lib.DEFAULT_CROP
-    manifest = json.loads((pathlib.Path(dirs.features) / "face" / features.MANIFEST).read_text())
-    assert description["visual_sets"]["face"]["sha256"] == manifest["encoder"]["sha256"]
-    assert description["visual_sets"]["face"]["image_size"] == manifest["encoder"]["config"]["image_size"]
+    manifests = {key: json.loads((pathlib.Path(dirs.features) / key / features.MANIFEST).read_text())
+                 for key in TASK_KEYS}
+    for key, manifest in manifests.items():
+        assert description["visual_sets"][key]["sha256"] == manifest["encoder"]["sha256"]
+        assert description["visual_sets"][key]["image_size"] == manifest["encoder"]["config"]["image_size"]
     assert description["audio_sets"] == {"logmel_mfcc": {"kind": "logmel_mfcc", "n_mels": 64, "n_mfcc": 20,
                                                          "window": 1024}}
     loaded = bundle_lib.load_bundle(root)
@@ -58,17 +61,17 @@ def test_bundle_is_self_contained_and_records_what_the_stages_chose(tiny_pipelin
         scores = json.loads(pathlib.Path(dirs.fusion(key), "scores.json").read_text())
         ensemble = loaded.tasks[key].ensemble
         assert list(ensemble.members) == list(scores["members"])
-        assert ensemble.feature_sets == {"face": 32, "logmel_mfcc": 84}
-        assert np.asarray(ensemble.feature_mean).shape == (len(ensemble.members), 116)
+        assert ensemble.feature_sets == {key: manifests[key]["dim"], "logmel_mfcc": 84}
+        assert np.asarray(ensemble.feature_mean).shape == (len(ensemble.members), manifests[key]["dim"] + 84)
     # The router learnt the release's reaction list from the Train_Set videos' statistics.
     assert loaded.router is not None and description["scene_router"]["reaction_videos"] > 0
 
 
-def test_load_bundle_errors_name_the_folder(tiny_pipeline, tmp_path):
+def test_load_bundle_errors_name_the_folder(micro_dirs, tmp_path):
     with pytest.raises(bundle_lib.BundleError, match=f"{tmp_path}: neither a predictor bundle"):
         bundle_lib.load_bundle(tmp_path)
     copy = tmp_path / "bundle"
-    shutil.copytree(tiny_pipeline.predictor, copy)
+    shutil.copytree(micro_dirs.predictor, copy)
     description = json.loads((copy / bundle_lib.BUNDLE_JSON).read_text())
     description["format_version"] = 99
     (copy / bundle_lib.BUNDLE_JSON).write_text(json.dumps(description))
@@ -76,29 +79,29 @@ def test_load_bundle_errors_name_the_folder(tiny_pipeline, tmp_path):
         bundle_lib.load_bundle(copy)
 
 
-def test_evaluate_final_outputs_are_the_submission(tiny_pipeline, synthetic_affwild2):
+def test_evaluate_final_outputs_are_the_submission(micro_dirs, micro_release):
     """The reference itself: final/ labels are what the submission file says for the track."""
-    track = _test_track(tiny_pipeline)
+    track = _test_track(micro_dirs)
     for key in TASK_KEYS:
         task = tasks.get_task(key)
-        final = np.load(pathlib.Path(tiny_pipeline.evaluate(key), "final", f"{track}.npz"))
-        lines = (pathlib.Path(tiny_pipeline.evaluate(key)) / "submissions" / f"{task.name}.txt").read_text().split()
+        final = np.load(pathlib.Path(micro_dirs.evaluate(key), "final", f"{track}.npz"))
+        lines = (pathlib.Path(micro_dirs.evaluate(key)) / "submissions" / f"{task.name}.txt").read_text().split()
         rows = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]
                          if line.startswith(f"{track}/")])
         assert rows.shape[0] == len(final["labels"])
         np.testing.assert_allclose(rows.reshape(final["labels"].shape), final["labels"], atol=1e-3)
 
 
-def test_predictor_on_release_crops_reproduces_evaluate(tiny_pipeline, synthetic_affwild2, predictor):
+def test_predictor_on_release_crops_reproduces_evaluate(micro_dirs, micro_release, predictor):
     """(a) the release's crops and the video's audio through the bundle = evaluate's final outputs, frame by frame."""
-    track = _test_track(tiny_pipeline)
-    crop_dir = synthetic_affwild2 / "cropped_aligned" / track
+    track = _test_track(micro_dirs)
+    crop_dir = micro_release / "cropped_aligned" / track
     crops = {int(p.stem): p.read_bytes() for p in crop_dir.glob("*.jpg")}
-    video = affwild2.find_video_file(synthetic_affwild2 / "videos", track)
+    video = affwild2.find_video_file(micro_release / "videos", track)
     waveform = audio.read_audio(video)
     _, fps = audio.video_frames(video)
     for key in TASK_KEYS:
-        final = np.load(pathlib.Path(tiny_pipeline.evaluate(key), "final", f"{track}.npz"))
+        final = np.load(pathlib.Path(micro_dirs.evaluate(key), "final", f"{track}.npz"))
         scene = "reaction" if bool(final["is_reaction"]) else "other"
         out = predictor.predict(crops, len(final["scores"]), waveform, fps, scene=scene)
         np.testing.assert_array_equal(out.face, final["face"])
@@ -108,8 +111,8 @@ def test_predictor_on_release_crops_reproduces_evaluate(tiny_pipeline, synthetic
             np.testing.assert_allclose(out.tasks[key].labels, final["labels"], atol=1e-4)
 
 
-def test_ensemble_export_round_trip(tiny_pipeline, tmp_path):
-    export = fusion.load_ensemble(os.path.join(tiny_pipeline.fusion("va"), "export"))
+def test_ensemble_export_round_trip(micro_dirs, tmp_path):
+    export = fusion.load_ensemble(os.path.join(micro_dirs.fusion("va"), "export"))
     fusion.save_ensemble(str(tmp_path), export)
     again = fusion.load_ensemble(str(tmp_path))
     assert again.config == export.config and again.members == export.members

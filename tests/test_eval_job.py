@@ -1,5 +1,4 @@
 """The evaluation job on simulated predictions of the synthetic release: tables, tuning, submission, bad input."""
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -15,25 +14,16 @@ from abaw_jax.data.predictions import PredictionWriter, Predictions
 from abaw_jax.eval import simulate, submission
 from abaw_jax.jobs import evaluate
 from abaw_jax.runtime.errors import JobError
+from conftest import load_config, set_values
 
-CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "evaluate.py"
 
 
 def _config(preset, root, fusion, **overrides):
-    spec = importlib.util.spec_from_file_location("evaluate_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
+    config = load_config("evaluate", preset)
     config.data.root = str(root)
     config.fusion_workdir = str(fusion)
     config.num_plots = 1
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return set_values(config, overrides)
 
 
 @pytest.fixture(scope="module")

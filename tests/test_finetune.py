@@ -29,6 +29,7 @@ from abaw_jax.runtime.errors import JobError
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import finetune as finetune_config  # noqa: E402
+from conftest import set_values  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 16
@@ -60,14 +61,7 @@ def encoder_dir(tmp_path_factory, compile_cache) -> pathlib.Path:
 
 def make_config(preset_task: str, encoder, data_root, **overrides):
     config = finetune_config.get_config(f"{preset_task.lower()}_tiny")
-    settings = {**SMALL, "encoder": str(encoder), "data.root": str(data_root), **overrides}
-    for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return set_values(config, {**SMALL, "encoder": str(encoder), "data.root": str(data_root), **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from abaw_jax.data import release
+from abaw_jax.eval import report
 from abaw_jax.eval.submission import check_submission
 from abaw_jax.jobs import pipeline
 from abaw_jax.main import JOBS
@@ -47,7 +48,9 @@ def test_every_stage_runs_in_order_into_its_folder(micro_pipeline):
     for task in ("AU", "EXPR", "VA"):
         submission = root / f"evaluate_{task.lower()}" / "submissions" / f"{task}.txt"
         assert check_submission(submission, paths.example_file(task), task) > 0
-    assert (root / "report" / "report.md").is_file()
+    markdown = (root / "report" / "report.md").read_text()
+    assert report.check_report(dirs, markdown, tasks=("au", "expr", "va")) == []
+    assert "## The paper's claims on this run" in markdown
 
 
 def test_stage_config_file_reruns_the_stage_alone(micro_pipeline):

@@ -1,6 +1,6 @@
 """`python -m abaw_jax.predict` on the synthetic release's videos, against the pipeline's own outputs; bad inputs.
 
-The tiny pipeline (tests/tiny_pipeline.py) is the model. The reference is evaluate's `final/<track>.npz` for the
+The micro pipeline run (conftest `micro_pipeline`) is the model. The reference is evaluate's `final/<track>.npz` for the
 test track, computed from the release's own crops; the CLI detects faces with OpenCV's Haar cascade in the mp4
 and crops them itself, so its outputs agree within a looser, stated tolerance (measured: mean |probability
 difference| about 0.01, AU labels 97% equal, EXPR labels all equal, VA correlation above 0.98).
@@ -22,21 +22,24 @@ from abaw_jax.media import faces
 from abaw_jax.predictor import bundle as bundle_lib
 from abaw_jax.predictor import predictor as predictor_lib
 
-# Haar crops vs the release's crops, through a random-weight encoder: how far the CLI may be from the pipeline.
+# Haar crops vs the release's crops (8/255 mean pixel difference), through the micro run's trained 16-pixel
+# encoders: how far the CLI may be from the pipeline. VA regresses on the crops directly and moves most: its
+# values may differ by 0.15 on average (of a [-1, 1] range) but must follow the pipeline's over time.
 MEAN_PROBABILITY_TOLERANCE = 0.05
 LABEL_AGREEMENT = 0.9
-VA_MEAN_TOLERANCE = 0.05
+VA_MEAN_TOLERANCE = 0.15
+VA_MIN_CORRELATION = 0.8
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_pipeline):
-    return predictor_lib.Predictor(bundle_lib.load_bundle(tiny_pipeline.root))
+def predictor(micro_dirs):
+    return predictor_lib.Predictor(bundle_lib.load_bundle(micro_dirs.root))
 
 
 @pytest.fixture(scope="module")
-def test_track(tiny_pipeline):
-    (path,) = pathlib.Path(tiny_pipeline.evaluate("expr"), "final").glob("*.npz")
-    return path.stem
+def test_track(micro_dirs):
+    names = sorted(p.stem for p in pathlib.Path(micro_dirs.evaluate("expr"), "final").glob("*.npz"))
+    return next(n for n in names if not n.endswith(("_left", "_right")))
 
 
 def _run(path, predictor, out_dir, **kwargs):
@@ -56,10 +59,10 @@ def _write_video(path, frames, fourcc="mp4v", fps=30):
     writer.release()
 
 
-def test_cli_on_a_release_video_agrees_with_the_pipeline(tiny_pipeline, synthetic_affwild2, predictor, test_track,
+def test_cli_on_a_release_video_agrees_with_the_pipeline(micro_dirs, micro_release, predictor, test_track,
                                                          tmp_path):
     """(b) Haar detection + the bundle's crops on the mp4 vs evaluate's final outputs of that track."""
-    video = affwild2.find_video_file(synthetic_affwild2 / "videos", test_track)
+    video = affwild2.find_video_file(micro_release / "videos", test_track)
     summary = _run(video, predictor, tmp_path, draw_video=True)
     assert [t["csv"] for t in summary["tracks"]] == [f"{video.stem}_0.csv"]
     assert summary["audio"] and not summary["partial"] and not summary["variable_frame_rate"]
@@ -71,7 +74,7 @@ def test_cli_on_a_release_video_agrees_with_the_pipeline(tiny_pipeline, syntheti
     assert [int(r["frame"]) for r in rows] == list(range(1, summary["frames"] + 1))
     np.testing.assert_allclose([float(r["time"]) for r in rows], np.arange(len(rows)) / 30.0, atol=1e-4)
 
-    finals = {k: np.load(pathlib.Path(tiny_pipeline.evaluate(k), "final", f"{test_track}.npz")) for k in
+    finals = {k: np.load(pathlib.Path(micro_dirs.evaluate(k), "final", f"{test_track}.npz")) for k in
               ("au", "expr", "va")}
     n = len(finals["au"]["scores"])
     assert len(rows) == n
@@ -87,14 +90,16 @@ def test_cli_on_a_release_video_agrees_with_the_pipeline(tiny_pipeline, syntheti
     assert (au_labels == finals["au"]["labels"]).mean() >= LABEL_AGREEMENT
     assert (expr_labels == finals["expr"]["labels"]).mean() >= LABEL_AGREEMENT
     assert np.abs(va - finals["va"]["labels"]).mean() < VA_MEAN_TOLERANCE
+    for dim in range(2):
+        assert np.corrcoef(va[:, dim], finals["va"]["labels"][:, dim])[0, 1] >= VA_MIN_CORRELATION
     # The CSV's probabilities are the predictor's: rows sum to one per expression, labels match the thresholds.
     np.testing.assert_allclose(expr.sum(1), 1.0, atol=1e-3)
     assert np.all(np.isnan([float(r["face_x"]) if r["face_x"] else np.nan for r in rows]) == ~face)
 
 
-def test_video_without_a_face_or_audio_and_with_a_corrupt_tail(synthetic_affwild2, predictor, test_track, tmp_path):
+def test_video_without_a_face_or_audio_and_with_a_corrupt_tail(micro_release, predictor, test_track, tmp_path):
     """(c) partial results that say so."""
-    frames = _frames(affwild2.find_video_file(synthetic_affwild2 / "videos", test_track))
+    frames = _frames(affwild2.find_video_file(micro_release / "videos", test_track))
     # No face: flat grey frames. A clear warning, no per-frame outputs.
     _write_video(tmp_path / "blank.mp4", [np.full_like(frames[0], 128)] * 20)
     summary = _run(tmp_path / "blank.mp4", predictor, tmp_path / "out")
@@ -115,11 +120,11 @@ def test_video_without_a_face_or_audio_and_with_a_corrupt_tail(synthetic_affwild
     assert 0 < len(rows) == summary["frames"] < len(frames)
 
 
-def test_cli_error_lines(tiny_pipeline, tmp_path):
+def test_cli_error_lines(micro_dirs, tmp_path):
     """(c) a file that is not a video, and a model folder without a bundle: one `error:` line each."""
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 100)
-    for args, expected in (([f"--model={tiny_pipeline.root}", f"--videos={bad}"], f"{bad}: OpenCV could not open"),
+    for args, expected in (([f"--model={micro_dirs.root}", f"--videos={bad}"], f"{bad}: OpenCV could not open"),
                            ([f"--model={tmp_path}", f"--videos={bad}"], f"--model: {tmp_path}: neither a predictor")):
         result = subprocess.run([sys.executable, "-m", "abaw_jax.predict", *args, f"--out_dir={tmp_path / 'out'}"],
                                 capture_output=True, text=True, timeout=300)
@@ -148,8 +153,8 @@ def _write_variable_rate_video(path, frames):
     return pts / 1000.0
 
 
-def test_variable_frame_rate_and_two_faces(synthetic_affwild2, predictor, test_track, tmp_path):
-    frames = _frames(affwild2.find_video_file(synthetic_affwild2 / "videos", test_track))[:40]
+def test_variable_frame_rate_and_two_faces(micro_release, predictor, test_track, tmp_path):
+    frames = _frames(affwild2.find_video_file(micro_release / "videos", test_track))[:40]
     times = _write_variable_rate_video(tmp_path / "vfr.mp4", frames)
     summary = _run(tmp_path / "vfr.mp4", predictor, tmp_path / "out")
     assert summary["variable_frame_rate"] and any(w.startswith("variable frame rate") for w in summary["warnings"])
@@ -157,8 +162,8 @@ def test_variable_frame_rate_and_two_faces(synthetic_affwild2, predictor, test_t
         np.testing.assert_allclose([float(r["time"]) for r in csv.DictReader(f)], times, atol=1e-3)
 
     # A two-person video of the release (crops <video>_left / _right): two tracks, the left one first.
-    video = next(p for p in sorted((synthetic_affwild2 / "videos").glob("*.mp4"))
-                 if (synthetic_affwild2 / "cropped_aligned" / f"{p.stem}_left").is_dir())
+    video = next(p for p in sorted((micro_release / "videos").glob("*.mp4"))
+                 if (micro_release / "cropped_aligned" / f"{p.stem}_left").is_dir())
     summary = _run(video, predictor, tmp_path / "two")
     assert len(summary["tracks"]) == 2, summary
     centres = []

@@ -5,7 +5,6 @@ predictions of the fixture release (with static predictions, and a visual-only v
 curves go through the jobs' MetricWriter; fusion's scores.json and finetune's best.json follow the layout those
 jobs write (key for key, see jobs/fusion.py `_report` and jobs/finetune.py `BestParams`).
 """
-import importlib.util
 import io
 import json
 import pathlib
@@ -23,16 +22,13 @@ from abaw_jax.eval import reconstruction_grid, report, simulate
 from abaw_jax.jobs import evaluate
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs
 from abaw_jax.runtime.telemetry import MetricWriter
+from conftest import load_config
 
-CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "evaluate.py"
 RUN_TASKS = ("expr", "va")   # AU is left out of the run: the report says so (and the fixture stays fast)
 
 
 def _evaluate_config(task, release_root, fusion_dir, static_dir):
-    spec = importlib.util.spec_from_file_location("evaluate_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(task)
+    config = load_config("evaluate", task)
     config.data.root = str(release_root)
     config.fusion_workdir = str(fusion_dir)
     config.static_predictions = str(static_dir)

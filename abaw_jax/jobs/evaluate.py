@@ -224,7 +224,6 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     paths = release.resolve(config.data)
     fold_members = list(config.fold_members)
     general = list(config.ensemble.general)
-    routed = config.scene_routing != "none"
     members = ensemble.required_members(config)
     predictions.require_members(members)
     index = {m: i for i, m in enumerate(members)}
