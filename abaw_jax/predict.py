@@ -22,11 +22,13 @@ videos the others are still done first.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import pathlib
 import sys
 import time
+import types
 
 from absl import flags, logging
 import av
@@ -40,17 +42,25 @@ from abaw_jax.predictor import bundle as bundle_lib
 from abaw_jax.predictor import predictor as predictor_lib
 from abaw_jax.runtime import errors
 
-_MODEL = flags.DEFINE_string("model", None, "Pipeline workdir or predictor bundle folder.")
-_VIDEOS = flags.DEFINE_list("videos", None, "Video files and/or folders of videos.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSV, PNG and summary files go.")
-_DRAW_VIDEO = flags.DEFINE_bool("draw_video", False, "Also write a copy of each video with boxes and labels.")
-_SCENE = flags.DEFINE_enum("scene", "auto", list(predictor_lib.SCENES),
-                           "Scene routing: auto (the bundle's scene router), reaction or other.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Face crops per encoder call.")
-_DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "yunet"], "Face detector.")
-_YUNET_ONNX = flags.DEFINE_string("yunet_onnx", None, "YuNet ONNX model file (for --detector=yunet).")
-_MIN_TRACK_FRAMES = flags.DEFINE_integer("min_track_frames", 5, "Drop face tracks seen in fewer frames.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 250, "Frames between progress lines.")
+
+
+def define_flags() -> types.SimpleNamespace:
+    """The command line's flags, defined only when this module runs as the program (other programs that import
+    it, such as convert_weights' --model in the test session or the benchmark, keep their own flags)."""
+    return types.SimpleNamespace(
+        model=flags.DEFINE_string("model", None, "Pipeline workdir or predictor bundle folder."),
+        videos=flags.DEFINE_list("videos", None, "Video files and/or folders of videos."),
+        out_dir=flags.DEFINE_string("out_dir", None, "Where the CSV, PNG and summary files go."),
+        draw_video=flags.DEFINE_bool("draw_video", False, "Also write a copy of each video with boxes and labels."),
+        scene=flags.DEFINE_enum("scene", "auto", list(predictor_lib.SCENES),
+                                "Scene routing: auto (the bundle's scene router), reaction or other."),
+        batch_size=flags.DEFINE_integer("batch_size", 64, "Face crops per encoder call."),
+        detector=flags.DEFINE_enum("detector", "haar", ["haar", "yunet"], "Face detector."),
+        yunet_onnx=flags.DEFINE_string("yunet_onnx", None, "YuNet ONNX model file (for --detector=yunet)."),
+        min_track_frames=flags.DEFINE_integer("min_track_frames", 5, "Drop face tracks seen in fewer frames."),
+        log_every=flags.DEFINE_integer("log_every", 250, "Frames between progress lines."),
+    )
+
 
 TASK_ORDER = ("au", "expr", "va")
 
@@ -225,35 +235,34 @@ def _draw(path, target, tracks, results, rate, num_frames) -> None:
             writer.release()
 
 
-def main(argv):
+def main(argv: list[str], cli: types.SimpleNamespace) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax's and JAX's INFO lines would bury the progress lines
     if len(argv) > 1:
         raise errors.ConfigError(f"unexpected arguments: {argv[1:]}")
-    # Checked here rather than with required=True, so that benchmarks can import this module under their own flags.
-    missing = [f"--{f.name}" for f in (_MODEL, _VIDEOS, _OUT_DIR) if not f.value]
+    missing = [f"--{f.name}" for f in (cli.model, cli.videos, cli.out_dir) if not f.value]
     if missing:
         raise errors.ConfigError(f"give {' and '.join(missing)} (see python -m abaw_jax.predict --help)")
-    if _BATCH_SIZE.value < 1:
-        raise errors.ConfigError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
+    if cli.batch_size.value < 1:
+        raise errors.ConfigError(f"--batch_size must be >= 1, got {cli.batch_size.value}")
     try:
-        bundle = bundle_lib.load_bundle(_MODEL.value)
+        bundle = bundle_lib.load_bundle(cli.model.value)
     except bundle_lib.BundleError as e:
         raise errors.JobError(f"--model: {e}") from None
     try:
-        videos = faces.find_videos(_VIDEOS.value)
+        videos = faces.find_videos(cli.videos.value)
     except FileNotFoundError as e:
         raise errors.JobError(f"--videos: {e}") from None
-    detector = faces.make_detector(_DETECTOR.value, _YUNET_ONNX.value)
-    predictor = predictor_lib.Predictor(bundle, batch_size=_BATCH_SIZE.value)
-    out_dir = pathlib.Path(_OUT_DIR.value)
+    detector = faces.make_detector(cli.detector.value, cli.yunet_onnx.value)
+    predictor = predictor_lib.Predictor(bundle, batch_size=cli.batch_size.value)
+    out_dir = pathlib.Path(cli.out_dir.value)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = {}
     for index, path in enumerate(videos, start=1):
         try:
-            summary = predict_video(path, predictor, detector, out_dir, scene=_SCENE.value,
-                                    draw_video=_DRAW_VIDEO.value, min_track_frames=_MIN_TRACK_FRAMES.value,
-                                    log_every=_LOG_EVERY.value)
+            summary = predict_video(path, predictor, detector, out_dir, scene=cli.scene.value,
+                                    draw_video=cli.draw_video.value, min_track_frames=cli.min_track_frames.value,
+                                    log_every=cli.log_every.value)
         except (IOError, ValueError, av.FFmpegError) as e:
             failed[path.name] = str(e)
             print(f"[{index}/{len(videos)}] {path.name}: failed: {e}", file=sys.stderr, flush=True)
@@ -267,4 +276,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.run(main)
+    errors.run(functools.partial(main, cli=define_flags()))

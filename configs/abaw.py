@@ -25,8 +25,8 @@ Paper preset (default): ViT-B/16 MAE on the face shards in --config.mae.data.dat
 --config.data.root. Stage costs on one H100 (bf16): pretraining 4.5 M faces x 800 epochs is ~3.5 days on
 8 H100 at 40% MFU (configs/mae.py); fine-tuning 10 epochs of ~1.5 M Train_Set crops per task, ~3-4 h each at
 the measured ~4,400 img/s training rate; features ~3 M crops x 3 sets at >10,000 frames/s, ~15 min; fusion
-(8 members x 50 epochs on features in device memory) and evaluation, minutes. The paper's results: Tables 1-3
-in report.md (EXPR official F1 ~0.55, AU ~0.55, VA mean CCC ~0.6 with their features).
+(8 members x 50 epochs on features in device memory) and evaluation, minutes. The paper's official-split
+results, to compare with report.md's Tables 1-3: AU F1 56.94%, EXPR F1 55.55%, VA mean CCC 0.6027.
 
 `tiny` preset (CPU): the embedded synthetic release (16 videos, 22 tracks), the tiny ViT (width 192, 64 px),
 shortened stages (MAE 200 steps, fine-tuning 200 steps per task, fusion 10 epochs): about 15 minutes on 2
