@@ -10,25 +10,14 @@ abaw_jax/runtime/errors.py (`ABAW_JAX_TRACEBACK=1` or --verbosity=1 adds the tra
 --distributed on every host (JAX detects the cluster: TPU pods, SLURM, ...), or name the coordinator
 explicitly with --coordinator_address=host:port --num_processes=N --process_id=i.
 """
-import functools
 import os
 
 from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from abaw_jax.jobs import evaluate, extract_features, finetune, fusion, mae_pretrain, pipeline
+from abaw_jax.jobs.registry import JOBS
 from abaw_jax.runtime import errors, telemetry
-
-JOBS = {
-    "mae_pretrain": mae_pretrain.train,
-    "finetune": finetune.run,
-    "extract_features": extract_features.run,
-    "fusion": fusion.run,
-    "evaluate": evaluate.run,
-}
-# The whole method (configs/abaw.py) chains the jobs above through the registry, never by importing them.
-JOBS["pipeline"] = functools.partial(pipeline.run, jobs=dict(JOBS))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/mae.py:tiny.",
                                           lock_config=True)

@@ -78,7 +78,7 @@ def micro_pipeline_config(cache_dir, **overrides):
 @pytest.fixture(scope="session")
 def micro_pipeline(tmp_path_factory):
     """(root, config, records) of one finished micro run of the whole method (a few minutes on 2 cores)."""
-    from abaw_jax.main import JOBS
+    from abaw_jax.jobs.registry import JOBS
 
     root = tmp_path_factory.mktemp("pipeline") / "run"
     config = micro_pipeline_config(tmp_path_factory.mktemp("pipeline_cache"))

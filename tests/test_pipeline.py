@@ -16,7 +16,7 @@ from abaw_jax.data import release
 from abaw_jax.eval import report
 from abaw_jax.eval.submission import check_submission
 from abaw_jax.jobs import pipeline
-from abaw_jax.main import JOBS
+from abaw_jax.jobs.registry import JOBS
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs
 from conftest import REPO, micro_pipeline_config, set_values
