@@ -40,14 +40,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from abaw_jax import tasks
-from abaw_jax.media.video import VIDEO_EXTENSIONS
+from abaw_jax.media.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from abaw_jax.runtime.errors import ExplainedError
 
 SPLITS = ("Train_Set", "Validation_Set")
 PAIR_SUFFIXES = ("_left", "_right")
 CROP_PATTERN = re.compile(r"^(\d{5})\.jpg$")
 _SUBMISSION_ROW = re.compile(r"^(.+)/(\d{5})\.jpg$")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class LayoutError(ExplainedError, ValueError):
@@ -216,7 +215,7 @@ def list_crops(crop_dir: str | pathlib.Path) -> np.ndarray:
     for p in crop_dir.iterdir():
         if m := CROP_PATTERN.match(p.name):
             frames.append(int(m.group(1)))
-        elif p.suffix.lower() in _IMAGE_SUFFIXES:
+        elif p.suffix.lower() in IMAGE_EXTENSIONS:
             others.append(p.name)
     expected = "crops named <k:05d>.jpg with k the 1-based frame index (00001.jpg, 00002.jpg, ...)"
     if others:

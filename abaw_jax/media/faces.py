@@ -35,9 +35,8 @@ from absl import logging
 import cv2
 import numpy as np
 
-from abaw_jax.media.video import VIDEO_EXTENSIONS
+from abaw_jax.media.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 PARTIAL_DIR = ".partial_crops"
 

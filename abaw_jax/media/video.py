@@ -1,4 +1,4 @@
-"""Video file facts shared by every reader of raw videos: the one list of video extensions, frame timing."""
+"""Media file facts shared by every reader of raw data: the one list of video and of image extensions, frame timing."""
 import os
 
 import av
@@ -6,6 +6,8 @@ import numpy as np
 
 # In the order a release's video of a given name is looked for (Aff-Wild2 ships mp4 and avi).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+# Face crops and image folders (the release's cropped_aligned/, AffectNet-style trees, data_prep inputs).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def frame_timestamps(path: str | os.PathLike) -> tuple[np.ndarray, float]:
