@@ -1,7 +1,11 @@
 """Shared pytest fixtures."""
 
 import importlib.util
+import os
 import pathlib
+import signal
+import subprocess
+import time
 
 import pytest
 from absl import flags
@@ -20,6 +24,34 @@ def synthetic_affwild2(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path
     root = tmp_path_factory.mktemp("synthetic_affwild2")
     synthetic.generate(root, **SYNTHETIC_AFFWILD2_ARGS)
     return root
+
+
+@pytest.fixture(scope="session")
+def face_data(synthetic_affwild2, tmp_path_factory) -> pathlib.Path:
+    """Face shards (data_prep.build_face_shards) of the synthetic release's crops."""
+    from abaw_jax.data import face_shards
+
+    data_dir = tmp_path_factory.mktemp("face_shards")
+    face_shards.build_face_shards({"synthetic": synthetic_affwild2 / "cropped_aligned"}, data_dir)
+    return data_dir
+
+
+def finished_checkpoints(workdir) -> list[int]:
+    """Steps of the finished checkpoints in <workdir>/checkpoints (orbax writes others under temporary names)."""
+    directory = pathlib.Path(workdir, "checkpoints")
+    return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
+
+
+def kill_after_first_checkpoint(proc: subprocess.Popen, workdir, timeout: float = 300) -> int:
+    """SIGKILLs the process group of `proc` (started with start_new_session=True) as soon as a checkpoint in
+    `workdir` is finished; returns the newest finished step at that moment."""
+    deadline = time.time() + timeout
+    while not finished_checkpoints(workdir) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return finished_checkpoints(workdir)[-1]
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,8 @@ Compilations are shared through a persistent cache.
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +27,7 @@ from abaw_jax.runtime.errors import JobError
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import finetune as finetune_config  # noqa: E402
-from conftest import set_values  # noqa: E402
+from conftest import kill_after_first_checkpoint, set_values  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 16
@@ -147,11 +145,6 @@ def test_finetuned_model_beats_a_constant_predictor_and_scores_only_valid_frames
         task.num_outputs, VIT_SIZES["tiny"]["width"])
 
 
-def _finished_checkpoints(workdir: pathlib.Path) -> list[int]:
-    directory = workdir / "checkpoints"
-    return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
-
-
 def test_killed_run_resumes_to_the_same_best_model(finetuned, encoder_dir, synthetic_affwild2, compile_cache,
                                                    tmp_path, capsys):
     straight = finetuned("EXPR")
@@ -163,13 +156,7 @@ def test_killed_run_resumes_to_the_same_best_model(finetuned, encoder_dir, synth
             f"--workdir={killed}"] + [f"--config.{k}={v}" for k, v in settings.items()]
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 300
-    while not _finished_checkpoints(killed) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = _finished_checkpoints(killed)[-1]
+    killed_at = kill_after_first_checkpoint(proc, killed)
     assert 0 < killed_at < SMALL["total_steps"]
 
     capsys.readouterr()

@@ -20,7 +20,6 @@ import time
 import orbax.checkpoint as ocp
 import pytest
 
-from abaw_jax.data import face_shards
 from abaw_jax.jobs import mae_pretrain
 from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import ConfigError, JobError
@@ -31,13 +30,6 @@ SMALL = {
     "batch_size": 32, "total_steps": 9, "warmup_steps": 2, "base_lr": 2e-3, "log_every": 1,
     "checkpoint_every": 3, "image_every": 1000, "data.worker_count": 0,
 }
-
-
-@pytest.fixture(scope="module")
-def face_data(synthetic_affwild2, tmp_path_factory) -> pathlib.Path:
-    data_dir = tmp_path_factory.mktemp("face_shards")
-    face_shards.build_face_shards({"synthetic": synthetic_affwild2 / "cropped_aligned"}, data_dir)
-    return data_dir
 
 
 def launch(workdir, data_dir, overrides=None, **popen) -> subprocess.Popen:

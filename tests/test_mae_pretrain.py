@@ -6,20 +6,18 @@ from `--xla_force_host_platform_device_count`, several hosts from loopback `jax.
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from abaw_jax.data import face_shards
 from abaw_jax.models import params_io
 from abaw_jax.jobs import mae_pretrain
 from abaw_jax.runtime.errors import JobError
+from conftest import finished_checkpoints, kill_after_first_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = {
@@ -27,13 +25,6 @@ SMALL = {
     "batch_size": 32, "total_steps": 6, "warmup_steps": 2, "base_lr": 2e-3, "log_every": 1,
     "checkpoint_every": 3, "image_every": 1000, "data.worker_count": 0,
 }
-
-
-@pytest.fixture(scope="module")
-def face_data(synthetic_affwild2, tmp_path_factory) -> pathlib.Path:
-    data_dir = tmp_path_factory.mktemp("face_shards")
-    face_shards.build_face_shards({"synthetic": synthetic_affwild2 / "cropped_aligned"}, data_dir)
-    return data_dir
 
 
 def launch(workdir, data_dir, *, devices=1, overrides=None, flags=(), **popen):
@@ -97,24 +88,13 @@ def test_two_processes_match_one_process(face_data, tmp_path):
     np.testing.assert_allclose(losses(tmp_path / "multi"), losses(tmp_path / "single"), rtol=2e-5)
 
 
-def _finished_checkpoints(workdir) -> list[int]:
-    directory = pathlib.Path(workdir, "checkpoints")
-    return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
-
-
 def test_killed_run_resumes_to_the_same_parameters(face_data, tmp_path):
     overrides = {"total_steps": 40, "checkpoint_every": 4, "log_every": 4, "data.worker_count": 1}
     run(tmp_path / "straight", face_data, overrides=overrides)
 
     killed = tmp_path / "killed"
-    proc = launch(killed, face_data, overrides=overrides, start_new_session=True)
-    deadline = time.time() + 300
-    while not _finished_checkpoints(killed) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = _finished_checkpoints(killed)[-1]
+    killed_at = kill_after_first_checkpoint(launch(killed, face_data, overrides=overrides, start_new_session=True),
+                                            killed)
     assert 0 < killed_at < 40
 
     output = run(killed, face_data, overrides=overrides)
@@ -177,7 +157,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(face_data, tmp
     output = run(workdir, face_data, overrides={"base_lr": 1e32, "warmup_steps": 0, "checkpoint_every": 1},
                  expect_ok=False)
     assert "non-finite loss or gradient" in output
-    kept = _finished_checkpoints(workdir)
+    kept = finished_checkpoints(workdir)
     assert kept and max(kept) < SMALL["total_steps"]
     assert f"The last good checkpoint (step {max(kept)})" in output
 
