@@ -1,10 +1,9 @@
 """From members' per-frame outputs to final outputs: the one post-processing that evaluate and the predictor share.
 
   1. fill the frames without a face from the nearest face frames (`coverage.fill_missing`), per member;
-  2. smooth each member's outputs with the tuned sigma, EXPR: add the tuned class biases to the log-probabilities
-     (`tuning.apply`);
+  2. smooth each member's outputs with the tuned sigma, EXPR: add the tuned class biases to the log-probabilities;
   3. combine the members the scene routing picks for the video (`ensemble.routing_mask`, `ensemble.combine`) with
-     the tuned AU thresholds.
+     the tuned AU thresholds (2 and 3: `tuning.final_outputs`).
 
 `final_outputs` gives both the final labels (what the submission holds) and the scores they come from: the mean
 of the routed members' smoothed outputs (AU and EXPR probabilities before thresholds / biases, VA the final values).
@@ -18,8 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from abaw_jax import tasks
-from abaw_jax.eval import coverage, ensemble, smoothing, tuning
+from abaw_jax.eval import coverage, ensemble, tuning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +87,4 @@ def final_outputs(post: PostProcess, filled: np.ndarray, mask: np.ndarray, is_re
     if filled.shape[0] != len(post.members):
         raise ValueError(f"outputs have {filled.shape[0]} members, the post-processing expects {post.members}")
     use = post.routing_mask(np.asarray(is_reaction, bool))
-    labels = tuning.final_labels(post.task, filled, mask, use, post.tuned(), post.method)
-    num_members, num_videos = filled.shape[:2]
-    flat = filled.reshape((num_members * num_videos,) + filled.shape[2:])
-    smoothed = np.asarray(smoothing.gaussian_smooth(flat, np.tile(np.asarray(mask), (num_members, 1)), post.sigma)
-                          ).reshape(filled.shape)
-    weight = use.astype(np.float32)[:, :, None, None]
-    scores = (weight * smoothed).sum(0) / np.maximum(weight.sum(0), 1.0)
-    if tasks.get_task(post.task).kind == "continuous":
-        scores = np.clip(scores, -1.0, 1.0)
-    return scores.astype(np.float32), np.asarray(labels)
+    return tuning.final_outputs(post.task, filled, mask, use, post.tuned(), post.method)
