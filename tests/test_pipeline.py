@@ -111,7 +111,7 @@ def test_plan_rejects_inconsistent_settings(tmp_path):
     one_task = pipeline.plan(micro_pipeline_config(tmp_path, tasks="expr", audio_ablation="",
                                                    **{"features.sets": ("au", "mae")}), dirs)
     assert [s.name for s in one_task][:4] == ["mae", "finetune_expr", "features", "fusion_expr"]
-    assert one_task[2].config.sets == ("expr", "mae") and one_task[2].inputs == ("finetune_expr", "mae")
+    assert one_task[2].config.sets == ("expr", "mae") and one_task[2].inputs == (dirs.finetune("expr"), dirs.mae)
     skip_mae = pipeline.plan(micro_pipeline_config(tmp_path, mae_encoder="/weights/mae.pth"), dirs)
     assert skip_mae[0].name == "finetune_au" and skip_mae[0].config.encoder == "/weights/mae.pth"
 

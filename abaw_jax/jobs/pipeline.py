@@ -50,14 +50,19 @@ def get_config() -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass
 class Stage:
-    """One step of the pipeline: a registered job with its config, or an in-process step (report, predictor)."""
+    """One step of the pipeline: a registered job with its config, or an in-process step (report, predictor).
 
-    name: str
+    Its name is its folder's (`runtime.pipeline_dirs`); `inputs` are the folders of the stages it reads."""
+
     directory: str
     inputs: tuple[str, ...]
     job: str = ""
     config: ml_collections.ConfigDict | None = None
     step: Callable[[], Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.directory)
 
     def settings(self) -> dict[str, Any]:
         if self.config is not None:
@@ -107,24 +112,24 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
             mae.data.cache_dir = config.data.cache_dir
             mae.data.synthetic_videos = config.data.synthetic_videos
             mae.data.synthetic_frames_per_video = config.data.synthetic_frames_per_video
-        stages.append(Stage("mae", dirs.mae, (), "mae_pretrain", mae))
-        encoder, encoder_inputs = dirs.mae, ("mae",)
+        stages.append(Stage(dirs.mae, (), "mae_pretrain", mae))
+        encoder, encoder_inputs = dirs.mae, (dirs.mae,)
 
     for task in tasks:
         finetune = with_release(config.finetune[task])
         finetune.encoder = encoder
-        stages.append(Stage(f"finetune_{task}", dirs.finetune(task), encoder_inputs, "finetune", finetune))
+        stages.append(Stage(dirs.finetune(task), encoder_inputs, "finetune", finetune))
 
     extract = with_release(config.features)
     # The fine-tuned sets follow config.tasks; other sets (mae, affectnet_expr, ...) are kept as listed.
     extract.sets = tuple(tasks) + tuple(s for s in extract.sets if s not in TASKS)
-    extract_inputs = [f"finetune_{t}" for t in tasks]
+    extract_inputs = [dirs.finetune(t) for t in tasks]
     for task in tasks:
         extract.encoders[task] = dirs.finetune(task)
     if "mae" in extract.sets:
         extract.encoders.mae = encoder
         extract_inputs += list(encoder_inputs)
-    stages.append(Stage("features", dirs.features, tuple(extract_inputs), "extract_features", extract))
+    stages.append(Stage(dirs.features, tuple(extract_inputs), "extract_features", extract))
 
     for task in tasks:
         for variant in ("", "visual") if task in ablation else ("",):
@@ -132,25 +137,23 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
             fusion.features_dir = dirs.features
             if variant == "visual":
                 fusion.audio_sets = ""
-            name = f"fusion_{task}" + (f"_{variant}" if variant else "")
-            stages.append(Stage(name, dirs.fusion(task, variant), ("features",), "fusion", fusion))
+            stages.append(Stage(dirs.fusion(task, variant), (dirs.features,), "fusion", fusion))
     for task in tasks:
         for variant in ("", "visual") if task in ablation else ("",):
             evaluate = with_release(config.evaluate[task])
             evaluate.fusion_workdir = dirs.fusion(task, variant)
             _check_members(f"fusion.{task}", config.fusion[task].members, f"evaluate.{task}",
                            ensemble.required_members(evaluate))
-            inputs = [f"fusion_{task}" + (f"_{variant}" if variant else "")]
+            inputs = [dirs.fusion(task, variant)]
             if not variant and extract.static_predictions:
                 evaluate.static_predictions = os.path.join(dirs.features, f"predictions_{task}")
-                inputs.append("features")
-            name = f"evaluate_{task}" + (f"_{variant}" if variant else "")
-            stages.append(Stage(name, dirs.evaluate(task, variant), tuple(inputs), "evaluate", evaluate))
+                inputs.append(dirs.features)
+            stages.append(Stage(dirs.evaluate(task, variant), tuple(inputs), "evaluate", evaluate))
 
-    ran = tuple(s.name for s in stages)
-    stages.append(Stage("report", dirs.report, ran, step=lambda: log(report.write_report(dirs, tasks=tasks))))
-    method = tuple(n for n in ran if not n.endswith("_visual"))
-    stages.append(Stage("predictor", dirs.predictor, method, step=lambda: bundle.export_bundle(
+    ran = tuple(s.directory for s in stages)
+    method = tuple(s.directory for s in stages if not s.name.endswith("_visual"))
+    stages.append(Stage(dirs.report, ran, step=lambda: log(report.write_report(dirs, tasks=tasks))))
+    stages.append(Stage(dirs.predictor, method, step=lambda: bundle.export_bundle(
         dirs, dirs.predictor, tasks=tasks, data_config=config.data)))
     return stages
 
@@ -228,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, C
     with workdir_lib.lock(dirs.root, enabled=leader):
         for index, stage in enumerate(stages, 1):
             settings = stage.settings()
-            inputs = {name: fingerprints[name] for name in stage.inputs}
+            inputs = {os.path.basename(d): fingerprints[os.path.basename(d)] for d in stage.inputs}
             fingerprints[stage.name] = fingerprint(settings, inputs)
             header = f"[{index}/{len(stages)}] {stage.name}"
             old = read_stage_file(stage.directory)
