@@ -47,7 +47,7 @@ from PIL import Image  # noqa: E402
 
 from abaw_jax import tasks as task_facts  # noqa: E402
 from abaw_jax.runtime.errors import ExplainedError  # noqa: E402
-from abaw_jax.runtime.pipeline_dirs import TASKS, PipelineDirs  # noqa: E402
+from abaw_jax.runtime.pipeline_dirs import TASKS, PipelineDirs, flat_settings  # noqa: E402
 from abaw_jax.runtime.telemetry import format_duration  # noqa: E402
 
 REPORT_FILE = "report.md"
@@ -234,20 +234,10 @@ def _release_line(stages: dict[str, dict]) -> str:
     return "unknown (no stage.json with a config.data section)"
 
 
-def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _settings_line(name: str, config: Any) -> str:
     if not isinstance(config, dict):
         return MISSING
-    flat = _flatten(config)
+    flat = flat_settings(config)
     kind = next((k for k in STAGE_KEYS if name.startswith(k)), "")
     shown = []
     for key in STAGE_KEYS.get(kind, ()):

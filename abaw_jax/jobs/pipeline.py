@@ -30,8 +30,8 @@ from abaw_jax.eval import ensemble, report
 from abaw_jax.predictor import bundle
 from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import ExplainedError, JobError
-from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs
-from abaw_jax.runtime.telemetry import log
+from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat_settings
+from abaw_jax.runtime.telemetry import format_duration, log
 
 # Bumped when what the report / bundle steps write changes, so finished runs redo them.
 _STEP_VERSIONS = {"report": 1, "predictor": 1}
@@ -172,18 +172,9 @@ def fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
-        return out
-    return {prefix: tree}
-
-
 def describe_change(old: Mapping[str, Any], settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
     """What differs between a stage's recorded run and this one, for the log line that explains a rerun."""
-    before, after = _flatten(old.get("config", {})), _flatten(settings)
+    before, after = flat_settings(old.get("config", {})), flat_settings(settings)
     changed = [f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"
                for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     changed += [f"input {k} changed" for k in sorted(inputs) if old.get("inputs", {}).get(k) != inputs[k]]
@@ -212,11 +203,6 @@ def _write_json(path: str, value: Mapping[str, Any]) -> None:
 def _sync(tag: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(tag)
-
-
-def _format_seconds(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{seconds:02d}s"
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, Callable[..., Any]]) -> dict:
@@ -275,7 +261,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, C
                 _write_json(os.path.join(stage.directory, STAGE_FILE), record)
             _sync(f"finished {stage.name}")
             records[stage.name] = {**record, "status": status}
-            log(f"== {header}: finished in {_format_seconds(record['seconds'])}")
+            log(f"== {header}: finished in {format_duration(record['seconds'])}")
 
     log(summary(records, time.perf_counter() - start))
     report_file = os.path.join(dirs.report, "report.md")
@@ -288,9 +274,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, C
 def summary(records: Mapping[str, Mapping[str, Any]], seconds: float) -> str:
     lines = ["| stage | this run | time |", "|---|---|---|"]
     for name, record in records.items():
-        took = _format_seconds(record["seconds"]) if record["status"] != "skipped" else "-"
+        took = format_duration(record["seconds"]) if record["status"] != "skipped" else "-"
         lines.append(f"| {name} | {record['status']} | {took} |")
-    return "\n".join(lines) + f"\nPipeline time: {_format_seconds(seconds)}"
+    return "\n".join(lines) + f"\nPipeline time: {format_duration(seconds)}"
 
 
 def _write_stage_config(stage: Stage) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 TASKS = ("au", "expr", "va")
 # '' : visual + audio features (the method); 'visual': visual features only (the audio ablation).
@@ -65,3 +66,14 @@ class PipelineDirs:
 
     def stage_file(self, stage_dir: str) -> str:
         return os.path.join(stage_dir, STAGE_FILE)
+
+
+def flat_settings(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A stage.json `config` as {dotted key: value} ('model.size': 'tiny'), as --config.<key> names them."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
