@@ -130,13 +130,15 @@ class Checkpointer:
         JobError listing them (and moves nothing).
         """
         damaged: list[tuple[int, str]] = []
-        for step in reversed(self.all_steps()):
+        steps = self.all_steps()
+        if steps:
+            _silence_orphaned_reads()
+        for step in reversed(steps):
             try:
                 state = self.restore(step, abstract_state, data_iterator)
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
-                _silence_orphaned_reads()
                 damaged.append((step, root_cause(e)))
                 log(f"Checkpoint step {step} in {self.directory} is damaged ({root_cause(e)}); trying an "
                     "older one")
@@ -181,9 +183,11 @@ def _silence_orphaned_reads() -> None:
     other reads; each completion then raises in a background thread ('Event loop is closed'), each
     abandoned read coroutine (`_read_array_index_and_device_put`) reports its own read error when it is
     collected, and asyncio logs the never-retrieved exceptions of its tasks and gathering futures:
-    thousands of lines about a restore that has already been reported and skipped. Installed only once a
-    restore has failed; from then on asyncio's "exception was never retrieved" records are dropped (the
-    job's own code awaits every future it makes). Other background errors are still printed.
+    thousands of lines about a restore that has already been reported and skipped. Installed before the
+    first restore, not after a failure: TensorStore may complete an orphaned read on its own thread before
+    the failed restore's exception reaches `restore_latest`. From then on asyncio's "exception was never
+    retrieved" records are dropped (the job's own code awaits every future it makes). Other background
+    errors are still printed.
     """
     if getattr(threading.excepthook, "_abaw_filter", False):
         return
