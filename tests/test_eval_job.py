@@ -61,6 +61,12 @@ def test_job_tunes_votes_and_writes_a_checked_submission(task, synthetic_affwild
     ablation = {row["setting"]: row["metric"] for row in results["ablation"]}
     combined = "mean + smoothing" if task == "VA" else "vote + smoothing"
     assert ablation[combined] >= ablation["single member (mean of 6), post-processed"]
+    # SDD rows count the reaction tracks of the ablation set (the test tracks, whose labels the release has).
+    listed = affwild2.read_video_list(synthetic_affwild2 / "reaction_videos.txt")
+    test_tracks = [t for t in predictions.tracks() if predictions.split(t) == "test"]
+    sdd_rows = [row for row in results["ablation"] if "SDD" in row["setting"]]
+    assert results["ablation_set"].startswith("test") and sdd_rows
+    assert {row["reaction_tracks"] for row in sdd_rows} == {sum(affwild2.is_listed(t, listed) for t in test_tracks)}
     # The submission passes the checker, and its test metric is what scikit-learn / numpy give from the file.
     example = synthetic_affwild2 / "test_set" / "prediction_files_format" / tasks.get_task(task).example_file
     path = pathlib.Path(results["submission"])

@@ -51,6 +51,8 @@ def test_every_stage_runs_in_order_into_its_folder(micro_pipeline):
     markdown = (root / "report" / "report.md").read_text()
     assert report.check_report(dirs, markdown, tasks=("au", "expr", "va")) == []
     assert "## The paper's claims on this run" in markdown
+    assert (f"Release: the synthetic release ({config.data.synthetic_videos} videos x "
+            f"{config.data.synthetic_frames_per_video} frames, seed {config.data.synthetic_seed}") in markdown
 
 
 def test_stage_config_file_reruns_the_stage_alone(micro_pipeline):

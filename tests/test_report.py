@@ -274,6 +274,27 @@ def test_claims_hold_or_not_by_the_sign_of_their_two_scores(run_root, tmp_path, 
     assert report.check_report(dirs, text, tasks=["expr", "va"]) == []
 
 
+def test_sdd_claim_is_not_measurable_when_no_track_was_routed(run_root, tmp_path):
+    dirs = _copy(run_root, tmp_path)
+    va = pathlib.Path(dirs.evaluate("va"), "results.json")
+    _set_metric(va, "mean + smoothing", 0.5)
+    _set_metric(va, "mean + SDD + smoothing", 0.5)
+    results = _json(va)
+    for row in results["ablation"]:
+        if "SDD" in row["setting"]:
+            row["reaction_tracks"] = 0
+    va.write_text(json.dumps(results))
+    text = report.write_report(dirs, tasks=["expr", "va"])
+    claims = _claim_rows(text)
+    assert claims[("SDD helps VA", "VA")]["verdict"] == "not measurable: no reaction track in the set"
+    assert claims[("SDD helps EXPR", "EXPR")]["verdict"] in ("holds", "does not hold on this run")
+    assert report.check_report(dirs, text, tasks=["expr", "va"]) == []
+    claimed = text.replace("| +0.0000 | not measurable: no reaction track in the set |",
+                           "| +0.0000 | does not hold on this run |")
+    assert claimed != text
+    assert any("SDD helps VA" in p and "verdict" in p for p in report.check_report(dirs, claimed, tasks=["expr", "va"]))
+
+
 def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
     dirs = _copy(run_root, tmp_path)
     shutil.rmtree(dirs.evaluate("va", "visual"))

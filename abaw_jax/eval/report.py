@@ -17,7 +17,9 @@ Inputs, per task t of the run (a missing required file is a `ReportError` naming
 Optional inputs that are absent drop their rows or columns, with a note saying so.
 
 The claims section rests each of the paper's claims on two cells of a Table 5 (named as `setting [column]`):
-"holds" when the cell with the part is higher than the cell without it, else "does not hold on this run".
+"holds" when the cell with the part is higher than the cell without it, else "does not hold on this run"; SDD's
+claims are "not measurable" when evaluate's SDD row routed no track of the set (`reaction_tracks` 0), since
+the two cells are then the same predictions.
 With M the configured ensemble (vote / soft / mean) and SDD in both cells when the run routes reaction videos:
   TMF helps (each task)       static fine-tuned encoder per frame vs TMF official, both on Validation_Set
   audio helps VA              M [+ SDD] + smoothing: visual only vs visual + audio
@@ -57,6 +59,7 @@ TABLE_NUMBER = {"AU": 1, "EXPR": 2, "VA": 3}
 WITH_AUDIO, VISUAL_ONLY = "visual + audio", "visual only"
 SUBMISSION_ROW = "submission (ensemble as configured)"
 HOLDS, DOES_NOT_HOLD = "holds", "does not hold on this run"
+NO_REACTION_TRACKS = "not measurable: no reaction track in the set"
 # Settings shown per stage in the header, when the stage's config has them (dotted keys of the nested config).
 STAGE_KEYS = {
     "mae": ("model.size", "model.image_size", "model.mask_ratio", "batch_size", "num_epochs", "total_steps",
@@ -225,7 +228,7 @@ def _markdown_table(title: str, header: Sequence[str], rows: Sequence[Sequence[A
 def _release_line(stages: dict[str, dict]) -> str:
     for stage in stages.values():
         data = stage.get("config", {}).get("data") if isinstance(stage.get("config"), dict) else None
-        if isinstance(data, dict):
+        if isinstance(data, dict) and "root" in data:  # a release config; MAE's `data` holds face shards
             if not data.get("root"):
                 return (f"the synthetic release ({data.get('synthetic_videos', '?')} videos x "
                         f"{data.get('synthetic_frames_per_video', '?')} frames, seed {data.get('synthetic_seed', '?')}"
@@ -329,6 +332,7 @@ class Claim:
     without: tuple[str, str] | None   # (Table 5 setting, column)
     with_: tuple[str, str] | None
     reason: str = ""                  # why it cannot be checked, when a side is missing
+    unmeasurable: bool = False        # both cells score the same predictions (SDD routed no track)
 
 
 def _claims(files: TaskFiles) -> list[Claim]:
@@ -353,14 +357,28 @@ def _claims(files: TaskFiles) -> list[Claim]:
                             "" if visual_has else
                             f"no visual-only variant ({_relative(files.paths['visual'])} absent)"))
     if name in ("EXPR", "VA"):
+        with_sdd = cell((method, True, True))
         claims.append(Claim(2, f"SDD helps {name} (general members -> reaction videos routed to the reaction member)",
-                            name, cell((method, False, True)), cell((method, True, True)),
-                            "" if routed else "scene routing was off (scene_routing=none)"))
+                            name, cell((method, False, True)), with_sdd,
+                            "" if routed else "scene routing was off (scene_routing=none)",
+                            with_sdd is not None and _routes_no_track(results, with_sdd[0])))
     claims.append(Claim(3, "smoothing helps (post-processing tuned on out-of-fold predictions)", name,
                         cell((method, routed, False)), cell(full)))
     claims.append(Claim(4, "the ensemble helps (single member -> ensemble, both post-processed, no SDD)", name,
                         (single, WITH_AUDIO) if single else None, cell((method, False, True))))
     return claims
+
+
+def _routes_no_track(results: dict, setting: str) -> bool:
+    """Whether evaluate's ablation row `setting` routed no track to the reaction member."""
+    row = next((r for r in results.get("ablation", []) if r["setting"] == setting), {})
+    return row.get("reaction_tracks") == 0
+
+
+def _verdict(before: float, after: float, unmeasurable: bool) -> str:
+    if unmeasurable:
+        return NO_REACTION_TRACKS
+    return HOLDS if after > before else DOES_NOT_HOLD
 
 
 def _claims_section(all_files: Sequence[TaskFiles], not_run: Sequence[str]) -> str:
@@ -375,9 +393,10 @@ def _claims_section(all_files: Sequence[TaskFiles], not_run: Sequence[str]) -> s
         after = _ablation_value(columns[claim.with_[1]], claim.with_[0])
         rows.append((claim.claim, claim.task, f"{claim.without[0]} [{claim.without[1]}]",
                      f"{claim.with_[0]} [{claim.with_[1]}]", before, after, f"{after - before:+.4f}",
-                     HOLDS if after > before else DOES_NOT_HOLD))
+                     _verdict(before, after, claim.unmeasurable)))
     text = ("## The paper's claims on this run\n\nEach claim rests on two cells of the task's Table 5 "
-            "(`setting [column]`); it holds when the score with the part is higher than without it.\n\n")
+            "(`setting [column]`); it holds when the score with the part is higher than without it. SDD cannot "
+            "be measured on a set in which no track is a reaction video.\n\n")
     text += _markdown_table("Claims", ["claim", "task", "without", "with", "without score", "with score", "change",
                                        "verdict"], rows)
     if unchecked or not_run:
@@ -709,7 +728,12 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
                         sides.append(cells[ref])
                         compare(f"Claims {r['claim']} {task.name}", r, {f"{side} score": cells[ref]})
                     if len(sides) == 2:
-                        verdict = HOLDS if sides[1] > sides[0] else DOES_NOT_HOLD
+                        with_setting = r["with"].rsplit(" [", 1)[0]
+                        unmeasurable = (r["claim"].startswith("SDD helps")
+                                        and any(row["setting"] == with_setting and row.get("reaction_tracks") == 0
+                                                for row in results["ablation"]))
+                        verdict = (NO_REACTION_TRACKS if unmeasurable
+                                   else HOLDS if sides[1] > sides[0] else DOES_NOT_HOLD)
                         compare(f"Claims {r['claim']} {task.name}", r, {"change": sides[1] - sides[0]})
                         if r["verdict"] != verdict:
                             problems.append(f"Claims {r['claim']} {task.name}: verdict {r['verdict']!r}, the scores "

@@ -363,7 +363,8 @@ def _ablation(config, task: tasks.Task, data: Tracks, members, general, paths, r
     routed = config.scene_routing != "none"
     variants = [(method, False, None), (method, False, tuned)]
     if routed:
-        sdd = _routing(config, members, general, _reaction_flags(config, paths, data.names, router_flags))
+        is_reaction = _reaction_flags(config, paths, data.names, router_flags)
+        sdd = _routing(config, members, general, is_reaction)
         variants += [(method, True, None), (method, True, tuned)]
     if task.kind != "continuous":  # VA has one way to combine: the mean
         variants.append((other, routed, tuned))
@@ -372,8 +373,10 @@ def _ablation(config, task: tasks.Task, data: Tracks, members, general, paths, r
         final = _final(task, data, use, post, how)
         metric, _ = _score(task, final, data.labels, data.valid & data.mask)
         name = "mean" if task.kind == "continuous" else how
-        rows.append({"setting": f"{name}{' + SDD' if with_sdd else ''}{' + smoothing' if post else ''}",
-                     "metric": metric})
+        row = {"setting": f"{name}{' + SDD' if with_sdd else ''}{' + smoothing' if post else ''}", "metric": metric}
+        if with_sdd:  # SDD changes nothing on a set without reaction tracks; the report says so
+            row["reaction_tracks"] = int(np.sum(is_reaction))
+        rows.append(row)
     return rows
 
 
