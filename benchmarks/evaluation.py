@@ -97,14 +97,9 @@ def ours(task: tasks.Task, outputs, labels, valid, mask, sigmas, thresholds) -> 
                         threshold_grid=thresholds if task.kind == "binary" else ())
     tuning_seconds = (time.perf_counter() - start, time.process_time() - cpu)
     final = tuning.final_labels(task.name, outputs, mask, np.ones(outputs.shape[:2], bool), tuned)
-    if task.kind == "binary":
-        per_class = metrics.binary_f1(final, labels, valid)
-    elif task.kind == "multiclass":
-        per_class = metrics.multiclass_f1(final, labels, valid, task.num_outputs)
-    else:
-        per_class = metrics.ccc(final, labels, valid)
+    metric, _ = metrics.label_scores(task, final, labels, valid)
     return {"sigma": tuned.sigma, "thresholds": tuned.thresholds,
-            "steps": [(s["before"], s["after"]) for s in tuned.steps], "final": float(np.asarray(per_class).mean()),
+            "steps": [(s["before"], s["after"]) for s in tuned.steps], "final": float(metric),
             "tuning_seconds": tuning_seconds}
 
 

@@ -15,6 +15,11 @@ def numpy_ccc(x: np.ndarray, y: np.ndarray) -> float:
     return 2 * cov / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
 
 
+def per_class(task: str, *args) -> np.ndarray:
+    """The per-class scores of metrics.task_scores, jitted as the jobs run it."""
+    return np.asarray(jax.jit(metrics.task_scores, static_argnums=0)(task, *args)[1])
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_au_f1_matches_sklearn_per_au(seed):
     rng = np.random.default_rng(seed)
@@ -22,7 +27,7 @@ def test_au_f1_matches_sklearn_per_au(seed):
     labels = (rng.uniform(size=(3, 50, 12)) < rng.uniform(0.05, 0.6, size=12)).astype(np.int8)
     mask = rng.uniform(size=(3, 50)) < 0.8
     thresholds = rng.uniform(0.3, 0.7, size=12).astype(np.float32)
-    ours = np.asarray(jax.jit(metrics.au_scores)(probs, labels, mask, thresholds))
+    ours = np.asarray(per_class("AU", probs, labels, mask, thresholds))
     keep = mask.reshape(-1)
     pred = (probs.reshape(-1, 12) >= thresholds)[keep]
     reference = f1_score(labels.reshape(-1, 12)[keep], pred, average=None, zero_division=0)
@@ -36,7 +41,7 @@ def test_expr_f1_matches_sklearn_with_absent_classes(seed):
     scores = rng.normal(size=(4, 60, 8)).astype(np.float32)
     scores[..., 7] -= 10  # class 7 never predicted either: absent from both, scores 0
     mask = rng.uniform(size=(4, 60)) < 0.7
-    ours = np.asarray(jax.jit(metrics.expr_scores)(scores, labels, mask))
+    ours = np.asarray(per_class("EXPR", scores, labels, mask))
     keep = mask.reshape(-1)
     reference = f1_score(labels.reshape(-1)[keep], scores.reshape(-1, 8).argmax(-1)[keep], labels=range(8),
                          average=None, zero_division=0)
@@ -51,7 +56,7 @@ def test_ccc_matches_numpy_population_statistics():
     labels = rng.uniform(-1, 1, size=(5, 40, 2)).astype(np.float32)
     values = (0.6 * labels + 0.3 * rng.normal(size=labels.shape) + 0.1).astype(np.float32)
     mask = rng.uniform(size=(5, 40)) < 0.9
-    ours = np.asarray(jax.jit(metrics.va_scores)(values, labels, mask))
+    ours = np.asarray(per_class("VA", values, labels, mask))
     keep = mask.reshape(-1)
     reference = [numpy_ccc(values.reshape(-1, 2)[keep, c], labels.reshape(-1, 2)[keep, c]) for c in range(2)]
     np.testing.assert_allclose(ours, reference, rtol=1e-5)
@@ -66,23 +71,22 @@ def test_ccc_matches_numpy_population_statistics():
 def test_masked_frames_do_not_count():
     labels = np.array([[1, 0], [0, 1], [1, 1]], np.int8)
     preds = np.array([[1, 0], [0, 1], [0, 0]], np.float32)
-    assert np.allclose(metrics.au_scores(preds, labels, np.array([True, True, False])), [1.0, 1.0])
-    assert not np.allclose(metrics.au_scores(preds, labels, np.ones(3, bool)), [1.0, 1.0])
+    assert np.allclose(per_class("AU", preds, labels, np.array([True, True, False])), [1.0, 1.0])
+    assert not np.allclose(per_class("AU", preds, labels, np.ones(3, bool)), [1.0, 1.0])
 
 
 def test_degenerate_cases_are_defined_not_nan():
     empty = np.zeros((10,), bool)
     rng = np.random.default_rng(0)
     assert metrics.valid_count(empty) == 0
-    assert np.array_equal(metrics.au_scores(rng.uniform(size=(10, 12)), np.ones((10, 12)), empty), np.zeros(12))
-    assert np.array_equal(metrics.expr_scores(rng.normal(size=(10, 8)), np.zeros(10, int), empty), np.zeros(8))
-    assert np.array_equal(metrics.va_scores(rng.normal(size=(10, 2)), rng.normal(size=(10, 2)), empty), np.zeros(2))
+    assert np.array_equal(per_class("AU", rng.uniform(size=(10, 12)), np.ones((10, 12)), empty), np.zeros(12))
+    assert np.array_equal(per_class("EXPR", rng.normal(size=(10, 8)), np.zeros(10, int), empty), np.zeros(8))
+    assert np.array_equal(per_class("VA", rng.normal(size=(10, 2)), rng.normal(size=(10, 2)), empty), np.zeros(2))
     # All frames one class, always predicted: that class scores 1, every other class 0.
     onehot = np.tile(np.eye(8)[4], (10, 1))
-    per_class = np.asarray(metrics.expr_scores(onehot, np.full(10, 4), np.ones(10, bool)))
-    np.testing.assert_array_equal(per_class, np.eye(8)[4])
+    np.testing.assert_array_equal(per_class("EXPR", onehot, np.full(10, 4), np.ones(10, bool)), np.eye(8)[4])
     # Constant prediction and constant truth: CCC 0, not NaN.
-    const = np.asarray(metrics.va_scores(np.zeros((10, 2)), np.full((10, 2), 0.3), np.ones(10, bool)))
+    const = per_class("VA", np.zeros((10, 2)), np.full((10, 2), 0.3), np.ones(10, bool))
     assert np.array_equal(const, np.zeros(2))
 
 
@@ -92,3 +96,10 @@ def test_task_scores_dispatch_on_task_kind():
     mean, per = metrics.task_scores(tasks.VA, labels, labels, np.ones(30, bool))
     np.testing.assert_allclose(per, [1.0, 1.0], rtol=1e-6)
     assert float(mean) == pytest.approx(1.0, rel=1e-6)
+    # Outputs and the final labels they give score the same: AU thresholded, EXPR arg-max.
+    probs, truth, mask = rng.uniform(size=(40, 12)), rng.uniform(size=(40, 12)) < 0.3, rng.uniform(size=40) < 0.8
+    np.testing.assert_array_equal(metrics.task_scores("AU", probs, truth, mask, 0.4)[1],
+                                  metrics.label_scores("AU", probs >= 0.4, truth, mask)[1])
+    scores, classes = rng.normal(size=(40, 8)), rng.integers(0, 8, 40)
+    np.testing.assert_array_equal(metrics.task_scores("EXPR", scores, classes, mask)[1],
+                                  metrics.label_scores("EXPR", scores.argmax(-1), classes, mask)[1])

@@ -87,35 +87,31 @@ def valid_count(mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.asarray(mask).astype(jnp.int32))
 
 
-def au_scores(probabilities: jax.Array, labels: jax.Array, mask: jax.Array,
-              thresholds: jax.Array | float = 0.5) -> jax.Array:
-    """Per-AU F1 (12,) of sigmoid probabilities (..., 12) thresholded per AU."""
-    predictions = probabilities >= jnp.asarray(thresholds, jnp.float32)
-    return binary_f1(predictions, labels, mask)
-
-
-def expr_scores(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Per-class F1 (8,) of the arg-max of per-class scores (..., 8) (logits or probabilities)."""
-    return multiclass_f1(jnp.argmax(scores, axis=-1), labels, mask, scores.shape[-1])
-
-
-def va_scores(values: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """(CCC_valence, CCC_arousal) of predicted values (..., 2)."""
-    return ccc(values, labels, mask)
+def label_scores(task: str | tasks.Task, final: jax.Array, labels: jax.Array,
+                 mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(task metric, per-class scores) of final per-frame labels: AU 0/1 per AU, EXPR class indices, VA values."""
+    task = task if isinstance(task, tasks.Task) else tasks.get_task(task)
+    if task.kind == "binary":
+        per_class = binary_f1(final, labels, mask)
+    elif task.kind == "multiclass":
+        per_class = multiclass_f1(final, labels, mask, task.num_outputs)
+    else:
+        per_class = ccc(final, labels, mask)
+    return per_class.mean(), per_class
 
 
 def task_scores(task: str | tasks.Task, outputs: jax.Array, labels: jax.Array, mask: jax.Array,
                 thresholds: jax.Array | float = 0.5) -> tuple[jax.Array, jax.Array]:
     """(task metric, per-class scores) for a task's per-frame outputs.
 
-    AU outputs are probabilities, EXPR outputs per-class scores, VA outputs values; labels are in the
-    annotation files' encoding (AU 0/1 per AU, EXPR class index, VA two floats).
+    AU outputs are probabilities (thresholded per AU), EXPR outputs per-class scores (arg-max), VA outputs values;
+    labels are in the annotation files' encoding (AU 0/1 per AU, EXPR class index, VA two floats).
     """
     task = task if isinstance(task, tasks.Task) else tasks.get_task(task)
     if task.kind == "binary":
-        per_class = au_scores(outputs, labels, mask, thresholds)
+        final = outputs >= jnp.asarray(thresholds, jnp.float32)
     elif task.kind == "multiclass":
-        per_class = expr_scores(outputs, labels, mask)
+        final = jnp.argmax(outputs, axis=-1)
     else:
-        per_class = va_scores(outputs, labels, mask)
-    return per_class.mean(), per_class
+        final = outputs
+    return label_scores(task, final, labels, mask)

@@ -126,13 +126,8 @@ def _load(predictions: Predictions, members: Sequence[str], names: Sequence[str]
 
 def _score(task: tasks.Task, final: jnp.ndarray, labels: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]:
     """(metric, per-class) of final labels: AU 0/1, EXPR classes, VA values."""
-    if task.kind == "binary":
-        per_class = metrics.binary_f1(final, labels, valid)
-    elif task.kind == "multiclass":
-        per_class = metrics.multiclass_f1(final, labels, valid, task.num_outputs)
-    else:
-        per_class = metrics.ccc(final, labels, valid)
-    return float(per_class.mean()), np.asarray(per_class)
+    metric, per_class = metrics.label_scores(task, final, labels, valid)
+    return float(metric), np.asarray(per_class)
 
 
 def _final(task: tasks.Task, data: Tracks, use: np.ndarray, tuned: tuning.Tuned | None, method: str) -> np.ndarray:
