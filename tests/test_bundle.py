@@ -14,6 +14,7 @@ import pytest
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, features
+from abaw_jax.eval import scene_router
 from abaw_jax.media import audio
 from abaw_jax.models import fusion
 from abaw_jax.predictor import bundle as bundle_lib
@@ -33,7 +34,7 @@ def _test_track(dirs) -> str:
     return next(n for n in names if not n.endswith(("_left", "_right")))
 
 
-def test_bundle_is_self_contained_and_records_what_the_stages_chose(micro_dirs):
+def test_bundle_is_self_contained_and_records_what_the_stages_chose(micro_dirs, micro_release):
     dirs = micro_dirs
     root = pathlib.Path(dirs.predictor)
     for path in root.rglob("*"):
@@ -63,8 +64,20 @@ def test_bundle_is_self_contained_and_records_what_the_stages_chose(micro_dirs):
         assert list(ensemble.members) == list(scores["members"])
         assert ensemble.feature_sets == {key: manifests[key]["dim"], "logmel_mfcc": 84}
         assert np.asarray(ensemble.feature_mean).shape == (len(ensemble.members), manifests[key]["dim"] + 84)
-    # The router learnt the release's reaction list from the Train_Set videos' statistics.
-    assert loaded.router is not None and description["scene_router"]["reaction_videos"] > 0
+    # The router learnt the release's reaction list from the Train_Set videos' statistics; its accuracy is
+    # measured on the Validation_Set videos no task trains on, recomputed here from the feature store.
+    router = description["scene_router"]
+    annotations = pathlib.Path(micro_release) / "annotations"
+    split = lambda name: {p.stem for key in TASK_KEYS
+                          for p in (affwild2.find_task_dir(annotations, key) / name).glob("*.txt")}
+    train, held_out = split("Train_Set"), split("Validation_Set") - split("Train_Set")
+    listed = affwild2.read_video_list(pathlib.Path(micro_release) / "reaction_videos.txt")
+    assert router["train_videos"] == len(train) and router["validation_videos"] == len(held_out) > 0
+    assert router["train_reaction_videos"] == sum(affwild2.is_listed(v, listed) for v in train) > 0
+    feature_set = features.open_set(pathlib.Path(dirs.features) / router["feature_set"], router["feature_set"])
+    correct = [loaded.router.predict(scene_router.video_statistics(*feature_set.load(v)))[0]
+               == affwild2.is_listed(v, listed) for v in sorted(held_out)]
+    assert router["validation_accuracy"] == pytest.approx(np.mean(correct))
 
 
 def test_load_bundle_errors_name_the_folder(micro_dirs, tmp_path):

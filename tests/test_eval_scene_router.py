@@ -34,3 +34,18 @@ def test_statistics_use_face_frames_and_router_needs_both_scenes():
     np.testing.assert_allclose(scene_router.video_statistics(features, face), [1, 2, 1, 1])
     with pytest.raises(ValueError, match="all 3 are other videos"):
         scene_router.fit_router(np.zeros((3, 2)), np.zeros(3, bool))
+
+
+def test_fit_and_validate_fits_on_train_only_and_saves_what_it_predicts(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = _videos(rng, 100)
+    train, validation = np.arange(100) < 70, np.arange(100) >= 80  # 70..79 belong to neither
+    router, report = scene_router.fit_and_validate(x, y, train, validation)
+    alone = scene_router.fit_router(x[:70], y[:70])
+    np.testing.assert_array_equal(router.weights, alone.weights)
+    assert report == {"train_videos": 70, "train_reaction_videos": int(y[:70].sum()), "validation_videos": 20,
+                      "validation_accuracy": pytest.approx((alone.predict(x[80:]) == y[80:]).mean())}
+    router.save(tmp_path / "router.npz")
+    loaded = scene_router.SceneRouter.load(tmp_path / "router.npz")
+    np.testing.assert_array_equal(loaded.probability(x), router.probability(x))
+    assert np.isnan(scene_router.fit_and_validate(x, y, train, np.zeros(100, bool))[1]["validation_accuracy"])

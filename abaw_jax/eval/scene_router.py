@@ -8,6 +8,7 @@ by a few thousand statistics fit in well under a second with plain gradient desc
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -38,6 +39,14 @@ class SceneRouter:
     def predict(self, statistics: np.ndarray) -> np.ndarray:
         return self.probability(statistics) >= 0.5
 
+    def save(self, path: str | os.PathLike) -> None:
+        np.savez(path, mean=self.mean, scale=self.scale, weights=self.weights, bias=self.bias)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SceneRouter":
+        with np.load(path) as r:
+            return cls(r["mean"], r["scale"], r["weights"], float(r["bias"]))
+
 
 def fit_router(statistics: np.ndarray, is_reaction: np.ndarray, *, l2: float = 1e-2, steps: int = 500,
                learning_rate: float = 0.5) -> SceneRouter:
@@ -58,3 +67,18 @@ def fit_router(statistics: np.ndarray, is_reaction: np.ndarray, *, l2: float = 1
         weights -= learning_rate * (z.T @ error / len(y) + l2 * weights)
         bias -= learning_rate * error.mean()
     return SceneRouter(mean.astype(np.float32), scale.astype(np.float32), weights.astype(np.float32), float(bias))
+
+
+def fit_and_validate(statistics: np.ndarray, is_reaction: np.ndarray, train: np.ndarray,
+                     validation: np.ndarray) -> tuple[SceneRouter, dict]:
+    """A router fit on the `train` videos, and its accuracy on the `validation` ones (NaN when there are none).
+
+    The report: {train_videos, train_reaction_videos, validation_videos, validation_accuracy}.
+    """
+    statistics, is_reaction = np.asarray(statistics), np.asarray(is_reaction, bool)
+    train, validation = np.asarray(train, bool), np.asarray(validation, bool)
+    router = fit_router(statistics[train], is_reaction[train])
+    correct = router.predict(statistics[validation]) == is_reaction[validation] if validation.any() else np.array([])
+    return router, {"train_videos": int(train.sum()), "train_reaction_videos": int(is_reaction[train].sum()),
+                    "validation_videos": int(validation.sum()),
+                    "validation_accuracy": float(correct.mean()) if correct.size else float("nan")}

@@ -185,15 +185,14 @@ def _scene_router(config, paths: release.ReleasePaths, predictions: Predictions)
     train = np.array([predictions.split(n) == "Train_Set" for n in names])
     held_out = np.array([predictions.split(n) == "Validation_Set" for n in names])
     try:
-        router = scene_router.fit_router(stats[train], truth[train])
+        router, fit = scene_router.fit_and_validate(stats, truth, train, held_out)
     except ValueError as e:
         raise JobError(f"scene router on the Train_Set tracks: {e}") from None
-    predicted = router.predict(stats)
-    accuracy = float((predicted[held_out] == truth[held_out]).mean()) if held_out.any() else float("nan")
-    report = {"feature_set": name, "train_tracks": int(train.sum()), "validation_tracks": int(held_out.sum()),
-              "validation_accuracy": accuracy}
-    log(f"scene router on {name!r}: {report['validation_tracks']} Validation_Set tracks, accuracy {accuracy:.3f}")
-    return dict(zip(names, predicted.tolist())), report
+    report = {"feature_set": name, "train_tracks": fit["train_videos"], "validation_tracks": fit["validation_videos"],
+              "validation_accuracy": fit["validation_accuracy"]}
+    log(f"scene router on {name!r}: {report['validation_tracks']} Validation_Set tracks, accuracy "
+        f"{report['validation_accuracy']:.3f}")
+    return dict(zip(names, router.predict(stats).tolist())), report
 
 
 def _table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -14,7 +14,8 @@ bundle.json:
     `fc_norm` output of the ImageNet-normalised crop, rounded to storage_dtype like the feature store's.
   audio_sets: {name: {kind, n_mels, n_mfcc, window}} (`media.audio.make_featurizer`; spectral kinds only).
   tasks: {task: {fusion: relative folder, postprocess: `eval.postprocess.PostProcess.to_json()`}}.
-  scene_router: {file, feature_set, train_videos, reaction_videos} or null (routing then needs --scene).
+  scene_router: {file, feature_set, train_videos, train_reaction_videos, validation_videos, validation_accuracy}
+    or null (routing then needs --scene); fit on the Train_Set videos, measured on the other Validation_Set ones.
 
 Everything is copied: the bundle does not point into the pipeline's stage folders.
 """
@@ -36,6 +37,7 @@ from abaw_jax.eval import postprocess, scene_router
 from abaw_jax.media import audio
 from abaw_jax.models import fusion
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs
+from abaw_jax.runtime.telemetry import log
 
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
@@ -149,27 +151,34 @@ def _audio_settings(feature_set: features.AudioSet) -> dict[str, Any]:
 
 
 def _export_router(store_dir: pathlib.Path, visual: list[str], data_config, target: pathlib.Path) -> dict | None:
-    """Fits the scene router on the Train_Set videos' statistics of the first visual set; None without a list."""
+    """Fits the scene router on the Train_Set videos' statistics of the first visual set, and measures it on the
+    Validation_Set videos that no task trains on; None without a reaction list."""
     paths = release.resolve(data_config)
     if paths.reaction_list is None or not visual:
         return None
     name = visual[0]
     feature_set = features.open_set(store_dir / name, name)
     listed = affwild2.read_video_list(paths.reaction_list)
-    train = sorted({p.stem for task in tasks.TASKS for p in _train_files(paths, task)} & set(feature_set.tracks()))
-    stats = np.stack([scene_router.video_statistics(*feature_set.load(t)) for t in train])
-    truth = np.array([affwild2.is_listed(t, listed) for t in train])
+    train = {p.stem for task in tasks.TASKS for p in _split_files(paths, task, "Train_Set")}
+    validation = {p.stem for task in tasks.TASKS for p in _split_files(paths, task, "Validation_Set")} - train
+    videos = sorted((train | validation) & set(feature_set.tracks()))
+    stats = np.stack([scene_router.video_statistics(*feature_set.load(t)) for t in videos])
+    truth = np.array([affwild2.is_listed(t, listed) for t in videos])
     try:
-        router = scene_router.fit_router(stats, truth)
+        router, fit = scene_router.fit_and_validate(stats, truth, np.isin(videos, list(train)),
+                                                    np.isin(videos, list(validation)))
     except ValueError as e:
         raise BundleError(f"scene router on the Train_Set tracks of {store_dir / name}: {e}") from e
-    np.savez(target, mean=router.mean, scale=router.scale, weights=router.weights, bias=router.bias)
-    return {"file": ROUTER_FILE, "feature_set": name, "train_videos": len(train), "reaction_videos": int(truth.sum())}
+    router.save(target)
+    log(f"Scene router for new videos ({name!r}): fit on {fit['train_videos']} Train_Set videos "
+        f"({fit['train_reaction_videos']} reaction), accuracy {fit['validation_accuracy']:.3f} on "
+        f"{fit['validation_videos']} Validation_Set videos")
+    return {"file": ROUTER_FILE, "feature_set": name, **fit}
 
 
-def _train_files(paths: release.ReleasePaths, task: str) -> list[pathlib.Path]:
+def _split_files(paths: release.ReleasePaths, task: str, split: str) -> list[pathlib.Path]:
     try:
-        return sorted((affwild2.find_task_dir(paths.annotations, task) / "Train_Set").glob("*.txt"))
+        return sorted((affwild2.find_task_dir(paths.annotations, task) / split).glob("*.txt"))
     except FileNotFoundError:
         return []
 
@@ -195,8 +204,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         models[key] = TaskModel(ensemble, postprocess.PostProcess.from_json(entry["postprocess"]))
     router, router_set = None, None
     if description.get("scene_router"):
-        with np.load(path / description["scene_router"]["file"]) as r:
-            router = scene_router.SceneRouter(r["mean"], r["scale"], r["weights"], float(r["bias"]))
+        router = scene_router.SceneRouter.load(path / description["scene_router"]["file"])
         router_set = description["scene_router"]["feature_set"]
     return Bundle(path, description["crop"], description["visual_sets"], description["audio_sets"], models, router,
                   router_set)
