@@ -34,7 +34,7 @@ from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat
 from abaw_jax.runtime.telemetry import format_duration, log
 
 # Bumped when what the report / bundle steps write changes, so finished runs redo them.
-_STEP_VERSIONS = {"report": 1, "predictor": 1}
+_STEP_VERSIONS = {"report": 2, "predictor": 2}
 _STAGE_CONFIG_TEMPLATE = '''"""Settings of pipeline stage {name!r} (written by configs/abaw.py's pipeline; edits here are not read back).
 
 Rerun this stage alone:
