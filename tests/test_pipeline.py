@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -97,7 +98,7 @@ def test_changed_setting_reruns_that_stage_and_its_dependents_only(micro_pipelin
     assert not list((root / "evaluate_expr").glob("plots/*.png"))
 
 
-def test_plan_rejects_inconsistent_settings(tmp_path):
+def test_plan_rejects_inconsistent_settings(synthetic_affwild2, tmp_path):
     dirs = PipelineDirs(str(tmp_path))
 
     def fails(match, **overrides):
@@ -116,6 +117,18 @@ def test_plan_rejects_inconsistent_settings(tmp_path):
     assert one_task[2].config.sets == ("expr", "mae") and one_task[2].inputs == (dirs.finetune("expr"), dirs.mae)
     skip_mae = pipeline.plan(micro_pipeline_config(tmp_path, mae_encoder="/weights/mae.pth"), dirs)
     assert skip_mae[0].name == "finetune_au" and skip_mae[0].config.encoder == "/weights/mae.pth"
+    # A real release is checked before any training: audio features need its videos folder.
+    real = tmp_path / "release"
+    shutil.copytree(synthetic_affwild2, real, ignore=shutil.ignore_patterns("videos"))
+    fails(r"config.data.videos: .*release has no videos/ folder", mae_encoder="/weights/mae.pth",
+          **{"data.root": str(real)})
+    no_audio = {"data.root": str(real), "features.audio": (), "fusion.au.audio_sets": "",
+                "fusion.expr.audio_sets": "", "fusion.va.audio_sets": ""}
+    fails(r"config.fusion.va.audio_sets names \['logmel_mfcc'\], which config.features.audio=.* does not extract",
+          mae_encoder="/weights/mae.pth", **{**no_audio, "fusion.va.audio_sets": "logmel_mfcc"})
+    visual_only = pipeline.plan(micro_pipeline_config(tmp_path, mae_encoder="/weights/mae.pth", audio_ablation="",
+                                                      **no_audio), dirs)
+    assert visual_only[3].name == "features" and visual_only[3].config.data.root == str(real)
 
 
 def test_foreign_folder_in_a_stage_place_is_not_overwritten(tmp_path):

@@ -28,3 +28,24 @@ def test_parts_resolve_under_the_root_and_can_be_moved(synthetic_affwild2, tmp_p
         optional[part] = str(tmp_path / part)
     paths = release.resolve(optional)
     assert paths.reaction_list is None and paths.test_ground_truth is None
+
+
+def test_videos_are_optional_until_audio_features_need_them(synthetic_affwild2, tmp_path):
+    """A release downloaded without its videos serves every stage but audio extraction, which says what is missing."""
+    root = tmp_path / "no_videos"
+    root.mkdir()
+    for part in ("annotations", "cropped_aligned", "test_set", "reaction_videos.txt"):
+        (root / part).symlink_to(synthetic_affwild2 / part)
+    data = release.data_config()
+    data.root = str(root)
+    paths = release.resolve(data)
+    assert paths.videos is None and paths.crops == root / "cropped_aligned"
+    release.require_videos(paths, ())
+    with pytest.raises(FileNotFoundError, match=rf"config.data.videos: {root} has no videos/ folder, and the audio "
+                                                r"sets \['logmel_mfcc'\]"):
+        release.require_videos(paths, ("logmel_mfcc",))
+    data.videos = str(synthetic_affwild2 / "videos")
+    release.require_videos(release.resolve(data), ("logmel_mfcc",))
+    data.videos = str(tmp_path / "elsewhere")  # a folder named explicitly must exist
+    with pytest.raises(FileNotFoundError, match="config.data.videos: .*elsewhere does not exist"):
+        release.resolve(data)

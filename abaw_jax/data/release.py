@@ -7,7 +7,8 @@ licensed release in their own ways:
 
   annotations        <root>/annotations             the three <task>_Challenge folders
   crops              <root>/cropped_aligned         <track>/<k:05d>.jpg
-  videos             <root>/videos                  <video>.mp4 / .avi (audio comes from here)
+  videos             <root>/videos                  <video>.mp4 / .avi (audio comes from here); optional
+                                                    for every stage but audio feature extraction
   test_lists         <root>/test_set/names_of_videos_in_each_test_set
   examples           <root>/test_set/prediction_files_format
   reaction_list      <root>/reaction_videos.txt     the reaction-scene videos (SDD); optional
@@ -24,7 +25,7 @@ import dataclasses
 import fcntl
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 
@@ -41,7 +42,7 @@ _DEFAULT_PARTS = {
     "reaction_list": "reaction_videos.txt",
     "test_ground_truth": "test_set/ground_truth",
 }
-_OPTIONAL = ("reaction_list", "test_ground_truth")
+_OPTIONAL = ("videos", "reaction_list", "test_ground_truth")
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -98,7 +99,7 @@ class ReleasePaths:
     root: pathlib.Path
     annotations: pathlib.Path
     crops: pathlib.Path
-    videos: pathlib.Path
+    videos: pathlib.Path | None
     test_lists: pathlib.Path
     examples: pathlib.Path
     reaction_list: pathlib.Path | None
@@ -140,3 +141,12 @@ def resolve(data: ml_collections.ConfigDict) -> ReleasePaths:
                                         + ("" if data[part] else f" (set config.data.{part} to where it is)"))
         parts[part] = path
     return ReleasePaths(root=root, synthetic=synthetic_default, **parts)
+
+
+def require_videos(paths: ReleasePaths, audio_kinds: Sequence[str]) -> None:
+    """FileNotFoundError when audio features are asked for and the release has no videos folder."""
+    if audio_kinds and paths.videos is None:
+        raise FileNotFoundError(
+            f"config.data.videos: {paths.root} has no videos/ folder, and the audio sets {list(audio_kinds)} are "
+            "computed from the videos: set config.data.videos to where they are, or --config.audio= (in the "
+            "pipeline --config.features.audio=) to extract the visual sets only")

@@ -56,6 +56,7 @@ from abaw_jax.data.features import FeatureStoreError, VisualSetWriter
 from abaw_jax.data.predictions import PredictionWriter
 from abaw_jax.models import encoders
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, ViT
+from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime import sharding, telemetry
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
@@ -98,14 +99,9 @@ class Track:
         return max([*self.rows.values(), int(self.frames[-1]) if len(self.frames) else 0])
 
 
-def _list_names(config_value: Sequence[str]) -> tuple[str, ...]:
-    # `--config.sets=au,va` arrives as ('au,va',).
-    return tuple(n.strip() for item in config_value for n in str(item).split(",") if n.strip())
-
-
 def validate_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(visual set names, audio kinds) after checking every config value this job reads."""
-    sets, kinds = _list_names(config.sets), _list_names(config.audio)
+    sets, kinds = checks.names(config, "sets", distinct=False), checks.names(config, "audio", distinct=False)
     if not sets and not kinds:
         raise JobError("config.sets and config.audio are both empty: nothing to extract")
     for name in sets:
@@ -491,6 +487,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         _encoder_source(name, config.encoders[name])  # a wrong path stops now, not after hours of other sets
     try:
         paths = release.resolve(config.data)
+    except FileNotFoundError as e:
+        raise JobError(str(e)) from e
+    try:
+        release.require_videos(paths, kinds)  # before hours of visual sets, not after
     except FileNotFoundError as e:
         raise JobError(str(e)) from e
     tracks = collect_tracks(paths)

@@ -53,6 +53,7 @@ from abaw_jax.data import affwild2, clips, features, predictions, release
 from abaw_jax.eval import metrics
 from abaw_jax.models import fusion, losses
 from abaw_jax.runtime import checkpointing, state_checkpoints, telemetry
+from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
@@ -185,13 +186,6 @@ class LoadedData:
     set_dims: dict[str, int]
 
 
-def _names(value: str, key: str) -> list[str]:
-    names = [n.strip() for n in str(value).split(",") if n.strip()]
-    if len(set(names)) != len(names):
-        raise JobError(f"config.{key}={value!r} names a set twice")
-    return names
-
-
 def open_store(config: ml_collections.ConfigDict) -> tuple[features.FeatureStore, list[str]]:
     directory = pathlib.Path(config.features_dir) if config.features_dir else None
     if directory is None or not directory.is_dir():
@@ -199,7 +193,7 @@ def open_store(config: ml_collections.ConfigDict) -> tuple[features.FeatureStore
         raise JobError(f"config.features_dir={config.features_dir!r} is not a feature store folder; make it with: "
                        f"python -m abaw_jax.main --config=configs/extract_features.py{preset} "
                        f"--workdir={config.features_dir or '<features dir>'}")
-    names = _names(config.visual_sets, "visual_sets") + _names(config.audio_sets, "audio_sets")
+    names = list(checks.names(config, "visual_sets") + checks.names(config, "audio_sets"))
     if not names:
         raise JobError("config.visual_sets and config.audio_sets name no feature set")
     available = sorted(p.name for p in directory.iterdir() if p.is_dir())
@@ -212,7 +206,7 @@ def open_store(config: ml_collections.ConfigDict) -> tuple[features.FeatureStore
     except features.FeatureStoreError as e:
         raise JobError(str(e)) from e
     for key, kind in (("visual_sets", "visual"), ("audio_sets", "audio")):
-        wrong = [n for n in _names(config[key], key) if store.sets[n].kind != kind]
+        wrong = [n for n in checks.names(config, key) if store.sets[n].kind != kind]
         if wrong:
             raise JobError(f"config.{key} names {wrong}, which are not {kind} feature sets in {directory}")
     return store, names
@@ -415,7 +409,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if paths.reaction_list is not None:
         reaction = affwild2.read_video_list(paths.reaction_list)
     try:
-        members = clips.select_members(_names(config.members, "members"), labelled, num_folds=config.num_folds,
+        members = clips.select_members(list(checks.names(config, "members")), labelled, num_folds=config.num_folds,
                                        fold_seed=config.fold_seed, reaction_videos=reaction)
         labelled_frames = {t: int(data.valid[_rows_of(data.tracks, (t,))].sum()) for t in labelled}
         clips.check_labelled(members, labelled_frames, task.name)

@@ -26,8 +26,10 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from abaw_jax.data import release
 from abaw_jax.eval import ensemble, report
 from abaw_jax.predictor import bundle
+from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import ExplainedError, JobError
 from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat_settings
@@ -74,21 +76,19 @@ def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(config.to_dict())
 
 
-def _names(value: Any, key: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in value.split(",")) if isinstance(value, str) else tuple(value)
-    names = tuple(n for n in names if n)
-    unknown = [n for n in names if n not in TASKS]
-    if unknown or len(set(names)) != len(names):
-        raise JobError(f"config.{key} must be distinct tasks among {TASKS}, got {value!r}")
+def _tasks(config: ml_collections.ConfigDict, key: str) -> tuple[str, ...]:
+    names = checks.names(config, key, distinct=False)
+    if any(n not in TASKS for n in names) or len(set(names)) != len(names):
+        raise JobError(f"config.{key} must be distinct tasks among {TASKS}, got {config[key]!r}")
     return names
 
 
 def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
     """The stages of this config in order, each with its config wired to the folders of the stages it reads."""
-    tasks = _names(config.tasks, "tasks")
+    tasks = _tasks(config, "tasks")
     if not tasks:
         raise JobError("config.tasks must name at least one task of au, expr, va")
-    ablation = _names(config.audio_ablation, "audio_ablation")
+    ablation = _tasks(config, "audio_ablation")
     if not set(ablation) <= set(tasks):
         raise JobError(f"config.audio_ablation={config.audio_ablation!r} names tasks not in config.tasks={tasks}")
 
@@ -130,8 +130,16 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
         extract.encoders.mae = encoder
         extract_inputs += list(encoder_inputs)
     stages.append(Stage(dirs.features, tuple(extract_inputs), "extract_features", extract))
+    if config.data.root:  # a real release: a part it lacks stops the run now, not after pretraining
+        _check_release(extract)
 
     for task in tasks:
+        for key, extract_key in (("visual_sets", "sets"), ("audio_sets", "audio")):
+            extracted = checks.names(extract, extract_key, distinct=False)
+            absent = [n for n in checks.names(config.fusion[task], key) if n not in extracted]
+            if absent:
+                raise JobError(f"config.fusion.{task}.{key} names {absent}, which config.features.{extract_key}="
+                               f"{extract[extract_key]!r} does not extract")
         for variant in ("", "visual") if task in ablation else ("",):
             fusion = with_release(config.fusion[task])
             fusion.features_dir = dirs.features
@@ -156,6 +164,13 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
     stages.append(Stage(dirs.predictor, method, step=lambda: bundle.export_bundle(
         dirs, dirs.predictor, tasks=tasks, data_config=config.data)))
     return stages
+
+
+def _check_release(extract: ml_collections.ConfigDict) -> None:
+    try:
+        release.require_videos(release.resolve(extract.data), checks.names(extract, "audio"))
+    except FileNotFoundError as e:
+        raise JobError(str(e)) from None
 
 
 def _check_members(fusion_key: str, trained: str, evaluate_key: str, needed: list[str]) -> None:

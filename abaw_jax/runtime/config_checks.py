@@ -10,6 +10,7 @@ A job validates its config before doing any work, one line per constraint:
     checks.fraction(config, "model.mask_ratio")             # strictly between 0 and 1
     checks.choice(config, "model.dtype", ("float32", "bfloat16"))
     checks.path(config, "data.data_dir", kind="dir", allow_empty=True)
+    checks.names(config, "sets")                             # "au,expr" or ("au", "expr") -> ("au", "expr")
 
 Keys are dotted paths into the ConfigDict; each check returns the value it checked.
 """
@@ -90,6 +91,17 @@ def path(config: Any, key: str, *, kind: str = "any", allow_empty: bool = False)
 
 
 _KINDS = {"dir": "directory", "file": "file", "any": "file or directory"}
+
+
+def names(config: Any, key: str, *, distinct: bool = True) -> tuple[str, ...]:
+    """A list of names, written "a,b" or ("a", "b") (`--config.key=a,b` on a tuple field gives ("a,b",)); blank
+    entries are dropped, and with `distinct` a name given twice is an error."""
+    got = value(config, key)
+    items = (got,) if isinstance(got, str) else tuple(got)
+    listed = tuple(n.strip() for item in items for n in str(item).split(",") if n.strip())
+    if distinct and len(set(listed)) != len(listed):
+        raise ConfigError(f"config.{key}={got!r} names {sorted({n for n in listed if listed.count(n) > 1})} twice")
+    return listed
 
 
 def _bounds_text(minimum: int | None, maximum: int | None) -> str:
