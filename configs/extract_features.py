@@ -13,7 +13,9 @@ Paper settings (default): ViT-B/16 features (768-d, 224 px) of the three per-tas
   few minutes per set on one H100 when the host decodes JPEGs fast enough (16+ cores). Writes ~4.6 GB per
   set. Add sets from other encoders (the paper's Table 6) with --config.encoders.affectnet_expr=... and
   --config.sets=au,expr,va,affectnet_expr; Hubert / wav2vec2 audio with --config.audio=logmel_mfcc,hubert
-  --config.audio_models.hubert=/models/hubert-base-ls960 (local transformers folder, nothing is downloaded).
+  --config.audio_models.hubert=/models/hubert-base-ls960 (local transformers folder, nothing is downloaded);
+  the paper's best audio for EXPR and VA, Hubert + VGGish: --config.audio=hubert,vggish with also
+  --config.audio_models.vggish=/models/vggish-10086976.pth [--config.audio_models.vggish_pca=...pth].
   Interrupted? Rerun the same command: tracks already written are skipped.
 
 CPU preset, the README's stage 3 (on the embedded synthetic release, after stages 1 and 2's tiny presets):
@@ -52,9 +54,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     })
     config.static_predictions = True
 
-    # Audio kinds of abaw_jax.media.audio.make_featurizer; encoder kinds read their local model folder here.
+    # Audio kinds of abaw_jax.media.audio.make_featurizer; encoder kinds read their local model files here:
+    # a transformers folder for hubert / wav2vec2, torchvggish's state dict (and optional PCA file) for vggish.
     config.audio = ("logmel_mfcc",)
-    config.audio_models = ml_collections.ConfigDict({"hubert": "", "wav2vec2": ""})
+    config.audio_models = ml_collections.ConfigDict({"hubert": "", "wav2vec2": "", "vggish": "", "vggish_pca": ""})
 
     config.model = ml_collections.ConfigDict()
     config.model.dtype = "auto"  # bfloat16 on accelerators, float32 on CPU

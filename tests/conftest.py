@@ -132,3 +132,31 @@ def micro_release(micro_pipeline) -> pathlib.Path:
     from abaw_jax.data import release
 
     return release.resolve(micro_pipeline[1].data).root
+
+
+@pytest.fixture(scope="session")
+def torch_vggish():
+    """torchvggish's network (built without downloading) with random He-scaled weights, so activations stay
+    O(1) through all layers rather than vanishing as with PyTorch's default init."""
+    import torch
+    from torchvggish import torchvggish as tv
+
+    torch.manual_seed(0)
+    model = tv._vgg(postprocess=False).eval()
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            if name.endswith("weight"):
+                torch.nn.init.kaiming_normal_(value)
+            else:
+                value.normal_(0.0, 0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def weights_file(torch_vggish, tmp_path_factory) -> pathlib.Path:
+    """`torch_vggish`'s state dict saved as torchvggish's published weights file is."""
+    import torch
+
+    path = tmp_path_factory.mktemp("vggish") / "vggish.pth"
+    torch.save(torch_vggish.state_dict(), path)
+    return path

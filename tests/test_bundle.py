@@ -19,6 +19,7 @@ from abaw_jax.media import audio
 from abaw_jax.models import fusion
 from abaw_jax.predictor import bundle as bundle_lib
 from abaw_jax.predictor import predictor as predictor_lib
+from test_audio import _tiny_encoder
 
 TASK_KEYS = ("au", "expr", "va")
 
@@ -131,3 +132,26 @@ def test_ensemble_export_round_trip(micro_dirs, tmp_path):
     assert again.config == export.config and again.members == export.members
     for a, b in zip(np.asarray(again.feature_std), np.asarray(export.feature_std)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["hubert", "vggish"])
+def test_bundle_carries_the_model_of_an_encoder_audio_set(kind, synthetic_affwild2, weights_file, tmp_path):
+    """The paper's audio (Hubert, VGGish): the bundle copies the model files that made the set, and its featurizer,
+    with the original files gone, gives the stored features again."""
+    source = tmp_path / "models"
+    if kind == "hubert":
+        model = {"model_dir": _tiny_encoder(source, "hubert", with_extractor=True)}
+    else:
+        source.mkdir()
+        model = {"vggish_weights": shutil.copy(weights_file, source / "vggish.pth")}
+    video = sorted((synthetic_affwild2 / "videos").glob("*.mp4"))[0]
+    audio.extract_all([video], tmp_path / "wav", tmp_path / "store" / kind, audio.make_featurizer(kind, **model))
+    target = tmp_path / "bundle" / "audio_models" / kind
+    settings = bundle_lib._audio_settings(features.open_set(tmp_path / "store" / kind), target)
+    shutil.rmtree(source)
+    assert settings["kind"] == kind and target.is_dir()
+    assert all(not str(v).startswith("/") for v in settings.values() if isinstance(v, str))
+    loaded = bundle_lib.Bundle(tmp_path / "bundle", {}, {}, {kind: settings}, {}, None, None)
+    description = json.loads((tmp_path / "store" / kind / f"{video.stem}.json").read_text())
+    again = loaded.featurizer(kind)(audio.read_audio(video), description["num_frames"], description["fps"])
+    np.testing.assert_allclose(again, np.load(tmp_path / "store" / kind / f"{video.stem}.npy"), rtol=1e-5, atol=1e-5)

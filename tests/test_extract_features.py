@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from abaw_jax import tasks
-from abaw_jax.data import affwild2, features, mae_pipeline, predictions
+from abaw_jax.data import affwild2, features, mae_pipeline, predictions, release
 from abaw_jax.jobs import extract_features
+from abaw_jax.media import audio
 from abaw_jax.models import params_io
 from abaw_jax.models.vit import ViT, ViTConfig
 from abaw_jax.runtime.errors import JobError
@@ -276,7 +277,25 @@ def test_bad_release_and_config_values_are_named(extracted, tmp_path):
     config.encoders.vit = ""
     with pytest.raises(JobError, match="config.encoders.vit is empty"):
         extract_features.run(config, str(tmp_path / "w"))
+    config = make_config(root, extracted["crops"], {"vit": vit}, audio=("logmel_mfcc", "vggish"))
+    with pytest.raises(JobError, match=r"config.audio names 'vggish', whose model config.audio_models.vggish is empty"):
+        extract_features.run(config, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_vggish_audio_set_from_the_configured_weights(extracted, weights_file, tmp_path):
+    """The paper's VGGish audio through the job's config: the weights file named in config.audio_models."""
+    config = make_config(extracted["root"], extracted["crops"], {}, audio=("vggish",))
+    config.audio_models.vggish = str(weights_file)
+    paths = release.resolve(config.data)
+    name, track = sorted(extract_features.collect_tracks(paths).items())[0]
+    assert extract_features.extract_audio_sets(("vggish",), config, {name: track}, paths, str(tmp_path)) == []
+    video = affwild2.source_video(name)
+    description = json.loads((tmp_path / "vggish" / f"{video}.json").read_text())
+    assert description["weights"] == str(weights_file) and description["dim"] == 128
+    waveform = audio.read_audio(next(paths.videos.glob(f"{video}.*")))
+    expected = audio.VGGishFeatures(weights_file)(waveform, description["num_frames"], description["fps"])
+    np.testing.assert_allclose(np.load(tmp_path / "vggish" / f"{video}.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_cli_on_4_devices_writes_the_same_features_and_predictions(extracted, tmp_path):

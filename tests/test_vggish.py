@@ -27,28 +27,6 @@ def _voice(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def torch_vggish():
-    """torchvggish's network (built without downloading) with random He-scaled weights, so activations stay
-    O(1) through all layers rather than vanishing as with PyTorch's default init."""
-    torch.manual_seed(0)
-    model = tv._vgg(postprocess=False).eval()
-    with torch.no_grad():
-        for name, value in model.named_parameters():
-            if name.endswith("weight"):
-                torch.nn.init.kaiming_normal_(value)
-            else:
-                value.normal_(0.0, 0.1)
-    return model
-
-
-@pytest.fixture(scope="module")
-def weights_file(torch_vggish, tmp_path_factory) -> pathlib.Path:
-    path = tmp_path_factory.mktemp("vggish") / "vggish.pth"
-    torch.save(torch_vggish.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pca_arrays():
     """A whitening PCA like the release's: orthogonal components scaled per row, and means."""
     rng = np.random.default_rng(1)

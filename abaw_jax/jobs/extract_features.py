@@ -116,6 +116,13 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
     if repeated:
         raise JobError(f"feature set names {repeated} appear twice in config.sets / config.audio; each names "
                        "one folder of the store")
+    if kinds:
+        from abaw_jax.media import audio as audio_lib  # librosa and av load only when audio is asked for
+    for kind in kinds:
+        if kind in (*audio_lib.ENCODER_KINDS, audio_lib.VGGISH_KIND) and not config.audio_models.get(kind):
+            needs = "torchvggish's state dict (.pth)" if kind == audio_lib.VGGISH_KIND else "a transformers folder"
+            raise JobError(f"config.audio names {kind!r}, whose model config.audio_models.{kind} is empty: set it "
+                           f"to {needs} on this machine (nothing is downloaded)")
     for name, task in config.head_tasks.items():
         if task:
             try:
@@ -466,7 +473,9 @@ def extract_audio_sets(kinds: Sequence[str], config: ml_collections.ConfigDict, 
     failures = []
     for kind in kinds:
         try:
-            featurizer = audio.make_featurizer(kind, config.audio_models.get(kind) or None)
+            featurizer = audio.make_featurizer(kind, config.audio_models.get(kind) or None,
+                                               vggish_weights=config.audio_models.get("vggish") or None,
+                                               vggish_pca=config.audio_models.get("vggish_pca") or None)
         except (ValueError, FileNotFoundError) as e:
             raise JobError(f"config.audio ({kind!r}): {e}") from e
         out = pathlib.Path(workdir, kind)

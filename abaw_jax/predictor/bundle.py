@@ -3,6 +3,8 @@
     <bundle>/bundle.json                 format version, crop geometry, visual sets, audio sets, tasks, router
     <bundle>/encoders/<set>/             each visual set's encoder (a copy of the encoder the features came from,
                                          `models.params_io` layout; `models.encoders.load_encoder` reads it)
+    <bundle>/audio_models/<set>/         the model files of encoder audio sets (wav2vec2 / hubert folder, VGGish
+                                         weights and PCA), copied from where the features were made
     <bundle>/fusion_<task>/              the task's fusion members (`models.fusion.save_ensemble`)
     <bundle>/scene_router.npz            the scene router (`eval.scene_router`): mean, scale, weights, bias
 
@@ -12,7 +14,9 @@ bundle.json:
     JPEGs: the predictor decodes its crops with the pipeline's decoder, `mae_pipeline.decode_resize`).
   visual_sets: {name: {encoder: relative folder, image_size, storage_dtype}}; features are the encoder's pooled
     `fc_norm` output of the ImageNet-normalised crop, rounded to storage_dtype like the feature store's.
-  audio_sets: {name: {kind, n_mels, n_mfcc, window}} (`media.audio.make_featurizer`; spectral kinds only).
+  audio_sets: {name: the `media.audio.make_featurizer` arguments that made the set}: {kind, n_mels, n_mfcc,
+    window} for spectral kinds, {kind, model_dir, layer} for wav2vec2 / hubert, {kind, vggish_weights,
+    vggish_pca, vggish_hop} for vggish; model paths are relative to the bundle (`<bundle>/audio_models/<set>/`).
   tasks: {task: {fusion: relative folder, postprocess: `eval.postprocess.PostProcess.to_json()`}}.
   scene_router: {file, feature_set, train_videos, train_reaction_videos, validation_videos, validation_accuracy}
     or null (routing then needs --scene); fit on the Train_Set videos, measured on the other Validation_Set ones.
@@ -69,6 +73,14 @@ class Bundle:
     router: scene_router.SceneRouter | None
     router_feature_set: str | None
 
+    def featurizer(self, name: str) -> audio.Featurizer:
+        """The audio featurizer of set `name`, with the bundle's copy of its model files."""
+        settings = dict(self.audio_sets[name])
+        for key in ("model_dir", "vggish_weights", "vggish_pca"):
+            if settings.get(key):
+                settings[key] = self.path / settings[key]
+        return audio.make_featurizer(**settings)
+
     def encoder_dir(self, name: str) -> pathlib.Path:
         return self.path / self.visual_sets[name]["encoder"]
 
@@ -115,7 +127,7 @@ def export_bundle(dirs: PipelineDirs, out_dir: str, *, tasks: Sequence[str], dat
             if feature_set.kind == "visual":
                 visual[name] = _copy_encoder(feature_set, staging / "encoders" / name)
             else:
-                audio_sets[name] = _audio_settings(feature_set)
+                audio_sets[name] = _audio_settings(feature_set, staging / "audio_models" / name)
         shutil.copytree(fusion_dir, staging / f"fusion_{task_key}")
         task_entries[task_key] = {"task": ensemble.task, "fusion": f"fusion_{task_key}", "postprocess": post.to_json()}
     router_entry = _export_router(store_dir, list(visual), data_config, staging / ROUTER_FILE)
@@ -137,17 +149,38 @@ def _copy_encoder(feature_set: features.VisualSet, target: pathlib.Path) -> dict
             "storage_dtype": feature_set.manifest["dtype"], "sha256": encoder.get("sha256")}
 
 
-def _audio_settings(feature_set: features.AudioSet) -> dict[str, Any]:
-    first = _read_json(sorted(feature_set.directory.glob("*.json"))[0])
+def _audio_settings(feature_set: features.AudioSet, target: pathlib.Path) -> dict[str, Any]:
+    """The `media.audio.make_featurizer` arguments that made `feature_set`; model files are copied to `target`
+    and named relative to the bundle."""
+    described = sorted(feature_set.directory.glob("*.json"))  # features.AudioSet has checked there is one
+    first = _read_json(described[0])
     kind = first["kind"]
-    if kind not in audio.SPECTRAL_KINDS:
-        raise BundleError(f"{feature_set.directory}: audio kind {kind!r}; the bundle carries spectral kinds "
-                          f"{list(audio.SPECTRAL_KINDS)} only (encoder kinds need their model folder)")
-    featurizer = audio.make_featurizer(kind)
-    settings = {"kind": kind}
-    for key in ("n_mels", "n_mfcc", "window"):
-        settings[key] = int(first.get(key, getattr(featurizer, key)))
-    return settings
+    relative = lambda path: str(path.relative_to(target.parent.parent))
+    if kind in audio.SPECTRAL_KINDS:
+        featurizer = audio.make_featurizer(kind)
+        return {"kind": kind, **{key: int(first.get(key, getattr(featurizer, key)))
+                                 for key in ("n_mels", "n_mfcc", "window")}}
+    if kind in audio.ENCODER_KINDS:
+        source = pathlib.Path(first.get("model_dir") or "")
+        if not (source / "config.json").is_file():
+            raise BundleError(f"{described[0]}: its {kind} model folder {str(source)!r} is gone (the bundle copies "
+                              "the model that made the features)")
+        shutil.copytree(source, target)
+        return {"kind": kind, "model_dir": relative(target),
+                "layer": None if first.get("layer", "last") == "last" else int(first["layer"])}
+    if kind == audio.VGGISH_KIND:
+        settings = {"kind": kind, "vggish_hop": float(first["example_hop_seconds"]), "vggish_pca": None}
+        target.mkdir(parents=True)
+        for key, file in (("vggish_weights", first.get("weights")), ("vggish_pca", first.get("pca"))):
+            if key == "vggish_pca" and not file:
+                continue
+            if not file or not pathlib.Path(file).is_file():
+                raise BundleError(f"{described[0]}: its VGGish file {file!r} is gone (the bundle copies the "
+                                  "weights that made the features)")
+            shutil.copy2(file, target / pathlib.Path(file).name)
+            settings[key] = relative(target / pathlib.Path(file).name)
+        return settings
+    raise BundleError(f"{described[0]}: unknown audio kind {kind!r}")
 
 
 def _export_router(store_dir: pathlib.Path, visual: list[str], data_config, target: pathlib.Path) -> dict | None:

@@ -19,7 +19,6 @@ import numpy as np
 from abaw_jax import tasks
 from abaw_jax.data import clips, mae_pipeline
 from abaw_jax.eval import postprocess, scene_router
-from abaw_jax.media import audio as audio_lib
 from abaw_jax.models import encoders, fusion
 from abaw_jax.models.vit import ViT
 from abaw_jax.predictor.bundle import Bundle
@@ -61,9 +60,7 @@ class Predictor:
             fn = jax.jit(functools.partial(_encode, model=ViT(loaded.config, attention=attention)))
             self._encoders[name] = (loaded.params, fn, int(entry["image_size"]), np.dtype(entry["storage_dtype"]),
                                     loaded.config.width)
-        self._featurizers = {name: audio_lib.make_featurizer(s["kind"], n_mels=s["n_mels"], n_mfcc=s["n_mfcc"],
-                                                             window=s["window"])
-                             for name, s in bundle.audio_sets.items()}
+        self._featurizers = {name: bundle.featurizer(name) for name in bundle.audio_sets}
         self._dims = {n: d for m in bundle.tasks.values() for n, d in m.ensemble.feature_sets.items()}
         self._members = {}
         for key, model in bundle.tasks.items():
