@@ -131,6 +131,13 @@ def test_plan_rejects_inconsistent_settings(synthetic_affwild2, tmp_path):
     assert visual_only[3].name == "features" and visual_only[3].config.data.root == str(real)
 
 
+def test_a_bad_value_in_a_late_stage_stops_before_the_first_stage(tmp_path):
+    config = micro_pipeline_config(tmp_path / "cache", **{"fusion.expr.clip_len": 0})
+    with pytest.raises(JobError, match=r"^stage fusion_expr: config.clip_len must be >= 1, got 0"):
+        JOBS["pipeline"](config, str(tmp_path / "w"))
+    assert not (tmp_path / "w" / "mae").exists()
+
+
 def test_foreign_folder_in_a_stage_place_is_not_overwritten(tmp_path):
     (tmp_path / "mae").mkdir()
     (tmp_path / "mae" / "mine.txt").write_text("a user's file")

@@ -55,7 +55,8 @@ class Tracks:
                       pick(self.labels), pick(self.valid))
 
 
-def _check_config(config: ml_collections.ConfigDict) -> tasks.Task:
+def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
+    """The task, after checking every config value this job reads (not the input folders)."""
     try:
         task = tasks.get_task(config.task)
     except ValueError as e:
@@ -203,7 +204,7 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    task = _check_config(config)
+    task = validate_config(config)
     try:
         return _run(config, pathlib.Path(workdir), task)
     except (PredictionsError, submission.SubmissionError, affwild2.AnnotationError, features.FeatureStoreError,

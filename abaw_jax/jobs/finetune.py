@@ -79,14 +79,12 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: ViT, task: tas
     return scores_from_logits(task, logits), batch["label"], batch["mask"], batch["index"]
 
 
-def _task(config: ml_collections.ConfigDict) -> tasks.Task:
+def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
+    """The task, after checking every config value this job reads (not the encoder or the release)."""
     try:
-        return tasks.get_task(config.task)
+        task = tasks.get_task(config.task)
     except ValueError as e:
         raise JobError(f"config.task: {e}") from None
-
-
-def _check_config(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
     positive = ["batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                 "model.image_size"]
     for key in positive:
@@ -124,6 +122,9 @@ def _check_config(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
         if len(weights) != task.num_outputs or min(weights) <= 0:
             raise JobError(f"config.class_weights must hold {task.num_outputs} positive values for "
                            f"{task.name} ({', '.join(task.label_names)}), got {weights}")
+    for key in ("batch_size", "eval_batch_size"):
+        check_batch_layout(config[key], jax.device_count(), jax.process_count(), key)
+    return task
 
 
 def _encoder_path(config: ml_collections.ConfigDict) -> str:
@@ -303,11 +304,8 @@ def _export(params: Any, cfg: ViTConfig, task: tasks.Task, best: dict[str, Any],
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Runs (or resumes) fine-tuning of `config.task` in `workdir`; returns the final state."""
-    task = _task(config)
-    _check_config(config, task)
+    task = validate_config(config)
     num_devices, num_processes = jax.device_count(), jax.process_count()
-    check_batch_layout(config.batch_size, num_devices, num_processes, "batch_size")
-    check_batch_layout(config.eval_batch_size, num_devices, num_processes, "eval_batch_size")
     try:
         mesh = sharding.make_mesh(config.mesh.fsdp)
     except ValueError as e:

@@ -317,7 +317,8 @@ def member_learning_rates(config: ml_collections.ConfigDict, members: list[clips
 # ---------------------------------------------------------------------------------------------- run
 
 
-def _validate(config: ml_collections.ConfigDict) -> tasks.Task:
+def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
+    """The task, after checking every config value this job reads (not the feature store)."""
     try:
         task = tasks.get_task(config.task)
     except ValueError as e:
@@ -397,7 +398,7 @@ def format_table(task: tasks.Task, title: str, rows: dict[str, tuple[float, np.n
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) the ensemble in `workdir`, writes predictions and tables; returns the scores."""
-    task = _validate(config)
+    task = validate_config(config)
     store, set_names = open_store(config)
     try:
         paths = release.resolve(config.data)

@@ -220,10 +220,20 @@ def _sync(tag: str) -> None:
         multihost_utils.sync_global_devices(tag)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, Callable[..., Any]]) -> dict:
-    """Runs (or resumes, or skips) every stage of `config` under `workdir`; returns {stage: record}."""
+def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, Callable[..., Any]],
+        validators: Mapping[str, Callable[[ml_collections.ConfigDict], Any]]) -> dict:
+    """Runs (or resumes, or skips) every stage of `config` under `workdir`; returns {stage: record}.
+
+    Every stage's settings go through its job's `validators[job]` first, so a bad value in a late stage stops the
+    run before the first stage trains."""
     dirs = PipelineDirs(os.path.abspath(workdir))
     stages = plan(config, dirs)
+    for stage in stages:
+        if stage.config is not None:
+            try:
+                validators[stage.job](stage.config)
+            except ExplainedError as e:
+                raise type(e)(f"stage {stage.name}: {e}") from e
     leader = jax.process_index() == 0
     os.makedirs(dirs.root, exist_ok=True)
     fingerprints: dict[str, str] = {}
