@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from abaw_jax.models.mae import MAE, MAEConfig
 from abaw_jax.models.vit import ViT, ViTConfig
+from abaw_jax.runtime import orbax_reads
 from abaw_jax.runtime.errors import ExplainedError
 
 FORMAT_VERSION = 1
@@ -127,13 +128,11 @@ def load_params(directory: str) -> tuple[dict[str, Any], ModelConfig]:
     params_path = os.path.join(directory, PARAMS_DIR)
     if not os.path.isdir(params_path):
         raise FileNotFoundError(f"{params_path}: no parameters beside {MODEL_FILE}; is {directory} complete?")
+    orbax_reads.silence_orphaned_reads()
     try:
         params = ocp.StandardCheckpointer().restore(params_path, target)
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged or mismatched files
-        cause = e
-        while cause.__cause__ is not None or cause.__context__ is not None:
-            cause = cause.__cause__ or cause.__context__
-        reason = " ".join(str(cause).split())[:300]
         raise ParamsFileError(f"{params_path}: cannot restore the parameters of the model in {MODEL_FILE} "
-                              f"({reason}); is the folder complete and written for that model?") from e
+                              f"({orbax_reads.root_cause(e)}); is the folder complete and written for that "
+                              "model?") from e
     return params, config

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import shutil
-import sys
-import threading
 from typing import Any
 
 import grain
@@ -27,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from abaw_jax.runtime import orbax_reads
 from abaw_jax.runtime.errors import ExplainedError, JobError
 from abaw_jax.runtime.telemetry import log
 
@@ -40,14 +38,6 @@ def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
         return [d for key in sorted(set(stored) | set(current))
                 for d in _differences(stored.get(key), current.get(key), f"{prefix}{key}.")]
     return [] if stored == current else [f"{prefix.rstrip('.')}: checkpoint {stored!r}, this run {current!r}"]
-
-
-def root_cause(error: BaseException, limit: int = 300) -> str:
-    """The innermost cause of a chained exception, as one short line (orbax wraps the useful part)."""
-    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
-        error = error.__cause__ or error.__context__
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Checkpointer:
@@ -81,7 +71,7 @@ class Checkpointer:
     def _save_error(self, step: int, error: BaseException) -> JobError:
         intact = [s for s in self.all_steps() if s != step]
         kept = f"the newest intact checkpoint is step {intact[-1]}" if intact else "no earlier checkpoint exists"
-        return JobError(f"could not save checkpoint step {step} in {self.directory}: {root_cause(error)}. "
+        return JobError(f"could not save checkpoint step {step} in {self.directory}: {orbax_reads.root_cause(error)}. "
                         f"Free disk space or fix the permissions, then rerun to resume; {kept}.")
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
@@ -132,15 +122,15 @@ class Checkpointer:
         damaged: list[tuple[int, str]] = []
         steps = self.all_steps()
         if steps:
-            _silence_orphaned_reads()
+            orbax_reads.silence_orphaned_reads()
         for step in reversed(steps):
             try:
                 state = self.restore(step, abstract_state, data_iterator)
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
-                damaged.append((step, root_cause(e)))
-                log(f"Checkpoint step {step} in {self.directory} is damaged ({root_cause(e)}); trying an "
+                damaged.append((step, orbax_reads.root_cause(e)))
+                log(f"Checkpoint step {step} in {self.directory} is damaged ({orbax_reads.root_cause(e)}); trying an "
                     "older one")
                 continue
             for bad_step, reason in damaged:
@@ -174,50 +164,6 @@ class Checkpointer:
             self.wait()
         finally:
             self._manager.close()
-
-
-def _silence_orphaned_reads() -> None:
-    """Drops the errors of reads a failed orbax restore left running.
-
-    When one array of a restore fails, orbax closes its event loop while TensorStore still completes the
-    other reads; each completion then raises in a background thread ('Event loop is closed'), each
-    abandoned read coroutine (`_read_array_index_and_device_put`) reports its own read error when it is
-    collected, and asyncio logs the never-retrieved exceptions of its tasks and gathering futures:
-    thousands of lines about a restore that has already been reported and skipped. Installed before the
-    first restore, not after a failure: TensorStore may complete an orphaned read on its own thread before
-    the failed restore's exception reaches `restore_latest`. From then on asyncio's "exception was never
-    retrieved" records are dropped (the job's own code awaits every future it makes). Other background
-    errors are still printed.
-    """
-    if getattr(threading.excepthook, "_abaw_filter", False):
-        return
-
-    def orphaned(error: BaseException | None, source: object = None) -> bool:
-        message = str(error)
-        return (message == "Event loop is closed" or message.startswith("Encountered error while reading array")
-                or getattr(source, "__qualname__", "") == "_read_array_index_and_device_put")
-
-    previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
-    previous_excepthook = sys.excepthook
-
-    def thread_hook(args):
-        if not orphaned(args.exc_value):
-            previous_thread_hook(args)
-
-    def unraisable_hook(unraisable):
-        if not orphaned(unraisable.exc_value, unraisable.object):
-            previous_unraisable_hook(unraisable)
-
-    def excepthook(kind, value, traceback):  # TensorStore's completion callbacks report through PyErr_Print
-        if not orphaned(value):
-            previous_excepthook(kind, value, traceback)
-
-    def keep_log_record(record: logging.LogRecord) -> bool:
-        return "exception was never retrieved" not in str(record.msg)
-
-    thread_hook._abaw_filter = True
-    threading.excepthook, sys.unraisablehook, sys.excepthook = thread_hook, unraisable_hook, excepthook
-    logging.getLogger("asyncio").addFilter(keep_log_record)
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
