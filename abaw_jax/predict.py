@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import os
 import pathlib
@@ -41,6 +42,7 @@ from abaw_jax.media import audio, faces, video
 from abaw_jax.predictor import bundle as bundle_lib
 from abaw_jax.predictor import predictor as predictor_lib
 from abaw_jax.runtime import errors
+from abaw_jax.runtime.pipeline_dirs import TASKS
 
 
 
@@ -61,8 +63,6 @@ def define_flags() -> types.SimpleNamespace:
         log_every=flags.DEFINE_integer("log_every", 250, "Frames between progress lines."),
     )
 
-
-TASK_ORDER = ("au", "expr", "va")
 
 
 def crop_face(frame: np.ndarray, box: faces.Box, crop: dict) -> bytes:
@@ -87,7 +87,7 @@ def columns(task_keys) -> list[str]:
 
 
 def write_csv(path: pathlib.Path, times: np.ndarray, boxes: dict[int, faces.Box], result) -> None:
-    task_keys = [k for k in TASK_ORDER if k in result.tasks]
+    task_keys = [k for k in TASKS if k in result.tasks]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(columns(task_keys))
@@ -97,7 +97,8 @@ def write_csv(path: pathlib.Path, times: np.ndarray, boxes: dict[int, faces.Box]
             row += ["", "", "", ""] if box is None else [f"{box.x:.0f}", f"{box.y:.0f}", f"{box.w:.0f}", f"{box.h:.0f}"]
             row.append(int(result.face[i]))
             if "au" in result.tasks:
-                row += [f"{v:.4f}" for v in result.tasks["au"].scores[i]] + [int(v) for v in result.tasks["au"].labels[i]]
+                au = result.tasks["au"]
+                row += [f"{v:.4f}" for v in au.scores[i]] + [int(v) for v in au.labels[i]]
             if "expr" in result.tasks:
                 row += [f"{v:.4f}" for v in result.tasks["expr"].scores[i]]
                 row.append(tasks.EXPR.label_names[int(result.tasks["expr"].labels[i])])
@@ -199,15 +200,7 @@ def predict_video(path: pathlib.Path, predictor: predictor_lib.Predictor, detect
 
 def _frames_until(path: pathlib.Path, count: int):
     """The first `count` frames again (the decoded ones: a corrupt tail is not read twice)."""
-    capture = cv2.VideoCapture(os.fspath(path))
-    try:
-        for k in range(1, count + 1):
-            ok, frame = capture.read()
-            if not ok:
-                return
-            yield k, frame
-    finally:
-        capture.release()
+    return itertools.islice(faces.iter_video_frames(path), count)
 
 
 def _draw(path, target, tracks, results, rate, num_frames) -> None:

@@ -359,7 +359,8 @@ def is_listed(name: str, videos: Iterable[str]) -> bool:
 
 
 def find_video_file(videos_dir: str | pathlib.Path, name: str) -> pathlib.Path:
-    """The raw video (mp4, avi, ...: media.video.VIDEO_EXTENSIONS) holding annotation name `name`; its audio track is the same file."""
+    """The raw video (mp4, avi, ...: media.video.VIDEO_EXTENSIONS) holding annotation name `name`; its audio track
+    is the same file."""
     tried = [pathlib.Path(videos_dir) / (source_video(name) + ext) for ext in VIDEO_EXTENSIONS]
     for path in tried:
         if path.is_file():

@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 
 from abaw_jax import tasks as task_facts  # noqa: E402
 from abaw_jax.runtime.errors import ExplainedError  # noqa: E402
-from abaw_jax.runtime.pipeline_dirs import TASKS, PipelineDirs, flat_settings  # noqa: E402
+from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat_settings  # noqa: E402
 from abaw_jax.runtime.telemetry import format_duration  # noqa: E402
 
 REPORT_FILE = "report.md"
@@ -530,7 +530,7 @@ def write_report(dirs: PipelineDirs, *, tasks: Sequence[str]) -> str:
     mae_records = _read_jsonl(mae / "metrics.jsonl", "MAE loss curve")
     all_files = [_read_task(dirs, key) for key in keys]
     folders = _stage_folders(dirs, keys)
-    stages = {f.name: _read_json(f / "stage.json", "") for f in folders if (f / "stage.json").is_file()}
+    stages = {f.name: _read_json(f / STAGE_FILE, "") for f in folders if (f / STAGE_FILE).is_file()}
     report = pathlib.Path(dirs.report)
     figures = report / FIGURES
     if figures.exists():
@@ -718,7 +718,7 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
                 for r in claims.records():
                     if r["task"] != task.name:
                         continue
-                    sides = []
+                    sides, refs = [], []
                     for side in ("without", "with"):
                         match = re.fullmatch(r"(.*) \[(.*)\]", r[side])
                         ref = (match.group(1), match.group(2)) if match else None
@@ -726,11 +726,11 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
                             problems.append(f"Claims {r['claim']} {task.name}: {side} {r[side]!r} is no Table 5 cell")
                             break
                         sides.append(cells[ref])
+                        refs.append(ref)
                         compare(f"Claims {r['claim']} {task.name}", r, {f"{side} score": cells[ref]})
                     if len(sides) == 2:
-                        with_setting = r["with"].rsplit(" [", 1)[0]
                         unmeasurable = (r["claim"].startswith("SDD helps")
-                                        and any(row["setting"] == with_setting and row.get("reaction_tracks") == 0
+                                        and any(row["setting"] == refs[1][0] and row.get("reaction_tracks") == 0
                                                 for row in results["ablation"]))
                         verdict = (NO_REACTION_TRACKS if unmeasurable
                                    else HOLDS if sides[1] > sides[0] else DOES_NOT_HOLD)

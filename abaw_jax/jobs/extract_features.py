@@ -496,9 +496,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         _encoder_source(name, config.encoders[name])  # a wrong path stops now, not after hours of other sets
     try:
         paths = release.resolve(config.data)
-    except FileNotFoundError as e:
-        raise JobError(str(e)) from e
-    try:
         release.require_videos(paths, kinds)  # before hours of visual sets, not after
     except FileNotFoundError as e:
         raise JobError(str(e)) from e

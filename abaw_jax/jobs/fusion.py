@@ -27,7 +27,8 @@ tables.txt and scores.json, and writes every member's per-frame outputs for ever
 <workdir>/predictions (`abaw_jax.data.predictions`: sigmoid probabilities for AU, softmax for EXPR, values
 for VA) and the final members to <workdir>/export/ (`models.fusion.save_ensemble`: stacked parameters and
 BatchNorm statistics, standardisation, TMFConfig, member names, feature sets and dims in order, clip_len and
-eval_stride: all the predictor needs to run them on new features). Rerunning with the same workdir resumes from the last checkpoint (taken after each epoch).
+eval_stride: all the predictor needs to run them on new features). Rerunning with the same workdir resumes from
+the last checkpoint (taken after each epoch).
 """
 from __future__ import annotations
 
@@ -58,7 +59,6 @@ from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 MEMBER_AXIS = "member"
-EXPORT_DIR = "export"  # the trained members for new features (`fusion.save_ensemble`)
 RNG_IMPLS = ("rbg", "threefry2x32")
 TINY_FEATURES_DIR = "/tmp/abaw_features_tiny"  # where the tiny presets read (and stage 3's tiny preset writes)
 
@@ -518,7 +518,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     final_params = pick(state.best_params, state.members.params)
     final_stats = pick(state.best_batch_stats, state.members.batch_stats)
     outputs = predict_all(final_params, final_stats)
-    fusion.save_ensemble(os.path.join(workdir, EXPORT_DIR), fusion.EnsembleExport(
+    fusion.save_ensemble(os.path.join(workdir, fusion.EXPORT_DIR), fusion.EnsembleExport(
         task=task.name, config=cfg, members=tuple(m.name for m in members), feature_sets=data.set_dims,
         clip_len=config.clip_len, eval_stride=config.eval_stride, params=final_params, batch_stats=final_stats,
         feature_mean=state.members.feature_mean, feature_std=state.members.feature_std))

@@ -37,7 +37,8 @@ from abaw_jax.runtime.telemetry import format_duration, log
 
 # Bumped when what the report / bundle steps write changes, so finished runs redo them.
 _STEP_VERSIONS = {"report": 2, "predictor": 2}
-_STAGE_CONFIG_TEMPLATE = '''"""Settings of pipeline stage {name!r} (written by configs/abaw.py's pipeline; edits here are not read back).
+_STAGE_CONFIG_TEMPLATE = '''"""Settings of pipeline stage {name!r}, written by configs/abaw.py's pipeline (edits here are not read
+back).
 
 Rerun this stage alone:
   python -m abaw_jax.main --config={path} --workdir={directory}
@@ -133,6 +134,7 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
     if config.data.root:  # a real release: a part it lacks stops the run now, not after pretraining
         _check_release(extract)
 
+    variants = {task: ("", "visual") if task in ablation else ("",) for task in tasks}
     for task in tasks:
         for key, extract_key in (("visual_sets", "sets"), ("audio_sets", "audio")):
             extracted = checks.names(extract, extract_key, distinct=False)
@@ -140,17 +142,17 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
             if absent:
                 raise JobError(f"config.fusion.{task}.{key} names {absent}, which config.features.{extract_key}="
                                f"{extract[extract_key]!r} does not extract")
-        for variant in ("", "visual") if task in ablation else ("",):
+        for variant in variants[task]:
             fusion = with_release(config.fusion[task])
             fusion.features_dir = dirs.features
             if variant == "visual":
                 fusion.audio_sets = ""
             stages.append(Stage(dirs.fusion(task, variant), (dirs.features,), "fusion", fusion))
     for task in tasks:
-        for variant in ("", "visual") if task in ablation else ("",):
+        for variant in variants[task]:
             evaluate = with_release(config.evaluate[task])
             evaluate.fusion_workdir = dirs.fusion(task, variant)
-            _check_members(f"fusion.{task}", config.fusion[task].members, f"evaluate.{task}",
+            _check_members(config.fusion[task], f"fusion.{task}", f"evaluate.{task}",
                            ensemble.required_members(evaluate))
             inputs = [dirs.fusion(task, variant)]
             if not variant and extract.static_predictions:
@@ -173,12 +175,12 @@ def _check_release(extract: ml_collections.ConfigDict) -> None:
         raise JobError(str(e)) from None
 
 
-def _check_members(fusion_key: str, trained: str, evaluate_key: str, needed: list[str]) -> None:
+def _check_members(fusion: ml_collections.ConfigDict, fusion_key: str, evaluate_key: str, needed: list[str]) -> None:
     """Stops before any training when stage 5 would ask stage 4 for members it is not set to train."""
-    missing = [m for m in needed if m not in [n.strip() for n in trained.split(",")]]
+    missing = [m for m in needed if m not in checks.names(fusion, "members")]
     if missing:
         raise JobError(f"config.{evaluate_key} reads members {missing}, which config.{fusion_key}.members="
-                       f"{trained!r} does not train: add them there, or change config.{evaluate_key}'s "
+                       f"{fusion.members!r} does not train: add them there, or change config.{evaluate_key}'s "
                        "fold_members / official_member / ensemble.general / scene_routing")
 
 

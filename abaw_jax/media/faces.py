@@ -388,7 +388,7 @@ class FaceTracker:
         kept: list[Box] = []
         for box in sorted(boxes, key=lambda b: b.area, reverse=True):
             cx, cy = box.center
-            if any(k.x <= cx <= k.x + k.w and k.y <= cy <= k.y + k.h for k in kept):
+            if any(o.x <= cx <= o.x + o.w and o.y <= cy <= o.y + o.h for o in kept):
                 continue
             kept.append(box)
             best, best_iou = None, self.min_iou

@@ -216,6 +216,7 @@ def ensemble_predict(params: Any, batch_stats: Any, feature_mean: jax.Array, fea
 
 
 EXPORT_FORMAT = 1
+EXPORT_DIR = "export"  # where the fusion job saves its final members, in its workdir
 EXPORT_JSON = "export.json"
 EXPORT_ARRAYS = "ensemble.msgpack"
 

@@ -105,7 +105,7 @@ def export_bundle(dirs: PipelineDirs, out_dir: str, *, tasks: Sequence[str], dat
     store_dir = pathlib.Path(dirs.features)
     visual, audio_sets, task_entries = {}, {}, {}
     for task_key in tasks:
-        fusion_dir = pathlib.Path(dirs.fusion(task_key)) / "export"
+        fusion_dir = pathlib.Path(dirs.fusion(task_key)) / fusion.EXPORT_DIR
         try:
             ensemble = fusion.load_ensemble(str(fusion_dir))
         except ValueError as e:
@@ -219,8 +219,9 @@ def _split_files(paths: release.ReleasePaths, task: str, split: str) -> list[pat
 def load_bundle(path: str | os.PathLike) -> Bundle:
     """Reads a bundle folder, or the bundle of a pipeline workdir (`<path>/predictor`)."""
     path = pathlib.Path(path)
-    if not (path / BUNDLE_JSON).exists() and (pathlib.Path(PipelineDirs(str(path)).predictor) / BUNDLE_JSON).exists():
-        path = pathlib.Path(PipelineDirs(str(path)).predictor)
+    in_workdir = pathlib.Path(PipelineDirs(str(path)).predictor)
+    if not (path / BUNDLE_JSON).exists() and (in_workdir / BUNDLE_JSON).exists():
+        path = in_workdir
     if not (path / BUNDLE_JSON).exists():
         raise BundleError(f"{path}: neither a predictor bundle ({BUNDLE_JSON}) nor a pipeline workdir with "
                           f"predictor/{BUNDLE_JSON}")

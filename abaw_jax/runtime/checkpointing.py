@@ -129,9 +129,9 @@ class Checkpointer:
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
-                damaged.append((step, orbax_reads.root_cause(e)))
-                log(f"Checkpoint step {step} in {self.directory} is damaged ({orbax_reads.root_cause(e)}); trying an "
-                    "older one")
+                reason = orbax_reads.root_cause(e)
+                damaged.append((step, reason))
+                log(f"Checkpoint step {step} in {self.directory} is damaged ({reason}); trying an older one")
                 continue
             for bad_step, reason in damaged:
                 self._move_aside(bad_step, reason)

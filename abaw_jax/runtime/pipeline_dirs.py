@@ -64,9 +64,6 @@ class PipelineDirs:
     def predictor(self) -> str:
         return os.path.join(self.root, "predictor")
 
-    def stage_file(self, stage_dir: str) -> str:
-        return os.path.join(stage_dir, STAGE_FILE)
-
 
 def flat_settings(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A stage.json `config` as {dotted key: value} ('model.size': 'tiny'), as --config.<key> names them."""
