@@ -1,6 +1,8 @@
 """Shared pytest fixtures."""
 
+import contextlib
 import importlib.util
+import itertools
 import os
 import pathlib
 import signal
@@ -52,6 +54,30 @@ def kill_after_first_checkpoint(proc: subprocess.Popen, workdir, timeout: float 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return finished_checkpoints(workdir)[-1]
+
+
+def stop_requested_after(polls: int):
+    """A stand-in for `runtime.workdir.session` whose stop request (what SIGTERM sets) turns on at the loop's
+    poll number `polls + 1`, i.e. before step `polls` of a fresh run: a job's answer to SIGTERM, deterministic.
+    (The signal itself reaching that request is tested on the pretraining command line.)"""
+    from abaw_jax.runtime import workdir
+
+    @contextlib.contextmanager
+    def session(directory):
+        count = itertools.count(1)
+        with workdir.lock(directory):
+            yield lambda: next(count) > polls
+
+    return session
+
+
+def damage_newest_checkpoint(workdir) -> int:
+    """Cuts the largest array file of the newest finished checkpoint short, as a full disk or an interrupted copy
+    does; returns its step."""
+    step = finished_checkpoints(workdir)[-1]
+    largest = max(pathlib.Path(workdir, "checkpoints", str(step), "state").rglob("*"), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:1000])
+    return step
 
 
 @pytest.fixture(autouse=True)

@@ -121,6 +121,18 @@ def test_bad_inputs_are_clear_errors(synthetic_affwild2, fusion, tmp_path):
     with pytest.raises(JobError, match=r"Expr_test_set_example.txt lists \d+ frames of test video '21-30-320x240', "
                                        r"but .* has predictions for 10"):
         evaluate.run(config(target), str(tmp_path / "out"))
+    # A member's file of the wrong length, or holding NaN: the file, track and frames are named, nothing written.
+    for name, values, match in [("d", np.full((5, 8), 0.125, np.float32), r"expected shape \(\d+, 8\) .*found \(5, 8\)"),
+                                ("e", None, r"NaN or infinity at frames 3, 4 of track")]:
+        target, _ = _copy_predictions(fusion["EXPR"], tmp_path / name)
+        path = next((target / "predictions" / "whole").glob("*.npy"))
+        if values is None:
+            values = np.load(path)
+            values[2:4] = np.nan
+        np.save(path, values)
+        with pytest.raises(JobError, match=rf"{path}: " + match):
+            evaluate.run(config(target), str(tmp_path / name / "out"))
+        assert not (tmp_path / name / "out" / "submissions").exists()
     # An example file with a wrong header.
     examples = tmp_path / "examples"
     shutil.copytree(synthetic_affwild2 / "test_set" / "prediction_files_format", examples)

@@ -84,3 +84,52 @@ def test_predictions_round_trip_and_out_of_fold(tmp_path):
         read.require_members(["fold1", "whole"])
     with pytest.raises(predictions.PredictionsError, match="holds EXPR predictions, not VA"):
         predictions.PredictionWriter(tmp_path, "VA")
+
+
+def test_visual_track_cut_short_or_not_finite_stops_naming_file_track_and_frames(tmp_path):
+    _visual(tmp_path).write("v", np.arange(1, 6), np.ones((5, 4), np.float32), num_frames=5)
+    store = features.FeatureStore({"vit": tmp_path / "vit"})
+    path = tmp_path / "vit" / "v.npy"
+    np.save(path, np.ones((3, 4), np.float32))  # cut short: frames 4 and 5 must not read as "no face"
+    with pytest.raises(features.FeatureStoreError, match=rf"{path}: expected shape \(5, 4\).*found \(3, 4\)"):
+        store.load("v", ["vit"], num_frames=5)
+    values = np.ones((5, 4), np.float32)
+    values[1, 0], values[2, 3] = np.nan, np.inf
+    np.save(path, values)
+    with pytest.raises(features.FeatureStoreError, match=r"2 of 5 rows hold NaN or infinity \(track 'v', frames 2, 3\)"):
+        store.load("v", ["vit"], num_frames=5)
+    np.save(tmp_path / "vit" / "v.mask.npy", np.ones(4, bool))
+    with pytest.raises(features.FeatureStoreError, match=r"v.mask.npy: expected shape \(5,\)"):
+        store.load("v", ["vit"], num_frames=5)
+
+
+def test_audio_row_with_infinity_stops_naming_the_video_file(tmp_path):
+    rows = np.zeros((6, 3), np.float32)
+    rows[4, 1] = -np.inf
+    _audio(tmp_path, "clip", rows)
+    store = features.FeatureStore({"logmel": tmp_path / "logmel"})
+    with pytest.raises(features.FeatureStoreError, match=r"logmel/clip.npy: 1 of 6 rows .*track 'clip_left', frame 5\)"):
+        store.load("clip_left", ["logmel"], num_frames=6)
+
+
+def test_predictions_refuse_non_finite_outputs_and_check_what_they_read(tmp_path):
+    writer = predictions.PredictionWriter(tmp_path, "AU")
+    writer.add_track("v", "Validation_Set", np.ones(4, bool))
+    diverged = np.full((4, 12), 0.5, np.float32)
+    diverged[2:] = np.nan
+    with pytest.raises(predictions.PredictionsError, match=r"member 'fold1' predicted NaN .*track 'v' at frames 3, 4"):
+        writer.write("fold1", "v", diverged, "heldout")
+    assert not (tmp_path / "fold1").exists()
+    writer.write("fold1", "v", np.full((4, 12), 0.5, np.float32), "heldout")
+    writer.flush()
+    read = predictions.Predictions(tmp_path)
+    path = tmp_path / "fold1" / "v.npy"
+    for values, match in [(np.full((3, 12), 0.5), r"expected shape \(4, 12\).*4 frames of track 'v'.*found \(3, 12\)"),
+                          (diverged, r"NaN or infinity at frames 3, 4 of track 'v'"),
+                          (np.full((4, 12), 1.5), r"probabilities outside \[0, 1\] at frames 1, 2, 3, 4")]:
+        np.save(path, values.astype(np.float32))
+        with pytest.raises(predictions.PredictionsError, match=match):
+            read.outputs("fold1", "v")
+    np.save(tmp_path / "faces" / "v.npy", np.ones(7, bool))
+    with pytest.raises(predictions.PredictionsError, match=r"faces/v.npy: expected shape \(4,\)"):
+        read.face_mask("v")

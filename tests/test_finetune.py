@@ -27,7 +27,9 @@ from abaw_jax.runtime.errors import JobError
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import finetune as finetune_config  # noqa: E402
-from conftest import kill_after_first_checkpoint, set_values  # noqa: E402
+from abaw_jax.runtime import workdir as workdir_lib  # noqa: E402
+from conftest import (damage_newest_checkpoint, finished_checkpoints, kill_after_first_checkpoint,  # noqa: E402
+                      set_values, stop_requested_after)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 16
@@ -167,6 +169,39 @@ def test_killed_run_resumes_to_the_same_best_model(finetuned, encoder_dir, synth
     reference, _ = params_io.load_params(str(straight / "export" / "encoder"))
     for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+
+
+def test_stop_request_saves_a_checkpoint_and_a_damaged_one_falls_back(finetuned, encoder_dir, synthetic_affwild2,
+                                                                       tmp_path, monkeypatch, capsys):
+    straight = finetuned("EXPR")
+    workdir = tmp_path / "stopped"
+    config = make_config("EXPR", encoder_dir, synthetic_affwild2)
+    stop_at = SMALL["checkpoint_every"] + 5
+    with monkeypatch.context() as patch:
+        patch.setattr(workdir_lib, "session", stop_requested_after(stop_at))
+        with pytest.raises(JobError, match=rf"stopped by SIGTERM at step {stop_at}; saved checkpoint step {stop_at}"):
+            finetune.run(config, str(workdir))
+    assert finished_checkpoints(workdir) == [SMALL["checkpoint_every"], stop_at]
+    damage_newest_checkpoint(workdir)
+    capsys.readouterr()
+    finetune.run(config, str(workdir))
+    out = capsys.readouterr().out
+    assert f"Skipped damaged checkpoint step {stop_at} (" in out
+    assert f"Resumed from {workdir / 'checkpoints'} at step {SMALL['checkpoint_every']}" in out
+    assert json.loads((workdir / "best.json").read_text()) == json.loads((straight / "best.json").read_text())
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("base_lr", -1e-3, "config.base_lr must be a finite number > 0, got -0.001"),
+    ("weight_decay", -0.05, "config.weight_decay must be a finite number >= 0, got -0.05"),
+    ("b2", 1.5, "config.b2 must be a finite number >= 0.0 and <= 1.0, got 1.5"),
+    ("drop_path", float("nan"), "config.drop_path must be a finite number >= 0, got nan"),
+    ("seed", -1, "config.seed must be an integer >= 0, got -1"),
+])
+def test_bad_config_values_are_refused_naming_the_key(encoder_dir, synthetic_affwild2, key, value, message):
+    with pytest.raises(JobError) as caught:
+        finetune.validate_config(make_config("EXPR", encoder_dir, synthetic_affwild2, **{key: value}))
+    assert message in str(caught.value)
 
 
 def test_bad_input_stops_with_a_clear_error(encoder_dir, synthetic_affwild2, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import shutil
 
 import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
@@ -13,7 +14,9 @@ from sklearn.metrics import f1_score
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, features, predictions
 from abaw_jax.jobs import fusion as fusion_job
+from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import JobError
+from conftest import damage_newest_checkpoint, finished_checkpoints, stop_requested_after
 from configs import fusion as fusion_configs
 from abaw_jax.media import audio
 
@@ -181,7 +184,7 @@ def test_bad_inputs_are_named(feature_store, synthetic_affwild2, tmp_path, monke
     track = json.loads((broken / "pix" / "manifest.json").read_text())["tracks"]
     name = sorted(track)[0]
     np.save(broken / "pix" / f"{name}.npy", np.zeros((5, PIXELS * PIXELS + 1), np.float32))
-    with pytest.raises(JobError, match=rf"{name}.npy has shape \(5, 257\), expected \(frames, 256\)"):
+    with pytest.raises(JobError, match=rf"{name}.npy: expected shape \(\d+, 256\) .*found \(5, 257\)"):
         fusion_job.run(_config("EXPR", broken, synthetic_affwild2, audio_sets=""), str(tmp_path))
 
     no_reaction = tmp_path / "reaction.txt"
@@ -204,3 +207,60 @@ def test_bad_inputs_are_named(feature_store, synthetic_affwild2, tmp_path, monke
     with pytest.raises(JobError, match="config.member_learning_rates"):
         fusion_job.run(_config("EXPR", feature_store, synthetic_affwild2, member_learning_rates="fold9=1e-3"),
                        str(tmp_path))
+
+
+def test_non_finite_features_or_training_stop_before_anything_is_exported(feature_store, synthetic_affwild2, tmp_path,
+                                                                          monkeypatch):
+    store = tmp_path / "nan_store"
+    shutil.copytree(feature_store / "pix", store / "pix")
+    name = sorted(json.loads((store / "pix" / "manifest.json").read_text())["tracks"])[3]
+    values = np.load(store / "pix" / f"{name}.npy")
+    values[10:20] = np.nan  # ten bad rows in one file once poisoned every member's every prediction
+    np.save(store / "pix" / f"{name}.npy", values)
+    with pytest.raises(JobError, match=rf"{name}.npy: 10 of \d+ rows hold NaN or infinity \(track '{name}', "
+                                       r"frames 11, 12, .*\(10 frames\)\)"):
+        fusion_job.run(_config("EXPR", store, synthetic_affwild2, audio_sets=""), str(tmp_path / "run1"))
+    assert not (tmp_path / "run1" / "predictions").exists()
+
+    monkeypatch.setattr(fusion_job.losses, "task_loss", lambda *args, **kwargs: jnp.float32(np.nan))
+    with pytest.raises(JobError, match=r"non-finite loss or gradient in \d+ step\(s\) of member\(s\) official "
+                                       r"\(\d+\), whole \(\d+\) at or before step \d+ .*nothing of this run is exported"):
+        fusion_job.run(_config("EXPR", feature_store, synthetic_affwild2, num_epochs=1, members="official,whole"),
+                       str(tmp_path / "run2"))
+    assert not (tmp_path / "run2" / "predictions").exists() and not (tmp_path / "run2" / "export").exists()
+
+
+def test_stop_request_saves_a_checkpoint_and_a_damaged_one_falls_back(feature_store, synthetic_affwild2, tmp_path,
+                                                                       monkeypatch, capsys):
+    config = _config("EXPR", feature_store, synthetic_affwild2, num_epochs=3, members="official,whole")
+    fusion_job.run(config, str(tmp_path / "straight"))
+    steps = int(re.search(r"(\d+) steps/epoch", capsys.readouterr().out).group(1))
+    workdir = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        patch.setattr(workdir_lib, "session", stop_requested_after(steps + 1))
+        with pytest.raises(JobError, match=rf"stopped by SIGTERM at step {steps + 1}; saved checkpoint step "
+                                           rf"{steps + 1} in {workdir / 'checkpoints'}: rerun"):
+            fusion_job.run(config, str(workdir))
+    assert finished_checkpoints(workdir) == [steps, steps + 1]
+    assert damage_newest_checkpoint(workdir) == steps + 1
+    capsys.readouterr()
+    fusion_job.run(config, str(workdir))
+    out = capsys.readouterr().out
+    assert f"Checkpoint step {steps + 1} in {workdir / 'checkpoints'} is damaged" in out
+    assert f"Resumed from {workdir / 'checkpoints'} at step {steps}\n" in out
+    resumed, straight = (predictions.Predictions(d / "predictions") for d in (workdir, tmp_path / "straight"))
+    for track in straight.tracks():
+        np.testing.assert_allclose(resumed.outputs("whole", track), straight.outputs("whole", track), rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_folds": 1}, "config.num_folds must be an integer >= 2, got 1"),
+    ({"learning_rate": -1e-4}, "config.learning_rate must be a finite number > 0, got -0.0001"),
+    ({"model.dropout": 1.5}, "config.model.dropout must be a finite number >= 0 and <= 1, got 1.5"),
+    ({"model.width": 0}, "config.model.width must be an integer >= 1, got 0"),
+])
+def test_bad_config_values_are_refused_naming_the_key(overrides, message, feature_store, synthetic_affwild2):
+    with pytest.raises(JobError) as caught:
+        fusion_job.validate_config(_config("EXPR", feature_store, synthetic_affwild2, **overrides))
+    assert message in str(caught.value)

@@ -3,6 +3,7 @@
 One real run of every stage (the `micro_pipeline` fixture) is shared; the tests then check what it wrote, and
 that reruns skip, resume or redo exactly the stages they should.
 """
+import dataclasses
 import importlib.util
 import json
 import os
@@ -17,9 +18,9 @@ from abaw_jax.data import release
 from abaw_jax.eval import report
 from abaw_jax.eval.submission import check_submission
 from abaw_jax.jobs import pipeline
-from abaw_jax.jobs.registry import JOBS
+from abaw_jax.jobs.registry import JOBS, STAGE_JOBS
 from abaw_jax.runtime.errors import JobError
-from abaw_jax.runtime.pipeline_dirs import PipelineDirs
+from abaw_jax.runtime.pipeline_dirs import PipelineDirs, flat_settings
 from conftest import REPO, micro_pipeline_config, set_values
 
 STAGES = ["mae", "finetune_au", "finetune_expr", "finetune_va", "features", "fusion_au", "fusion_expr",
@@ -36,13 +37,14 @@ def test_every_stage_runs_in_order_into_its_folder(micro_pipeline):
     assert list(records) == STAGES
     assert all(r["status"] == "ran" and r["complete"] for r in records.values())
     dirs = PipelineDirs(str(root))
-    # Each stage read the folder of the stage before it, not the tiny presets' /tmp workdirs.
-    assert _stage(root, "finetune_expr")["config"]["encoder"] == dirs.mae
-    assert _stage(root, "features")["config"]["encoders"]["va"] == dirs.finetune("va")
+    # Each stage read the folder of the stage before it, not the tiny presets' /tmp workdirs; stage.json
+    # records those folders relative to the workdir.
+    assert _stage(root, "finetune_expr")["config"]["encoder"] == "$WORKDIR/mae"
+    assert _stage(root, "features")["config"]["encoders"]["va"] == "$WORKDIR/finetune_va"
     assert _stage(root, "fusion_va_visual")["config"]["audio_sets"] == ""
     assert _stage(root, "fusion_va")["config"]["audio_sets"] == "logmel_mfcc"
-    assert _stage(root, "evaluate_au")["config"]["fusion_workdir"] == dirs.fusion("au")
-    assert _stage(root, "evaluate_va_visual")["config"]["fusion_workdir"] == dirs.fusion("va", "visual")
+    assert _stage(root, "evaluate_au")["config"]["fusion_workdir"] == "$WORKDIR/fusion_au"
+    assert _stage(root, "evaluate_va_visual")["config"]["fusion_workdir"] == "$WORKDIR/fusion_va_visual"
     assert _stage(root, "evaluate_au")["inputs"] == {"fusion_au": records["fusion_au"]["fingerprint"],
                                                      "features": records["features"]["fingerprint"]}
     paths = release.resolve(config.data)
@@ -63,7 +65,9 @@ def test_stage_config_file_reruns_the_stage_alone(micro_pipeline):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert f"--config={path}" in path.read_text()
-    assert json.loads(json.dumps(module.get_config().to_dict())) == _stage(root, "evaluate_expr")["config"]
+    settings = json.loads(json.dumps(module.get_config().to_dict()))
+    assert settings["fusion_workdir"] == str(root / "fusion_expr")  # the file itself runs with real paths
+    assert pipeline.portable(settings, str(root)) == _stage(root, "evaluate_expr")["config"]
 
 
 def test_rerun_with_the_same_settings_skips_every_stage(micro_pipeline):
@@ -86,16 +90,81 @@ def test_unfinished_stage_resumes_in_place_and_later_stages_stay(micro_pipeline,
     assert _stage(root, "fusion_va")["complete"]
 
 
+def test_each_key_is_either_cosmetic_or_reruns_its_stage(tmp_path):
+    """Every stage job's cosmetic keys exist in its config; changing one keeps a finished stage, changing any other
+    key (or an input) reruns it."""
+    root = str(tmp_path)
+    stages = pipeline.plan(micro_pipeline_config(tmp_path / "cache"), PipelineDirs(root))
+    for stage in (s for s in stages if s.config is not None):
+        cosmetic = STAGE_JOBS[stage.job].cosmetic_keys
+        settings = stage.settings(root)
+        flat = flat_settings(settings)
+        assert set(cosmetic) <= set(flat), (stage.name, set(cosmetic) - set(flat))
+        inputs = {os.path.basename(d): "f" for d in stage.inputs}
+        record = {"config": settings, "inputs": inputs}
+        for key in flat:
+            changed = json.loads(json.dumps(settings))
+            *parents, leaf = key.split(".")
+            node = changed
+            for parent in parents:
+                node = node[parent]
+            node[leaf] = "changed"
+            assert pipeline._up_to_date(record, changed, inputs, cosmetic, root) == (key in cosmetic), \
+                (stage.name, key)
+        for name in inputs:
+            assert not pipeline._up_to_date(record, settings, {**inputs, name: "g"}, cosmetic, root)
+
+
+def test_moved_workdir_with_cosmetic_changes_skips_every_stage(micro_pipeline, tmp_path, capsys):
+    root, config, _ = micro_pipeline
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(root, moved)
+    cosmetic = {"mae.log_every": 7, "finetune.au.eval_batch_size": 3, "features.decode_threads": 1,
+                "fusion.va.log_every": 3, "fusion.va.member_loop": "vmap", "evaluate.au.num_plots": 0}
+    records = JOBS["pipeline"](micro_pipeline_config(config.data.cache_dir, **cosmetic), str(moved))
+    assert [r["status"] for r in records.values()] == ["skipped"] * len(STAGES)
+    out = capsys.readouterr().out
+    assert "mae: done earlier with these settings, skipped (cosmetic settings changed, results unaffected: " \
+        "log_every: 10 -> 7)" in out
+    assert "num_plots: 1 -> 0" in out and "clearing" not in out and ".previous" not in out
+    assert sorted(p.name for p in moved.iterdir()) == sorted(p.name for p in root.iterdir())
+
+
+def test_interrupted_rerun_keeps_the_finished_stage_and_the_old_settings_restore_it(micro_pipeline, capsys):
+    root, config, _ = micro_pipeline
+    before = {p: p.stat().st_mtime_ns for p in (root / "evaluate_expr").rglob("*") if p.is_file()}
+    changed = micro_pipeline_config(config.data.cache_dir, **{"evaluate.expr.tuning.bias_rounds": 1})
+
+    def killed(stage_config, workdir):
+        raise JobError("killed while rerunning")
+
+    with pytest.raises(JobError, match="stage evaluate_expr: killed"):
+        pipeline.run(changed, str(root), jobs={**STAGE_JOBS, "evaluate": dataclasses.replace(
+            STAGE_JOBS["evaluate"], run=killed)})
+    out = capsys.readouterr().out
+    assert "tuning.bias_rounds: 2 -> 1" in out
+    assert f"the finished run is kept in {root / 'evaluate_expr.previous'}" in out
+    assert _stage(root, "evaluate_expr.previous")["complete"] and not _stage(root, "evaluate_expr")["complete"]
+
+    records = JOBS["pipeline"](config, str(root))
+    assert records["evaluate_expr"]["status"] == "restored"
+    assert {n for n, r in records.items() if r["status"] != "skipped"} == {"evaluate_expr"}
+    assert not (root / "evaluate_expr.previous").exists()
+    assert {p: p.stat().st_mtime_ns for p in (root / "evaluate_expr").rglob("*") if p.is_file()} == before
+
+
 def test_changed_setting_reruns_that_stage_and_its_dependents_only(micro_pipeline, capsys):
     root, config, _ = micro_pipeline
-    changed = set_values(micro_pipeline_config(config.data.cache_dir), {"evaluate.expr.num_plots": 0})
+    changed = set_values(micro_pipeline_config(config.data.cache_dir), {"evaluate.expr.tuning.bias_rounds": 1})
     (root / "evaluate_expr" / "marker").write_text("from the earlier run")
     records = JOBS["pipeline"](changed, str(root))
     ran = {n for n, r in records.items() if r["status"] == "ran"}
     assert ran == {"evaluate_expr", "report", "predictor"}
-    assert "num_plots: 1 -> 0" in capsys.readouterr().out
-    assert not (root / "evaluate_expr" / "marker").exists()  # cleared, not resumed from
-    assert not list((root / "evaluate_expr").glob("plots/*.png"))
+    out = capsys.readouterr().out
+    assert "tuning.bias_rounds: 2 -> 1" in out
+    assert f"removing {root / 'evaluate_expr.previous'}: its replacement is complete" in out
+    assert not (root / "evaluate_expr" / "marker").exists()  # a fresh run, not resumed from the old folder
+    assert not (root / "evaluate_expr.previous").exists()
 
 
 def test_plan_rejects_inconsistent_settings(synthetic_affwild2, tmp_path):
@@ -133,7 +202,7 @@ def test_plan_rejects_inconsistent_settings(synthetic_affwild2, tmp_path):
 
 def test_a_bad_value_in_a_late_stage_stops_before_the_first_stage(tmp_path):
     config = micro_pipeline_config(tmp_path / "cache", **{"fusion.expr.clip_len": 0})
-    with pytest.raises(JobError, match=r"^stage fusion_expr: config.clip_len must be >= 1, got 0"):
+    with pytest.raises(JobError, match=r"^stage fusion_expr: config.clip_len must be an integer >= 1, got 0"):
         JOBS["pipeline"](config, str(tmp_path / "w"))
     assert not (tmp_path / "w" / "mae").exists()
 

@@ -20,6 +20,12 @@ pair read `<video>.npy`; every frame counts as present.
 `FeatureStore.load(track, names, num_frames)` concatenates the named sets in order into a
 (num_frames, total dim) float32 array and returns the face mask (the AND of the visual sets' masks).
 Rows past the end of a set's array are zeros; in a visual set they are also masked out.
+
+Reading checks what the files hold against what the manifest says, and stops (`FeatureStoreError`, naming the
+file, the track and the frames) rather than pass on anything else: a visual track's arrays must have the
+manifest's frame count (a file cut short would otherwise read as frames without a face), and no set may hold
+NaN or infinity (one such row poisons every clip, and with it every member of a fusion ensemble). Extraction
+already refuses to write non-finite features, so such a row means a damaged or foreign file: re-extract.
 """
 from __future__ import annotations
 
@@ -32,14 +38,24 @@ from typing import Any
 import numpy as np
 
 from abaw_jax.data import affwild2
+from abaw_jax.data.array_checks import frames_text, nonfinite_rows
+from abaw_jax.runtime.errors import ExplainedError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MASK_SUFFIX = ".mask.npy"
 
 
-class FeatureStoreError(ValueError):
-    """A feature set is missing, malformed, or lacks a track that was asked for."""
+class FeatureStoreError(ExplainedError, ValueError):
+    """A feature set is missing, malformed, holds non-finite values, or lacks a track that was asked for."""
+
+
+def _require_finite(path: pathlib.Path, track: str, values: np.ndarray) -> None:
+    bad = nonfinite_rows(values)
+    if len(bad):
+        raise FeatureStoreError(f"{path}: {len(bad)} of {len(values)} rows hold NaN or infinity (track {track!r}, "
+                                f"{frames_text(bad)}); the file is damaged or was not written by this project's "
+                                "extraction, which never stores such rows: extract this set again")
 
 
 def _atomic_save(path: pathlib.Path, array: np.ndarray) -> None:
@@ -83,8 +99,10 @@ class VisualSet:
         """(features (frames, dim), face mask (frames,)), memory-mapped."""
         if not self.has(track):
             raise FeatureStoreError(f"feature set {self.name!r} ({self.directory}) has no track {track!r}")
-        features = np.load(self.directory / f"{track}.npy", mmap_mode="r")
-        mask = np.load(self.directory / f"{track}{MASK_SUFFIX}", mmap_mode="r")
+        num_frames = int(self.manifest["tracks"][track]["num_frames"])
+        features = _load_array(self.directory / f"{track}.npy", (num_frames, self.dim))
+        mask = _load_array(self.directory / f"{track}{MASK_SUFFIX}", (num_frames,))
+        _require_finite(self.directory / f"{track}.npy", track, features)
         return features, mask
 
 
@@ -115,11 +133,23 @@ class AudioSet:
         if video not in self._videos:
             raise FeatureStoreError(f"audio feature set {self.name!r} ({self.directory}) has no video "
                                     f"{video!r} (for track {track!r})")
-        features = np.load(self.directory / f"{video}.npy", mmap_mode="r")
-        if features.ndim != 2 or features.shape[1] != self.dim:
-            raise FeatureStoreError(f"{self.directory / (video + '.npy')}: expected (frames, {self.dim}), "
-                                    f"found {features.shape}")
+        path = self.directory / f"{video}.npy"
+        features = _load_array(path, (None, self.dim))
+        _require_finite(path, track, features)
         return features, np.ones(len(features), bool)
+
+
+def _load_array(path: pathlib.Path, shape: tuple[int | None, ...]) -> np.ndarray:
+    """The memory-mapped array at `path`, which must have `shape` (None: any length)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise FeatureStoreError(f"{path}: cannot read the array ({e}); extract this set again") from None
+    if array.ndim != len(shape) or any(want is not None and got != want for got, want in zip(array.shape, shape)):
+        expected = tuple("frames" if n is None else n for n in shape)
+        raise FeatureStoreError(f"{path}: expected shape {expected} ({MANIFEST} of its set), found {array.shape}; "
+                                "the file is cut short or from another run: extract this set again")
+    return array
 
 
 def open_set(directory: str | os.PathLike, name: str | None = None) -> VisualSet | AudioSet:

@@ -21,6 +21,11 @@ neither). The out-of-fold prediction of a labelled track is the one from the mem
 
 Every array is written before the manifest names it, both by atomic renames, so a reader never sees a
 half-written track.
+
+Nothing non-finite crosses this boundary: the writer refuses outputs with NaN or infinity (a diverged member
+stops the fusion job, naming member, track and frames, instead of being exported), and the reader checks each
+array against the manifest (shape, finite, probabilities within [0, 1]) and stops naming the file, the track
+and the frames, so evaluation never tunes on or submits a value no model produced.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from abaw_jax import tasks
+from abaw_jax.data.array_checks import frames_text, nonfinite_rows, rows_outside
+from abaw_jax.runtime.errors import ExplainedError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,8 +47,12 @@ SPLITS = ("Train_Set", "Validation_Set", "test")
 FACES_DIR = "faces"
 
 
-class PredictionsError(ValueError):
-    """A predictions folder is missing, malformed, or lacks what was asked for."""
+# Probabilities are stored as float32 sigmoid / softmax outputs: a little slack for their rounding.
+_PROBABILITY_SLACK = 1e-5
+
+
+class PredictionsError(ExplainedError, ValueError):
+    """A predictions folder is missing, malformed, holds values no model produces, or lacks what was asked for."""
 
 
 def _save(path: pathlib.Path, array: np.ndarray) -> None:
@@ -84,6 +95,11 @@ class PredictionWriter:
         expected = (self.manifest["tracks"][track]["num_frames"], self.task.num_outputs)
         if np.shape(outputs) != expected:
             raise PredictionsError(f"{member}/{track}: expected outputs of shape {expected}, got {np.shape(outputs)}")
+        bad = nonfinite_rows(outputs)
+        if len(bad):
+            raise PredictionsError(f"member {member!r} predicted NaN or infinity for track {track!r} at "
+                                   f"{frames_text(bad)} ({len(bad)} of {len(outputs)} frames); its parameters or "
+                                   "inputs are not finite, so it is not exported")
         _save(self.directory / member / f"{track}.npy", np.asarray(outputs, np.float32))
         self.manifest["members"].setdefault(member, {})[track] = role
 
@@ -136,12 +152,34 @@ class Predictions:
                                    f"it has {list(self.members)}")
 
     def face_mask(self, track: str) -> np.ndarray:
-        return np.load(self.directory / FACES_DIR / f"{track}.npy")
+        return self._load(self.directory / FACES_DIR / f"{track}.npy", (self.num_frames(track),))
 
     def outputs(self, member: str, track: str) -> np.ndarray:
+        """A member's (N, C) outputs for `track`, checked: shape, finite, probabilities within [0, 1]."""
         if self.role(member, track) is None:
             raise PredictionsError(f"{self.directory}: member {member!r} has no predictions for track {track!r}")
-        return np.load(self.directory / member / f"{track}.npy")
+        path = self.directory / member / f"{track}.npy"
+        values = self._load(path, (self.num_frames(track), self.task.num_outputs))
+        bad = nonfinite_rows(values)
+        if len(bad):
+            raise PredictionsError(f"{path}: NaN or infinity at {frames_text(bad)} of track {track!r} ({len(bad)} of "
+                                   f"{len(values)} frames); the file is damaged: run the fusion stage again")
+        if self.manifest["output"] == "probabilities":
+            bad = rows_outside(values, -_PROBABILITY_SLACK, 1 + _PROBABILITY_SLACK)
+            if len(bad):
+                raise PredictionsError(f"{path}: probabilities outside [0, 1] at {frames_text(bad)} of track "
+                                       f"{track!r}; expected {self.task.name} probabilities as fusion writes them")
+        return values
+
+    def _load(self, path: pathlib.Path, shape: tuple[int, ...]) -> np.ndarray:
+        try:
+            array = np.load(path)
+        except (OSError, ValueError) as e:
+            raise PredictionsError(f"{path}: cannot read the array ({e})") from None
+        if array.shape != shape:
+            raise PredictionsError(f"{path}: expected shape {shape} ({MANIFEST}: {shape[0]} frames of track "
+                                   f"{path.stem!r}), found {array.shape}")
+        return array
 
     def out_of_fold_member(self, track: str, fold_members: Sequence[str]) -> str:
         """The fold member that held `track` out; an error if none or several did."""

@@ -30,11 +30,14 @@ from abaw_jax import tasks
 from abaw_jax.data import affwild2, features, release
 from abaw_jax.data.predictions import Predictions, PredictionsError
 from abaw_jax.eval import coverage, ensemble, metrics, plots, postprocess, scene_router, submission, tuning
+from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 SCENE_ROUTINGS = ("list", "router", "none")
 FINAL_DIR = "final"
+# Settings that change the figures drawn or the memory used, never a score or a submission.
+COSMETIC_KEYS = ("num_plots", "tuning.chunk", "data.cache_dir")
 
 
 @dataclasses.dataclass
@@ -206,7 +209,8 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     task = validate_config(config)
     try:
-        return _run(config, pathlib.Path(workdir), task)
+        with workdir_lib.session(workdir):
+            return _run(config, pathlib.Path(workdir), task)
     except (PredictionsError, submission.SubmissionError, affwild2.AnnotationError, features.FeatureStoreError,
             FileNotFoundError) as e:
         raise JobError(str(e)) from None

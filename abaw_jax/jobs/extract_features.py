@@ -58,6 +58,7 @@ from abaw_jax.models import encoders
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, ViT
 from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime import sharding, telemetry
+from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
@@ -66,6 +67,8 @@ STORAGE_DTYPES = ("float16", "float32")
 STATIC_MEMBER = "static"
 WAV_DIR = "wav"
 PREDICTIONS_PREFIX = "predictions_"
+# Settings that change how fast features are computed, never their values.
+COSMETIC_KEYS = ("log_every", "batch_size", "decode_threads", "prefetch_batches", "data.cache_dir")
 # Must match the fine-tuning job's outputs: probabilities for AU and EXPR, VA bounded to [-1, 1].
 HEAD_ACTIVATIONS = {"binary": jax.nn.sigmoid, "multiclass": jax.nn.softmax, "continuous": jnp.tanh}
 _ROLES = {"Train_Set": "train", "Validation_Set": "heldout", "test": "test"}
@@ -323,8 +326,10 @@ def _resolve_auto(config: ml_collections.ConfigDict) -> tuple[str, str, str]:
 
 
 def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dict[str, Track], workdir: str,
-                       mesh: Mesh, pool: concurrent.futures.Executor) -> None:
-    """Writes (or completes) the visual set `name` in `<workdir>/<name>/`."""
+                       mesh: Mesh, pool: concurrent.futures.Executor,
+                       stop_requested: Callable[[], bool] = lambda: False) -> None:
+    """Writes (or completes) the visual set `name` in `<workdir>/<name>/`; on SIGTERM (`stop_requested`) stops
+    after the track being written, which a rerun then skips."""
     head_task = config.head_tasks.get(name, "")
     task = tasks.get_task(head_task) if head_task else None
     loaded, has_head = load_set_encoder(name, config.encoders[name], task)
@@ -407,6 +412,10 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
             buffer.remaining -= len(run)
             if buffer.remaining == 0:
                 finish(buffer)
+                if stop_requested():
+                    raise JobError(f"stopped by SIGTERM in set {name} after track {buffer.track.name}; "
+                                   f"{len(writer.manifest['tracks'])} of {len(tracks)} tracks are written in "
+                                   f"{writer.directory}: rerun the same command to resume")
         return int(rows - valid[:rows].sum())
 
     for buffer in buffers:
@@ -490,8 +499,15 @@ def extract_audio_sets(kinds: Sequence[str], config: ml_collections.ConfigDict, 
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Extracts the visual sets `config.sets` and the audio sets `config.audio` into the store in `workdir`."""
+    """Extracts the visual sets `config.sets` and the audio sets `config.audio` into the store in `workdir`,
+    holding its session."""
     sets, kinds = validate_config(config)
+    with workdir_lib.session(workdir) as stop_requested:
+        _run(config, workdir, sets, kinds, stop_requested)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, sets: tuple[str, ...], kinds: tuple[str, ...],
+         stop_requested: Callable[[], bool]) -> None:
     for name in sets:
         _encoder_source(name, config.encoders[name])  # a wrong path stops now, not after hours of other sets
     try:
@@ -505,7 +521,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     mesh = sharding.make_mesh()
     with concurrent.futures.ThreadPoolExecutor(config.decode_threads or os.cpu_count()) as pool:
         for name in sets:
-            extract_visual_set(name, config, tracks, workdir, mesh, pool)
+            extract_visual_set(name, config, tracks, workdir, mesh, pool, stop_requested)
     failures = extract_audio_sets(kinds, config, tracks, paths, workdir) if jax.process_index() == 0 else []
     if failures:
         raise JobError(f"{len(failures)} videos failed audio extraction (rerun to retry them): {failures}")

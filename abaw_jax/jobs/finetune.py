@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -38,6 +39,8 @@ from abaw_jax.eval import metrics
 from abaw_jax.models import encoders, flops, losses, params_io, torch_weights
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, VIT_SIZES, ViT, ViTConfig
 from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry, train_state
+from abaw_jax.runtime import config_checks as checks
+from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 from abaw_jax.runtime.train_state import TrainState
@@ -45,6 +48,10 @@ from abaw_jax.runtime.train_state import TrainState
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TINY_PRETRAIN_WORKDIR = "/tmp/abaw_mae_tiny"
 BEST_FILE = "best.json"
+# Settings that change how the job runs or reports, never what it trains (eval_every is not one: it decides
+# which step is kept as best).
+COSMETIC_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "model.remat",
+                 "data.worker_count", "data.worker_buffer_size", "data.cache_dir")
 
 
 def outputs_from_logits(task: tasks.Task, logits: jax.Array) -> jax.Array:
@@ -85,25 +92,28 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
         task = tasks.get_task(config.task)
     except ValueError as e:
         raise JobError(f"config.task: {e}") from None
-    positive = ["batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                "model.image_size"]
-    for key in positive:
-        value = functools.reduce(getattr, key.split("."), config)
-        if not isinstance(value, int) or value < 1:
-            raise JobError(f"config.{key} must be a positive integer, got {value!r}")
-    for key in ("total_steps", "warmup_steps", "eval_every", "num_epochs", "warmup_epochs"):
-        if config[key] < 0:
-            raise JobError(f"config.{key} must be >= 0, got {config[key]!r}")
+    for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                "model.image_size", "data.worker_buffer_size", "data.synthetic_videos",
+                "data.synthetic_frames_per_video"):
+        checks.integer(config, key, minimum=1)
+    for key in ("total_steps", "warmup_steps", "eval_every", "num_epochs", "warmup_epochs", "seed",
+                "data.worker_count", "data.fold_seed"):
+        checks.integer(config, key, minimum=0)
     if not config.total_steps and not config.num_epochs:
         raise JobError("config.total_steps and config.num_epochs are both 0: set one of them")
-    if not 0 < config.layer_decay <= 1:
+    checks.number(config, "base_lr", minimum=0, exclusive=True)
+    checks.fraction(config, "b1", inclusive=True)
+    checks.fraction(config, "b2", inclusive=True)
+    checks.number(config, "weight_decay", minimum=0)
+    checks.number(config, "grad_clip", minimum=0)
+    checks.number(config, "layer_decay", minimum=0, maximum=1)
+    if config.layer_decay == 0:
         raise JobError(f"config.layer_decay must be in (0, 1], got {config.layer_decay!r}")
-    if not 0 <= config.drop_path < 1:
+    checks.number(config, "drop_path", minimum=0)
+    if config.drop_path >= 1:
         raise JobError(f"config.drop_path must be in [0, 1), got {config.drop_path!r}")
-    if config.model.size not in VIT_SIZES:
-        raise JobError(f"config.model.size must be one of {sorted(VIT_SIZES)}, got {config.model.size!r}")
-    if config.model.dtype not in DTYPES:
-        raise JobError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
+    checks.choice(config, "model.size", VIT_SIZES)
+    checks.choice(config, "model.dtype", DTYPES)
     if config.data.split not in frame_pipeline.SPLIT_CHOICES:
         raise JobError(f"config.data.split must be one of {frame_pipeline.SPLIT_CHOICES}, "
                        f"got {config.data.split!r}")
@@ -303,8 +313,14 @@ def _export(params: Any, cfg: ViTConfig, task: tasks.Task, best: dict[str, Any],
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Runs (or resumes) fine-tuning of `config.task` in `workdir`; returns the final state."""
+    """Runs (or resumes) fine-tuning of `config.task` in `workdir`, holding its session; returns the final state."""
     task = validate_config(config)
+    with workdir_lib.session(workdir) as stop_requested:
+        return _run(config, workdir, task, stop_requested)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop_requested: Callable[[], bool]
+         ) -> TrainState:
     num_devices, num_processes = jax.device_count(), jax.process_count()
     try:
         mesh = sharding.make_mesh(config.mesh.fsdp)
@@ -351,14 +367,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     description = {"task": task.name, "encoder_sha256": encoder.sha256, **params_io.config_to_dict(cfg)}
     checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                                               model_description=description)
-    latest = checkpointer.latest_step()
+    abstract = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
+    try:
+        latest, restored = checkpointer.restore_latest(abstract, data_iter)
+    except checkpointing.CheckpointMismatchError as e:
+        checkpointer.close()
+        raise JobError(str(e)) from None
     if latest is not None:
-        abstract = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
-        try:
-            state = checkpointer.restore(latest, abstract, data_iter)
-        except checkpointing.CheckpointMismatchError as e:
-            checkpointer.close()
-            raise JobError(str(e)) from None
+        state = restored
         log(f"Resumed from {checkpointer.directory} at step {latest}")
 
     class_weights = None if weights is None else jnp.asarray(weights)
@@ -382,6 +398,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     last_good_checkpoint = latest
     try:
         while step < total_steps:
+            if stop_requested():
+                checkpointer.stop_for_sigterm(step, state, data_iter, last_good_checkpoint)
             wait_start = time.perf_counter()
             local = next(data_iter)
             throughput.data_wait += time.perf_counter() - wait_start
@@ -397,8 +415,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             evaluate_now = step % eval_every == 0 or is_last
             if log_now or evaluate_now or step % config.checkpoint_every == 0:
                 scalars = jax.device_get(step_metrics)
-                train_state.stop_if_nonfinite(state, step, float(scalars["loss"]), last_good_checkpoint,
-                                              checkpointer.directory)
+                train_state.stop_if_nonfinite(state.nonfinite_steps, step, float(scalars["loss"]),
+                                              last_good_checkpoint, checkpointer.directory)
                 if log_now:
                     scalars.update(throughput.measure(step, total_steps))
                     log(telemetry.progress_line(step, total_steps, scalars))

@@ -39,6 +39,7 @@ import math
 import os
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -53,13 +54,17 @@ from abaw_jax import tasks
 from abaw_jax.data import affwild2, clips, features, predictions, release
 from abaw_jax.eval import metrics
 from abaw_jax.models import fusion, losses
-from abaw_jax.runtime import checkpointing, state_checkpoints, telemetry
+from abaw_jax.runtime import checkpointing, telemetry, train_state
+from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 MEMBER_AXIS = "member"
 RNG_IMPLS = ("rbg", "threefry2x32")
+# Settings that change how the job runs or reports, never what it trains: the evaluation batch only groups
+# windows, and member_loop runs the same per-member computation batched (vmap) or one by one (map).
+COSMETIC_KEYS = ("log_every", "keep_checkpoints", "eval_batch", "member_loop", "data.cache_dir")
 TINY_FEATURES_DIR = "/tmp/abaw_features_tiny"  # where the tiny presets read (and stage 3's tiny preset writes)
 
 
@@ -74,6 +79,7 @@ class MemberState:
     feature_mean: jax.Array  # (D,)
     feature_std: jax.Array  # (D,)
     class_weights: jax.Array  # (C,); ones for VA
+    nonfinite_steps: jax.Array  # (); steps skipped for a non-finite loss or gradient (train_state.guarded_update)
 
 
 @flax.struct.dataclass
@@ -123,9 +129,10 @@ def member_train_step(member: MemberState, batch: dict[str, jax.Array], *, model
         return loss, updates["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(member.params)
-    updates, opt_state = tx.update(grads, member.opt_state, member.params)
-    params = optax.apply_updates(member.params, updates)
-    new = member.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, rng=rng)
+    params, opt_state, finite, _ = train_state.guarded_update(loss, grads, member.params, member.opt_state, tx)
+    batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), batch_stats, member.batch_stats)
+    new = member.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, rng=rng,
+                         nonfinite_steps=member.nonfinite_steps + (~finite).astype(jnp.int32))
     return new, {"loss": loss, "frames": jnp.sum(loss_mask)}
 
 
@@ -259,12 +266,10 @@ def load_data(config: ml_collections.ConfigDict, task: tasks.Task, paths: releas
     valid = np.zeros(rows, bool)
     for i, track in enumerate(tracks.names):
         start, n = int(tracks.offset[i]), int(tracks.length[i])
-        for name in names:
-            values, _ = store.sets[name].load(track)
-            if values.ndim != 2 or values.shape[1] != set_dims[name]:
-                raise JobError(f"feature set {name!r}: {store.sets[name].directory}/{track}.npy has shape "
-                               f"{values.shape}, expected (frames, {set_dims[name]}) as its manifest says")
-        x[start:start + n], face[start:start + n] = store.load(track, names, n)
+        try:
+            x[start:start + n], face[start:start + n] = store.load(track, names, n)
+        except features.FeatureStoreError as e:
+            raise JobError(f"{e} (config.features_dir={config.features_dir})") from e
         if track in parsed:
             track_labels, track_valid = parsed[track]
             k = min(n, len(track_labels))
@@ -324,9 +329,14 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
     except ValueError as e:
         raise JobError(f"config.task: {e}") from e
     for key in ("clip_len", "batch_clips", "num_epochs", "eval_stride", "eval_batch", "log_every",
-                "keep_checkpoints", "num_folds"):
-        if int(config[key]) < 1:
-            raise JobError(f"config.{key} must be >= 1, got {config[key]}")
+                "keep_checkpoints", "model.proj_dim", "model.width", "model.depth", "model.num_heads",
+                "model.mlp_dim", "model.head_dim"):
+        checks.integer(config, key, minimum=1)
+    for key in ("seed", "fold_seed"):
+        checks.integer(config, key, minimum=0)
+    checks.number(config, "model.dropout", minimum=0, maximum=1)
+    folds = [n for n in checks.names(config, "members") if n.startswith("fold")]
+    checks.integer(config, "num_folds", minimum=2 if folds else 1)
     if config.eval_stride > config.clip_len:
         raise JobError(f"config.eval_stride={config.eval_stride} must not exceed config.clip_len={config.clip_len} "
                        "(windows must overlap or touch so every frame is predicted)")
@@ -334,9 +344,8 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
         raise JobError(f"config.member_loop must be 'auto', 'vmap' or 'map', got {config.member_loop!r}")
     if config.rng_impl not in RNG_IMPLS:
         raise JobError(f"config.rng_impl must be one of {RNG_IMPLS}, got {config.rng_impl!r}")
-    if not config.learning_rate > 0 or config.weight_decay < 0:
-        raise JobError(f"config.learning_rate must be > 0 and config.weight_decay >= 0, got "
-                       f"{config.learning_rate} and {config.weight_decay}")
+    checks.number(config, "learning_rate", minimum=0, exclusive=True)
+    checks.number(config, "weight_decay", minimum=0)
     return task
 
 
@@ -366,7 +375,7 @@ def init_state(rng: jax.Array, constants: dict[str, jax.Array], learning_rates: 
                           opt_state=jax.vmap(one)(variables["params"], learning_rates),
                           rng=jax.vmap(lambda i: jax.random.fold_in(rng, 2 * i + 1))(jnp.arange(count)),
                           feature_mean=constants["feature_mean"], feature_std=constants["feature_std"],
-                          class_weights=constants["class_weights"])
+                          class_weights=constants["class_weights"], nonfinite_steps=jnp.zeros((count,), jnp.int32))
     return TrainState(step=jnp.zeros((), jnp.int32), members=members, best_params=members.params,
                       best_batch_stats=members.batch_stats, best_score=jnp.full((count,), -jnp.inf, jnp.float32),
                       best_step=jnp.zeros((count,), jnp.int32))
@@ -397,8 +406,15 @@ def format_table(task: tasks.Task, title: str, rows: dict[str, tuple[float, np.n
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) the ensemble in `workdir`, writes predictions and tables; returns the scores."""
+    """Trains (or resumes) the ensemble in `workdir`, holding its session; writes predictions and tables and
+    returns the scores."""
     task = validate_config(config)
+    with workdir_lib.session(workdir) as stop_requested:
+        return _run(config, workdir, task, stop_requested)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop_requested: Callable[[], bool]
+         ) -> dict[str, Any]:
     store, set_names = open_store(config)
     try:
         paths = release.resolve(config.data)
@@ -448,14 +464,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     description = {"task": task.name, "model": dataclasses.asdict(cfg), "feature_sets": data.set_dims,
                    "members": [m.name for m in members]}
-    checkpointer = state_checkpoints.StateCheckpointer(os.path.join(workdir, "checkpoints"),
-                                                       keep=config.keep_checkpoints, model_description=description)
-    latest = checkpointer.latest_step()
+    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                              model_description=description, with_data=False)
+    try:
+        latest, restored = checkpointer.restore_latest(checkpointing.abstract_with_shardings(abstract, shardings))
+    except checkpointing.CheckpointMismatchError as e:
+        checkpointer.close()
+        raise JobError(str(e)) from e
     if latest is not None:
-        try:
-            state = checkpointer.restore(latest, checkpointing.abstract_with_shardings(abstract, shardings))
-        except checkpointing.CheckpointMismatchError as e:
-            raise JobError(str(e)) from e
+        state = restored
         log(f"Resumed from {checkpointer.directory} at step {latest}")
 
     member_loop = config.member_loop
@@ -486,6 +503,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     start_time, first_step = time.perf_counter(), step
     try:
         while step < total_steps:
+            if stop_requested():
+                checkpointer.stop_for_sigterm(step, state, None, checkpointer.latest_step())
             batches = [s.batch(step) for s in samplers]
             rows, mask = jax.device_put((np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])),
                                         member_sharding)
@@ -500,6 +519,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     + f" | {rate:.1f} clips/s")
                 writer.write(step, {f"loss/{m.name}": l for m, l in zip(members, losses_now)})
             if step % steps_per_epoch == 0:
+                train_state.stop_if_nonfinite(state.members.nonfinite_steps, step, " ".join(
+                    f"{m.name} {l:.4f}" for m, l in zip(members, np.asarray(step_metrics["loss"]))),
+                    checkpointer.latest_step(), checkpointer.directory, [m.name for m in members])
                 outputs = predict_all(state.members.params, state.members.batch_stats)
                 scores = np.where(has_heldout, np.asarray(score_fn(outputs, data.labels, heldout_masks)[0]), -np.inf)
                 improved = scores > np.asarray(state.best_score)

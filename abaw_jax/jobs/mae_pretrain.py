@@ -43,6 +43,10 @@ from abaw_jax.runtime.telemetry import log
 from abaw_jax.runtime.train_state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Settings that change how the job runs or reports, never what it trains: the pipeline keeps a finished stage
+# when only these change (remat recomputes the same activations; the cache holds the same generated data).
+COSMETIC_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "image_every", "image_count", "model.remat",
+                 "data.worker_count", "data.worker_buffer_size", "data.cache_dir")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -185,22 +189,8 @@ def _export_encoder(params: Any, cfg: MAEConfig, workdir: str) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Runs (or resumes) MAE pretraining in `workdir`, holding its lock; returns the final state."""
     validate_config(config)
-    with workdir_lib.lock(workdir, enabled=jax.process_index() == 0), \
-            workdir_lib.stop_on_sigterm() as stop_requested:
+    with workdir_lib.session(workdir) as stop_requested:
         return _train(config, workdir, stop_requested)
-
-
-def _stop_on_sigterm(step: int, state: TrainState, data_iter: Any, checkpointer: checkpointing.Checkpointer,
-                     last_good_checkpoint: int | None) -> None:
-    if jax.process_count() > 1:
-        # The other processes did not get the signal: a collective save would wait for them forever.
-        raise JobError(f"stopped by SIGTERM at step {step}; the last checkpoint (step {last_good_checkpoint}) "
-                       f"is in {checkpointer.directory}: rerun the same command to resume from it")
-    if last_good_checkpoint != step:
-        checkpointer.save(step, state, data_iter)
-    checkpointer.wait()
-    raise JobError(f"stopped by SIGTERM at step {step}; saved checkpoint step {step} in "
-                   f"{checkpointer.directory}: rerun the same command to resume")
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, stop_requested: Callable[[], bool]) -> TrainState:
@@ -268,7 +258,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_requested: Call
     try:
         while step < total_steps:
             if stop_requested():
-                _stop_on_sigterm(step, state, data_iter, checkpointer, last_good_checkpoint)
+                checkpointer.stop_for_sigterm(step, state, data_iter, last_good_checkpoint)
             wait_start = time.perf_counter()
             local = next(data_iter)["image"]
             throughput.data_wait += time.perf_counter() - wait_start
@@ -283,8 +273,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_requested: Call
             log_now = step % config.log_every == 0 or step == first_step + 1 or is_last
             if log_now or step % config.checkpoint_every == 0:
                 scalars = jax.device_get(step_metrics)
-                train_state.stop_if_nonfinite(state, step, float(scalars["loss"]), last_good_checkpoint,
-                                              checkpointer.directory)
+                train_state.stop_if_nonfinite(state.nonfinite_steps, step, float(scalars["loss"]),
+                                              last_good_checkpoint, checkpointer.directory)
                 if log_now:
                     scalars.update(throughput.measure(step, total_steps))
                     log(telemetry.progress_line(step, total_steps, scalars))

@@ -1,15 +1,20 @@
 """The whole method in one run: every stage job in order, each in its own sub-folder (configs/abaw.py).
 
-The pipeline only chains: each stage is the stage job itself (`run(config, workdir)` from the registry main.py
-passes in), called in this process with the stage's own config, whose input paths point at the folders of the
-stages before it (`runtime.pipeline_dirs`). Around each stage it keeps `<stage>/stage.json`:
+The pipeline only chains: each stage is the stage job itself (a `StageJob` from the registry main.py passes
+in), called in this process with the stage's own config, whose input paths point at the folders of the stages
+before it (`runtime.pipeline_dirs`). Around each stage it keeps `<stage>/stage.json`:
 
   {"stage", "job", "config", "inputs": {stage: fingerprint}, "fingerprint", "complete", "seconds"}
 
-The fingerprint hashes the stage's config and its inputs' fingerprints, so a change anywhere reruns that stage
-and every stage that reads it, and nothing else. A stage with the same fingerprint that did not finish (killed,
-crashed) is run again in its folder, where the job resumes from its own checkpoints; a changed stage's folder is
-cleared first so no job resumes from state trained with other settings.
+`config` is the stage's settings with every path inside the pipeline workdir written as `$WORKDIR/...`, so a
+moved or copied workdir reads as the same run. A stage is up to date when its settings agree with the recorded
+ones on every key but the job's cosmetic keys (logging intervals, worker counts, batch sizes of inference:
+`StageJob.cosmetic_keys`) and every stage it reads is the one it was made from; then it is skipped. A stage with
+the same settings that did not finish (killed, crashed) is run again in its folder, where the job resumes from
+its own checkpoints. A stage whose settings changed runs afresh: its finished folder is first renamed to
+`<stage>.previous` and deleted only once the new run completes, so an interrupted rerun loses nothing, and a
+rerun with the old settings puts the old folder back instead of training again. Nothing finished is deleted
+before its replacement is complete.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import jax
@@ -37,6 +42,8 @@ from abaw_jax.runtime.telemetry import format_duration, log
 
 # Bumped when what the report / bundle steps write changes, so finished runs redo them.
 _STEP_VERSIONS = {"report": 2, "predictor": 2}
+WORKDIR_MARK = "$WORKDIR"
+PREVIOUS_SUFFIX = ".previous"
 _STAGE_CONFIG_TEMPLATE = '''"""Settings of pipeline stage {name!r}, written by configs/abaw.py's pipeline (edits here are not read
 back).
 
@@ -49,6 +56,16 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({values!r})
 '''
+
+
+@dataclasses.dataclass(frozen=True)
+class StageJob:
+    """A stage job as the registry hands it to the pipeline: its `run(config, workdir)`, its `validate_config`,
+    and its cosmetic keys: dotted config keys that change how the job runs or reports, never its results."""
+
+    run: Callable[[ml_collections.ConfigDict, str], Any]
+    validate: Callable[[ml_collections.ConfigDict], Any]
+    cosmetic_keys: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -67,10 +84,22 @@ class Stage:
     def name(self) -> str:
         return os.path.basename(self.directory)
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self, root: str) -> dict[str, Any]:
+        """The stage's settings as stage.json records them: JSON values, paths under `root` made portable."""
         if self.config is not None:
-            return json.loads(json.dumps(self.config.to_dict(), sort_keys=True))
+            return portable(json.loads(json.dumps(self.config.to_dict(), sort_keys=True)), root)
         return {"version": _STEP_VERSIONS[self.name]}
+
+
+def portable(value: Any, root: str) -> Any:
+    """`value` with every path inside the pipeline workdir `root` written as `$WORKDIR/<path below root>`."""
+    if isinstance(value, dict):
+        return {key: portable(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item, root) for item in value]
+    if isinstance(value, str) and (value == root or value.startswith(root + os.sep)):
+        return WORKDIR_MARK + value[len(root):]
+    return value
 
 
 def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -184,18 +213,45 @@ def _check_members(fusion: ml_collections.ConfigDict, fusion_key: str, evaluate_
                        "fold_members / official_member / ensemble.general / scene_routing")
 
 
-def fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
-    blob = json.dumps({"settings": settings, "inputs": dict(inputs)}, sort_keys=True)
+def result_settings(settings: Mapping[str, Any], cosmetic_keys: Collection[str]) -> dict[str, Any]:
+    """{dotted key: value} of the settings that decide a stage's results (all but `cosmetic_keys`)."""
+    return {k: v for k, v in flat_settings(dict(settings)).items() if k not in cosmetic_keys}
+
+
+def fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, str], cosmetic_keys: Collection[str] = ()) -> str:
+    blob = json.dumps({"settings": result_settings(settings, cosmetic_keys), "inputs": dict(inputs)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def describe_change(old: Mapping[str, Any], settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
-    """What differs between a stage's recorded run and this one, for the log line that explains a rerun."""
-    before, after = flat_settings(old.get("config", {})), flat_settings(settings)
-    changed = [f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"
-               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
-    changed += [f"input {k} changed" for k in sorted(inputs) if old.get("inputs", {}).get(k) != inputs[k]]
-    return "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+def changed_keys(old: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """'key: old -> new' for every setting that differs between a recorded run's config and `settings`."""
+    before, after = flat_settings(dict(old)), flat_settings(dict(settings))
+    return [f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"
+            for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+
+
+def _listing(changes: list[str]) -> str:
+    return "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+
+
+def describe_change(old: Mapping[str, Any], settings: Mapping[str, Any], inputs: Mapping[str, str],
+                    cosmetic_keys: Collection[str] = ()) -> str:
+    """What differs, in the settings that decide results and in the inputs, between a stage's recorded run and
+    this one, for the log line that explains a rerun."""
+    changes = changed_keys(result_settings(old.get("config", {}), cosmetic_keys),
+                           result_settings(settings, cosmetic_keys))
+    changes += [f"input {k} changed" for k in sorted(inputs) if old.get("inputs", {}).get(k) != inputs[k]]
+    return _listing(changes)
+
+
+def _up_to_date(record: Mapping[str, Any] | None, settings: Mapping[str, Any], inputs: Mapping[str, str],
+                cosmetic_keys: Collection[str], root: str) -> bool:
+    """Whether `record` is a run of these result settings on these inputs (finished or not)."""
+    if record is None:
+        return False
+    recorded = portable(record.get("config", {}), root)  # records written before paths were portable
+    return (result_settings(recorded, cosmetic_keys) == result_settings(settings, cosmetic_keys)
+            and record.get("inputs") == dict(inputs))
 
 
 def read_stage_file(directory: str) -> dict[str, Any] | None:
@@ -222,53 +278,34 @@ def _sync(tag: str) -> None:
         multihost_utils.sync_global_devices(tag)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, Callable[..., Any]],
-        validators: Mapping[str, Callable[[ml_collections.ConfigDict], Any]]) -> dict:
-    """Runs (or resumes, or skips) every stage of `config` under `workdir`; returns {stage: record}.
+def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, StageJob]) -> dict:
+    """Runs (or resumes, restores or skips) every stage of `config` under `workdir`; returns {stage: record}.
 
-    Every stage's settings go through its job's `validators[job]` first, so a bad value in a late stage stops the
-    run before the first stage trains."""
+    Every stage's settings go through its job's `validate` first, so a bad value in a late stage stops the run
+    before the first stage trains."""
     dirs = PipelineDirs(os.path.abspath(workdir))
     stages = plan(config, dirs)
     for stage in stages:
         if stage.config is not None:
             try:
-                validators[stage.job](stage.config)
+                jobs[stage.job].validate(stage.config)
             except ExplainedError as e:
                 raise type(e)(f"stage {stage.name}: {e}") from e
     leader = jax.process_index() == 0
     os.makedirs(dirs.root, exist_ok=True)
-    fingerprints: dict[str, str] = {}
+    # The fingerprint of each stage's folder as it stands after this run handled it: what later stages record
+    # as their inputs and compare with their records.
+    current: dict[str, str] = {}
     records: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
     with workdir_lib.lock(dirs.root, enabled=leader):
         for index, stage in enumerate(stages, 1):
-            settings = stage.settings()
-            inputs = {os.path.basename(d): fingerprints[os.path.basename(d)] for d in stage.inputs}
-            fingerprints[stage.name] = fingerprint(settings, inputs)
             header = f"[{index}/{len(stages)}] {stage.name}"
-            old = read_stage_file(stage.directory)
-            if old is None and os.path.isdir(stage.directory) and os.listdir(stage.directory):
-                raise JobError(f"{stage.directory} exists but was not made by this pipeline (no {STAGE_FILE}); "
-                               "move it away or choose another --workdir")
-            if old is not None and old.get("fingerprint") == fingerprints[stage.name] and old.get("complete"):
-                log(f"== {header}: done earlier with these settings, skipped")
-                records[stage.name] = {**old, "status": "skipped"}
+            record, status = _prepare(stage, dirs.root, jobs, current, header, leader)
+            current[stage.name] = record["fingerprint"]
+            if status in ("skipped", "restored"):
+                records[stage.name] = {**record, "status": status}
                 continue
-            if old is not None and old.get("fingerprint") == fingerprints[stage.name]:
-                status = "resumed"
-                log(f"== {header}: resuming the unfinished run in {stage.directory}")
-            else:
-                status = "ran"
-                if old is not None:
-                    log(f"== {header}: settings changed ({describe_change(old, settings, inputs)}); "
-                        f"clearing {stage.directory} and running it again")
-                    if leader:
-                        shutil.rmtree(stage.directory)
-                    _sync(f"cleared {stage.name}")
-                log(f"== {header}: {stage.job or stage.name} -> {stage.directory}")
-            record = {"stage": stage.name, "job": stage.job, "config": settings, "inputs": inputs,
-                      "fingerprint": fingerprints[stage.name], "complete": False}
             if leader:
                 os.makedirs(stage.directory, exist_ok=True)
                 _write_json(os.path.join(stage.directory, STAGE_FILE), record)
@@ -278,7 +315,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, C
             began = time.perf_counter()
             try:
                 if stage.config is not None:
-                    jobs[stage.job](stage.config, stage.directory)
+                    jobs[stage.job].run(stage.config, stage.directory)
                 else:
                     stage.step()
             except ExplainedError as e:
@@ -286,6 +323,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, C
             record.update(complete=True, seconds=round(time.perf_counter() - began, 1))
             if leader:
                 _write_json(os.path.join(stage.directory, STAGE_FILE), record)
+                _drop_previous(stage.directory, "its replacement is complete")
             _sync(f"finished {stage.name}")
             records[stage.name] = {**record, "status": status}
             log(f"== {header}: finished in {format_duration(record['seconds'])}")
@@ -296,6 +334,90 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, C
         log(f"Report: {report_file}\nPredictor: {dirs.predictor} "
             f"(python -m abaw_jax.predict --model={dirs.root} --videos=<video or folder> --out_dir=<folder>)")
     return records
+
+
+def _prepare(stage: Stage, root: str, jobs: Mapping[str, StageJob], current: Mapping[str, str], header: str,
+             leader: bool) -> tuple[dict[str, Any], str]:
+    """Decides what this run does with `stage` and readies its folder; returns (its record, status).
+
+    status: 'skipped' (finished with these settings), 'restored' (the finished `.previous` folder had these
+    settings and is back in place), 'resumed' (an unfinished run of these settings continues in place) or 'ran'
+    (a fresh run; a finished folder of other settings waits in `.previous` until the new run completes)."""
+    cosmetic = jobs[stage.job].cosmetic_keys if stage.config is not None else ()
+    settings = stage.settings(root)
+    inputs = {os.path.basename(d): current[os.path.basename(d)] for d in stage.inputs}
+    previous_dir = stage.directory + PREVIOUS_SUFFIX
+    old = read_stage_file(stage.directory)
+    previous = read_stage_file(previous_dir)
+    _sync(f"read {stage.name}")  # every process decides on the same records before the leader moves folders
+    if old is None and os.path.isdir(stage.directory) and os.listdir(stage.directory):
+        raise JobError(f"{stage.directory} exists but was not made by this pipeline (no {STAGE_FILE}); "
+                       "move it away or choose another --workdir")
+    here = _up_to_date(old, settings, inputs, cosmetic, root)
+    if here and old.get("complete"):
+        cosmetic_changes = changed_keys(old.get("config", {}), settings)
+        note = f" (cosmetic settings changed, results unaffected: {_listing(cosmetic_changes)})" \
+            if cosmetic_changes else ""
+        log(f"== {header}: done earlier with these settings, skipped{note}")
+        if leader:
+            _drop_previous(stage.directory, "the stage is complete")
+        _sync(f"skipped {stage.name}")
+        return old, "skipped"
+    if not here and previous is not None and previous.get("complete") and \
+            _up_to_date(previous, settings, inputs, cosmetic, root):
+        log(f"== {header}: {previous_dir} holds a finished run with these settings; restoring it")
+        if leader:
+            _swap_back(stage.directory, old)
+        _sync(f"restored {stage.name}")
+        return previous, "restored"
+    record = {"stage": stage.name, "job": stage.job, "config": settings, "inputs": inputs,
+              "fingerprint": fingerprint(settings, inputs, cosmetic), "complete": False}
+    if here:
+        log(f"== {header}: resuming the unfinished run in {stage.directory}")
+        return record, "resumed"
+    if old is not None:
+        log(f"== {header}: settings changed ({describe_change(old, settings, inputs, cosmetic)})")
+        if leader:
+            _set_aside(stage.directory, old)
+    _sync(f"set aside {stage.name}")
+    log(f"== {header}: {stage.job or stage.name} -> {stage.directory}")
+    return record, "ran"
+
+
+def _set_aside(directory: str, record: Mapping[str, Any]) -> None:
+    """Clears a stage folder for a fresh run: a finished run moves to `.previous`, an unfinished one goes."""
+    previous_dir = directory + PREVIOUS_SUFFIX
+    if record.get("complete"):
+        _drop_previous(directory, "a newer finished run replaces it")
+        os.rename(directory, previous_dir)
+        log(f"   the finished run is kept in {previous_dir} until the new one completes (rerun with the old "
+            "settings to restore it)")
+    else:
+        log(f"   removing the unfinished run of other settings in {directory}")
+        shutil.rmtree(directory)
+
+
+def _swap_back(directory: str, record: Mapping[str, Any] | None) -> None:
+    """Puts `<directory>.previous` back in place; a finished run there trades places with it."""
+    previous_dir = directory + PREVIOUS_SUFFIX
+    if record is not None and record.get("complete"):
+        parked = directory + ".swap"
+        os.rename(previous_dir, parked)
+        os.rename(directory, previous_dir)
+        os.rename(parked, directory)
+        log(f"   the finished run of the other settings is now in {previous_dir}")
+        return
+    if os.path.isdir(directory):
+        log(f"   removing the unfinished run of other settings in {directory}")
+        shutil.rmtree(directory)
+    os.rename(previous_dir, directory)
+
+
+def _drop_previous(directory: str, why: str) -> None:
+    previous_dir = directory + PREVIOUS_SUFFIX
+    if os.path.isdir(previous_dir):
+        log(f"   removing {previous_dir}: {why}")
+        shutil.rmtree(previous_dir)
 
 
 def summary(records: Mapping[str, Mapping[str, Any]], seconds: float) -> str:

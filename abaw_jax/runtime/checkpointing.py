@@ -1,9 +1,11 @@
-"""Orbax checkpoints of the train state, the grain iterator and the model description.
+"""Orbax checkpoints of the train state, the grain iterator and the model description: the one checkpointer of
+every training job (pretraining, fine-tuning, the fusion ensemble).
 
-Each checkpoint step holds three items: `state` (parameters, optimizer state, step, RNG; saved
-asynchronously, restored straight into their shardings), `data` (each process's grain iterator state) and
-`model` (the model config as JSON). Resuming into a workdir whose checkpoints describe another model stops
-with a message instead of loading mismatched arrays.
+Each checkpoint step holds `state` (parameters, optimizer state, step, RNG; saved asynchronously, restored
+straight into their shardings), `model` (the model config as JSON) and, for jobs that read through grain,
+`data` (each process's grain iterator state; jobs whose input order is a pure function of the step, like the
+fusion ensemble's clip sampler, pass `with_data=False`). Resuming into a workdir whose checkpoints describe
+another model stops with a message instead of loading mismatched arrays.
 
 Faults: `restore_latest` restores the newest checkpoint that reads back completely. A damaged one (a
 truncated or missing file, e.g. after a full disk or a copy cut short) is logged with the reason, moved to
@@ -41,14 +43,16 @@ def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int, model_description: dict[str, Any]):
+    def __init__(self, directory: str, *, keep: int, model_description: dict[str, Any], with_data: bool = True):
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (orbax would delete every checkpoint it writes), got {keep}")
         self.directory = os.path.abspath(directory)
         self.model_description = json.loads(json.dumps(model_description))
+        self.with_data = with_data
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "data", "model"))
+                                              item_names=("state", "data", "model") if with_data else
+                                              ("state", "model"))
         self._pending_step: int | None = None
 
     def latest_step(self) -> int | None:
@@ -57,16 +61,29 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iterator: Any) -> None:
+    def save(self, step: int, state: Any, data_iterator: Any = None) -> None:
         """Starts an asynchronous save; raises JobError if it (or the previous background save) fails."""
+        items = {"state": ocp.args.StandardSave(state), "model": ocp.args.JsonSave(self.model_description)}
+        if self.with_data:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         try:
-            self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-                model=ocp.args.JsonSave(self.model_description)))
+            self._manager.save(step, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001 - any failure to write is reported the same way
             raise self._save_error(step, e) from e
         self._pending_step = step
+
+    def stop_for_sigterm(self, step: int, state: Any, data_iterator: Any, last_saved: int | None) -> None:
+        """Saves `state` at `step` (unless that step is saved already) and raises the JobError that ends a run
+        stopped by SIGTERM (`workdir.stop_on_sigterm`), naming the checkpoint a rerun resumes from."""
+        if jax.process_count() > 1:
+            # The other processes did not get the signal: a collective save would wait for them forever.
+            raise JobError(f"stopped by SIGTERM at step {step}; the last checkpoint (step {last_saved}) is in "
+                           f"{self.directory}: rerun the same command to resume from it")
+        if last_saved != step:
+            self.save(step, state, data_iterator)
+        self.wait()
+        raise JobError(f"stopped by SIGTERM at step {step}; saved checkpoint step {step} in {self.directory}: "
+                       "rerun the same command to resume")
 
     def _save_error(self, step: int, error: BaseException) -> JobError:
         intact = [s for s in self.all_steps() if s != step]
@@ -74,7 +91,7 @@ class Checkpointer:
         return JobError(f"could not save checkpoint step {step} in {self.directory}: {orbax_reads.root_cause(error)}. "
                         f"Free disk space or fix the permissions, then rerun to resume; {kept}.")
 
-    def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
         """Restores into `abstract_state` (ShapeDtypeStructs with shardings) and `data_iterator` in place."""
         stored = self._manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
         if stored != self.model_description:
@@ -82,16 +99,16 @@ class Checkpointer:
                 f"{self.directory} holds a checkpoint (step {step}) of a different model ("
                 + "; ".join(_differences(stored, self.model_description))
                 + "). Use a fresh --workdir, or the config that wrote the checkpoint.")
-        layout = self._data_layout_differences(step, data_iterator)
-        if layout:
-            raise CheckpointMismatchError(
-                f"{self.directory} holds a checkpoint (step {step}) written with another data layout ("
-                + "; ".join(layout) + "). Resume with the same batch_size, data.worker_count, number of "
-                "processes and data, or use a fresh --workdir.")
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
-        return restored["state"]
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if self.with_data:
+            layout = self._data_layout_differences(step, data_iterator)
+            if layout:
+                raise CheckpointMismatchError(
+                    f"{self.directory} holds a checkpoint (step {step}) written with another data layout ("
+                    + "; ".join(layout) + "). Resume with the same batch_size, data.worker_count, number of "
+                    "processes and data, or use a fresh --workdir.")
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def _data_layout_differences(self, step: int, data_iterator: Any) -> list[str]:
         """How the stored grain iterator state's layout differs from `data_iterator`'s (grain refuses those)."""
@@ -112,7 +129,7 @@ class Checkpointer:
                 for key in ("worker_count", "sampler", "data_source")
                 if key in stored and key in current and stored[key] != current[key]]
 
-    def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | tuple[None, None]:
+    def restore_latest(self, abstract_state: Any, data_iterator: Any = None) -> tuple[int, Any] | tuple[None, None]:
         """(step, state) of the newest checkpoint that restores completely, or (None, None) if there is none.
 
         Damaged checkpoints newer than that one are logged and moved to `<directory>.damaged/`. A model

@@ -1,9 +1,9 @@
 """A run's hold on its workdir: a lock so that two runs cannot write one workdir, and a clean SIGTERM.
 
-Every job takes both with one call each around its work (the lock on process 0 only):
+Every job (pretraining, fine-tuning, features, fusion, evaluation) runs inside one `session`, which takes the
+lock (on process 0 only), turns SIGTERM into a stop request and turns on JAX's persistent compilation cache:
 
-    with workdir.lock(workdir_path, enabled=jax.process_index() == 0), \
-            workdir.stop_on_sigterm() as stop_requested:
+    with workdir.session(workdir_path) as stop_requested:
         ...                             # in the loop: if stop_requested(): save, raise JobError(...)
 
 The lock is the file `<workdir>/LOCK` holding JSON {host, pid, start, command}, created atomically. A lock
@@ -24,6 +24,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import jax
+
+from abaw_jax.runtime import cache
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
@@ -151,3 +154,12 @@ def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
         yield lambda: bool(requested)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def session(directory: str | os.PathLike) -> Iterator[Callable[[], bool]]:
+    """What every job holds while it works in `directory`: the lock (process 0), SIGTERM as a stop request the
+    loop polls (yielded), and the persistent compilation cache."""
+    cache.enable_compilation_cache()
+    with lock(directory, enabled=jax.process_index() == 0), stop_on_sigterm() as stop_requested:
+        yield stop_requested
