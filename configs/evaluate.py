@@ -26,19 +26,18 @@ per-frame predictions, compared with TMF in the ablation).
 """
 import ml_collections
 
+from abaw_jax import tasks
 from abaw_jax.data import release
-
-_TASKS = {"au": "AU", "expr": "EXPR", "va": "VA"}
 
 
 def get_config(preset: str = "expr") -> ml_collections.ConfigDict:
     task_key, _, variant = preset.partition("_")
-    if task_key not in _TASKS or variant not in ("", "tiny"):
+    if task_key not in tasks.TASK_KEYS or variant not in ("", "tiny"):
         raise ValueError(f"unknown preset {preset!r} for configs/evaluate.py; use one of "
-                         f"{[t + v for t in _TASKS for v in ('', '_tiny')]}")
+                         f"{[t + v for t in tasks.TASK_KEYS for v in ('', '_tiny')]}")
     config = ml_collections.ConfigDict()
     config.job = "evaluate"
-    config.task = _TASKS[task_key]
+    config.task = tasks.get_task(task_key).name
     config.fusion_workdir = ""
     # The fusion preset that makes fusion_workdir, named in the error when it is missing (tiny presets).
     config.fusion_preset = ""

@@ -31,6 +31,7 @@ CPU preset, the README's stage 3 (on the embedded synthetic release, after stage
 """
 import ml_collections
 
+from abaw_jax import tasks
 from abaw_jax.data import release
 
 
@@ -42,14 +43,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # Set name -> encoder path (pretraining / fine-tuning workdir, params folder, official .pth, transformers
     # folder). Only the sets named in `sets` are extracted; an empty path for one of them is an error.
     config.encoders = ml_collections.ConfigDict({
-        "au": "", "expr": "", "va": "", "mae": "",
+        **{key: "" for key in tasks.TASK_KEYS}, "mae": "",
         "affectnet_expr": "", "affectnet_va": "", "rafdb_expr": "", "bp4d_au": "",
     })
-    config.sets = ("au", "expr", "va")
+    config.sets = tasks.TASK_KEYS
     # Set name -> the task whose head its encoder carries; its per-frame outputs become the `static`
     # member of <workdir>/predictions_<set>/ (stage 5's ablation) when config.static_predictions.
     config.head_tasks = ml_collections.ConfigDict({
-        "au": "AU", "expr": "EXPR", "va": "VA", "mae": "",
+        **{task.key: task.name for task in tasks.TASKS.values()}, "mae": "",
         "affectnet_expr": "", "affectnet_va": "", "rafdb_expr": "", "bp4d_au": "",
     })
     config.static_predictions = True
@@ -71,9 +72,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     if preset == "tiny":
         config.encoders.mae = "/tmp/abaw_mae_tiny"
-        for task in ("au", "expr", "va"):
-            config.encoders[task] = f"/tmp/abaw_finetune_{task}_tiny"
-        config.sets = ("mae", "au", "expr", "va")
+        for key in tasks.TASK_KEYS:
+            config.encoders[key] = f"/tmp/abaw_finetune_{key}_tiny"
+        config.sets = ("mae",) + tasks.TASK_KEYS
         config.batch_size = 64
         config.log_every = 20
     elif preset:

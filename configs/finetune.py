@@ -36,19 +36,18 @@ export/encoder_official.* and export/finetune.json.
 """
 import ml_collections
 
+from abaw_jax import tasks
 from abaw_jax.data import release
-
-_TASKS = {"au": "AU", "expr": "EXPR", "va": "VA"}
 
 
 def get_config(preset: str = "au") -> ml_collections.ConfigDict:
     task, _, variant = preset.partition("_")
-    if task not in _TASKS or variant not in ("", "tiny"):
+    if task not in tasks.TASK_KEYS or variant not in ("", "tiny"):
         raise ValueError(f"unknown preset {preset!r} for configs/finetune.py; use one of "
-                         f"{sorted(_TASKS) + [t + '_tiny' for t in sorted(_TASKS)]}")
+                         f"{sorted(tasks.TASK_KEYS) + [t + '_tiny' for t in sorted(tasks.TASK_KEYS)]}")
     config = ml_collections.ConfigDict()
     config.job = "finetune"
-    config.task = _TASKS[task]
+    config.task = tasks.get_task(task).name
     config.seed = 0
     # A pretraining workdir, a params_io folder, an official MAE / timm .pth, or a transformers folder.
     # Empty in the tiny presets: the tiny pretraining workdir /tmp/abaw_mae_tiny.

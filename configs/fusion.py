@@ -28,8 +28,8 @@ CPU presets (`au_tiny`, `expr_tiny`, `va_tiny`), on the tiny stage-3 store of th
 import ml_collections
 
 from abaw_jax.data import release
+from abaw_jax.tasks import TASK_KEYS as TASKS
 
-TASKS = ("au", "expr", "va")
 TINY_FEATURES_DIR = "/tmp/abaw_features_tiny"
 
 

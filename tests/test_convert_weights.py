@@ -1,5 +1,8 @@
 """`python -m abaw_jax.convert_weights` end to end on small checkpoints, and our params format."""
 import json
+import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -141,3 +144,24 @@ def test_params_format_round_trip_and_bad_description(tmp_path):
         params_io.load_params(str(tmp_path / "vit"))
     with pytest.raises(FileNotFoundError, match="model.json"):
         params_io.load_params(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"format_version": 1, "kind": "vit", "config": {"width": ', r"model\.json:1: not valid JSON"),
+    ("[1, 2]", r"model\.json: found a JSON list; expected the"),
+    ('{"format_version": 1, "kind": "vit", "config": {"width": "x"}}',
+     r"model\.json: ViTConfig\.width must be an integer, found 'x'"),
+    ('{"format_version": 1, "kind": "vit", "config": [1]}', r"model\.json: 'config' must be an object"),
+])
+def test_to_official_with_a_damaged_model_json_is_one_line_naming_it(tmp_path, text, message):
+    """Was a 45-line traceback (json.decoder.JSONDecodeError, AttributeError) naming no file."""
+    config = ViTConfig(image_size=32, patch_size=16, width=16, depth=1, num_heads=2, mlp_dim=32)
+    params_io.save_params(str(tmp_path / "enc"), params_io.init_params(config), config)
+    (tmp_path / "enc" / "model.json").write_text(text)
+    result = subprocess.run([sys.executable, "-m", "abaw_jax.convert_weights", "--direction=to_official",
+                             f"--input={tmp_path / 'enc'}", f"--output={tmp_path / 'enc.pth'}"],
+                            capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert re.search(r"^error: .*" + message, lines[0]), lines[0]
+    assert not (tmp_path / "enc.pth").exists()

@@ -52,3 +52,36 @@ def test_bad_sources_are_named(mae_dir, tmp_path):
         encoders.load_encoder(str(tmp_path / "cut.pth"))
     with pytest.raises(encoders.EncoderLoadError, match="no such file"):
         encoders.load_encoder(str(tmp_path / "nothing.pth"))
+
+
+def _make_files(root, files):
+    for name in files:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not name.endswith("/"):
+            path.write_text('{"job": "fusion"}' if path.name == "stage.json" else "{}")
+
+
+@pytest.mark.parametrize("files, says", [
+    (["checkpoints/", "export/export.json", "export/ensemble.msgpack", "scores.json", "predictions/"],
+     "is a fusion workdir: its export/ holds TMF ensemble members"),
+    (["checkpoints/", "stage.json"], "is a fusion workdir"),                      # a pipeline's fusion stage
+    (["expr/manifest.json", "logmel_mfcc/"], "is a feature-extraction workdir"),
+    (["results.json", "submissions/"], "is an evaluation workdir"),
+    (["mae/stage.json", "finetune_au/"], "is a pipeline workdir: give one of its stage folders"),
+])
+def test_a_workdir_of_another_job_is_named_for_what_it_is(tmp_path, files, says):
+    """A fusion workdir was called "a pretraining workdir without export/encoder" with advice to rerun it."""
+    _make_files(tmp_path / "run", files)
+    with pytest.raises(encoders.EncoderLoadError) as caught:
+        encoders.load_encoder(str(tmp_path / "run"))
+    message = str(caught.value)
+    assert says in message and "expected a pretraining or fine-tuning workdir" in message
+    assert "rerun" not in message and "pretraining workdir without" not in message
+
+
+def test_an_unfinished_finetuning_run_is_not_called_pretraining(tmp_path):
+    _make_files(tmp_path / "run", ["checkpoints/", "best.json"])
+    with pytest.raises(encoders.EncoderLoadError, match="is a fine-tuning workdir without export/encoder: the run "
+                                                        "has not finished; rerun its command"):
+        encoders.load_encoder(str(tmp_path / "run"))

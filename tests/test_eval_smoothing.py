@@ -1,5 +1,10 @@
 """Gaussian smoothing against scipy.ndimage.gaussian_filter1d(mode='reflect', truncate=4.0), per video of a batch."""
+import subprocess
+import sys
+import time
+
 import numpy as np
+import psutil  # an orbax-checkpoint dependency
 import pytest
 from scipy import ndimage
 
@@ -69,3 +74,55 @@ def test_grid_convolution_on_the_stream_layout_matches_scipy():
                 array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
             np.testing.assert_allclose(frames[:, start:start + len(array), s].T, expected, atol=1e-6, rtol=0)
         start += len(array)
+
+
+# Runs in a child process so that its peak memory is its own; the parent kills it past the bound, so the old code
+# (which grew past 8 GB at sigma 250) fails the test instead of swapping the machine.
+_LARGE_SIGMA_CHILD = """
+import resource, sys
+import numpy as np
+from scipy import ndimage
+from abaw_jax.eval import coverage, smoothing
+rng = np.random.default_rng(0)
+arrays = [rng.uniform(size=(n, 12)).astype(np.float32) for n in (3, 17, 40, 64, 90, 120, 150, 200, 250, 300)]
+values, mask = coverage.pad_batch(arrays)
+for sigma in (250.0, 300.0):
+    out = np.asarray(smoothing.gaussian_smooth(values, mask, sigma))
+    for v, array in enumerate(arrays):
+        expected = ndimage.gaussian_filter1d(array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
+        np.testing.assert_allclose(out[v, :len(array)], expected, atol=1e-6, rtol=0)
+print("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+MEMORY_BOUND_MB = 3000  # about 270 MB measured; the old code passed 8 GB
+
+
+def test_sigmas_far_longer_than_the_videos_match_scipy_in_bounded_memory():
+    """Sigma 250 / 300 on ten short videos: scipy reflects again and again; memory stays that of a small batch."""
+    child = subprocess.Popen([sys.executable, "-c", _LARGE_SIGMA_CHILD], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    process, peak_mb = psutil.Process(child.pid), 0.0
+    while child.poll() is None:
+        try:
+            peak_mb = max(peak_mb, process.memory_info().rss / 2**20)
+        except psutil.NoSuchProcess:
+            break
+        if peak_mb > MEMORY_BOUND_MB:
+            child.kill()
+        time.sleep(0.05)
+    stdout, stderr = child.communicate()
+    assert peak_mb <= MEMORY_BOUND_MB, f"the smoothing child grew past {MEMORY_BOUND_MB} MB"
+    assert child.returncode == 0, stderr
+    assert float(stdout.split()[-1]) <= MEMORY_BOUND_MB
+
+
+def test_kernels_are_folded_to_the_longest_video():
+    kernels, radius = smoothing.video_kernels((300.0,), np.array([3, 40, 0]))
+    assert radius == 40 and kernels.shape == (1, 3, 81)
+    np.testing.assert_allclose(kernels.sum(-1), 1.0, rtol=1e-6)
+    assert np.count_nonzero(kernels[0, 0]) == 2 * 3   # a 3-frame video: offsets -3..2, one period of its reflection
+
+
+def test_negative_sigma_is_named():
+    x = np.ones((1, 4, 2), np.float32)
+    with pytest.raises(ValueError, match=r"sigma.*got sigma -1\.0"):
+        smoothing.gaussian_smooth(x, np.ones((1, 4), bool), -1.0)

@@ -6,14 +6,17 @@ quality report back. Later data builders add their cases here in the same style.
 import io
 import json
 import os
+import pathlib
+import shutil
 
 import cv2
+import grain
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from abaw_jax.data import face_shards
+from abaw_jax.data import face_shards, mae_pipeline
 
 NO_BLUR = face_shards.QualityFilter(min_face_size=64, min_blur_var=0.0)
 
@@ -106,3 +109,50 @@ def test_sixteen_bit_helper_matches_a_numpy_reference():
     values = np.array([[0, 257, 32896], [65535, 128, 65280]], np.uint16)
     converted = np.asarray(face_shards.eight_bit(Image.fromarray(values)))
     np.testing.assert_array_equal(converted, np.round(values / 257.0).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def built_shards(tmp_path_factory):
+    """Shards of 40 distinct faces (each a few KB, so the file spans several 64 KB Riegeli blocks)."""
+    tmp = tmp_path_factory.mktemp("shards")
+    root = tmp / "faces"
+    root.mkdir()
+    face = _face()
+    for i in range(40):
+        (root / f"{i:02d}.jpg").write_bytes(_jpeg(np.roll(face, 5 * i, axis=1)))
+    face_shards.build_face_shards({"r": root}, tmp / "shards", quality_filter=NO_BLUR)
+    return tmp / "shards"
+
+
+def _damaged_copy(built_shards, tmp_path, damage) -> pathlib.Path:
+    shutil.copytree(built_shards, tmp_path / "shards")
+    [shard] = face_shards.dataset_dir(tmp_path / "shards").glob("*.array_record-*")
+    data = bytearray(shard.read_bytes())
+    shard.write_bytes(damage(data))
+    return shard
+
+
+@pytest.mark.parametrize("damage", [lambda data: bytes(data[:len(data) // 2]), lambda data: b""],
+                         ids=["truncated", "empty"])
+def test_damaged_shard_is_named_when_loaded(built_shards, tmp_path, damage):
+    """Was a raw RuntimeError about Riegeli chunks from inside a grain batch, naming no file."""
+    shard = _damaged_copy(built_shards, tmp_path, damage)
+    with pytest.raises(face_shards.DamagedShardError, match=rf"^{shard}: damaged face shard, record 0 .*"
+                                                            r"data_prep\.build_face_shards --image_roots=r="):
+        face_shards.load_face_source(tmp_path / "shards")
+
+
+def _flip_a_byte_mid_file(data: bytearray) -> bytes:
+    data[len(data) // 2] ^= 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize("worker_count", [0, 2])
+def test_damage_inside_a_shard_is_named_when_read_by_the_loader(built_shards, tmp_path, worker_count):
+    shard = _damaged_copy(built_shards, tmp_path, _flip_a_byte_mid_file)
+    source = face_shards.load_face_source(tmp_path / "shards")   # the shard's first record still reads
+    loader = mae_pipeline.make_mae_loader(source, global_batch_size=4, image_size=32, seed=0, num_epochs=1,
+                                          worker_count=worker_count, shard_options=grain.sharding.NoSharding())
+    with pytest.raises(face_shards.DamagedShardError, match=rf"^{shard}: damaged face shard, record \d+ "):
+        for _ in loader:
+            pass

@@ -96,11 +96,17 @@ def test_eval_process_slices_assemble_the_single_process_batches(synthetic_affwi
             np.testing.assert_array_equal(np.concatenate([shards[0][t][key], shards[1][t][key]]), batch[key])
 
 
-def test_corrupt_eval_crop_is_masked_and_counted(synthetic_affwild2, tmp_path):
+# A JPEG cut short, and one cut short with its end-of-image marker appended (OpenCV decodes that one with a grey
+# band where the data ends, so only the strict check catches it).
+CORRUPTIONS = {"truncated": lambda data: data[:300], "truncated_with_eoi": lambda data: data[:300] + b"\xff\xd9"}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupt_eval_crop_is_masked_and_counted(synthetic_affwild2, tmp_path, corruption):
     _, evaluation = _frames(synthetic_affwild2, "EXPR")
     frames = evaluation.select(np.flatnonzero(evaluation.valid)[:6])
     broken = tmp_path / "broken.jpg"
-    broken.write_bytes(pathlib.Path(frames.paths[2]).read_bytes()[:300])
+    broken.write_bytes(CORRUPTIONS[corruption](pathlib.Path(frames.paths[2]).read_bytes()))
     paths = frames.paths.copy()
     paths[2] = str(broken)
     frames = frame_pipeline.LabelledFrames(frames.task, paths, frames.labels, frames.valid, frames.names,
@@ -109,6 +115,20 @@ def test_corrupt_eval_crop_is_masked_and_counted(synthetic_affwild2, tmp_path):
                                                       shard_options=NO_SHARDING, skipped_records_dir=tmp_path)))
     np.testing.assert_array_equal(batch["mask"], [True, True, False, True, True, True])
     assert mae_pipeline.read_skipped_records(tmp_path) == [str(broken)]
+
+
+def test_training_skips_and_counts_a_crop_cut_short_with_an_end_marker(synthetic_affwild2, tmp_path):
+    train, _ = _frames(synthetic_affwild2, "EXPR")
+    frames = train.select(np.flatnonzero(train.valid)[:5])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(CORRUPTIONS["truncated_with_eoi"](pathlib.Path(frames.paths[0]).read_bytes()))
+    frames = frame_pipeline.LabelledFrames(frames.task, np.array([str(broken)] + list(frames.paths[1:]), object),
+                                           frames.labels, frames.valid, frames.names, frames.frames)
+    loader = frame_pipeline.make_train_loader(frames, global_batch_size=4, image_size=16, seed=0, worker_count=0,
+                                              shard_options=NO_SHARDING, skipped_records_dir=tmp_path)
+    batches = iter(loader)
+    next(batches), next(batches)   # 8 reads of 5 frames: every frame, the broken one included, read at least once
+    assert set(mae_pipeline.read_skipped_records(tmp_path)) == {str(broken)}
 
 
 def _write_class_tree(root: pathlib.Path, crops: list[pathlib.Path], folders: dict[str, int]) -> None:

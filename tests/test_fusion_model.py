@@ -9,7 +9,8 @@ import torch
 
 from abaw_jax import tasks
 from abaw_jax.jobs import fusion as fusion_job
-from abaw_jax.models import fusion, losses
+from abaw_jax.eval import losses
+from abaw_jax.models import fusion
 from benchmarks.torch_tmf import TorchTMF, to_flax
 
 CONFIG = fusion.TMFConfig(input_dim=24, num_outputs=8, proj_dim=32, width=16, depth=2, num_heads=4, mlp_dim=20,
@@ -94,7 +95,7 @@ def test_training_steps_match_torch_adamw_and_batchnorm():
     member = fusion_job.MemberState(
         params=variables["params"], batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
         rng=jax.random.key(0), feature_mean=jnp.zeros(CONFIG.input_dim), feature_std=jnp.ones(CONFIG.input_dim),
-        class_weights=jnp.asarray(weights))
+        class_weights=jnp.asarray(weights), nonfinite_steps=jnp.zeros((), jnp.int32))
     batch = {"features": x, "face": face, "mask": mask, "labels": labels, "valid": valid}
     tmf = fusion.TMF(config)
     first_grads = _member_grads(member, batch, tmf)

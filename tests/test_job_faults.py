@@ -17,10 +17,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from abaw_jax.jobs import mae_pretrain
+from abaw_jax.runtime import checkpointing
 from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import ConfigError, JobError
 
@@ -170,6 +172,29 @@ def test_failed_save_is_one_error_and_the_rerun_resumes(face_data, tmp_path, mon
     assert int(state.step) == 9 and checkpoint_steps(workdir) == [3, 6, 9]
     resumed = losses(workdir)
     assert [resumed[s] for s in (4, 5, 6)] == pytest.approx([first[s] for s in (4, 5, 6)], rel=1e-6)
+
+
+def test_a_failed_background_save_is_named_by_its_own_step(tmp_path):
+    """Orbax reports a failed asynchronous save at the next save: the error must name the step that failed."""
+    checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2, model_description={},
+                                              with_data=False)
+    state = {"w": np.zeros(3, np.float32)}
+    checkpointer.save(3, state)
+    checkpointer.wait()
+    original_wait = checkpointer._manager.wait_until_finished
+    failures = [OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "6"))]
+
+    def wait_until_finished():
+        if failures:
+            raise failures.pop()
+        original_wait()
+
+    checkpointer._manager.wait_until_finished = wait_until_finished
+    checkpointer._pending_step = 6  # step 6 was saving in the background when the disk filled up
+    with pytest.raises(JobError, match=r"could not save checkpoint step 6 in .*No space left on device.*"
+                                       r"the newest intact checkpoint is step 3"):
+        checkpointer.save(9, state)
+    checkpointer.close()
 
 
 def _children(pid: int) -> set[int]:

@@ -1,9 +1,13 @@
 """Task losses against torch.nn's weighted BCE / CE and a numpy CCC; class weights by the seed team's rule."""
+import ast
+import pathlib
+
 import numpy as np
 import pytest
 import torch
 
-from abaw_jax.models import losses
+import abaw_jax.models
+from abaw_jax.eval import losses
 
 
 def test_au_loss_is_torch_bce_with_pos_weight_on_valid_frames():
@@ -55,3 +59,14 @@ def test_class_weights_max_over_count_ignoring_invalid_rows():
     np.testing.assert_allclose(losses.class_weights("AU", au, np.ones(4, bool))[:2], [1.0, 3.0])
     with pytest.raises(ValueError, match="no positive AU labels"):
         losses.class_weights("AU", np.zeros((3, 12)), np.ones(3, bool))
+
+
+def test_models_import_nothing_from_evaluation():
+    """Models sit below evaluation: the losses live in eval/ beside the metrics they share (CCC)."""
+    upward = []
+    for path in sorted(pathlib.Path(abaw_jax.models.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            upward += [f"{path.name}:{node.lineno}" for name in names if name.startswith("abaw_jax.eval")]
+    assert upward == []

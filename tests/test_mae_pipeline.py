@@ -1,5 +1,7 @@
 """Tests for the grain MAE pipeline: augmentation semantics, sharding, determinism, resume, skips."""
 import io
+import subprocess
+import sys
 
 import grain
 import jax.numpy as jnp
@@ -266,3 +268,43 @@ def test_exif_orientation_is_ignored_like_pil(side):
                                                                  side // reduction, 3)
     out = mae_pipeline.decode_random_resized_crop(encoded, np.random.default_rng(0), image_size=64)
     assert out.shape == (64, 64, 3)
+
+
+# A whole run in a child process, so that its exit (where Python's resource tracker reports) is observed.
+_WORKER_RUN = """
+import sys
+import grain
+import numpy as np
+from absl import app
+from PIL import Image
+import io
+from abaw_jax.data import mae_pipeline
+
+
+def jpeg(i):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((48, 40, 3), 10 * i, np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def main(argv):
+    source = [{"image": jpeg(i), "id": str(i)} for i in range(24)]
+    loader = mae_pipeline.make_mae_loader(source, global_batch_size=4, image_size=16, seed=0, num_epochs=1,
+                                          worker_count=2, shard_options=grain.sharding.NoSharding())
+    print(sum(1 for _ in loader), "batches")
+
+
+if __name__ == "__main__":
+    app.run(main)
+"""
+
+
+def test_a_run_with_workers_leaves_no_shared_memory_behind(tmp_path):
+    """grain frees the batches' shared memory on a background thread that never ran at exit: Python's resource
+    tracker then printed `There appear to be N leaked shared_memory objects` after every run."""
+    script = tmp_path / "run.py"
+    script.write_text(_WORKER_RUN)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["6", "batches"]
+    assert "leaked shared_memory" not in result.stderr and "resource_tracker" not in result.stderr, result.stderr

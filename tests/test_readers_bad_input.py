@@ -124,3 +124,39 @@ def test_split_folder_without_annotation_files(tmp_path):
         affwild2.load_task(annotations, "EXPR", crops)
     assert "expected one <name>.txt annotation file per video, found none (holds ['video1.csv'])" in str(
         caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be-bom", "utf-8-sig"])
+def test_annotation_files_saved_in_other_encodings_are_read(tmp_path, encoding):
+    annotations, crops = make_release(tmp_path)
+    path = annotations / TASK_DIR / "Train_Set" / "video1.txt"
+    text = path.read_text()
+    data = (b"\xfe\xff" + text.encode("utf-16-be")) if encoding == "utf-16-be-bom" else text.encode(encoding)
+    path.write_bytes(data)
+    video = affwild2.load_task(annotations, "EXPR", crops)["video1"]
+    np.testing.assert_array_equal(video.labels, [0, 1, 2, 3])
+
+
+def test_latin1_byte_in_a_row_names_the_file_and_line(tmp_path):
+    """Not UTF-8, so read as Latin-1; the row parser then names the line (it was a UnicodeDecodeError)."""
+    annotations, crops = make_release(tmp_path)
+    path = annotations / TASK_DIR / "Train_Set" / "video1.txt"
+    path.write_bytes(path.read_bytes().replace(b"\n2\n", b"\n2\xe9\n"))
+    with pytest.raises(affwild2.AnnotationError, match=r"video1\.txt:4: expected .*found '2é'"):
+        affwild2.load_task(annotations, "EXPR", crops)
+
+
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path):
+    annotations, crops = make_release(tmp_path)
+    path = annotations / TASK_DIR / "Train_Set" / "video1.txt"
+    path.write_bytes(path.read_text().encode("utf-16-le"))
+    with pytest.raises(affwild2.AnnotationError, match=r"video1\.txt:1: .*UTF-16 without a byte-order mark"):
+        affwild2.load_task(annotations, "EXPR", crops)
+
+
+def test_lower_case_task_keys_are_accepted_and_unknown_ones_listed(tmp_path):
+    annotations, crops = make_release(tmp_path)
+    video = affwild2.load_task(annotations, "expr", crops)["video1"]
+    assert video.task == "EXPR" and len(video) == 4
+    with pytest.raises(ValueError, match=r"unknown task 'exp'; expected one of \['AU', 'EXPR', 'VA'\]"):
+        affwild2.load_task(annotations, "exp", crops)

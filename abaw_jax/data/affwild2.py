@@ -24,7 +24,9 @@ expected and what was found) on anything that would make a dataset empty or shif
 folder numbered from 00000.jpg, crops named in another scheme (`1.jpg`, `.JPG`, `.png`, 6 digits), an
 empty crop folder or crops tree, a misspelled split folder, a split folder without annotation files, an
 annotation file without rows, a video none of whose crops is annotated. Annotation files may be named
-`*.txt` in any case.
+`*.txt` in any case. Text files are read as UTF-8 (with or without a byte-order mark), UTF-16 with a byte-order
+mark (what Windows editors save as "Unicode"), or else Latin-1 (`read_release_text`); tasks may be named in any
+case ("au" or "AU").
 
 Test set: a plain list of names per task and an example submission file per task whose first line
 is the submission header and whose rows start with `<name>/<k:05d>.jpg`, every frame in order.
@@ -32,6 +34,7 @@ is the submission header and whose rows start with `<name>/<k:05d>.jpg`, every f
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import pathlib
 import re
@@ -133,6 +136,31 @@ def source_video(name: str) -> str:
     return name
 
 
+def read_release_text(path: str | pathlib.Path) -> str:
+    """The text of an annotation, list or example submission file, whichever encoding a tool saved it in.
+
+    UTF-8 (a BOM is dropped), UTF-16 with its byte-order mark, otherwise Latin-1, which decodes any byte: the
+    rows hold digits and ASCII names, so a stray byte then fails the row's own check, which names the line.
+    UTF-16 without a byte-order mark cannot be told from binary data and is an AnnotationError.
+    """
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise AnnotationError(path, 1, "UTF-16 text after its byte-order mark",
+                                  f"undecodable bytes at offset {e.start}") from e
+    if b"\x00" in data:
+        line = data[:data.index(b"\x00")].count(b"\n") + 1
+        raise AnnotationError(path, line, "a text file (UTF-8, Latin-1, or UTF-16 with a byte-order mark)",
+                              "NUL bytes (UTF-16 without a byte-order mark, or not a text file): save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
 def find_task_dir(root: str | pathlib.Path, task: str) -> pathlib.Path:
     """The `<task>_Challenge` folder under `root` or under any folder directly inside it."""
     root = pathlib.Path(root)
@@ -149,8 +177,9 @@ def find_task_dir(root: str | pathlib.Path, task: str) -> pathlib.Path:
 def parse_annotation_file(path: str | pathlib.Path, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(labels, valid) for every row of an annotation file; row k is frame k + 1."""
     path = pathlib.Path(path)
+    task = tasks.get_task(task).name
     header = tasks.get_task(task).header
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = read_release_text(path).splitlines()
     if not lines or lines[0].strip() != header:
         raise AnnotationError(path, 1, f"the {task} header {header!r}", lines[0] if lines else "")
     parse_row = {"AU": _parse_au_row, "EXPR": _parse_expr_row, "VA": _parse_va_row}[task]
@@ -235,6 +264,7 @@ def load_video_labels(
 ) -> VideoLabels:
     """Parses one annotation file and keeps the frames that have a crop in `crops_root/<name>/`."""
     path = pathlib.Path(path)
+    task = tasks.get_task(task).name
     name = path.stem
     crop_dir = pathlib.Path(crops_root) / name
     if not crop_dir.is_dir():
@@ -269,6 +299,7 @@ def load_task(
     if isinstance(splits, str):
         raise TypeError(f"splits must be a list of split folder names such as {list(SPLITS)}, got the string "
                         f"{splits!r} (write [{splits!r}])")
+    task = tasks.get_task(task).name   # "au" as well as "AU"
     task_dir = find_task_dir(root, task)
     crops_root = pathlib.Path(crops_root)
     if crops_root.is_dir() and not any(p.is_dir() for p in crops_root.iterdir()):
@@ -338,7 +369,7 @@ def read_video_list(path: str | pathlib.Path) -> tuple[str, ...]:
     """A list of video names, one per line (reaction-video list, test-set list); blank lines skipped."""
     path = pathlib.Path(path)
     names: list[str] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(read_release_text(path).splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
@@ -375,7 +406,8 @@ def read_submission_template(path: str | pathlib.Path, task: str) -> SubmissionT
     arousal); only the locations are kept.
     """
     path = pathlib.Path(path)
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    task = tasks.get_task(task).name
+    lines = read_release_text(path).splitlines()
     header = tasks.get_task(task).submission_header
     if not lines or lines[0].strip() != header:
         raise AnnotationError(path, 1, f"the {task} submission header {header!r}", lines[0] if lines else "")

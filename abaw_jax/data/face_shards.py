@@ -1,10 +1,11 @@
 """TFDS face shards: image trees -> quality-filtered ArrayRecord shards of JPEG faces.
 
-`build_face_shards({"affectnet": "/data/affectnet", ...}, data_dir)` walks every root recursively,
-following symlinked folders (each real folder once), (*.jpg, *.jpeg, *.png in any case), drops files that fail the quality filter, and writes the rest with a
-`tfds.core.GeneratorBasedBuilder` in the ArrayRecord format to `<data_dir>/face_shards/1.0.0/`. Each
-record holds the encoded JPEG (`image`), the `source` name and a stable `id` "<source>/<relative path>".
-JPEGs are stored byte for byte; PNGs, and JPEGs that do not end in an EOI marker, are re-encoded
+`build_face_shards({"affectnet": "/data/affectnet", ...}, data_dir)` walks every root recursively for images
+(`media.video.IMAGE_EXTENSIONS`, any case), following symlinked folders (each real folder once), drops files that
+fail the quality filter, and writes the rest with a `tfds.core.GeneratorBasedBuilder` in the ArrayRecord format
+to `<data_dir>/face_shards/1.0.0/`. Each record holds the encoded JPEG (`image`), the `source` name and a stable
+`id` "<source>/<relative path>". JPEGs are stored byte for byte; other images, and JPEGs that do not end in an
+EOI marker, are re-encoded
 (quality 95) so that every stored record is a complete JPEG. 16-bit PNGs are scaled to 8 bits (not
 clipped, which would turn them white).
 
@@ -21,7 +22,8 @@ and are logged.
 
 Writing and reading need no TensorFlow: the Image feature receives encoded bytes, and
 `load_face_source` returns a `tfds` ArrayRecord data source that skips image decoding, so records are
-`{"image": <JPEG bytes>, "id": bytes, "source": bytes}` for the grain pipeline to decode.
+`{"image": <JPEG bytes>, "id": bytes, "source": bytes}` for the grain pipeline to decode; a shard that cannot be
+read (truncated, overwritten) is a `DamagedShardError` naming the file and how to rebuild it.
 """
 from __future__ import annotations
 
@@ -40,18 +42,16 @@ from absl import logging
 import cv2
 import numpy as np
 from PIL import Image
-import simplejpeg
 import tensorflow_datasets as tfds
 
+from abaw_jax.media.jpeg import CorruptImageError, check_jpeg, is_complete_jpeg
+from abaw_jax.media.video import IMAGE_EXTENSIONS
 from abaw_jax.runtime.errors import ConfigError, ExplainedError
 
 DATASET_NAME = "face_shards"
 DATASET_VERSION = "1.0.0"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 REPORT_FILENAME = "quality_report.json"
 DROP_REASONS = ("duplicate", "corrupt", "too_small", "blurry")
-_JPEG_SOI = b"\xff\xd8"
-_JPEG_EOI = b"\xff\xd9"
 _REENCODE_QUALITY = 95
 _CHECK_CHUNK = 256
 
@@ -111,10 +111,6 @@ class QualityReport:
         )
 
 
-class CorruptImageError(ValueError):
-    """Raised when encoded image bytes cannot be decoded completely."""
-
-
 class NoFacesError(ExplainedError, ValueError):
     """No image of the roots passed the quality filter."""
 
@@ -130,18 +126,6 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
 
 
-def check_jpeg_strictly(encoded: bytes) -> None:
-    """Decodes a JPEG with libjpeg-turbo treating its warnings as errors; raises CorruptImageError.
-
-    PIL and OpenCV only print libjpeg's warnings (e.g. "premature end of data segment" for a file cut
-    short that still ends in an EOI marker) and return an image whose missing part is flat grey.
-    """
-    try:
-        simplejpeg.decode_jpeg(encoded, colorspace="GRAY", strict=True)
-    except ValueError as e:
-        raise CorruptImageError(f"libjpeg: {e}") from e
-
-
 def laplacian_variance(gray: np.ndarray) -> float:
     """Variance of the 3x3 Laplacian of a 2-D grey image (the usual blur measure: low = blurry)."""
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
@@ -149,8 +133,7 @@ def laplacian_variance(gray: np.ndarray) -> float:
 
 def decode_grey(encoded: bytes) -> np.ndarray:
     """Decodes image bytes completely into a uint8 grey image; raises CorruptImageError otherwise."""
-    if is_jpeg(encoded):
-        check_jpeg_strictly(encoded)
+    check_jpeg(encoded)
     try:
         with Image.open(io.BytesIO(encoded)) as image:
             image.load()
@@ -172,16 +155,6 @@ def drop_reason(encoded: bytes, quality_filter: QualityFilter) -> str | None:
     return None
 
 
-def is_jpeg(encoded: bytes) -> bool:
-    """Whether the bytes start with the JPEG start-of-image marker."""
-    return encoded.startswith(_JPEG_SOI)
-
-
-def is_complete_jpeg(encoded: bytes) -> bool:
-    """Whether the bytes are a JPEG that ends in its end-of-image marker (i.e. is not truncated)."""
-    return is_jpeg(encoded) and encoded.endswith(_JPEG_EOI)
-
-
 def as_complete_jpeg(encoded: bytes) -> bytes:
     """Returns the bytes unchanged when they are a JPEG ending in EOI, else a re-encoded RGB JPEG."""
     if is_complete_jpeg(encoded):
@@ -193,7 +166,7 @@ def as_complete_jpeg(encoded: bytes) -> bytes:
 
 
 def list_image_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """All *.jpg/*.jpeg/*.png files below `root` (any case), sorted so that ids and order are stable.
+    """All image files (`IMAGE_EXTENSIONS`, any case) below `root`, sorted so that ids and order are stable.
 
     Symlinked folders are followed, each real folder once (a link back up the tree is not a loop), and
     symlinked files are listed even when dangling, so that the quality filter counts them as corrupt.
@@ -207,7 +180,7 @@ def list_image_files(root: pathlib.Path) -> list[pathlib.Path]:
         seen.add(real)
         subfolders.sort()
         files.extend(pathlib.Path(folder, name) for name in names
-                     if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+                     if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
     return sorted(files)
 
 
@@ -325,14 +298,66 @@ def build_face_shards(image_roots: Mapping[str, str | os.PathLike], data_dir: st
     return builder.report
 
 
-def load_face_source(data_dir: str | os.PathLike, split: str = "train") -> Sequence[dict[str, Any]]:
-    """Random-access source of `{"image": JPEG bytes, "id": bytes, "source": bytes}` records."""
+class DamagedShardError(ExplainedError, RuntimeError):
+    """A face shard file that array_record cannot read (truncated, overwritten, a failed copy); names it."""
+
+
+class FaceSource(Sequence):
+    """The shards' records (a tfds ArrayRecord data source) with a damaged shard reported by its file name.
+
+    array_record reports a damaged file as a RuntimeError about Riegeli chunks that names no file; a grain
+    worker raises it from deep inside a batch. Picklable, so grain workers get their own copy.
+    """
+
+    def __init__(self, source: Sequence[dict[str, Any]], directory: pathlib.Path, files: Sequence[str],
+                 shard_lengths: Sequence[int], built_from: Mapping[str, str]):
+        self._source, self._directory, self._files = source, directory, list(files)
+        self._ends = np.cumsum(np.asarray(shard_lengths, np.int64))
+        self._built_from = dict(built_from)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __repr__(self) -> str:
+        return f"FaceSource({self._directory}, {len(self)} faces in {len(self._files)} shards)"
+
+    def read_each_shard(self) -> None:
+        """Reads the first record of every shard: a damaged index or footer fails here, before any training."""
+        for first in (0, *self._ends[:-1]):
+            if first < len(self):
+                self[int(first)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        try:
+            return self._source[index]
+        except RuntimeError as e:  # array_record's only error type for an unreadable file
+            shard = self._files[min(int(np.searchsorted(self._ends, index, side="right")), len(self._files) - 1)]
+            roots = ",".join(f"{name}={root}" for name, root in self._built_from.items()) or "<name>=<folder>,..."
+            raise DamagedShardError(
+                f"{self._directory / shard}: damaged face shard, record {index} cannot be read ({e}); restore "
+                f"the file, or rebuild the shards: python -m data_prep.build_face_shards --image_roots={roots} "
+                f"--data_dir={self._directory.parent.parent} --overwrite") from e
+
+
+def load_face_source(data_dir: str | os.PathLike, split: str = "train") -> FaceSource:
+    """Random-access source of `{"image": JPEG bytes, "id": bytes, "source": bytes}` records.
+
+    The first record of every shard is read here, so a shard whose index or footer is damaged stops the run
+    before training (a DamagedShardError naming the file); damage inside a shard is named when it is read.
+    """
     directory = dataset_dir(data_dir)
     if not (directory / "dataset_info.json").exists():
         raise FileNotFoundError(f"No face shards in {directory} (expected dataset_info.json there); "
                                 "build them with `python -m data_prep.build_face_shards`.")
     builder = tfds.builder_from_directory(os.fspath(directory))
-    return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    split_info = builder.info.splits[split]
+    report_path = directory / REPORT_FILENAME
+    built_from = QualityReport.from_json(json.loads(report_path.read_text())).image_roots \
+        if report_path.is_file() else {}
+    faces = FaceSource(source, directory, split_info.filenames, split_info.shard_lengths, built_from)
+    faces.read_each_shard()
+    return faces
 
 
 def parse_image_roots(spec: str | Sequence[str]) -> dict[str, str]:

@@ -40,7 +40,9 @@ import numpy as np
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, mae_pipeline
-from abaw_jax.data.face_shards import IMAGE_SUFFIXES, CorruptImageError, list_image_files
+from abaw_jax.data.face_shards import list_image_files
+from abaw_jax.media.jpeg import CorruptImageError
+from abaw_jax.media.video import IMAGE_EXTENSIONS
 
 SPLIT_CHOICES = ("official", "fold1", "fold2", "fold3", "fold4", "fold5")
 NUM_FOLDS = 5
@@ -135,7 +137,7 @@ def affwild2_frames(annotations: str | os.PathLike, crops: str | os.PathLike, ta
 
 
 def image_folder_frames(root: str | os.PathLike, task: str = "EXPR") -> LabelledFrames:
-    """Images of `<root>/<class>/*` (jpg, jpeg, png) labelled by their class folder (EXPR only).
+    """Images of `<root>/<class>/*` (`IMAGE_EXTENSIONS`) labelled by their class folder (EXPR only).
 
     Class folders are the EXPR label names (any case) or indices 0..7; any other folder name is an error
     that lists them, and so is a folder without images.
@@ -161,7 +163,7 @@ def image_folder_frames(root: str | os.PathLike, task: str = "EXPR") -> Labelled
         labels += [classes[folder.name.lower()]] * len(files)
         names += [folder.name] * len(files)
     if not paths:
-        raise ValueError(f"{root}: no images ({'/'.join(sorted(IMAGE_SUFFIXES))}) in class folders "
+        raise ValueError(f"{root}: no images ({'/'.join(IMAGE_EXTENSIONS)}) in class folders "
                          f"{[p.name for p in folders]}")
     return LabelledFrames(task_info.name, np.array(paths, object), np.array(labels, np.int32),
                           np.ones(len(paths), bool), np.array(names, object), np.zeros(len(paths), np.int64))

@@ -24,10 +24,11 @@ exactly batch t of a single-process run, so the loss trajectory does not depend 
 Corrupt records can make the processes' batch counts differ at the end of a finite
 run, so multi-process training should use num_epochs=None and stop after a number of steps.
 
-Corrupt records (bytes that do not decode, or a JPEG without its EOI marker, i.e. truncated) are
-skipped and never batched. Each skip is logged as a warning with the record id, from whichever process
-decoded it (grain workers write to the parent's stderr). With `skipped_records_dir` set, every skip
-also appends the id to `<dir>/skipped_records.<pid>.txt`, which `read_skipped_records(dir)` collects
+Corrupt records (bytes that do not decode, or a JPEG that `media.jpeg.check_jpeg` rejects: truncated, even
+with an end-of-image marker appended) are skipped and never batched. Each skip is logged as a warning with the
+record id, from whichever process decoded it (grain workers write to the parent's stderr). With
+`skipped_records_dir` set, every skip also appends the id to `<dir>/skipped_records.<pid>.txt`, which
+`read_skipped_records(dir)` collects
 across all worker processes; after a restore, records decoded between the checkpoint and the
 interruption are decoded and logged again.
 
@@ -47,7 +48,9 @@ Worker processes watch their parent and exit when it is gone, so a training proc
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import gc
 import io
 import multiprocessing
 import os
@@ -60,14 +63,13 @@ from typing import Any
 from absl import logging
 import cv2
 import grain
+from grain.multiprocessing import SharedMemoryArray
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from abaw_jax.data.face_shards import CorruptImageError
-from abaw_jax.data.face_shards import is_complete_jpeg
-from abaw_jax.data.face_shards import is_jpeg
+from abaw_jax.media.jpeg import CorruptImageError, check_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,8 +127,7 @@ def encoded_image_shape(encoded: bytes) -> tuple[int, int]:
 
 def decode_rgb(encoded: bytes, reduction: int = 1) -> np.ndarray:
     """Decodes to uint8 RGB [H, W, 3], optionally DCT-downscaled by `reduction` in (1, 2, 4, 8)."""
-    if is_jpeg(encoded) and not is_complete_jpeg(encoded):
-        raise CorruptImageError("JPEG without an end-of-image marker (truncated)")
+    check_jpeg(encoded)   # OpenCV would decode a cut-short JPEG with a grey band where its data ends
     pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), _IMDECODE_FLAGS[reduction])
     if pixels is None:
         raise CorruptImageError("OpenCV could not decode the bytes")
@@ -355,6 +356,29 @@ def exit_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+
+
+def free_shared_memory_at_exit() -> None:
+    """Frees the shared memory of the last batches grain's workers sent, before Python's resource tracker looks.
+
+    The parent frees each batch's shared memory when the array is deleted, but on grain's background thread
+    (`SharedMemoryArray.enable_async_del`); the last batches of a run are deleted as it ends, their requests wait
+    on that daemon thread, the interpreter exits first, and the resource tracker printed "There appear to be N
+    leaked shared_memory objects to clean up at shutdown" after every run (and unlinked them itself). Here, at
+    exit: collect what is unreachable, switch later deletions back to synchronous, and wait for the queued ones.
+    """
+    gc.collect()
+    deleter = SharedMemoryArray._del_thread_pool   # noqa: SLF001 - grain has no public hook
+    if deleter is None:
+        return
+    SharedMemoryArray._disable_async_del()         # noqa: SLF001
+    deleter.close()
+    deleter.join()
+
+
+# Registered at import, before any loader starts: atexit runs handlers last-in first-out, so this runs before
+# multiprocessing's own exit handler stops the worker processes.
+atexit.register(free_shared_memory_at_exit)
 
 
 def use_one_opencv_thread() -> None:

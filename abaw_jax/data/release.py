@@ -31,6 +31,7 @@ import ml_collections
 
 from abaw_jax import tasks
 from abaw_jax.data import synthetic
+from abaw_jax.runtime import cache
 
 _COMPLETE = ".complete"
 _DEFAULT_PARTS = {
@@ -45,15 +46,11 @@ _DEFAULT_PARTS = {
 _OPTIONAL = ("videos", "reaction_list", "test_ground_truth")
 
 
-def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("ABAW_JAX_CACHE", pathlib.Path.home() / ".cache" / "abaw_jax"))
-
-
 def synthetic_root(cache_dir: str | os.PathLike | None, *, num_videos: int, frames_per_video: int,
                    seed: int) -> pathlib.Path:
     """The cache folder of one synthetic release (its `release/` and whatever is built from it)."""
-    cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-    return cache / f"synthetic_v{num_videos}_f{frames_per_video}_s{seed}"
+    folder = pathlib.Path(cache_dir) if cache_dir else cache.cache_dir()
+    return folder / f"synthetic_v{num_videos}_f{frames_per_video}_s{seed}"
 
 
 @contextlib.contextmanager

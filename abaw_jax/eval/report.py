@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 
 from abaw_jax import tasks as task_facts  # noqa: E402
 from abaw_jax.runtime.errors import ExplainedError  # noqa: E402
-from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat_settings  # noqa: E402
+from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, PipelineDirs, flat_settings  # noqa: E402
 from abaw_jax.runtime.telemetry import format_duration  # noqa: E402
 
 REPORT_FILE = "report.md"
@@ -193,10 +193,10 @@ def _read_task(dirs: PipelineDirs, key: str) -> TaskFiles:
 
 def _task_keys(tasks: Sequence[str]) -> list[str]:
     keys = [str(t).lower() for t in tasks]
-    unknown = [t for t in keys if t not in TASKS]
+    unknown = [t for t in keys if t not in task_facts.TASK_KEYS]
     if unknown or not keys:
-        raise ReportError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)!r}")
-    return [t for t in TASKS if t in keys]
+        raise ReportError(f"tasks must be a non-empty subset of {list(task_facts.TASK_KEYS)}, got {list(tasks)!r}")
+    return [t for t in task_facts.TASK_KEYS if t in keys]
 
 
 def _stage_folders(dirs: PipelineDirs, keys: Sequence[str]) -> list[pathlib.Path]:
@@ -525,7 +525,7 @@ def _timelines(files: TaskFiles, figures: pathlib.Path, notes: list[str]) -> lis
 def write_report(dirs: PipelineDirs, *, tasks: Sequence[str]) -> str:
     """Writes `<dirs.report>/report.md` and its figures from the stage files of `tasks`; returns the markdown."""
     keys = _task_keys(tasks)
-    not_run = [t for t in TASKS if t not in keys]
+    not_run = [t for t in task_facts.TASK_KEYS if t not in keys]
     mae = pathlib.Path(dirs.mae)
     mae_records = _read_jsonl(mae / "metrics.jsonl", "MAE loss curve")
     all_files = [_read_task(dirs, key) for key in keys]

@@ -22,6 +22,7 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -208,6 +209,10 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     task = validate_config(config)
+    if jax.process_index() != 0:
+        # Evaluation is host work on files with process-local jits; one process writes its files.
+        log(f"evaluation runs on process 0; process {jax.process_index()} waits")
+        return {}
     try:
         with workdir_lib.session(workdir):
             return _run(config, pathlib.Path(workdir), task)

@@ -51,9 +51,9 @@ from jax.sharding import Mesh
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, mae_pipeline, release
-from abaw_jax.data.face_shards import CorruptImageError
 from abaw_jax.data.features import FeatureStoreError, VisualSetWriter
 from abaw_jax.data.predictions import PredictionWriter
+from abaw_jax.media.jpeg import CorruptImageError
 from abaw_jax.models import encoders
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, ViT
 from abaw_jax.runtime import config_checks as checks
@@ -75,7 +75,7 @@ _ROLES = {"Train_Set": "train", "Validation_Set": "heldout", "test": "test"}
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # The tiny presets' fixed chain of workdirs (README) and the config that makes each.
 _TINY_WORKDIRS = {"/tmp/abaw_mae_tiny": "configs/mae.py:tiny",
-                  **{f"/tmp/abaw_finetune_{t}_tiny": f"configs/finetune.py:{t}_tiny" for t in ("au", "expr", "va")}}
+                  **{f"/tmp/abaw_finetune_{t}_tiny": f"configs/finetune.py:{t}_tiny" for t in tasks.TASK_KEYS}}
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 Model: the encoder with global average pooling over the patch tokens, `fc_norm` and a linear head (the
 official MAE fine-tuning model); VA outputs pass through tanh, so they lie in [-1, 1]. Losses (paper eq. 1,
-2, 4, `models.losses`): weighted BCE per AU, weighted CE per expression, (1 - CCC_V) + (1 - CCC_A) over the
+2, 4, `eval.losses`): weighted BCE per AU, weighted CE per expression, (1 - CCC_V) + (1 - CCC_A) over the
 batch; class weights default to `max count / count` over the training labels. AdamW with layer-wise lr
 decay, drop path, linear warmup then per-step cosine.
 
@@ -35,8 +35,8 @@ from jax.sharding import Mesh
 
 from abaw_jax import tasks
 from abaw_jax.data import frame_pipeline, mae_pipeline, release
-from abaw_jax.eval import metrics
-from abaw_jax.models import encoders, flops, losses, params_io, torch_weights
+from abaw_jax.eval import losses, metrics
+from abaw_jax.models import encoders, flops, params_io, torch_weights
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, VIT_SIZES, ViT, ViTConfig
 from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry, train_state
 from abaw_jax.runtime import config_checks as checks

@@ -52,8 +52,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, clips, features, predictions, release
-from abaw_jax.eval import metrics
-from abaw_jax.models import fusion, losses
+from abaw_jax.eval import losses, metrics
+from abaw_jax.models import fusion
 from abaw_jax.runtime import checkpointing, telemetry, train_state
 from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime import config_checks as checks
@@ -480,13 +480,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
         member_loop = "map" if jax.devices()[0].platform == "cpu" else "vmap"
     step_fn = jax.jit(functools.partial(ensemble_train_step, model=model, task=task, tx=tx, member_loop=member_loop),
                       in_shardings=(shardings, replicated, member_sharding, member_sharding),
-                      out_shardings=(shardings, member_sharding), donate_argnums=0)
+                      out_shardings=(shardings, replicated), donate_argnums=0)
+    # What the host reads comes out replicated: every process of a multi-host run holds all of it.
     predict_fn = jax.jit(functools.partial(fusion.ensemble_predict, model=model, kind=task.kind),
-                         out_shardings=member_sharding)
+                         out_shardings=replicated)
+    to_host = jax.jit(lambda tree: tree, out_shardings=replicated)
     keep_best_fn = jax.jit(keep_best, out_shardings=shardings, donate_argnums=0)
     heldout_masks = _row_masks(data, [m.heldout for m in members])
     has_heldout = heldout_masks.any(axis=1)
-    score_fn = jax.jit(functools.partial(member_scores, task=task))
+    score_fn = jax.jit(functools.partial(member_scores, task=task), out_shardings=replicated)
 
     def predict_all(params, batch_stats) -> np.ndarray:
         """(M, R, C) per-frame outputs of every member on every track, windows averaged."""
@@ -498,7 +500,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
         return clips.windowed_outputs(apply, data.tracks, data.tracks.names, config.clip_len, config.eval_stride,
                                       config.eval_batch)
 
-    writer = telemetry.MetricWriter(workdir)
+    is_main = jax.process_index() == 0
+    writer = telemetry.MetricWriter(workdir, enabled=is_main)
     step = int(jax.device_get(state.step))
     start_time, first_step = time.perf_counter(), step
     try:
@@ -519,12 +522,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
                     + f" | {rate:.1f} clips/s")
                 writer.write(step, {f"loss/{m.name}": l for m, l in zip(members, losses_now)})
             if step % steps_per_epoch == 0:
-                train_state.stop_if_nonfinite(state.members.nonfinite_steps, step, " ".join(
+                train_state.stop_if_nonfinite(to_host(state.members.nonfinite_steps), step, " ".join(
                     f"{m.name} {l:.4f}" for m, l in zip(members, np.asarray(step_metrics["loss"]))),
                     checkpointer.latest_step(), checkpointer.directory, [m.name for m in members])
                 outputs = predict_all(state.members.params, state.members.batch_stats)
                 scores = np.where(has_heldout, np.asarray(score_fn(outputs, data.labels, heldout_masks)[0]), -np.inf)
-                improved = scores > np.asarray(state.best_score)
+                improved = scores > np.asarray(to_host(state.best_score))
                 state = keep_best_fn(state, improved, scores.astype(np.float32))
                 epoch = step // steps_per_epoch
                 log(f"epoch {epoch}/{config.num_epochs} held-out {task.metric_name}: " + " ".join(
@@ -540,16 +543,20 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
     final_params = pick(state.best_params, state.members.params)
     final_stats = pick(state.best_batch_stats, state.members.batch_stats)
     outputs = predict_all(final_params, final_stats)
-    fusion.save_ensemble(os.path.join(workdir, fusion.EXPORT_DIR), fusion.EnsembleExport(
-        task=task.name, config=cfg, members=tuple(m.name for m in members), feature_sets=data.set_dims,
-        clip_len=config.clip_len, eval_stride=config.eval_stride, params=final_params, batch_stats=final_stats,
-        feature_mean=state.members.feature_mean, feature_std=state.members.feature_std))
-    return _report(workdir, task, data, members, outputs, np.asarray(state.best_step), paths, score_fn)
+    export = to_host((final_params, final_stats, state.members.feature_mean, state.members.feature_std))
+    if is_main:
+        fusion.save_ensemble(os.path.join(workdir, fusion.EXPORT_DIR), fusion.EnsembleExport(
+            task=task.name, config=cfg, members=tuple(m.name for m in members), feature_sets=data.set_dims,
+            clip_len=config.clip_len, eval_stride=config.eval_stride, params=export[0], batch_stats=export[1],
+            feature_mean=export[2], feature_std=export[3]))
+    return _report(workdir, task, data, members, outputs, np.asarray(to_host(state.best_step)), paths, score_fn,
+                   write=is_main)
 
 
 def _report(workdir: str, task: tasks.Task, data: LoadedData, members: list[clips.Member], outputs: np.ndarray,
-            best_step: np.ndarray, paths: release.ReleasePaths, score_fn) -> dict[str, Any]:
-    """Prints and writes the per-member tables and scores; writes the predictions folder."""
+            best_step: np.ndarray, paths: release.ReleasePaths, score_fn, *, write: bool = True) -> dict[str, Any]:
+    """Prints the per-member tables and scores, and (when `write`: process 0) writes them and the predictions
+    folder."""
     test_tracks = tuple(t for t, s in data.splits.items() if s == "test")
     reaction_list = affwild2.read_video_list(paths.reaction_list) if paths.reaction_list is not None else ()
     reaction_tests = tuple(t for t in test_tracks if affwild2.is_listed(t, reaction_list))
@@ -571,7 +578,6 @@ def _report(workdir: str, task: tasks.Task, data: LoadedData, members: list[clip
                                          f"({len(reaction_tests)} videos)", reaction_scores))
     text = "\n\n".join(tables)
     log(text)
-    pathlib.Path(workdir, "tables.txt").write_text(text + "\n", encoding="utf-8")
 
     def as_json(table):
         return {name: {"metric": mean, "per_class": dict(zip(task.label_names, map(float, per_class)))}
@@ -581,6 +587,9 @@ def _report(workdir: str, task: tasks.Task, data: LoadedData, members: list[clip
               "test_reaction": as_json(reaction_scores),
               "members": {m.name: {"train": list(m.train), "heldout": list(m.heldout), "best_step": int(s)}
                           for m, s in zip(members, best_step)}}
+    if not write:
+        return result
+    pathlib.Path(workdir, "tables.txt").write_text(text + "\n", encoding="utf-8")
     pathlib.Path(workdir, "scores.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
     writer = predictions.PredictionWriter(os.path.join(workdir, "predictions"), task)

@@ -316,7 +316,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, S
             try:
                 if stage.config is not None:
                     jobs[stage.job].run(stage.config, stage.directory)
-                else:
+                elif leader:  # the report and the bundle are files made from files: one process writes them
                     stage.step()
             except ExplainedError as e:
                 raise type(e)(f"stage {stage.name}: {e}") from e

@@ -43,13 +43,18 @@ PARTIAL_DIR = ".partial_crops"
 
 @dataclasses.dataclass(frozen=True)
 class Box:
-    """A detected face: top-left corner, width and height in pixels, detector score (1.0 for Haar)."""
+    """A detected face: top-left corner, width and height in pixels, detector score (1.0 for Haar).
+
+    `landmarks` are the detector's five points in pixels, (x, y) rows in the order left eye, right eye, nose,
+    left mouth corner, right mouth corner (left/right as seen in the image), or None when the detector gives
+    none (Haar)."""
 
     x: float
     y: float
     w: float
     h: float
     score: float = 1.0
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     @property
     def area(self) -> float:

@@ -20,10 +20,30 @@ import os
 import re
 from typing import Any
 
+from abaw_jax.data.features import MANIFEST as FEATURE_MANIFEST
 from abaw_jax.models import params_io
 from abaw_jax.models import torch_weights as tw
+from abaw_jax.models.fusion import EXPORT_DIR as FUSION_EXPORT_DIR
+from abaw_jax.models.fusion import EXPORT_JSON as FUSION_EXPORT_JSON
 from abaw_jax.models.mae import MAEConfig
 from abaw_jax.models.vit import VIT_SIZES, ViTConfig
+from abaw_jax.runtime.pipeline_dirs import STAGE_FILE
+
+# What an encoder path may be given, for errors about a folder that is none of them.
+EXPECTED_SOURCES = ("a pretraining or fine-tuning workdir (its export/encoder), a params folder with model.json, an "
+                    "official MAE / timm .pth or .safetensors, or a transformers folder with config.json")
+# Files each job writes in its workdir (jobs/*.py), by which a workdir without an encoder is recognised when it
+# has no stage.json (a job run on its own rather than by the pipeline).
+_WORKDIR_MARKERS = (("fusion", os.path.join(FUSION_EXPORT_DIR, FUSION_EXPORT_JSON)), ("fusion", "scores.json"),
+                    ("evaluate", "results.json"), ("finetune", "best.json"), ("mae_pretrain", "reconstructions"))
+_WORKDIR_KINDS = {
+    "fusion": "a fusion workdir: its export/ holds TMF ensemble members trained on per-frame features, not a ViT "
+              "encoder",
+    "extract_features": "a feature-extraction workdir: per-frame features of frozen encoders, not an encoder",
+    "evaluate": "an evaluation workdir: tuned post-processing and submission files, not an encoder",
+    "pipeline": "a pipeline workdir: give one of its stage folders, {path}/mae (the pretrained encoder) or "
+                "{path}/finetune_<task> (a fine-tuned one)",
+}
 
 # Keys a pretrained source may have that a fine-tuning model does not use.
 _DROPPED = re.compile(r"^(norm\.|decoder|mask_token)")
@@ -92,6 +112,25 @@ def resolve_source(path: str) -> str:
     return exported if os.path.isdir(exported) else path
 
 
+def workdir_kind(path: str) -> str | None:
+    """The job that made a folder ("mae_pretrain", "finetune", "extract_features", "fusion", "evaluate", or
+    "pipeline" for a pipeline's root), from its stage.json or the files the job writes; None if unknown."""
+    try:
+        with open(os.path.join(path, STAGE_FILE), encoding="utf-8") as f:
+            return str(json.load(f)["job"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not a pipeline stage (or a damaged record): look at the files
+    for kind, marker in _WORKDIR_MARKERS:
+        if os.path.exists(os.path.join(path, marker)):
+            return kind
+    folders = [entry.path for entry in os.scandir(path) if entry.is_dir()]
+    if any(os.path.exists(os.path.join(folder, STAGE_FILE)) for folder in folders):
+        return "pipeline"
+    if any(os.path.exists(os.path.join(folder, FEATURE_MANIFEST)) for folder in folders):
+        return "extract_features"
+    return None
+
+
 def _read_source(path: str) -> tuple[tw.StateDict, int | None, str]:
     """(official-layout state dict, heads if the source states them, kind of source) of a resolved path."""
     if os.path.isdir(path) and os.path.exists(os.path.join(path, params_io.MODEL_FILE)):
@@ -104,11 +143,14 @@ def _read_source(path: str) -> tuple[tw.StateDict, int | None, str]:
             heads = json.load(f).get("num_attention_heads")
         return tw.read_state_dict(path, "hf"), heads, "transformers"
     if os.path.isdir(path):
-        if os.path.isdir(os.path.join(path, "checkpoints")):
-            raise EncoderLoadError(f"{path} is a pretraining workdir without export/encoder: the run has not "
-                                   "finished; rerun its command with the same --workdir to complete it")
-        raise EncoderLoadError(f"{path}: expected a pretraining workdir, a params folder with model.json, or a "
-                               "transformers folder with config.json")
+        kind = workdir_kind(path)
+        if kind in _WORKDIR_KINDS:
+            raise EncoderLoadError(f"{path} is {_WORKDIR_KINDS[kind].format(path=path)}; expected {EXPECTED_SOURCES}")
+        if kind in ("mae_pretrain", "finetune") or os.path.isdir(os.path.join(path, "checkpoints")):
+            run = "a fine-tuning" if kind == "finetune" else "a pretraining"
+            raise EncoderLoadError(f"{path} is {run} workdir without export/encoder: the run has not finished; "
+                                   "rerun its command with the same --workdir to complete it")
+        raise EncoderLoadError(f"{path}: expected {EXPECTED_SOURCES}")
     if not os.path.exists(path):
         raise EncoderLoadError(f"{path}: no such file or directory")
     if path.endswith(".safetensors"):

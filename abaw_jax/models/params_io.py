@@ -52,7 +52,10 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
 
 def config_from_dict(description: dict[str, Any]) -> ModelConfig:
     """Inverse of `config_to_dict`; unknown kinds or fields raise a ValueError naming them."""
-    kind, fields = description.get("kind"), dict(description.get("config", {}))
+    kind, fields = description.get("kind"), description.get("config", {})
+    if not isinstance(fields, dict):
+        raise ValueError(f"'config' must be an object of the model's fields, found {fields!r}")
+    fields = dict(fields)
     if kind == "vit":
         return _dataclass_from_fields(ViTConfig, fields)
     if kind == "mae":
@@ -66,6 +69,16 @@ def _dataclass_from_fields(cls: type, fields: dict[str, Any]):
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"{cls.__name__} has no fields {unknown}; known fields: {sorted(known)}")
+    for field in dataclasses.fields(cls):
+        # A value of another kind than the field's default (a hand-edited or damaged file) would fail later,
+        # deep in the model's own checks, with a message that names neither the field nor the file.
+        default = field.default
+        if field.name in fields and isinstance(default, (bool, int, float, str)):
+            value = fields[field.name]
+            kinds = (int, float) if type(default) is float else (type(default),)
+            if not isinstance(value, kinds) or (type(default) is not bool and isinstance(value, bool)):
+                kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[type(default)]
+                raise ValueError(f"{cls.__name__}.{field.name} must be {kind}, found {value!r}")
     return cls(**fields)
 
 
@@ -106,18 +119,29 @@ def save_params(directory: str, params: Any, config: ModelConfig) -> None:
 
 
 def load_model_config(directory: str) -> ModelConfig:
+    """The model `directory/model.json` describes; a ParamsFileError naming the file (and line) when it is damaged."""
     path = os.path.join(directory, MODEL_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no model description; is {directory} a save_params directory?")
-    with open(path, encoding="utf-8") as f:
-        description = json.load(f)
+    expected = (f'the {{"format_version": {FORMAT_VERSION}, "kind": ..., "config": ...}} object save_params writes; '
+                "restore the file from the run that exported it, or export the weights again")
+    try:
+        with open(path, encoding="utf-8") as f:
+            description = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ParamsFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); expected "
+                              f"{expected}") from e
+    except UnicodeDecodeError as e:
+        raise ParamsFileError(f"{path}: not UTF-8 text (byte {e.start}); expected {expected}") from e
+    if not isinstance(description, dict):
+        raise ParamsFileError(f"{path}: found a JSON {type(description).__name__}; expected {expected}")
     version = description.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+        raise ParamsFileError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
     try:
         return config_from_dict(description)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong kind fails in the config's checks
+        raise ParamsFileError(f"{path}: {e}; expected {expected}") from e
 
 
 def load_params(directory: str) -> tuple[dict[str, Any], ModelConfig]:

@@ -63,6 +63,9 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_iterator: Any = None) -> None:
         """Starts an asynchronous save; raises JobError if it (or the previous background save) fails."""
+        # Orbax waits for the previous background save inside `save`, and would report its failure as this
+        # step's: waiting here first names the step that failed.
+        self.wait()
         items = {"state": ocp.args.StandardSave(state), "model": ocp.args.JsonSave(self.model_description)}
         if self.with_data:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -171,6 +174,7 @@ class Checkpointer:
         log(f"Skipped damaged checkpoint step {step} ({reason}); moved it to {target}")
 
     def wait(self) -> None:
+        """Waits for the background save; raises the JobError naming its step if it failed."""
         try:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001

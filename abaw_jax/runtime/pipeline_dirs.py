@@ -19,7 +19,9 @@ import dataclasses
 import os
 from typing import Any
 
-TASKS = ("au", "expr", "va")
+from abaw_jax import tasks
+
+TASKS = tasks.TASK_KEYS
 # '' : visual + audio features (the method); 'visual': visual features only (the audio ablation).
 VARIANTS = ("", "visual")
 STAGE_FILE = "stage.json"

@@ -7,6 +7,9 @@
 Weights follow the seed team's code: `max count / count` over the training labels (for AUs the count
 of positives per AU, for expressions the count per class). Losses average over valid frames only; a
 batch with no valid frame gives 0 (and so a zero gradient), never NaN.
+
+They live beside `metrics`: like the metrics, they are masked-array functions over labels in the annotation
+encoding (VA's loss is 1 - the metric's CCC), and models stay below evaluation (no import runs back up).
 """
 from __future__ import annotations
 
