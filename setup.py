@@ -1,4 +1,5 @@
 """abaw_jax: JAX/Flax reimplementation of the ABAW6-winning affective behaviour analysis method."""
+
 import pathlib
 
 from setuptools import find_packages, setup
@@ -55,6 +56,8 @@ setup(
             "resampy>=0.4",
             # The reference runtime of the CenterFace weights, for the detector's parity test and benchmark.
             "onnxruntime>=1.32,<2",
-        ],
+            # The tree's one style (ruff.toml); .ci/run checks it.
+            "ruff>=0.8",
+        ]
     },
 )

@@ -10,17 +10,19 @@ abaw_jax/runtime/errors.py (`ABAW_JAX_TRACEBACK=1` or --verbosity=1 adds the tra
 --distributed on every host (JAX detects the cluster: TPU pods, SLURM, ...), or name the coordinator
 explicitly with --coordinator_address=host:port --num_processes=N --process_id=i.
 """
+
 import os
 
-from absl import flags, logging
 import jax
+from absl import flags, logging
 from ml_collections import config_flags
 
 from abaw_jax.jobs.registry import JOBS
 from abaw_jax.runtime import errors, telemetry
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/mae.py:tiny.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Job config file, e.g. configs/mae.py:tiny.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, images and exports go.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")

@@ -12,6 +12,7 @@ facts from here:
 Folder and file names are those of the ABAW6 release (the EXPR folder of older releases is accepted
 when reading).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -103,7 +104,7 @@ VA = Task(
 
 TASKS: dict[str, Task] = {t.name: t for t in (AU, EXPR, VA)}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
-TASK_KEYS: tuple[str, ...] = tuple(t.key for t in TASKS.values())   # ("au", "expr", "va")
+TASK_KEYS: tuple[str, ...] = tuple(t.key for t in TASKS.values())  # ("au", "expr", "va")
 
 
 def get_task(name: str) -> Task:

@@ -8,6 +8,7 @@ is installed, so its PyTorch models break too. Defining those two schemas first 
 unavailable, and nothing here uses them. Call `prepare_torch_imports()` before importing transformers
 models, timm or torchvision. The JAX code never imports torch.
 """
+
 import glob
 import importlib
 import importlib.util

@@ -20,6 +20,7 @@ per-frame noise); the out-of-fold outputs of a video are those of member `video 
 Agreement: ours is also run on that subset, and the tuned sigma, AU thresholds, metrics before/after each step and
 the final ensemble metric are compared with the baseline's (printed with the largest difference).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,8 +28,8 @@ import os
 import pathlib
 import time
 
-from absl import app, flags
 import numpy as np
+from absl import app, flags
 from scipy import ndimage
 from sklearn.metrics import f1_score
 
@@ -59,9 +60,9 @@ def simulate(task: tasks.Task, rng: np.random.Generator, frames: int, videos: in
     lengths[-1] += frames - lengths.sum()
     length = int(lengths.max())
     mask = np.arange(length)[None, :] < lengths[:, None]
-    coarse = lambda *shape: np.repeat(rng.normal(size=shape[:-1] + (shape[-1] // 50 + 1,)), 50, -1)[..., :shape[-1]]
+    coarse = lambda *shape: np.repeat(rng.normal(size=shape[:-1] + (shape[-1] // 50 + 1,)), 50, -1)[..., : shape[-1]]
     channels = task.num_outputs
-    latent = np.moveaxis(coarse(videos, channels, length), 1, 2).astype(np.float32)       # (V, T, C), steps of 50
+    latent = np.moveaxis(coarse(videos, channels, length), 1, 2).astype(np.float32)  # (V, T, C), steps of 50
     if task.kind == "binary":
         labels = (latent > 0.5).astype(np.int8)
         signal = 2.0 * labels - 1
@@ -74,8 +75,11 @@ def simulate(task: tasks.Task, rng: np.random.Generator, frames: int, videos: in
     valid = mask & (rng.uniform(size=mask.shape) < 0.97)
     outputs = np.empty((members, videos, length, channels), np.float32)
     for m in range(members):
-        noisy = signal + 0.4 * np.moveaxis(coarse(videos, channels, length), 1, 2) + rng.normal(
-            0, 1.2 if task.kind != "continuous" else 0.35, signal.shape)
+        noisy = (
+            signal
+            + 0.4 * np.moveaxis(coarse(videos, channels, length), 1, 2)
+            + rng.normal(0, 1.2 if task.kind != "continuous" else 0.35, signal.shape)
+        )
         if task.kind == "binary":
             outputs[m] = 1 / (1 + np.exp(-1.5 * noisy))
         elif task.kind == "multiclass":
@@ -93,14 +97,25 @@ def _oof(outputs: np.ndarray) -> np.ndarray:
 
 def ours(task: tasks.Task, outputs, labels, valid, mask, sigmas, thresholds) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
-    tuned = tuning.tune(task.name, _oof(outputs), labels, valid, mask, sigmas,
-                        threshold_grid=thresholds if task.kind == "binary" else ())
+    tuned = tuning.tune(
+        task.name,
+        _oof(outputs),
+        labels,
+        valid,
+        mask,
+        sigmas,
+        threshold_grid=thresholds if task.kind == "binary" else (),
+    )
     tuning_seconds = (time.perf_counter() - start, time.process_time() - cpu)
     final = tuning.final_labels(task.name, outputs, mask, np.ones(outputs.shape[:2], bool), tuned)
     metric, _ = metrics.label_scores(task, final, labels, valid)
-    return {"sigma": tuned.sigma, "thresholds": tuned.thresholds,
-            "steps": [(s["before"], s["after"]) for s in tuned.steps], "final": float(metric),
-            "tuning_seconds": tuning_seconds}
+    return {
+        "sigma": tuned.sigma,
+        "thresholds": tuned.thresholds,
+        "steps": [(s["before"], s["after"]) for s in tuned.steps],
+        "final": float(metric),
+        "tuning_seconds": tuning_seconds,
+    }
 
 
 def _ccc(x, y):
@@ -121,12 +136,14 @@ def baseline(task: tasks.Task, outputs, labels, valid, mask, sigmas, thresholds)
     """The numpy / scipy / sklearn version of `ours`, video by video."""
     lengths = mask.sum(1)
     oof = _oof(outputs)
-    keep = [valid[v, :lengths[v]] for v in range(len(lengths))]
-    truth = np.concatenate([labels[v, :lengths[v]][k] for v, k in enumerate(keep)])
+    keep = [valid[v, : lengths[v]] for v in range(len(lengths))]
+    truth = np.concatenate([labels[v, : lengths[v]][k] for v, k in enumerate(keep)])
 
     def smoothed(per_video, sigma):
-        return [x[:n] if sigma == 0 else ndimage.gaussian_filter1d(x[:n], sigma, axis=0, mode="reflect", truncate=4.0)
-                for x, n in zip(per_video, lengths)]
+        return [
+            x[:n] if sigma == 0 else ndimage.gaussian_filter1d(x[:n], sigma, axis=0, mode="reflect", truncate=4.0)
+            for x, n in zip(per_video, lengths)
+        ]
 
     def counted(per_video):
         return np.concatenate([x[k] for x, k in zip(per_video, keep)])
@@ -142,7 +159,7 @@ def baseline(task: tasks.Task, outputs, labels, valid, mask, sigmas, thresholds)
         chosen = thresholds[np.argmax(table, axis=0)]
         steps.append((scores[best], table.max(axis=0).mean()))
     per_member = [counted(smoothed(member, sigma)) for member in outputs]
-    stacked = np.stack(per_member)                                                              # (M, F, C)
+    stacked = np.stack(per_member)  # (M, F, C)
     mean = stacked.mean(0)
     if task.kind == "binary":
         ones = (stacked >= chosen).sum(0)
@@ -179,33 +196,48 @@ def main(argv):
         subset = slice(0, _BASELINE_VIDEOS.value)
         sub_mask = mask[subset]
         sub_length = int(sub_mask.sum(1).max())
-        sub = (outputs[:, subset, :sub_length], labels[subset, :sub_length], valid[subset, :sub_length],
-               sub_mask[:, :sub_length])
+        sub = (
+            outputs[:, subset, :sub_length],
+            labels[subset, :sub_length],
+            valid[subset, :sub_length],
+            sub_mask[:, :sub_length],
+        )
         reference, base_seconds, _ = _timed(baseline, task, *sub, sigmas, thresholds)
         mine = ours(task, *sub, sigmas, thresholds)
         scale = frames / int(sub_mask.sum())
-        rows.append((task.name, frames, first, steady, steady_cpu, base_seconds, base_seconds * scale,
-                     *full["tuning_seconds"]))
+        rows.append(
+            (task.name, frames, first, steady, steady_cpu, base_seconds, base_seconds * scale, *full["tuning_seconds"])
+        )
         differences = [abs(a - b) for x, y in zip(mine["steps"], reference["steps"]) for a, b in zip(x, y)]
         differences.append(abs(mine["final"] - reference["final"]))
         same_thresholds = mine["thresholds"] is None or np.array_equal(mine["thresholds"], reference["thresholds"])
-        agreement.append(f"{task.name}: sigma ours {mine['sigma']:g} / baseline {reference['sigma']:g}; thresholds "
-                         f"{'identical' if same_thresholds else 'DIFFER'}; largest metric difference "
-                         f"{max(differences):.2e} (final ensemble metric {mine['final']:.4f}); full-size run: "
-                         f"sigma {full['sigma']:g}, metric {full['steps'][0][0]:.4f} -> {full['steps'][-1][1]:.4f}, "
-                         f"ensemble {full['final']:.4f}")
+        agreement.append(
+            f"{task.name}: sigma ours {mine['sigma']:g} / baseline {reference['sigma']:g}; thresholds "
+            f"{'identical' if same_thresholds else 'DIFFER'}; largest metric difference "
+            f"{max(differences):.2e} (final ensemble metric {mine['final']:.4f}); full-size run: "
+            f"sigma {full['sigma']:g}, metric {full['steps'][0][0]:.4f} -> {full['steps'][-1][1]:.4f}, "
+            f"ensemble {full['final']:.4f}"
+        )
         del outputs
-    print(f"\n{len(sigmas)} sigmas (0..{max(sigmas):g}), {len(thresholds)} AU thresholds, {_MEMBERS.value} members, "
-          f"{_VIDEOS.value} videos per task; baseline measured on {_BASELINE_VIDEOS.value} videos and extrapolated\n")
-    print("| task | frames | ours, first call (s) | ours, steady (s) | ours, steady CPU (s) | of which tuning (s) "
-          "| tuning CPU (s) | baseline measured (s) | baseline extrapolated (s) | speed-up (steady) |")
+    print(
+        f"\n{len(sigmas)} sigmas (0..{max(sigmas):g}), {len(thresholds)} AU thresholds, {_MEMBERS.value} members, "
+        f"{_VIDEOS.value} videos per task; baseline measured on {_BASELINE_VIDEOS.value} videos and extrapolated\n"
+    )
+    print(
+        "| task | frames | ours, first call (s) | ours, steady (s) | ours, steady CPU (s) | of which tuning (s) "
+        "| tuning CPU (s) | baseline measured (s) | baseline extrapolated (s) | speed-up (steady) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, frames, first, steady, cpu, measured, extrapolated, tune_wall, tune_cpu in rows:
-        print(f"| {name} | {frames:,} | {first:.2f} | {steady:.2f} | {cpu:.2f} | {tune_wall:.2f} | {tune_cpu:.2f} | "
-              f"{measured:.1f} | {extrapolated:.0f} | {extrapolated / steady:.0f}x |")
+        print(
+            f"| {name} | {frames:,} | {first:.2f} | {steady:.2f} | {cpu:.2f} | {tune_wall:.2f} | {tune_cpu:.2f} | "
+            f"{measured:.1f} | {extrapolated:.0f} | {extrapolated / steady:.0f}x |"
+        )
     total = [sum(r[i] for r in rows) for i in range(1, 9)]
-    print(f"| all | {total[0]:,} | {total[1]:.2f} | {total[2]:.2f} | {total[3]:.2f} | {total[6]:.2f} | "
-          f"{total[7]:.2f} | {total[4]:.1f} | {total[5]:.0f} | {total[5] / total[2]:.0f}x |")
+    print(
+        f"| all | {total[0]:,} | {total[1]:.2f} | {total[2]:.2f} | {total[3]:.2f} | {total[6]:.2f} | "
+        f"{total[7]:.2f} | {total[4]:.1f} | {total[5]:.0f} | {total[5] / total[2]:.0f}x |"
+    )
     print(f"\nload average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     for line in agreement:

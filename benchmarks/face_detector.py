@@ -16,6 +16,7 @@ process to itself, as in use (XLA's, onnxruntime's and OpenCV's thread pools eac
 cores). Each round times every implementation in turn, after one untimed warm-up call each (compilation
 happens there). Frames/s: best round and median; ratios: best round over the baseline's best round.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -47,19 +48,20 @@ def face_frame(width: int, height: int) -> np.ndarray:
     side = height // 2
     face = cv2.resize(np.ascontiguousarray(data.astronaut()[:, :, ::-1]), (side, side), interpolation=cv2.INTER_AREA)
     x, y = (width - side) // 2, (height - side) // 2
-    frame[y:y + side, x:x + side] = face
+    frame[y : y + side, x : x + side] = face
     return frame
 
 
-def onnxruntime_detector(session, max_side: int | None, threshold: float, nms_iou: float,
-                         batch: int) -> Callable[[list[np.ndarray]], list[int]]:
+def onnxruntime_detector(
+    session, max_side: int | None, threshold: float, nms_iou: float, batch: int
+) -> Callable[[list[np.ndarray]], list[int]]:
     """Frames -> number of faces, with CenterFaceDetector's letterbox, decode and NMS around onnxruntime."""
     name = session.get_inputs()[0].name
 
     def detect(frames: list[np.ndarray]) -> list[int]:
         counts = []
         for start in range(0, len(frames), batch):
-            chunk = frames[start:start + batch]
+            chunk = frames[start : start + batch]
             resized, bucket = fd.input_bucket(*chunk[0].shape[:2], max_side)
             inputs = np.stack([fd.letterbox(frame, resized, bucket) for frame in chunk])
             blob = np.ascontiguousarray(inputs[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
@@ -97,7 +99,9 @@ def _jax_impls(weights: str) -> Impls:
         for max_side in _max_sides(width, height):
             detector = fd.CenterFaceDetector(weights, max_side=max_side, batch_size=_BATCH.value)
             impls[(width, height), f"centerface jax{_suffix(max_side)}"] = (
-                _bucket(width, height, max_side), lambda d=detector, f=frames: [len(x) for x in d.detect_batch(f)])
+                _bucket(width, height, max_side),
+                lambda d=detector, f=frames: [len(x) for x in d.detect_batch(f)],
+            )
     return impls
 
 
@@ -112,7 +116,9 @@ def _other_impls(weights: str) -> Impls:
         for max_side in _max_sides(width, height):
             ort = onnxruntime_detector(session, max_side, fd.THRESHOLD, fd.NMS_IOU, _ORT_BATCH.value)
             impls[(width, height), f"centerface onnxruntime{_suffix(max_side)}"] = (
-                _bucket(width, height, max_side), lambda o=ort, f=frames: o(f))
+                _bucket(width, height, max_side),
+                lambda o=ort, f=frames: o(f),
+            )
     return impls
 
 
@@ -157,20 +163,26 @@ def main(argv):
     conn.send(None)
     worker.join()
 
-    print(f"{_FRAMES.value} frames per call, JAX batch {_BATCH.value}, onnxruntime batch {_ORT_BATCH.value}; Haar and "
-          f"onnxruntime in a separate process; {_ROUNDS.value} rounds; jax {jax.__version__} on "
-          f"{jax.devices()[0].device_kind} ({jax.default_backend()}), OpenCV {cv2.__version__}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"{_FRAMES.value} frames per call, JAX batch {_BATCH.value}, onnxruntime batch {_ORT_BATCH.value}; Haar and "
+        f"onnxruntime in a separate process; {_ROUNDS.value} rounds; jax {jax.__version__} on "
+        f"{jax.devices()[0].device_kind} ({jax.default_backend()}), OpenCV {cv2.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
     print()
-    print("| frame | impl | network input | faces/frame | frames/s (best) | frames/s (median) | vs haar | "
-          "vs onnxruntime |")
+    print(
+        "| frame | impl | network input | faces/frame | frames/s (best) | frames/s (median) | vs haar | "
+        "vs onnxruntime |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     best = {key: _FRAMES.value / min(row[2]) for key, row in rows.items()}
     for (size, impl), (bucket, _, times, found) in rows.items():
         fps = best[size, impl]
         vs_ort = f"{fps / best[size, impl.replace('jax', 'onnxruntime')]:.2f}x" if "jax" in impl else "-"
-        print(f"| {size[0]}x{size[1]} | {impl} | {bucket} | {found:.1f} | {fps:.1f} | "
-              f"{_FRAMES.value / statistics.median(times):.1f} | {fps / best[size, 'haar']:.2f}x | {vs_ort} |")
+        print(
+            f"| {size[0]}x{size[1]} | {impl} | {bucket} | {found:.1f} | {fps:.1f} | "
+            f"{_FRAMES.value / statistics.median(times):.1f} | {fps / best[size, 'haar']:.2f}x | {vs_ort} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Sizes: `tiny` is the tiny preset's model (width 192, 4 blocks, 64 px, patch 8); 
 224 px (17.6 GFLOP per frame). Defaults: on CPU 512 tiny / 64 base frames, batch 64 / 16, fp32; on an
 accelerator 32768 frames, batch 1024, bf16 (the goal on one H100: ViT-B/16 above 10,000 frames/s).
 """
+
 import concurrent.futures
 import dataclasses
 import os
@@ -30,15 +31,13 @@ import pathlib
 import tempfile
 import time
 
-from absl import app
-from absl import flags
 import jax
 import numpy as np
+from absl import app, flags
 
 from abaw_jax.data import mae_pipeline
 from abaw_jax.jobs import extract_features
-from abaw_jax.models import params_io
-from abaw_jax.models import torch_weights
+from abaw_jax.models import params_io, torch_weights
 from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
 from abaw_jax.runtime import sharding
 from abaw_jax.torch_compat import import_torchvision
@@ -47,8 +46,12 @@ from benchmarks.data_pipeline import make_faces
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "base"], "Model sizes: tiny (64 px, patch 8) and/or base (224, 16).")
 _FRAMES = flags.DEFINE_integer("frames", 0, "Frames per size; 0: 512 tiny / 64 base on CPU, 32768 elsewhere.")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0: 64 tiny / 16 base on CPU, 1024 elsewhere.")
-_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
-                           "Compute dtype of both paths; auto: bfloat16 on accelerators, float32 on CPU.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    "auto",
+    ["auto", "float32", "bfloat16"],
+    "Compute dtype of both paths; auto: bfloat16 on accelerators, float32 on CPU.",
+)
 _THREADS = flags.DEFINE_integer("threads", 0, "Decode threads (both paths); 0: one per CPU core.")
 
 _GEOMETRY = {"tiny": dict(image_size=64, patch_size=8), "base": dict(image_size=224, patch_size=16)}
@@ -78,16 +81,19 @@ def time_decode(paths, image_size, pool) -> Result:
 
 def time_ours(paths, config, params, batch, dtype, pool) -> Result:
     mesh = sharding.make_mesh()
-    model = ViT(config, dtype=extract_features.COMPUTE_DTYPES[dtype],
-                attention="cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla")
+    model = ViT(
+        config,
+        dtype=extract_features.COMPUTE_DTYPES[dtype],
+        attention="cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla",
+    )
     step = extract_features.jit_extract_step(model, None, mesh)
     params = jax.device_put(params, sharding.replicated(mesh))
 
     def run(count):
         out, in_flight = [], None
-        for pixels, valid, _ in extract_features.decoded_batches(paths.__getitem__, count, global_batch=batch,
-                                                                 image_size=config.image_size, pool=pool,
-                                                                 prefetch=4):
+        for pixels, valid, _ in extract_features.decoded_batches(
+            paths.__getitem__, count, global_batch=batch, image_size=config.image_size, pool=pool, prefetch=4
+        ):
             outputs = step(params, sharding.global_batch(pixels, mesh), sharding.global_batch(valid, mesh))
             if in_flight is not None:
                 out.append(jax.device_get(in_flight[0]))
@@ -108,9 +114,16 @@ def time_timm(paths, config, params, batch, dtype, pool) -> Result:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = timm.models.vision_transformer.VisionTransformer(
-        img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.width, depth=config.depth,
-        num_heads=config.num_heads, mlp_ratio=config.mlp_dim / config.width, global_pool="avg", fc_norm=True,
-        num_classes=0)
+        img_size=config.image_size,
+        patch_size=config.patch_size,
+        embed_dim=config.width,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_dim / config.width,
+        global_pool="avg",
+        fc_norm=True,
+        num_classes=0,
+    )
     state = {k: torch.from_numpy(np.array(v)) for k, v in torch_weights.flax_to_official(params).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -120,12 +133,14 @@ def time_timm(paths, config, params, batch, dtype, pool) -> Result:
     std = torch.tensor(mae_pipeline.IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
     def decode(chunk):
-        return [pool.submit(lambda p: mae_pipeline.decode_resize(p.read_bytes(), image_size=config.image_size), p)
-                for p in chunk]
+        return [
+            pool.submit(lambda p: mae_pipeline.decode_resize(p.read_bytes(), image_size=config.image_size), p)
+            for p in chunk
+        ]
 
     def run(paths):
         out = []
-        chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+        chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
         pending = decode(chunks[0])
         for index in range(len(chunks)):
             pixels = np.stack([f.result() for f in pending])
@@ -134,7 +149,7 @@ def time_timm(paths, config, params, batch, dtype, pool) -> Result:
             x = (torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float() - mean) / std
             with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16"):
                 tokens = model.forward_features(x)
-                feature = model.fc_norm(tokens[:, model.num_prefix_tokens:].mean(dim=1))
+                feature = model.fc_norm(tokens[:, model.num_prefix_tokens :].mean(dim=1))
             out.append(feature.float().cpu().numpy())
         return np.concatenate(out)
 
@@ -149,8 +164,10 @@ def main(argv):
     accelerator = jax.devices()[0].platform != "cpu"
     dtype = _DTYPE.value if _DTYPE.value != "auto" else ("bfloat16" if accelerator else "float32")
     threads = _THREADS.value or os.cpu_count()
-    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores, {threads} decode "
-          f"threads, {dtype} compute, 112 px JPEG crops")
+    print(
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores, {threads} decode "
+        f"threads, {dtype} compute, 112 px JPEG crops"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(threads) as pool:
         for size in _SIZES.value:
@@ -172,12 +189,16 @@ def main(argv):
             for path in paths:
                 path.unlink()
 
-    print("\n| model | frames | batch | decode only (frames/s) | abaw_jax (frames/s) | timm (frames/s) "
-          "| abaw_jax / timm | max abs feature diff |")
+    print(
+        "\n| model | frames | batch | decode only (frames/s) | abaw_jax (frames/s) | timm (frames/s) "
+        "| abaw_jax / timm | max abs feature diff |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for size, config, frames, batch, decode, ours, timm_result, diff in rows:
-        print(f"| ViT-{size} {config.image_size}px/{config.patch_size} | {frames} | {batch} | {decode.rate:,.0f} "
-              f"| {ours.rate:,.1f} | {timm_result.rate:,.1f} | {ours.rate / timm_result.rate:.2f}x | {diff:.1e} |")
+        print(
+            f"| ViT-{size} {config.image_size}px/{config.patch_size} | {frames} | {batch} | {decode.rate:,.0f} "
+            f"| {ours.rate:,.1f} | {timm_result.rate:,.1f} | {ours.rate / timm_result.rate:.2f}x | {diff:.1e} |"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Both use betas (0.9, 0.999), weight decay 0.05 off 1-d parameters and tokens, la
 Each round times `--steps` steps of each in turn (the same machine load for both); the table gives the best
 round and the median in img/s, and the ratio jax / torch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,13 +56,31 @@ TASK = tasks.EXPR
 def jax_step(config: ViTConfig, images: np.ndarray, labels: np.ndarray, weights: np.ndarray):
     params = params_io.init_params(config)
     schedule = optax.constant_schedule(LR)
-    tx = optimizer.make_optimizer(schedule, b1=BETAS[0], b2=BETAS[1], weight_decay=WEIGHT_DECAY,
-                                  lr_scales=optimizer.layer_decay_scales(params, config.depth, LAYER_DECAY))
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                       rng=jax.random.key(0), nonfinite_steps=jnp.zeros((), jnp.int32))
-    step_fn = jax.jit(functools.partial(finetune.train_step, model=ViT(config), task=TASK,
-                                        class_weights=jnp.asarray(weights), tx=tx, schedule=schedule),
-                      donate_argnums=0)
+    tx = optimizer.make_optimizer(
+        schedule,
+        b1=BETAS[0],
+        b2=BETAS[1],
+        weight_decay=WEIGHT_DECAY,
+        lr_scales=optimizer.layer_decay_scales(params, config.depth, LAYER_DECAY),
+    )
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key(0),
+        nonfinite_steps=jnp.zeros((), jnp.int32),
+    )
+    step_fn = jax.jit(
+        functools.partial(
+            finetune.train_step,
+            model=ViT(config),
+            task=TASK,
+            class_weights=jnp.asarray(weights),
+            tx=tx,
+            schedule=schedule,
+        ),
+        donate_argnums=0,
+    )
     batch = jax.device_put({"image": images, "label": labels, "mask": np.ones(len(labels), bool)})
     holder = {"state": state, "loss": None}
 
@@ -79,12 +98,24 @@ def torch_step(config: ViTConfig, images: np.ndarray, labels: np.ndarray, weight
     from timm.optim import param_groups_layer_decay
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = VisionTransformer(img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.width,
-                              depth=config.depth, num_heads=config.num_heads,
-                              mlp_ratio=config.mlp_dim / config.width, global_pool="avg",
-                              num_classes=config.num_classes, drop_path_rate=DROP_PATH).to(device).train()
-    groups = param_groups_layer_decay(model, weight_decay=WEIGHT_DECAY, layer_decay=LAYER_DECAY,
-                                      no_weight_decay_list=model.no_weight_decay())
+    model = (
+        VisionTransformer(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.width,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_dim / config.width,
+            global_pool="avg",
+            num_classes=config.num_classes,
+            drop_path_rate=DROP_PATH,
+        )
+        .to(device)
+        .train()
+    )
+    groups = param_groups_layer_decay(
+        model, weight_decay=WEIGHT_DECAY, layer_decay=LAYER_DECAY, no_weight_decay_list=model.no_weight_decay()
+    )
     for group in groups:
         group["lr"] = LR * group["lr_scale"]
     opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS)
@@ -114,9 +145,15 @@ def torch_step(config: ViTConfig, images: np.ndarray, labels: np.ndarray, weight
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    config = ViTConfig(image_size=_IMAGE_SIZE.value, patch_size=_PATCH.value, pool="gap",
-                       num_classes=TASK.num_outputs, drop_path_rate=DROP_PATH, pos_embed_trainable=True,
-                       **VIT_SIZES[_SIZE.value])
+    config = ViTConfig(
+        image_size=_IMAGE_SIZE.value,
+        patch_size=_PATCH.value,
+        pool="gap",
+        num_classes=TASK.num_outputs,
+        drop_path_rate=DROP_PATH,
+        pos_embed_trainable=True,
+        **VIT_SIZES[_SIZE.value],
+    )
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (_BATCH.value, config.image_size, config.image_size, 3), dtype=np.uint8)
     labels = rng.integers(0, TASK.num_outputs, _BATCH.value).astype(np.int32)
@@ -135,11 +172,15 @@ def main(argv: Sequence[str]) -> None:
                 step()
             sync()
             times[name].append(time.perf_counter() - start)
-    rate = {name: {"best": _BATCH.value * _STEPS.value / min(t), "median": _BATCH.value * _STEPS.value / np.median(t)}
-            for name, t in times.items()}
-    print(f"\nFine-tune step, ViT-{_SIZE.value}/{_PATCH.value} at {config.image_size} px, batch {_BATCH.value}, fp32, "
-          f"EXPR loss; {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores)\n")
+    rate = {
+        name: {"best": _BATCH.value * _STEPS.value / min(t), "median": _BATCH.value * _STEPS.value / np.median(t)}
+        for name, t in times.items()
+    }
+    print(
+        f"\nFine-tune step, ViT-{_SIZE.value}/{_PATCH.value} at {config.image_size} px, batch {_BATCH.value}, fp32, "
+        f"EXPR loss; {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores)\n"
+    )
     print("| implementation | img/s (best round) | img/s (median) |")
     print("|---|---:|---:|")
     for name, r in rate.items():

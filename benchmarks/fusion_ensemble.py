@@ -24,6 +24,7 @@ The figures are clips/s summed over members (members x batch / step time), best 
 `--steps` steps after `--warmup` untimed steps; implementations alternate within each round so a shared
 machine loads them alike. `--scaling` also times `jax_vmap`, `jax_map` and `torch_eager` at other member counts.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,8 +54,9 @@ _DIM = flags.DEFINE_integer("dim", 852, "Features per frame (768 visual + 84 log
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per implementation and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timing rounds.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation happens here).")
-_IMPLS = flags.DEFINE_list("impls", ["jax_vmap", "jax_map", "torch_eager", "torch_func_vmap", "torch_compile"],
-                           "Implementations to time.")
+_IMPLS = flags.DEFINE_list(
+    "impls", ["jax_vmap", "jax_map", "torch_eager", "torch_func_vmap", "torch_compile"], "Implementations to time."
+)
 _SCALING = flags.DEFINE_list("scaling", [], "Member counts at which to time jax_vmap and torch_eager too.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
 
@@ -69,20 +71,32 @@ def _config() -> fusion.TMFConfig:
 def jax_step(members: int, member_loop: str = "vmap") -> Callable[[], None]:
     rng = np.random.default_rng(0)
     cfg = _config()
-    data = jax.device_put(fusion_job.FrameData(
-        features=rng.normal(size=(FRAMES, cfg.input_dim)).astype(np.float32), face=np.ones(FRAMES, bool),
-        labels=rng.integers(0, 8, FRAMES).astype(np.int32), valid=np.ones(FRAMES, bool)))
-    constants = {"feature_mean": np.zeros((members, cfg.input_dim), np.float32),
-                 "feature_std": np.ones((members, cfg.input_dim), np.float32),
-                 "class_weights": np.ones((members, 8), np.float32)}
+    data = jax.device_put(
+        fusion_job.FrameData(
+            features=rng.normal(size=(FRAMES, cfg.input_dim)).astype(np.float32),
+            face=np.ones(FRAMES, bool),
+            labels=rng.integers(0, 8, FRAMES).astype(np.int32),
+            valid=np.ones(FRAMES, bool),
+        )
+    )
+    constants = {
+        "feature_mean": np.zeros((members, cfg.input_dim), np.float32),
+        "feature_std": np.ones((members, cfg.input_dim), np.float32),
+        "class_weights": np.ones((members, 8), np.float32),
+    }
     tx = fusion_job.make_optimizer(LR, WD)
     state = jax.jit(functools.partial(fusion_job.init_state, cfg=cfg, tx=tx))(
-        jax.random.key(0, impl="rbg"), constants, np.full(members, LR, np.float32))  # the job's default PRNG
+        jax.random.key(0, impl="rbg"), constants, np.full(members, LR, np.float32)
+    )  # the job's default PRNG
     starts = rng.integers(0, FRAMES - _CLIP_LEN.value, (members, _BATCH.value))
     rows = jax.device_put((starts[..., None] + np.arange(_CLIP_LEN.value)).astype(np.int32))
     mask = jax.device_put(np.ones(rows.shape, bool))
-    step_fn = jax.jit(functools.partial(fusion_job.ensemble_train_step, model=fusion.TMF(cfg), task=tasks.EXPR,
-                                        tx=tx, member_loop=member_loop), donate_argnums=0)
+    step_fn = jax.jit(
+        functools.partial(
+            fusion_job.ensemble_train_step, model=fusion.TMF(cfg), task=tasks.EXPR, tx=tx, member_loop=member_loop
+        ),
+        donate_argnums=0,
+    )
     holder = {"state": state}
 
     def run():
@@ -110,8 +124,9 @@ def torch_sequential(members: int, compiled: bool) -> Callable[[], None]:
         out = model(x, face)
         return torch.nn.functional.cross_entropy(out.reshape(-1, 8), labels.reshape(-1), weight=weights)
 
-    losses = [torch.compile(functools.partial(loss_of, m)) if compiled else functools.partial(loss_of, m)
-              for m in models]
+    losses = [
+        torch.compile(functools.partial(loss_of, m)) if compiled else functools.partial(loss_of, m) for m in models
+    ]
 
     def run():
         for loss_fn, optimizer, (x, face, labels) in zip(losses, optimizers, batches):
@@ -167,18 +182,23 @@ def time_impls(impls: dict[str, Callable[[], None]]) -> dict[str, dict[str, floa
 
 
 def build(name: str, members: int) -> Callable[[], None]:
-    return {"jax_vmap": lambda: jax_step(members, "vmap"), "jax_map": lambda: jax_step(members, "map"),
-            "torch_eager": lambda: torch_sequential(members, compiled=False),
-            "torch_compile": lambda: torch_sequential(members, compiled=True),
-            "torch_func_vmap": lambda: torch_func_vmap(members)}[name]()
+    return {
+        "jax_vmap": lambda: jax_step(members, "vmap"),
+        "jax_map": lambda: jax_step(members, "map"),
+        "torch_eager": lambda: torch_sequential(members, compiled=False),
+        "torch_compile": lambda: torch_sequential(members, compiled=True),
+        "torch_func_vmap": lambda: torch_func_vmap(members),
+    }[name]()
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
     members = _MEMBERS.value
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} on "
-          f"{jax.devices()[0].device_kind}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
-          f"{members} members x {_BATCH.value} clips x {_CLIP_LEN.value} frames x {_DIM.value} features")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} on "
+        f"{jax.devices()[0].device_kind}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"{members} members x {_BATCH.value} clips x {_CLIP_LEN.value} frames x {_DIM.value} features"
+    )
     results = time_impls({name: build(name, members) for name in _IMPLS.value})
     clips = members * _BATCH.value
     rate = {n: clips / min(r["rounds"]) for n, r in results.items()}
@@ -187,9 +207,13 @@ def main(argv: Sequence[str]) -> None:
     print("\n| impl | clips/s (sum over members) | step ms | warm-up s | vs torch eager | vs best PyTorch |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {rate[name]:.1f} | {1e3 * min(r['rounds']):.1f} | {r['warmup_s']:.1f} | "
-              + (f"{rate[name] / baseline:.2f}x" if baseline else "-") + " | "
-              + (f"{rate[name] / best_torch:.2f}x" if best_torch else "-") + " |")
+        print(
+            f"| {name} | {rate[name]:.1f} | {1e3 * min(r['rounds']):.1f} | {r['warmup_s']:.1f} | "
+            + (f"{rate[name] / baseline:.2f}x" if baseline else "-")
+            + " | "
+            + (f"{rate[name] / best_torch:.2f}x" if best_torch else "-")
+            + " |"
+        )
     scaling = {}
     if _SCALING.value:
         names = ("jax_vmap", "jax_map", "torch_eager")
@@ -199,8 +223,11 @@ def main(argv: Sequence[str]) -> None:
             timed = time_impls({n: build(n, count) for n in names})
             per = {n: count * _BATCH.value / min(r["rounds"]) for n, r in timed.items()}
             scaling[count] = per
-            print(f"| {count} | " + " | ".join(f"{per[n]:.1f}" for n in names)
-                  + f" | {per['jax_map'] / per['torch_eager']:.2f}x |")
+            print(
+                f"| {count} | "
+                + " | ".join(f"{per[n]:.1f}" for n in names)
+                + f" | {per['jax_map'] / per['torch_eager']:.2f}x |"
+            )
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
             json.dump({"results": results, "clips_per_s": rate, "scaling": scaling}, f, indent=1)

@@ -10,17 +10,18 @@ transfer, metrics, checkpoint at the end). Prints img/s per device, TFLOP/s per 
 device's peak is known, the share of time the job waited for data, and the job/step ratio. The first
 steps (compilation, warm-up) are left out of both.
 """
+
 import json
 import os
 import tempfile
 
-from absl import app, flags
 import jax
-from ml_collections import config_flags
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-from abaw_jax.models import flops
 from abaw_jax.jobs import mae_pretrain
+from abaw_jax.models import flops
 from abaw_jax.runtime import sharding
 from benchmarks.step_runner import jax_runner, timed
 
@@ -66,13 +67,20 @@ def main(argv):
         mfu = f"{100 * tflops * 1e12 / peak:.1f}%" if peak else "n/a"
         return f"| {name} | {per_device:.1f} | {tflops:.2f} | {mfu} | {wait} |"
 
-    print(f"\nMAE {config.model.size} {cfg.encoder.image_size}px, batch {config.batch_size}, {config.model.dtype}, "
-          f"{devices} x {jax.devices()[0].device_kind}, {config.data.worker_count} loader workers")
+    print(
+        f"\nMAE {config.model.size} {cfg.encoder.image_size}px, batch {config.batch_size}, {config.model.dtype}, "
+        f"{devices} x {jax.devices()[0].device_kind}, {config.data.worker_count} loader workers"
+    )
     print("| what | img/s/device | TFLOP/s/device | MFU | data wait |")
     print("|---|---|---|---|---|")
     print(row("train step alone (batch on device)", step_per_device))
-    print(row("full job (grain, transfer, metrics)", job["img_per_s_per_device"],
-              f"{100 * job['data_wait_fraction']:.0f}%"))
+    print(
+        row(
+            "full job (grain, transfer, metrics)",
+            job["img_per_s_per_device"],
+            f"{100 * job['data_wait_fraction']:.0f}%",
+        )
+    )
     print(f"job / step ratio: {job['img_per_s_per_device'] / step_per_device:.2f}")
 
 

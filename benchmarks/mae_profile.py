@@ -23,6 +23,7 @@ are of busy time) and the step's wall time. `--out_dir` keeps the trace (open it
 TensorBoard) and writes `summary.json`. On a GPU run it with the job's settings (bf16, cuDNN attention),
 at batch 256 and 512, as issue 14 asks.
 """
+
 from __future__ import annotations
 
 import glob
@@ -48,13 +49,15 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation happens here).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "", "Keeps the trace and summary.json here (default: a temp dir).")
 
+
 def main(argv):
     del argv
     image_size = _IMAGE_SIZE.value or (64 if _SIZE.value == "tiny" else 224)
     patch = 8 if _SIZE.value == "tiny" else 16
     dtype = {"fp32": jax.numpy.float32, "bf16": jax.numpy.bfloat16}[_DTYPE.value]
-    model = MAE(mae_config(_SIZE.value, image_size=image_size, patch_size=patch), dtype=dtype,
-                attention=_ATTENTION.value)
+    model = MAE(
+        mae_config(_SIZE.value, image_size=image_size, patch_size=patch), dtype=dtype, attention=_ATTENTION.value
+    )
     mesh = sharding.make_mesh(1, jax.devices()[:1])
     runner = jax_runner(model, _BATCH.value, mesh)
     timed(runner, _WARMUP.value)
@@ -64,8 +67,9 @@ def main(argv):
     jax.profiler.start_trace(out_dir, create_perfetto_trace=True)
     timed(runner, _STEPS.value)
     jax.profiler.stop_trace()
-    traces = sorted(glob.glob(os.path.join(out_dir, "**", "*perfetto_trace.json.gz"), recursive=True),
-                    key=os.path.getmtime)
+    traces = sorted(
+        glob.glob(os.path.join(out_dir, "**", "*perfetto_trace.json.gz"), recursive=True), key=os.path.getmtime
+    )
     if not traces:
         raise SystemExit(f"error: no perfetto trace was written under {out_dir}")
     hlo = runner.compiled_text()
@@ -73,17 +77,27 @@ def main(argv):
     busy = sum(per_step.values())
 
     device = jax.devices()[0]
-    print(f"MAE {_SIZE.value} step, batch {_BATCH.value}, {_DTYPE.value}, {_ATTENTION.value} attention, "
-          f"{device.device_kind}: wall {wall * 1e3:.1f} ms/step ({_BATCH.value / wall:.1f} img/s), "
-          f"op time {busy * 1e3:.1f} ms/step")
+    print(
+        f"MAE {_SIZE.value} step, batch {_BATCH.value}, {_DTYPE.value}, {_ATTENTION.value} attention, "
+        f"{device.device_kind}: wall {wall * 1e3:.1f} ms/step ({_BATCH.value / wall:.1f} img/s), "
+        f"op time {busy * 1e3:.1f} ms/step"
+    )
     print(f"| {'category':<18} | {'ms/step':>9} | {'share':>6} |")
     print(f"|{'-' * 20}|{'-' * 11}|{'-' * 8}|")
     for category in profiling.CATEGORIES:
         share = per_step[category] / busy if busy else 0.0
         print(f"| {category:<18} | {per_step[category] * 1e3:>9.2f} | {100 * share:>5.1f}% |")
-    summary = {"size": _SIZE.value, "batch": _BATCH.value, "dtype": _DTYPE.value, "attention": _ATTENTION.value,
-               "device": device.device_kind, "wall_s_per_step": wall, "op_s_per_step": per_step,
-               "trace": traces[-1], "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    summary = {
+        "size": _SIZE.value,
+        "batch": _BATCH.value,
+        "dtype": _DTYPE.value,
+        "attention": _ATTENTION.value,
+        "device": device.device_kind,
+        "wall_s_per_step": wall,
+        "op_s_per_step": per_step,
+        "trace": traces[-1],
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     print(f"trace and summary.json in {out_dir}")

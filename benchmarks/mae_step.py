@@ -21,6 +21,7 @@ GPU, bf16 at a large batch:
 
 JAX and PyTorch share the GPU here, so JAX allocates on demand instead of taking 75% of its memory upfront.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,11 +57,15 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds; each times every imp
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps first (compilation happens here).")
 _IMPLS = flags.DEFINE_list("impls", ["torch_eager", "torch_compile", "jax"], "Implementations to time.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Input resolution.")
-_ATTENTION = flags.DEFINE_list("attention", ["xla"], f"JAX attention implementations to time, of "
-                                f"{ATTENTION_IMPLEMENTATIONS} ('cudnn' needs an NVIDIA GPU).")
+_ATTENTION = flags.DEFINE_list(
+    "attention",
+    ["xla"],
+    f"JAX attention implementations to time, of {ATTENTION_IMPLEMENTATIONS} ('cudnn' needs an NVIDIA GPU).",
+)
 _REMAT = flags.DEFINE_boolean("remat", False, "JAX: recompute block activations in the backward pass.")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measures the roofline.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
+
 
 @dataclasses.dataclass
 class Timing:
@@ -103,14 +108,26 @@ def torch_mae(config: MAEConfig):
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     enc = config.encoder
-    return ViTMAEForPreTraining(ViTMAEConfig(
-        hidden_size=enc.width, num_hidden_layers=enc.depth, num_attention_heads=enc.num_heads,
-        intermediate_size=enc.mlp_dim, image_size=enc.image_size, patch_size=enc.patch_size,
-        num_channels=enc.channels, decoder_hidden_size=config.decoder_width,
-        decoder_num_hidden_layers=config.decoder_depth, decoder_num_attention_heads=config.decoder_heads,
-        decoder_intermediate_size=config.decoder_mlp_dim, mask_ratio=config.mask_ratio,
-        norm_pix_loss=config.norm_pix_loss, layer_norm_eps=1e-6, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0))
+    return ViTMAEForPreTraining(
+        ViTMAEConfig(
+            hidden_size=enc.width,
+            num_hidden_layers=enc.depth,
+            num_attention_heads=enc.num_heads,
+            intermediate_size=enc.mlp_dim,
+            image_size=enc.image_size,
+            patch_size=enc.patch_size,
+            num_channels=enc.channels,
+            decoder_hidden_size=config.decoder_width,
+            decoder_num_hidden_layers=config.decoder_depth,
+            decoder_num_attention_heads=config.decoder_heads,
+            decoder_intermediate_size=config.decoder_mlp_dim,
+            mask_ratio=config.mask_ratio,
+            norm_pix_loss=config.norm_pix_loss,
+            layer_norm_eps=1e-6,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
 
 
 def torch_runner(config: MAEConfig, batch: int, dtype: str, compile_model: bool) -> Runner:
@@ -120,8 +137,10 @@ def torch_runner(config: MAEConfig, batch: int, dtype: str, compile_model: bool)
     model = torch_mae(config).to(device).train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     is_matrix = [n.endswith(".weight") and p.ndim >= 2 for n, p in named]
-    groups = [{"params": [p for (_, p), m in zip(named, is_matrix) if m], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for (_, p), m in zip(named, is_matrix) if not m], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for (_, p), m in zip(named, is_matrix) if m], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for (_, p), m in zip(named, is_matrix) if not m], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW(groups, lr=LEARNING_RATE, betas=BETAS, fused=device == "cuda")
     forward = torch.compile(model) if compile_model else model
     size = config.encoder.image_size
@@ -161,18 +180,30 @@ def report(timings: Sequence[Timing], train_flops: float, matmul_rate: float, pe
     rows = []
     for t in timings:
         achieved = t.best_images_per_second * train_flops
-        rows.append(dict(impl=t.impl, img_per_s=t.best_images_per_second, median_img_per_s=t.median_images_per_second,
-                         step_ms=1e3 * min(t.round_seconds_per_step), warmup_s=t.warmup_seconds,
-                         tflops=achieved / 1e12, of_matmul=achieved / matmul_rate,
-                         mfu=achieved / peak if peak else None,
-                         vs_torch_eager=t.best_images_per_second / eager.best_images_per_second if eager else None))
-    print(f"{'impl':<14} {'img/s':>9} {'median':>9} {'step ms':>9} {'warmup s':>9} {'TFLOP/s':>8} {'%matmul':>8} "
-          f"{'MFU':>6} {'vs eager':>9}")
+        rows.append(
+            dict(
+                impl=t.impl,
+                img_per_s=t.best_images_per_second,
+                median_img_per_s=t.median_images_per_second,
+                step_ms=1e3 * min(t.round_seconds_per_step),
+                warmup_s=t.warmup_seconds,
+                tflops=achieved / 1e12,
+                of_matmul=achieved / matmul_rate,
+                mfu=achieved / peak if peak else None,
+                vs_torch_eager=t.best_images_per_second / eager.best_images_per_second if eager else None,
+            )
+        )
+    print(
+        f"{'impl':<14} {'img/s':>9} {'median':>9} {'step ms':>9} {'warmup s':>9} {'TFLOP/s':>8} {'%matmul':>8} "
+        f"{'MFU':>6} {'vs eager':>9}"
+    )
     for r in rows:
         mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "   n/a"
         ratio = f"{r['vs_torch_eager']:8.2f}x" if r["vs_torch_eager"] is not None else "      n/a"
-        print(f"{r['impl']:<14} {r['img_per_s']:9.2f} {r['median_img_per_s']:9.2f} {r['step_ms']:9.1f} "
-              f"{r['warmup_s']:9.1f} {r['tflops']:8.3f} {100 * r['of_matmul']:7.1f}% {mfu} {ratio}")
+        print(
+            f"{r['impl']:<14} {r['img_per_s']:9.2f} {r['median_img_per_s']:9.2f} {r['step_ms']:9.1f} "
+            f"{r['warmup_s']:9.1f} {r['tflops']:8.3f} {100 * r['of_matmul']:7.1f}% {mfu} {ratio}"
+        )
     return rows
 
 
@@ -188,38 +219,63 @@ def main(argv: Sequence[str]) -> None:
     flops = mae_flops_per_image(config)
     device = jax.devices()[0]
     peak = device_peak_flops(device)
-    print(f"MAE-{_SIZE.value} {_IMAGE_SIZE.value}px mask {config.mask_ratio}, batch {_BATCH.value}, {_DTYPE.value}; "
-          f"{flops['train'] / 1e9:.1f} GFLOP per image per train step (analytic); {_ROUNDS.value} rounds of "
-          f"{_STEPS.value} steps after {_WARMUP.value} warm-up steps")
-    print(f"jax {jax.__version__} on {device.device_kind} ({jax.default_backend()}), torch {torch.__version__} on "
-          f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'} "
-          f"({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"MAE-{_SIZE.value} {_IMAGE_SIZE.value}px mask {config.mask_ratio}, batch {_BATCH.value}, {_DTYPE.value}; "
+        f"{flops['train'] / 1e9:.1f} GFLOP per image per train step (analytic); {_ROUNDS.value} rounds of "
+        f"{_STEPS.value} steps after {_WARMUP.value} warm-up steps"
+    )
+    print(
+        f"jax {jax.__version__} on {device.device_kind} ({jax.default_backend()}), torch {torch.__version__} on "
+        f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'} "
+        f"({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     # Measured before and after the steps: on a shared CPU the faster reading is the machine's rate.
     matmul_before = matmul_flops_per_second(_MATMUL_SIZE.value, _DTYPE.value)
     runners = []
     for impl in _IMPLS.value:
         if impl == "jax":
             dtype = jnp.bfloat16 if _DTYPE.value == "bf16" else jnp.float32
-            runners.extend(jax_runner(MAE(config, dtype=dtype, remat=_REMAT.value, attention=attention),
-                                      _BATCH.value, sharding.make_mesh(1, jax.devices()[:1]))
-                           for attention in _ATTENTION.value)
+            runners.extend(
+                jax_runner(
+                    MAE(config, dtype=dtype, remat=_REMAT.value, attention=attention),
+                    _BATCH.value,
+                    sharding.make_mesh(1, jax.devices()[:1]),
+                )
+                for attention in _ATTENTION.value
+            )
         else:
             runners.append(torch_runner(config, _BATCH.value, _DTYPE.value, impl == "torch_compile"))
     timings = measure(runners, _BATCH.value, _WARMUP.value, _STEPS.value, _ROUNDS.value)
     matmul_after = matmul_flops_per_second(_MATMUL_SIZE.value, _DTYPE.value)
     matmul_rate = max(matmul_before, matmul_after)
-    print(f"measured {_MATMUL_SIZE.value}^3 {_DTYPE.value} matmul (JAX): {matmul_before / 1e12:.3f} TFLOP/s before, "
-          f"{matmul_after / 1e12:.3f} after"
-          + (f"; device peak (bf16 dense, datasheet) {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+    print(
+        f"measured {_MATMUL_SIZE.value}^3 {_DTYPE.value} matmul (JAX): {matmul_before / 1e12:.3f} TFLOP/s before, "
+        f"{matmul_after / 1e12:.3f} after"
+        + (f"; device peak (bf16 dense, datasheet) {peak / 1e12:.0f} TFLOP/s" if peak else "")
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     rows = report(timings, flops["train"], matmul_rate, peak)
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-            json.dump(dict(size=_SIZE.value, batch=_BATCH.value, dtype=_DTYPE.value, steps=_STEPS.value,
-                           rounds=_ROUNDS.value, warmup=_WARMUP.value, device=device.device_kind,
-                           train_flops_per_image=flops["train"], matmul_flops_per_second=matmul_rate,
-                           peak_flops=peak, results=rows), f, indent=2)
+            json.dump(
+                dict(
+                    size=_SIZE.value,
+                    batch=_BATCH.value,
+                    dtype=_DTYPE.value,
+                    steps=_STEPS.value,
+                    rounds=_ROUNDS.value,
+                    warmup=_WARMUP.value,
+                    device=device.device_kind,
+                    train_flops_per_image=flops["train"],
+                    matmul_flops_per_second=matmul_rate,
+                    peak_flops=peak,
+                    results=rows,
+                ),
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

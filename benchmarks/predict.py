@@ -13,14 +13,15 @@ post-processing (sigma 2, vote, scene router off). Then times, in one run:
 The ratio column is end-to-end frames/s over the video's 30 fps: "x real time" (the goal on a GPU with ViT-B:
 20x). Sizes: `tiny` is the tiny preset's encoder (width 192, 4 blocks, 64 px, patch 8); `base` ViT-B/16 at 224 px.
 """
+
 import json
 import pathlib
 import tempfile
 import time
 
-from absl import app, flags
 import jax
 import numpy as np
+from absl import app, flags
 
 from abaw_jax import predict, tasks
 from abaw_jax.data import synthetic
@@ -35,9 +36,10 @@ _SIZES = flags.DEFINE_list("sizes", ["tiny", "base"], "Model sizes: tiny, base."
 _FRAMES = flags.DEFINE_integer("frames", 300, "Frames of the synthetic video.")
 _BATCH = flags.DEFINE_integer("encoder_batch", 0, "Crops per encoder call (0: 64 on CPU, 256 on accelerators).")
 
-ENCODERS = {"tiny": ViTConfig(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="gap"),
-            "base": ViTConfig(image_size=224, patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072,
-                              pool="gap")}
+ENCODERS = {
+    "tiny": ViTConfig(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="gap"),
+    "base": ViTConfig(image_size=224, patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, pool="gap"),
+}
 MEMBERS = ("official", "fold1", "fold2", "fold3", "fold4", "fold5", "whole", "reaction")
 AUDIO_DIM = 84  # log-mel 64 + MFCC 20
 
@@ -48,25 +50,48 @@ def write_bundle(directory: pathlib.Path, encoder: ViTConfig) -> None:
     entries = {}
     for key in tasks.TASK_KEYS:
         task = tasks.get_task(key)
-        config = fusion.TMFConfig(input_dim=encoder.width + AUDIO_DIM, num_outputs=task.num_outputs,
-                                  bounded=task.kind == "continuous")
+        config = fusion.TMFConfig(
+            input_dim=encoder.width + AUDIO_DIM, num_outputs=task.num_outputs, bounded=task.kind == "continuous"
+        )
         variables = [fusion.init_variables(config, jax.random.key(i)) for i in range(len(MEMBERS))]
         stack = lambda *leaves: np.stack(leaves)
-        fusion.save_ensemble(str(directory / f"fusion_{key}"), fusion.EnsembleExport(
-            task=task.name, config=config, members=MEMBERS, feature_sets={"face": encoder.width, "logmel_mfcc": 84},
-            clip_len=100, eval_stride=50, params=jax.tree.map(stack, *[v["params"] for v in variables]),
-            batch_stats=jax.tree.map(stack, *[v["batch_stats"] for v in variables]),
-            feature_mean=np.zeros((len(MEMBERS), config.input_dim), np.float32),
-            feature_std=np.ones((len(MEMBERS), config.input_dim), np.float32)))
-        post = postprocess.PostProcess(task.name, MEMBERS, 2.0, (0.5,) * 12 if key == "au" else None,
-                                       (0.0,) * 8 if key == "expr" else None, "vote", MEMBERS[1:7], "reaction",
-                                       "alone")
+        fusion.save_ensemble(
+            str(directory / f"fusion_{key}"),
+            fusion.EnsembleExport(
+                task=task.name,
+                config=config,
+                members=MEMBERS,
+                feature_sets={"face": encoder.width, "logmel_mfcc": 84},
+                clip_len=100,
+                eval_stride=50,
+                params=jax.tree.map(stack, *[v["params"] for v in variables]),
+                batch_stats=jax.tree.map(stack, *[v["batch_stats"] for v in variables]),
+                feature_mean=np.zeros((len(MEMBERS), config.input_dim), np.float32),
+                feature_std=np.ones((len(MEMBERS), config.input_dim), np.float32),
+            ),
+        )
+        post = postprocess.PostProcess(
+            task.name,
+            MEMBERS,
+            2.0,
+            (0.5,) * 12 if key == "au" else None,
+            (0.0,) * 8 if key == "expr" else None,
+            "vote",
+            MEMBERS[1:7],
+            "reaction",
+            "alone",
+        )
         entries[key] = {"task": task.name, "fusion": f"fusion_{key}", "postprocess": post.to_json()}
-    description = {"format_version": bundle_lib.FORMAT_VERSION, "crop": bundle_lib.DEFAULT_CROP,
-                   "visual_sets": {"face": {"encoder": "encoders/face", "image_size": encoder.image_size,
-                                            "storage_dtype": "float32"}},
-                   "audio_sets": {"logmel_mfcc": {"kind": "logmel_mfcc", "n_mels": 64, "n_mfcc": 20, "window": 1024}},
-                   "tasks": entries, "scene_router": None}
+    description = {
+        "format_version": bundle_lib.FORMAT_VERSION,
+        "crop": bundle_lib.DEFAULT_CROP,
+        "visual_sets": {
+            "face": {"encoder": "encoders/face", "image_size": encoder.image_size, "storage_dtype": "float32"}
+        },
+        "audio_sets": {"logmel_mfcc": {"kind": "logmel_mfcc", "n_mels": 64, "n_mfcc": 20, "window": 1024}},
+        "tasks": entries,
+        "scene_router": None,
+    }
     (directory / bundle_lib.BUNDLE_JSON).write_text(json.dumps(description), encoding="utf-8")
 
 

@@ -3,6 +3,7 @@
 Both `mae_step` (against PyTorch) and `mae_job` (against the whole job) time this, so the step they
 measure is `mae_pretrain.train_step` with the job's optimizer, shardings and donation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from abaw_jax.models.mae import MAE
 from abaw_jax.jobs import mae_pretrain
+from abaw_jax.models.mae import MAE
 from abaw_jax.runtime import optimizer, sharding
 
 LEARNING_RATE = 1.5e-4
@@ -57,16 +58,30 @@ def jax_runner(model: MAE, batch: int, mesh: Mesh, micro_batches: int = 1) -> Ru
     size = cfg.encoder.image_size
     images = jax.device_put(
         np.random.default_rng(1).integers(0, 256, (batch, size, size, cfg.encoder.channels), dtype=np.uint8),
-        sharding.batch_sharding(mesh))
-    train_step = jax.jit(functools.partial(mae_pretrain.train_step, model=model, cfg=cfg, tx=tx,
-                                           schedule=schedule, micro_batches=micro_batches, mesh=mesh),
-                         donate_argnums=0)
+        sharding.batch_sharding(mesh),
+    )
+    train_step = jax.jit(
+        functools.partial(
+            mae_pretrain.train_step,
+            model=model,
+            cfg=cfg,
+            tx=tx,
+            schedule=schedule,
+            micro_batches=micro_batches,
+            mesh=mesh,
+        ),
+        donate_argnums=0,
+    )
     holder = {"state": jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0)), "loss": jnp.zeros(())}
 
     def step():
         holder["state"], metrics = train_step(holder["state"], images)
         holder["loss"] = metrics["loss"]
 
-    return Runner(f"jax ({model.attention} attention)", step, lambda: jax.block_until_ready(holder["loss"]),
-                  lambda: float(holder["loss"]),
-                  lambda: train_step.lower(holder["state"], images).compile().as_text())
+    return Runner(
+        f"jax ({model.attention} attention)",
+        step,
+        lambda: jax.block_until_ready(holder["loss"]),
+        lambda: float(holder["loss"]),
+        lambda: train_step.lower(holder["state"], images).compile().as_text(),
+    )

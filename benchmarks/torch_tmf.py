@@ -6,6 +6,7 @@ the 1x1 projections as `nn.Linear`, which is the same map per frame). `to_flax` 
 `abaw_jax.models.fusion.TMF` variables. tests/test_fusion_model.py checks the two agree;
 benchmarks/fusion_ensemble.py times it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -62,22 +63,26 @@ def to_flax(model: TorchTMF) -> dict[str, Any]:
     """{'params', 'batch_stats'} for `abaw_jax.models.fusion.TMF(model.config)`."""
     c = model.config
     heads, per_head = c.num_heads, c.width // c.num_heads
-    params: dict[str, Any] = {"proj1": _dense(model.proj1), "no_face": _np(model.no_face),
-                              "proj2": _dense(model.proj2)}
+    params: dict[str, Any] = {"proj1": _dense(model.proj1), "no_face": _np(model.no_face), "proj2": _dense(model.proj2)}
     for i, layer in enumerate(model.encoder.layers):
         attn = layer.self_attn
         w, b = _np(attn.in_proj_weight), _np(attn.in_proj_bias)
         attention = {}
         for j, name in enumerate(("query", "key", "value")):
             rows = slice(j * c.width, (j + 1) * c.width)
-            attention[name] = {"kernel": w[rows].T.reshape(c.width, heads, per_head),
-                               "bias": b[rows].reshape(heads, per_head)}
-        attention["out"] = {"kernel": _np(attn.out_proj.weight).T.reshape(heads, per_head, c.width),
-                            "bias": _np(attn.out_proj.bias)}
+            attention[name] = {
+                "kernel": w[rows].T.reshape(c.width, heads, per_head),
+                "bias": b[rows].reshape(heads, per_head),
+            }
+        attention["out"] = {
+            "kernel": _np(attn.out_proj.weight).T.reshape(heads, per_head, c.width),
+            "bias": _np(attn.out_proj.bias),
+        }
         params[f"layer{i}"] = {
             "attention": attention,
             "norm1": {"scale": _np(layer.norm1.weight), "bias": _np(layer.norm1.bias)},
-            "linear1": _dense(layer.linear1), "linear2": _dense(layer.linear2),
+            "linear1": _dense(layer.linear1),
+            "linear2": _dense(layer.linear2),
             "norm2": {"scale": _np(layer.norm2.weight), "bias": _np(layer.norm2.bias)},
         }
     params["head1"] = _dense(model.head1)

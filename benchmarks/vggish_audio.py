@@ -14,6 +14,7 @@ warm-up call each (compilation happens there); the table gives audio seconds per
 and median), per CPU second of the process (all threads; steadier than wall time on a shared CPU), and the
 best-round ratio to torchvggish. fp32 throughout, each library with its default matmul/conv precision.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,8 @@ def _timed(fn: Callable[[], object]) -> tuple[float, float]:
 def main(argv):
     del argv
     import torch
-    from torchvggish import torchvggish as tv, vggish_input
+    from torchvggish import torchvggish as tv
+    from torchvggish import vggish_input
 
     fps = 30
     arousal = np.sin(np.linspace(0, 20, int(_SECONDS.value * fps)))
@@ -94,20 +96,28 @@ def main(argv):
             for stage, fn in fns.items():
                 times[impl, stage].append(_timed(fn))
 
-    print(f"{seconds:.1f} s of audio, {len(ours_examples)} examples of 0.96 s, batch {_BATCH.value}, fp32; "
-          f"largest difference {agreement:.1e} of the largest embedding")
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}), torch "
-          f"{torch.__version__} on {device} ({torch.get_num_threads()} threads), "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"{seconds:.1f} s of audio, {len(ours_examples)} examples of 0.96 s, batch {_BATCH.value}, fp32; "
+        f"largest difference {agreement:.1e} of the largest embedding"
+    )
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}), torch "
+        f"{torch.__version__} on {device} ({torch.get_num_threads()} threads), "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
     print()
-    print("| impl | stage | audio s / s (best) | audio s / s (median) | audio s / CPU s (best) | vs torchvggish "
-          "(best wall) |")
+    print(
+        "| impl | stage | audio s / s (best) | audio s / s (median) | audio s / CPU s (best) | vs torchvggish "
+        "(best wall) |"
+    )
     print("|---|---|---|---|---|---|")
     for (impl, stage), runs in times.items():
         walls, cpus = zip(*runs)
         ratio = min(w for w, _ in times["torchvggish", stage]) / min(walls)
-        print(f"| {impl} | {stage} | {seconds / min(walls):.1f} | {seconds / statistics.median(walls):.1f} | "
-              f"{seconds / min(cpus):.1f} | {ratio:.2f}x |")
+        print(
+            f"| {impl} | {stage} | {seconds / min(walls):.1f} | {seconds / statistics.median(walls):.1f} | "
+            f"{seconds / min(cpus):.1f} | {ratio:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

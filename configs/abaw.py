@@ -33,6 +33,7 @@ shortened stages (MAE 200 steps, fine-tuning 200 steps per task, fusion 10 epoch
 cores. Expect scores only somewhat above a constant predictor (the tiny encoder learns little in 200 steps);
 report.md says, claim by claim, which of the paper's effects show on this run.
 """
+
 import importlib.util
 import os
 
@@ -66,14 +67,17 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.mae_encoder = ""
 
     config.mae = _stage_config("mae", preset)
-    config.finetune = ml_collections.ConfigDict({t: _stage_config("finetune", t + ("_tiny" if tiny else ""))
-                                                 for t in TASKS})
+    config.finetune = ml_collections.ConfigDict(
+        {t: _stage_config("finetune", t + ("_tiny" if tiny else "")) for t in TASKS}
+    )
     config.features = _stage_config("extract_features", preset)
     config.features.sets = TASKS
-    config.fusion = ml_collections.ConfigDict({t: _stage_config("fusion", t + ("_tiny" if tiny else ""))
-                                               for t in TASKS})
-    config.evaluate = ml_collections.ConfigDict({t: _stage_config("evaluate", t + ("_tiny" if tiny else ""))
-                                                 for t in TASKS})
+    config.fusion = ml_collections.ConfigDict(
+        {t: _stage_config("fusion", t + ("_tiny" if tiny else "")) for t in TASKS}
+    )
+    config.evaluate = ml_collections.ConfigDict(
+        {t: _stage_config("evaluate", t + ("_tiny" if tiny else "")) for t in TASKS}
+    )
 
     if tiny:
         # The 20-minute budget on 2 cores: shorter stages than the stand-alone tiny presets.

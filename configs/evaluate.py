@@ -24,6 +24,7 @@ automatic scene classifier on --config.features_dir instead of the reaction list
 --config.static_predictions=DIR (a predictions folder with member `static`: the fine-tuned encoder's own
 per-frame predictions, compared with TMF in the ablation).
 """
+
 import ml_collections
 
 from abaw_jax import tasks
@@ -33,8 +34,10 @@ from abaw_jax.data import release
 def get_config(preset: str = "expr") -> ml_collections.ConfigDict:
     task_key, _, variant = preset.partition("_")
     if task_key not in tasks.TASK_KEYS or variant not in ("", "tiny"):
-        raise ValueError(f"unknown preset {preset!r} for configs/evaluate.py; use one of "
-                         f"{[t + v for t in tasks.TASK_KEYS for v in ('', '_tiny')]}")
+        raise ValueError(
+            f"unknown preset {preset!r} for configs/evaluate.py; use one of "
+            f"{[t + v for t in tasks.TASK_KEYS for v in ('', '_tiny')]}"
+        )
     config = ml_collections.ConfigDict()
     config.job = "evaluate"
     config.task = tasks.get_task(task_key).name
@@ -60,7 +63,7 @@ def get_config(preset: str = "expr") -> ml_collections.ConfigDict:
     config.router_feature_set = ""
 
     config.tuning = ml_collections.ConfigDict()
-    config.tuning.sigmas = (0.0,) + tuple(round(0.5 * 1.125 ** i, 4) for i in range(31))
+    config.tuning.sigmas = (0.0,) + tuple(round(0.5 * 1.125**i, 4) for i in range(31))
     config.tuning.thresholds = tuple(round(0.05 + 0.025 * i, 4) for i in range(37))
     config.tuning.expr_bias = tuple(round(-1.5 + 0.1 * i, 4) for i in range(31))
     config.tuning.bias_rounds = 2

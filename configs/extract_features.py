@@ -29,6 +29,7 @@ CPU preset, the README's stage 3 (on the embedded synthetic release, after stage
   --config.sets=mae. Static AU / EXPR / VA predictions of the fine-tuned heads land in
   <workdir>/predictions_<set>/.
 """
+
 import ml_collections
 
 from abaw_jax import tasks
@@ -42,17 +43,29 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     # Set name -> encoder path (pretraining / fine-tuning workdir, params folder, official .pth, transformers
     # folder). Only the sets named in `sets` are extracted; an empty path for one of them is an error.
-    config.encoders = ml_collections.ConfigDict({
-        **{key: "" for key in tasks.TASK_KEYS}, "mae": "",
-        "affectnet_expr": "", "affectnet_va": "", "rafdb_expr": "", "bp4d_au": "",
-    })
+    config.encoders = ml_collections.ConfigDict(
+        {
+            **{key: "" for key in tasks.TASK_KEYS},
+            "mae": "",
+            "affectnet_expr": "",
+            "affectnet_va": "",
+            "rafdb_expr": "",
+            "bp4d_au": "",
+        }
+    )
     config.sets = tasks.TASK_KEYS
     # Set name -> the task whose head its encoder carries; its per-frame outputs become the `static`
     # member of <workdir>/predictions_<set>/ (stage 5's ablation) when config.static_predictions.
-    config.head_tasks = ml_collections.ConfigDict({
-        **{task.key: task.name for task in tasks.TASKS.values()}, "mae": "",
-        "affectnet_expr": "", "affectnet_va": "", "rafdb_expr": "", "bp4d_au": "",
-    })
+    config.head_tasks = ml_collections.ConfigDict(
+        {
+            **{task.key: task.name for task in tasks.TASKS.values()},
+            "mae": "",
+            "affectnet_expr": "",
+            "affectnet_va": "",
+            "rafdb_expr": "",
+            "bp4d_au": "",
+        }
+    )
     config.static_predictions = True
 
     # Audio kinds of abaw_jax.media.audio.make_featurizer; encoder kinds read their local model files here:

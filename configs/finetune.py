@@ -34,6 +34,7 @@ Writes in --workdir: metrics.jsonl (training loss, eval_metric and eval_<class> 
 best.json + best/ (best parameters by the task metric), export/encoder (params_io, with head),
 export/encoder_official.* and export/finetune.json.
 """
+
 import ml_collections
 
 from abaw_jax import tasks
@@ -43,8 +44,10 @@ from abaw_jax.data import release
 def get_config(preset: str = "au") -> ml_collections.ConfigDict:
     task, _, variant = preset.partition("_")
     if task not in tasks.TASK_KEYS or variant not in ("", "tiny"):
-        raise ValueError(f"unknown preset {preset!r} for configs/finetune.py; use one of "
-                         f"{sorted(tasks.TASK_KEYS) + [t + '_tiny' for t in sorted(tasks.TASK_KEYS)]}")
+        raise ValueError(
+            f"unknown preset {preset!r} for configs/finetune.py; use one of "
+            f"{sorted(tasks.TASK_KEYS) + [t + '_tiny' for t in sorted(tasks.TASK_KEYS)]}"
+        )
     config = ml_collections.ConfigDict()
     config.job = "finetune"
     config.task = tasks.get_task(task).name

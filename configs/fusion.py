@@ -25,6 +25,7 @@ CPU presets (`au_tiny`, `expr_tiny`, `va_tiny`), on the tiny stage-3 store of th
   epochs in well under a minute on 2 cores, and every member beats the best constant predictor on its
   held-out videos for AU, EXPR and VA (tests/test_fusion_job.py).
 """
+
 import ml_collections
 
 from abaw_jax.data import release
@@ -36,8 +37,10 @@ TINY_FEATURES_DIR = "/tmp/abaw_features_tiny"
 def get_config(preset: str = "expr") -> ml_collections.ConfigDict:
     task, _, variant = preset.partition("_")
     if task not in TASKS or variant not in ("", "tiny"):
-        raise ValueError(f"unknown preset {preset!r} for configs/fusion.py; use one of "
-                         f"{[t + s for t in TASKS for s in ('', '_tiny')]}")
+        raise ValueError(
+            f"unknown preset {preset!r} for configs/fusion.py; use one of "
+            f"{[t + s for t in TASKS for s in ('', '_tiny')]}"
+        )
     config = ml_collections.ConfigDict()
     config.job = "fusion"
     config.task = task.upper()

@@ -25,6 +25,7 @@ CPU preset, the README's main job (a few minutes on 2 cores, on the embedded syn
 Every value is checked before the run starts (`abaw_jax.jobs.mae_pretrain.validate_config`): a bad one
 stops with `error: config.<key> must be ..., got ...` and exit status 2.
 """
+
 import ml_collections
 
 

@@ -10,25 +10,29 @@ written to <data_dir>/face_shards/1.0.0/ together with quality_report.json (coun
 dropped id). Progress is logged every --log_every files. Read the shards with
 `abaw_jax.data.face_shards.load_face_source(data_dir)`.
 """
-from absl import app
-from absl import flags
-from absl import logging
+
+from absl import app, flags, logging
 
 from abaw_jax.data import face_shards
 from abaw_jax.runtime import errors
 
 _IMAGE_ROOTS = flags.DEFINE_list(
-    "image_roots", None, "Comma-separated source_name=folder pairs, searched recursively.",
-    required=True)
+    "image_roots", None, "Comma-separated source_name=folder pairs, searched recursively.", required=True
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir to write to.", required=True)
 _MIN_FACE_SIZE = flags.DEFINE_integer(
-    "min_face_size", face_shards.QualityFilter.min_face_size,
-    "Drop images whose shorter side is below this many pixels.")
+    "min_face_size",
+    face_shards.QualityFilter.min_face_size,
+    "Drop images whose shorter side is below this many pixels.",
+)
 _MIN_BLUR_VAR = flags.DEFINE_float(
-    "min_blur_var", face_shards.QualityFilter.min_blur_var,
-    "Drop images whose grey Laplacian variance is below this (blurry); 0 keeps all.")
+    "min_blur_var",
+    face_shards.QualityFilter.min_blur_var,
+    "Drop images whose grey Laplacian variance is below this (blurry); 0 keeps all.",
+)
 _OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Rebuild even if data_dir holds shards from other roots or thresholds.")
+    "overwrite", False, "Rebuild even if data_dir holds shards from other roots or thresholds."
+)
 _LOG_EVERY = flags.DEFINE_integer("log_every", 1000, "Log progress every this many files.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 4, "Threads that read and check files.")
 
@@ -40,8 +44,7 @@ def main(argv):
     report = face_shards.build_face_shards(
         face_shards.parse_image_roots(_IMAGE_ROOTS.value),
         _DATA_DIR.value,
-        quality_filter=face_shards.QualityFilter(
-            min_face_size=_MIN_FACE_SIZE.value, min_blur_var=_MIN_BLUR_VAR.value),
+        quality_filter=face_shards.QualityFilter(min_face_size=_MIN_FACE_SIZE.value, min_blur_var=_MIN_BLUR_VAR.value),
         overwrite=_OVERWRITE.value,
         log_every=_LOG_EVERY.value,
         num_threads=_NUM_THREADS.value,

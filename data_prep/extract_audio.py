@@ -22,20 +22,20 @@ written to `<out_dir>/<features>/`, or `--features_dir=DIR`.
 `<video>.npy`. Videos without an audio stream or that fail to decode are reported and skipped; the exit
 status is 1 if any failed to decode.
 """
+
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
+from abaw_jax.media import audio, faces
 from abaw_jax.runtime import errors
-from abaw_jax.media import audio
-from abaw_jax.media import faces
 
 _VIDEOS = flags.DEFINE_list("videos", None, "Video files and/or folders of videos.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output root for wav/ and the features.", required=True)
 _FEATURES = flags.DEFINE_enum(
-    "features", "logmel_mfcc", [*audio.SPECTRAL_KINDS, *audio.ENCODER_KINDS, audio.VGGISH_KIND, "none"],
+    "features",
+    "logmel_mfcc",
+    [*audio.SPECTRAL_KINDS, *audio.ENCODER_KINDS, audio.VGGISH_KIND, "none"],
     "Audio features.",
 )
 _FEATURES_DIR = flags.DEFINE_string("features_dir", None, "Features folder (default <out_dir>/<features>).")
@@ -72,7 +72,10 @@ def main(argv):
     report = audio.extract_all(videos, os.path.join(_OUT_DIR.value, "wav"), features_dir, featurizer)
     logging.info(
         "Done: %d of %d videos, %d without an audio stream, %d failed.",
-        len(report.done), len(videos), len(report.no_audio), len(report.failed),
+        len(report.done),
+        len(videos),
+        len(report.no_audio),
+        len(report.failed),
     )
     for name in report.no_audio:
         logging.warning("No audio stream: %s", name)

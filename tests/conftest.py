@@ -94,18 +94,38 @@ MICRO_PIPELINE = {
     "data.synthetic_videos": SYNTHETIC_AFFWILD2_ARGS["num_videos"],
     "data.synthetic_frames_per_video": SYNTHETIC_AFFWILD2_ARGS["frames_per_video"],
     "audio_ablation": "va",
-    "mae.model.image_size": 16, "mae.batch_size": 16, "mae.total_steps": 10, "mae.warmup_steps": 2,
-    "mae.log_every": 5, "mae.checkpoint_every": 10, "mae.image_every": 10, "mae.data.worker_count": 0,
-    "features.batch_size": 128, "features.log_every": 1000,
+    "mae.model.image_size": 16,
+    "mae.batch_size": 16,
+    "mae.total_steps": 10,
+    "mae.warmup_steps": 2,
+    "mae.log_every": 5,
+    "mae.checkpoint_every": 10,
+    "mae.image_every": 10,
+    "mae.data.worker_count": 0,
+    "features.batch_size": 128,
+    "features.log_every": 1000,
 }
 for _task in ("au", "expr", "va"):
-    MICRO_PIPELINE.update({
-        f"finetune.{_task}.model.image_size": 16, f"finetune.{_task}.data.worker_count": 0,
-        f"finetune.{_task}.batch_size": 32, f"finetune.{_task}.total_steps": 20, f"finetune.{_task}.warmup_steps": 2,
-        f"finetune.{_task}.eval_every": 20, f"finetune.{_task}.log_every": 10, f"finetune.{_task}.checkpoint_every": 20,
-        f"fusion.{_task}.clip_len": 32, f"fusion.{_task}.eval_stride": 16, f"fusion.{_task}.num_epochs": 2,
-        f"fusion.{_task}.model.depth": 1, f"fusion.{_task}.model.width": 32, f"fusion.{_task}.model.mlp_dim": 32,
-        f"fusion.{_task}.model.proj_dim": 64, f"evaluate.{_task}.num_plots": 1})
+    MICRO_PIPELINE.update(
+        {
+            f"finetune.{_task}.model.image_size": 16,
+            f"finetune.{_task}.data.worker_count": 0,
+            f"finetune.{_task}.batch_size": 32,
+            f"finetune.{_task}.total_steps": 20,
+            f"finetune.{_task}.warmup_steps": 2,
+            f"finetune.{_task}.eval_every": 20,
+            f"finetune.{_task}.log_every": 10,
+            f"finetune.{_task}.checkpoint_every": 20,
+            f"fusion.{_task}.clip_len": 32,
+            f"fusion.{_task}.eval_stride": 16,
+            f"fusion.{_task}.num_epochs": 2,
+            f"fusion.{_task}.model.depth": 1,
+            f"fusion.{_task}.model.width": 32,
+            f"fusion.{_task}.model.mlp_dim": 32,
+            f"fusion.{_task}.model.proj_dim": 64,
+            f"evaluate.{_task}.num_plots": 1,
+        }
+    )
 
 
 def set_values(config, values: dict):

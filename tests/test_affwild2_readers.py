@@ -65,10 +65,7 @@ def test_invalid_rows_are_masked_and_missing_crops_excluded(tmp_path):
 def test_both_expr_folder_names_and_nested_root(tmp_path):
     for folder in ("EXPR_Recognition_Challenge", "EXPR_Classification_Challenge"):
         root = tmp_path / folder
-        _write(
-            root / "Annotations_release" / folder / "Validation_Set" / "102.txt",
-            [EXPR_HEADER, "4", "-1", "7"],
-        )
+        _write(root / "Annotations_release" / folder / "Validation_Set" / "102.txt", [EXPR_HEADER, "4", "-1", "7"])
         _make_crops(root / "crops", "102", [1, 2, 3])
         video = affwild2.load_task(root, "EXPR", root / "crops")["102"]
         np.testing.assert_array_equal(video.labels, [4, -1, 7])
@@ -108,8 +105,7 @@ def test_missing_crop_folder_names_the_annotation(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "num_frames, clip_len, stride",
-    [(250, 100, None), (100, 100, None), (7, 100, None), (230, 100, 50), (1, 4, 1)],
+    "num_frames, clip_len, stride", [(250, 100, None), (100, 100, None), (7, 100, None), (230, 100, 50), (1, 4, 1)]
 )
 def test_clips_cover_every_frame_and_mask_only_padding(num_frames, clip_len, stride):
     clips = affwild2.make_clips(num_frames, clip_len, stride)
@@ -164,9 +160,7 @@ def test_video_lists_and_reaction_lookup(tmp_path, synthetic_affwild2):
 def test_media_lookup_maps_pairs_to_one_video(tmp_path, synthetic_affwild2):
     videos = synthetic_affwild2 / "videos"
     pair = next(p.name[: -len("_left")] for p in (synthetic_affwild2 / "cropped_aligned").glob("*_left"))
-    assert affwild2.find_video_file(videos, pair + "_left") == affwild2.find_video_file(
-        videos, pair + "_right"
-    )
+    assert affwild2.find_video_file(videos, pair + "_left") == affwild2.find_video_file(videos, pair + "_right")
     assert affwild2.find_video_file(videos, pair + "_left") == videos / f"{pair}.mp4"
     (tmp_path / "7.avi").write_bytes(b"")
     assert affwild2.find_video_file(tmp_path, "7") == tmp_path / "7.avi"

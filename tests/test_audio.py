@@ -1,4 +1,5 @@
 """Tests for abaw_jax.media.audio: PyAV extraction to 16 kHz mono, frame-aligned spectral and encoder features."""
+
 import json
 import pathlib
 import subprocess
@@ -12,8 +13,8 @@ import pytest
 from scipy import interpolate, signal
 from scipy.io import wavfile
 
-from abaw_jax.torch_compat import import_torchvision
 from abaw_jax.media import audio
+from abaw_jax.torch_compat import import_torchvision
 
 # scipy's WAV reader, the independent reference here, does not know the 'fact' chunk of float WAVs.
 pytestmark = pytest.mark.filterwarnings("ignore::scipy.io.wavfile.WavFileWarning")
@@ -21,9 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::scipy.io.wavfile.WavFileWarning
 SOURCE_RATE = 44100
 
 
-def _write_mp4(
-    path: pathlib.Path, num_frames: int, fps: int, pcm: np.ndarray | None, audio_delay: int = 0
-) -> None:
+def _write_mp4(path: pathlib.Path, num_frames: int, fps: int, pcm: np.ndarray | None, audio_delay: int = 0) -> None:
     """mpeg4 video of `num_frames` grey-ramp frames and, given `pcm` [channels, n], an AAC track that
     starts `audio_delay` samples after the video."""
     with av.open(str(path), "w") as container:
@@ -82,8 +81,7 @@ def test_read_audio_resamples_to_16k_mono(tone_video):
 def test_late_audio_start_is_padded_with_silence(tmp_path):
     t = np.arange(SOURCE_RATE) / SOURCE_RATE
     path = tmp_path / "late.mp4"
-    _write_mp4(path, num_frames=25, fps=25, pcm=0.5 * np.sin(2 * np.pi * 440 * t)[None],
-               audio_delay=SOURCE_RATE // 4)
+    _write_mp4(path, num_frames=25, fps=25, pcm=0.5 * np.sin(2 * np.pi * 440 * t)[None], audio_delay=SOURCE_RATE // 4)
     x = audio.read_audio(path)
     # The muxer's bookkeeping of the encoder's 1024 priming samples can shift the stated end by a few ms.
     assert len(x) == pytest.approx(1.25 * 16000, abs=80)
@@ -143,9 +141,7 @@ def test_spectral_features_match_librosa_on_each_frames_window():
     for k in (1, 2, 17, 30, 33):
         centre = round((k - 0.5) / fps * 16000)
         window = _librosa_window(x, centre, 800)
-        mel = librosa.feature.melspectrogram(
-            y=window, sr=16000, n_fft=800, hop_length=800, center=False, n_mels=40
-        )
+        mel = librosa.feature.melspectrogram(y=window, sr=16000, n_fft=800, hop_length=800, center=False, n_mels=40)
         logmel = librosa.power_to_db(mel, ref=1.0, top_db=None)
         mfcc = librosa.feature.mfcc(S=logmel, n_mfcc=13)
         np.testing.assert_allclose(features[k - 1, :40], logmel[:, 0], atol=1e-3)
@@ -161,9 +157,9 @@ def test_interpolate_rows_matches_scipy():
     times = np.cumsum(rng.uniform(0.01, 0.03, size=40))
     values = rng.normal(size=(40, 5))
     query = np.linspace(-0.1, times[-1] + 0.1, 97)
-    reference = interpolate.interp1d(
-        times, values, axis=0, bounds_error=False, fill_value=(values[0], values[-1])
-    )(query)
+    reference = interpolate.interp1d(times, values, axis=0, bounds_error=False, fill_value=(values[0], values[-1]))(
+        query
+    )
     np.testing.assert_allclose(audio.interpolate_rows(times, values, query), reference, atol=1e-12)
 
 
@@ -178,8 +174,15 @@ def _tiny_encoder(tmp_path: pathlib.Path, kind: str, with_extractor: bool) -> pa
     import transformers
 
     torch.manual_seed(0)
-    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                 conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    sizes = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     if kind == "wav2vec2":
         model = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**sizes))
     else:
@@ -203,9 +206,9 @@ def _direct_then_aligned(model, inputs, num_frames: int, fps: float, layer=None)
     states = _direct(model, inputs, layer)
     times = (np.arange(len(states)) * 320 + 199.5) / 16000
     frame_times = (np.arange(num_frames) + 0.5) / fps
-    return interpolate.interp1d(
-        times, states, axis=0, bounds_error=False, fill_value=(states[0], states[-1])
-    )(frame_times)
+    return interpolate.interp1d(times, states, axis=0, bounds_error=False, fill_value=(states[0], states[-1]))(
+        frame_times
+    )
 
 
 def test_wav2vec2_features_equal_the_model_output_aligned_to_frames(tmp_path):
@@ -278,9 +281,16 @@ def test_extract_audio_cli_on_synthetic_videos(synthetic_affwild2, tmp_path):
     pair = next(v for v in videos if (synthetic_affwild2 / "cropped_aligned" / f"{v.stem}_left").is_dir())
     chosen = [with_va[0], pair]
     result = subprocess.run(
-        [sys.executable, "-m", "data_prep.extract_audio", f"--videos={','.join(map(str, chosen))}",
-         f"--out_dir={tmp_path}"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "data_prep.extract_audio",
+            f"--videos={','.join(map(str, chosen))}",
+            f"--out_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "Done: 2 of 2 videos" in result.stderr
 
@@ -298,8 +308,9 @@ def test_extract_audio_cli_on_synthetic_videos(synthetic_affwild2, tmp_path):
 
     # The synthetic voice gets louder with arousal, so each frame's mean log-mel level follows the
     # arousal labelled for that frame.
-    labels = np.loadtxt(next(synthetic_affwild2.glob(f"annotations/VA_*/*/{chosen[0].stem}.txt")),
-                        delimiter=",", skiprows=1)
+    labels = np.loadtxt(
+        next(synthetic_affwild2.glob(f"annotations/VA_*/*/{chosen[0].stem}.txt")), delimiter=",", skiprows=1
+    )
     features = np.load(tmp_path / "logmel_mfcc" / f"{chosen[0].stem}.npy")
     rows = min(len(labels), len(features))
     valid = labels[:rows, 1] > -5

@@ -1,4 +1,5 @@
 """Config value checks (runtime/config_checks.py) that are not exercised through one job's own tests."""
+
 import ml_collections
 import pytest
 
@@ -7,8 +8,9 @@ from abaw_jax.runtime.errors import ConfigError
 
 
 def test_names_reads_strings_tuples_and_command_line_tuples_alike():
-    config = ml_collections.ConfigDict({"a": "au, expr,,va ", "b": ("au", "expr"), "c": ("au,expr",), "d": "",
-                                        "e": ("",), "f": "au,expr,au"})
+    config = ml_collections.ConfigDict(
+        {"a": "au, expr,,va ", "b": ("au", "expr"), "c": ("au,expr",), "d": "", "e": ("",), "f": "au,expr,au"}
+    )
     assert checks.names(config, "a") == ("au", "expr", "va")
     assert checks.names(config, "b") == checks.names(config, "c") == ("au", "expr")
     assert checks.names(config, "d") == checks.names(config, "e") == ()

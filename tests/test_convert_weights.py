@@ -1,4 +1,5 @@
 """`python -m abaw_jax.convert_weights` end to end on small checkpoints, and our params format."""
+
 import json
 import re
 import subprocess
@@ -27,9 +28,19 @@ TINY = ["--size=tiny", "--image_size=32", "--patch_size=8"]
 @pytest.fixture(scope="module")
 def hf_model() -> ViTMAEForPreTraining:
     torch.manual_seed(0)
-    config = ViTMAEConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
-                          decoder_hidden_size=128, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
-                          decoder_intermediate_size=512, image_size=32, patch_size=8, layer_norm_eps=1e-6)
+    config = ViTMAEConfig(
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=768,
+        decoder_hidden_size=128,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=512,
+        image_size=32,
+        patch_size=8,
+        layer_norm_eps=1e-6,
+    )
     model = ViTMAEForPreTraining(config)
     with torch.no_grad():
         for param in model.parameters():
@@ -66,15 +77,23 @@ def assert_tree_equal(params, official_state):
 
 def test_official_mae_to_flax_and_back(official, tmp_path, capsys):
     source = write_official(official, tmp_path / "checkpoint.pth")
-    out = run_cli(capsys, "--direction=to_flax", "--source=official", f"--input={source}", "--model=mae", *TINY,
-                  f"--output={tmp_path / 'ours'}")
+    out = run_cli(
+        capsys,
+        "--direction=to_flax",
+        "--source=official",
+        f"--input={source}",
+        "--model=mae",
+        *TINY,
+        f"--output={tmp_path / 'ours'}",
+    )
     assert f"loaded {len(official)} tensors" in out and "kept fresh init" not in out
     params, config = params_io.load_params(str(tmp_path / "ours"))
     assert config == mae_config("tiny", image_size=32, patch_size=8)
     assert_tree_equal(params, official)
 
-    out = run_cli(capsys, "--direction=to_official", f"--input={tmp_path / 'ours'}",
-                  f"--output={tmp_path / 'back' / 'mae.pth'}")
+    out = run_cli(
+        capsys, "--direction=to_official", f"--input={tmp_path / 'ours'}", f"--output={tmp_path / 'back' / 'mae.pth'}"
+    )
     assert f"wrote {len(official)} tensors" in out
     written = torch.load(tmp_path / "back" / "mae.pth", weights_only=True)["model"]
     assert sorted(written) == sorted(official)
@@ -87,21 +106,37 @@ def test_transformers_folder_and_state_dict(hf_model, official, tmp_path, capsys
     torch.save(hf_model.state_dict(), tmp_path / "state.bin")
     for source in (tmp_path / "hf", tmp_path / "state.bin"):
         output = tmp_path / f"ours_{source.name}"
-        run_cli(capsys, "--direction=to_flax", "--source=hf", f"--input={source}", "--model=mae", *TINY,
-                f"--output={output}")
+        run_cli(
+            capsys,
+            "--direction=to_flax",
+            "--source=hf",
+            f"--input={source}",
+            "--model=mae",
+            *TINY,
+            f"--output={output}",
+        )
         assert_tree_equal(params_io.load_params(str(output))[0], official)
 
 
 def test_pretrained_encoder_into_gap_model_non_strict(official, tmp_path, capsys):
     encoder_only = {k: v for k, v in official.items() if not k.startswith(("decoder", "mask_token"))}
     source = write_official(encoder_only, tmp_path / "mae_pretrain.pth")
-    out = run_cli(capsys, "--direction=to_flax", f"--input={source}", "--model=encoder_gap", "--num_classes=5",
-                  "--strict=false", *TINY, f"--output={tmp_path / 'gap'}")
+    out = run_cli(
+        capsys,
+        "--direction=to_flax",
+        f"--input={source}",
+        "--model=encoder_gap",
+        "--num_classes=5",
+        "--strict=false",
+        *TINY,
+        f"--output={tmp_path / 'gap'}",
+    )
     assert "kept fresh init for 4: fc_norm.bias, fc_norm.weight, head.bias, head.weight" in out
     assert "ignored 2 checkpoint keys: norm.bias, norm.weight" in out
     params, config = params_io.load_params(str(tmp_path / "gap"))
-    assert config == ViTConfig(image_size=32, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768,
-                               pool="gap", num_classes=5)
+    assert config == ViTConfig(
+        image_size=32, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="gap", num_classes=5
+    )
     np.testing.assert_array_equal(params["blocks_3"]["attn"]["qkv"]["kernel"], official["blocks.3.attn.qkv.weight"].T)
     # Fresh init as the official fine-tuning has it: LayerNorm (1, 0), zero head bias, head weights ~N(0, 2e-5).
     np.testing.assert_array_equal(params["fc_norm"]["scale"], np.ones(192, np.float32))
@@ -113,23 +148,37 @@ def test_pretrained_encoder_into_gap_model_non_strict(official, tmp_path, capsys
 def test_mismatched_checkpoint_exits_naming_keys(official, tmp_path, capsys):
     source = write_official(official, tmp_path / "full.pth")
     with pytest.raises(tw.WeightMismatchError, match=r"not in the model: decoder_blocks\.0\.attn\.proj\.bias"):
-        run_cli(capsys, "--direction=to_flax", f"--input={source}", "--model=encoder", *TINY,
-                f"--output={tmp_path / 'enc'}")
-    with pytest.raises(tw.WeightMismatchError, match=r"cls_token: checkpoint \(1, 1, 192\).*model expects \(1, 1, 768\)"):
-        run_cli(capsys, "--direction=to_flax", f"--input={source}", "--model=mae", "--size=base",
-                "--image_size=32", "--patch_size=8", f"--output={tmp_path / 'base'}")
+        run_cli(
+            capsys, "--direction=to_flax", f"--input={source}", "--model=encoder", *TINY, f"--output={tmp_path / 'enc'}"
+        )
+    with pytest.raises(
+        tw.WeightMismatchError, match=r"cls_token: checkpoint \(1, 1, 192\).*model expects \(1, 1, 768\)"
+    ):
+        run_cli(
+            capsys,
+            "--direction=to_flax",
+            f"--input={source}",
+            "--model=mae",
+            "--size=base",
+            "--image_size=32",
+            "--patch_size=8",
+            f"--output={tmp_path / 'base'}",
+        )
     with pytest.raises(FileNotFoundError, match="no such file"):
-        run_cli(capsys, "--direction=to_flax", f"--input={tmp_path / 'absent.pth'}", *TINY,
-                f"--output={tmp_path / 'x'}")
+        run_cli(
+            capsys, "--direction=to_flax", f"--input={tmp_path / 'absent.pth'}", *TINY, f"--output={tmp_path / 'x'}"
+        )
     assert not (tmp_path / "enc").exists() and not (tmp_path / "base").exists()
 
 
 def test_params_format_round_trip_and_bad_description(tmp_path):
-    config = ViTConfig(image_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128, pool="gap",
-                       num_classes=3)
+    config = ViTConfig(
+        image_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128, pool="gap", num_classes=3
+    )
     rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(np.float32),
-                          params_io.abstract_params(config))
+    params = jax.tree.map(
+        lambda leaf: rng.normal(size=leaf.shape).astype(np.float32), params_io.abstract_params(config)
+    )
     params_io.save_params(str(tmp_path / "vit"), params, config)
     restored, restored_config = params_io.load_params(str(tmp_path / "vit"))
     assert restored_config == config
@@ -146,21 +195,35 @@ def test_params_format_round_trip_and_bad_description(tmp_path):
         params_io.load_params(str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("text, message", [
-    ('{"format_version": 1, "kind": "vit", "config": {"width": ', r"model\.json:1: not valid JSON"),
-    ("[1, 2]", r"model\.json: found a JSON list; expected the"),
-    ('{"format_version": 1, "kind": "vit", "config": {"width": "x"}}',
-     r"model\.json: ViTConfig\.width must be an integer, found 'x'"),
-    ('{"format_version": 1, "kind": "vit", "config": [1]}', r"model\.json: 'config' must be an object"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"format_version": 1, "kind": "vit", "config": {"width": ', r"model\.json:1: not valid JSON"),
+        ("[1, 2]", r"model\.json: found a JSON list; expected the"),
+        (
+            '{"format_version": 1, "kind": "vit", "config": {"width": "x"}}',
+            r"model\.json: ViTConfig\.width must be an integer, found 'x'",
+        ),
+        ('{"format_version": 1, "kind": "vit", "config": [1]}', r"model\.json: 'config' must be an object"),
+    ],
+)
 def test_to_official_with_a_damaged_model_json_is_one_line_naming_it(tmp_path, text, message):
     """Was a 45-line traceback (json.decoder.JSONDecodeError, AttributeError) naming no file."""
     config = ViTConfig(image_size=32, patch_size=16, width=16, depth=1, num_heads=2, mlp_dim=32)
     params_io.save_params(str(tmp_path / "enc"), params_io.init_params(config), config)
     (tmp_path / "enc" / "model.json").write_text(text)
-    result = subprocess.run([sys.executable, "-m", "abaw_jax.convert_weights", "--direction=to_official",
-                             f"--input={tmp_path / 'enc'}", f"--output={tmp_path / 'enc.pth'}"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "abaw_jax.convert_weights",
+            "--direction=to_official",
+            f"--input={tmp_path / 'enc'}",
+            f"--output={tmp_path / 'enc.pth'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert re.search(r"^error: .*" + message, lines[0]), lines[0]

@@ -1,4 +1,5 @@
 """Loading an encoder for fine-tuning / features from our folders, official .pth files and pretraining workdirs."""
+
 import os
 
 import jax
@@ -29,8 +30,11 @@ def test_workdir_and_official_pth_give_the_same_encoder(mae_dir):
     assert from_workdir.config.pool == "gap" and from_workdir.config.num_classes == 8
     assert from_workdir.config.width == 192 and from_workdir.config.image_size == 32
     assert set(from_workdir.fresh_keys) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
-    for a, b, c in zip(jax.tree.leaves(from_workdir.params["blocks_1"]), jax.tree.leaves(from_pth.params["blocks_1"]),
-                       jax.tree.leaves(params["encoder"]["blocks_1"])):
+    for a, b, c in zip(
+        jax.tree.leaves(from_workdir.params["blocks_1"]),
+        jax.tree.leaves(from_pth.params["blocks_1"]),
+        jax.tree.leaves(params["encoder"]["blocks_1"]),
+    ):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
     assert from_workdir.kind == "abaw_jax" and from_pth.kind == "official"
@@ -62,14 +66,19 @@ def _make_files(root, files):
             path.write_text('{"job": "fusion"}' if path.name == "stage.json" else "{}")
 
 
-@pytest.mark.parametrize("files, says", [
-    (["checkpoints/", "export/export.json", "export/ensemble.msgpack", "scores.json", "predictions/"],
-     "is a fusion workdir: its export/ holds TMF ensemble members"),
-    (["checkpoints/", "stage.json"], "is a fusion workdir"),                      # a pipeline's fusion stage
-    (["expr/manifest.json", "logmel_mfcc/"], "is a feature-extraction workdir"),
-    (["results.json", "submissions/"], "is an evaluation workdir"),
-    (["mae/stage.json", "finetune_au/"], "is a pipeline workdir: give one of its stage folders"),
-])
+@pytest.mark.parametrize(
+    "files, says",
+    [
+        (
+            ["checkpoints/", "export/export.json", "export/ensemble.msgpack", "scores.json", "predictions/"],
+            "is a fusion workdir: its export/ holds TMF ensemble members",
+        ),
+        (["checkpoints/", "stage.json"], "is a fusion workdir"),  # a pipeline's fusion stage
+        (["expr/manifest.json", "logmel_mfcc/"], "is a feature-extraction workdir"),
+        (["results.json", "submissions/"], "is an evaluation workdir"),
+        (["mae/stage.json", "finetune_au/"], "is a pipeline workdir: give one of its stage folders"),
+    ],
+)
 def test_a_workdir_of_another_job_is_named_for_what_it_is(tmp_path, files, says):
     """A fusion workdir was called "a pretraining workdir without export/encoder" with advice to rerun it."""
     _make_files(tmp_path / "run", files)
@@ -82,6 +91,8 @@ def test_a_workdir_of_another_job_is_named_for_what_it_is(tmp_path, files, says)
 
 def test_an_unfinished_finetuning_run_is_not_called_pretraining(tmp_path):
     _make_files(tmp_path / "run", ["checkpoints/", "best.json"])
-    with pytest.raises(encoders.EncoderLoadError, match="is a fine-tuning workdir without export/encoder: the run "
-                                                        "has not finished; rerun its command"):
+    with pytest.raises(
+        encoders.EncoderLoadError,
+        match="is a fine-tuning workdir without export/encoder: the run has not finished; rerun its command",
+    ):
         encoders.load_encoder(str(tmp_path / "run"))

@@ -4,6 +4,7 @@ A known error is ONE line `error: ...` on stderr that names the file or key, wit
 and config, 1 for the rest; a bug keeps its traceback; ABAW_JAX_TRACEBACK=1 or --verbosity=1 adds the
 traceback to a known error. New tools add a case to `test_tools_print_one_error_line` below.
 """
+
 import os
 import pathlib
 import subprocess
@@ -23,7 +24,7 @@ import torch  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-TOOL = textwrap.dedent('''
+TOOL = textwrap.dedent("""
     import errno, sys
     from absl import flags
     from abaw_jax.runtime import errors
@@ -45,7 +46,7 @@ TOOL = textwrap.dedent('''
         if kind == "bug":
             raise ValueError("a bug: keep my traceback")
         print("done")
-''')
+""")
 
 
 def run_tool(tmp_path, *args, env=None):
@@ -56,12 +57,15 @@ def run_tool(tmp_path, *args, env=None):
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=environment)
 
 
-@pytest.mark.parametrize("kind,code,line", [
-    ("job", 1, "error: the data in /data/x is bad; fix it and rerun"),
-    ("config", 2, "error: config.batch_size must be an integer >= 1, got 0"),
-    ("missing", 1, "error: /nonexistent/file.txt: No such file or directory"),
-    ("full_disk", 1, "error: /ckpt/step_6: No space left on device"),
-])
+@pytest.mark.parametrize(
+    "kind,code,line",
+    [
+        ("job", 1, "error: the data in /data/x is bad; fix it and rerun"),
+        ("config", 2, "error: config.batch_size must be an integer >= 1, got 0"),
+        ("missing", 1, "error: /nonexistent/file.txt: No such file or directory"),
+        ("full_disk", 1, "error: /ckpt/step_6: No space left on device"),
+    ],
+)
 def test_known_errors_are_one_line_with_their_exit_status(tmp_path, kind, code, line):
     result = run_tool(tmp_path, f"--raise={kind}")
     assert result.returncode == code
@@ -83,8 +87,9 @@ def test_a_bug_keeps_its_traceback(tmp_path):
 
 @pytest.mark.parametrize("how", ["env", "verbosity"])
 def test_traceback_on_request_for_a_bug_report(tmp_path, how):
-    args, env = (["--raise=job"], {errors.TRACEBACK_ENV: "1"}) if how == "env" else (
-        ["--raise=job", "--verbosity=1"], None)
+    args, env = (
+        (["--raise=job"], {errors.TRACEBACK_ENV: "1"}) if how == "env" else (["--raise=job", "--verbosity=1"], None)
+    )
     result = run_tool(tmp_path, *args, env=env)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and 'raise errors.JobError("the data' in result.stderr
@@ -95,7 +100,8 @@ def test_bad_flags_are_usage_errors(tmp_path):
     result = run_tool(tmp_path, "--raisee=job")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: Unknown command line flag 'raisee'. Did you mean: raise ? (see --helpshort)"]
+        "error: Unknown command line flag 'raisee'. Did you mean: raise ? (see --helpshort)"
+    ]
     assert run_tool(tmp_path).stdout == "done\n"
 
 
@@ -103,9 +109,13 @@ def test_explain_covers_the_domain_errors():
     from abaw_jax.data import affwild2
     from abaw_jax.runtime import checkpointing
 
-    for error in (affwild2.AnnotationError("a.txt", 3, "one integer", "x"), affwild2.LayoutError("crops: bad"),
-                  checkpointing.CheckpointMismatchError("other model"), tw.WeightMismatchError("missing: x"),
-                  tw.WeightFileError("w.pth: a git-lfs pointer")):
+    for error in (
+        affwild2.AnnotationError("a.txt", 3, "one integer", "x"),
+        affwild2.LayoutError("crops: bad"),
+        checkpointing.CheckpointMismatchError("other model"),
+        tw.WeightMismatchError("missing: x"),
+        tw.WeightFileError("w.pth: a git-lfs pointer"),
+    ):
         assert errors.explain(error) == (str(error), 1)
     assert errors.explain(errors.ConfigError("config.x")) == ("config.x", 2)
     assert errors.explain(KeyError("x")) is None and errors.explain(TypeError("x")) is None
@@ -127,8 +137,11 @@ def test_weight_files_that_are_not_weights(tmp_path):
 
     no_model = tmp_path / "trainer_state.pth"
     torch.save({"optimizer": {"lr": 0.1}, "epoch": 3}, no_model)
-    with pytest.raises(tw.WeightFileError, match=r"expected a state dict of tensors, or one under 'model', found "
-                                                 r"entries that are not tensors \(epoch, optimizer\)"):
+    with pytest.raises(
+        tw.WeightFileError,
+        match=r"expected a state dict of tensors, or one under 'model', found "
+        r"entries that are not tensors \(epoch, optimizer\)",
+    ):
         tw.load_torch_checkpoint(str(no_model))
 
     state["pos_embed"][0, 2, 3] = float("nan")
@@ -140,7 +153,7 @@ def test_weight_files_that_are_not_weights(tmp_path):
 
     folder = tmp_path / "hf_model"
     folder.mkdir()
-    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": broken json")
+    (folder / "model.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": broken json')
     with pytest.raises(tw.WeightFileError, match=r"model\.safetensors: not a readable safetensors file"):
         tw.read_state_dict(str(folder), "hf")
 
@@ -151,14 +164,26 @@ def test_tools_print_one_error_line(tmp_path):
     lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n")
     (tmp_path / "out_dir").mkdir()
     cases = [
-        (["abaw_jax.main", "--config=configs/mae.py:tiny", f"--workdir={tmp_path / 'w'}", "--config.batch_sise=8"],
-         2, 'error: unknown config key batch_sise. Did you mean "batch_size" instead of "batch_sise"? '
-            "(see --helpshort)"),
-        (["abaw_jax.convert_weights", "--direction=to_flax", f"--input={lfs}", f"--output={tmp_path / 'o'}"],
-         1, f"error: {lfs}: a git-lfs pointer, not the weights; fetch them with `git lfs pull` in that repository"),
-        (["data_prep.build_face_shards", f"--image_roots=faces={tmp_path / 'nothing'}",
-          f"--data_dir={tmp_path / 'tfds'}"],
-         1, f"error: Image root faces={tmp_path / 'nothing'} must be a directory, found nothing there."),
+        (
+            ["abaw_jax.main", "--config=configs/mae.py:tiny", f"--workdir={tmp_path / 'w'}", "--config.batch_sise=8"],
+            2,
+            'error: unknown config key batch_sise. Did you mean "batch_size" instead of "batch_sise"? '
+            "(see --helpshort)",
+        ),
+        (
+            ["abaw_jax.convert_weights", "--direction=to_flax", f"--input={lfs}", f"--output={tmp_path / 'o'}"],
+            1,
+            f"error: {lfs}: a git-lfs pointer, not the weights; fetch them with `git lfs pull` in that repository",
+        ),
+        (
+            [
+                "data_prep.build_face_shards",
+                f"--image_roots=faces={tmp_path / 'nothing'}",
+                f"--data_dir={tmp_path / 'tfds'}",
+            ],
+            1,
+            f"error: Image root faces={tmp_path / 'nothing'} must be a directory, found nothing there.",
+        ),
     ]
     env = {k: v for k, v in os.environ.items() if k != errors.TRACEBACK_ENV}
     for args, code, line in cases:
@@ -176,8 +201,10 @@ def test_damaged_params_directory_names_it(tmp_path):
     params_io.save_params(str(tmp_path / "enc"), params_io.init_params(config), config)
     largest = max((tmp_path / "enc" / "params").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
     largest.write_bytes(largest.read_bytes()[:100])
-    with pytest.raises(params_io.ParamsFileError, match=f"{tmp_path / 'enc' / 'params'}: cannot restore the "
-                                                        "parameters of the model in model.json"):
+    with pytest.raises(
+        params_io.ParamsFileError,
+        match=f"{tmp_path / 'enc' / 'params'}: cannot restore the parameters of the model in model.json",
+    ):
         params_io.load_params(str(tmp_path / "enc"))
 
 
@@ -185,4 +212,6 @@ def test_output_that_is_a_directory_is_named(tmp_path):
     with pytest.raises(IsADirectoryError) as caught:
         convert_weights.convert_to_official(str(tmp_path / "params"), str(tmp_path))
     assert errors.explain(caught.value) == (
-        f"{tmp_path}: is a directory; --output of to_official names the .pth file to write", 1)
+        f"{tmp_path}: is a directory; --output of to_official names the .pth file to write",
+        1,
+    )

@@ -1,4 +1,5 @@
 """Majority vote, tie rules, soft voting, VA mean and scene routing against plain per-frame Python references."""
+
 import collections
 
 import numpy as np

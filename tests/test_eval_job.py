@@ -1,4 +1,5 @@
 """The evaluation job on simulated predictions of the synthetic release: tables, tuning, submission, bad input."""
+
 import json
 import pathlib
 import shutil
@@ -10,12 +11,11 @@ from sklearn.metrics import f1_score
 from abaw_jax import tasks
 from abaw_jax.data import affwild2
 from abaw_jax.data.features import VisualSetWriter
-from abaw_jax.data.predictions import PredictionWriter, Predictions
+from abaw_jax.data.predictions import Predictions, PredictionWriter
 from abaw_jax.eval import simulate, submission
 from abaw_jax.jobs import evaluate
 from abaw_jax.runtime.errors import JobError
 from conftest import load_config, set_values
-
 
 
 def _config(preset, root, fusion, **overrides):
@@ -50,8 +50,14 @@ def test_job_tunes_votes_and_writes_a_checked_submission(task, synthetic_affwild
     assert tables["out-of-fold"]["tracks"] == len(labelled)
     assert sum(tables[f"fold{k}"]["tracks"] for k in range(1, 6)) == len(labelled)
     assert tables["out-of-fold"]["before"]["frames"] == sum(
-        int(affwild2.parse_annotation_file(affwild2.find_task_dir(synthetic_affwild2 / "annotations", task)
-                                           / predictions.split(t) / f"{t}.txt", task)[1].sum()) for t in labelled)
+        int(
+            affwild2.parse_annotation_file(
+                affwild2.find_task_dir(synthetic_affwild2 / "annotations", task) / predictions.split(t) / f"{t}.txt",
+                task,
+            )[1].sum()
+        )
+        for t in labelled
+    )
     # Smoothing helps on noisy per-frame outputs, and the reported out-of-fold metric is the tuned one.
     tuned = results["tuning"]
     assert tuned["sigma"] > 0 and tuned["steps"][0]["after"] > tuned["steps"][0]["before"] + 0.02
@@ -118,12 +124,17 @@ def test_bad_inputs_are_clear_errors(synthetic_affwild2, fusion, tmp_path):
     for member in simulate.MEMBERS:
         writer.write(member, "21-30-320x240", np.full((10, 8), 0.125, np.float32), "test")
     writer.flush()
-    with pytest.raises(JobError, match=r"Expr_test_set_example.txt lists \d+ frames of test video '21-30-320x240', "
-                                       r"but .* has predictions for 10"):
+    with pytest.raises(
+        JobError,
+        match=r"Expr_test_set_example.txt lists \d+ frames of test video '21-30-320x240', "
+        r"but .* has predictions for 10",
+    ):
         evaluate.run(config(target), str(tmp_path / "out"))
     # A member's file of the wrong length, or holding NaN: the file, track and frames are named, nothing written.
-    for name, values, match in [("d", np.full((5, 8), 0.125, np.float32), r"expected shape \(\d+, 8\) .*found \(5, 8\)"),
-                                ("e", None, r"NaN or infinity at frames 3, 4 of track")]:
+    for name, values, match in [
+        ("d", np.full((5, 8), 0.125, np.float32), r"expected shape \(\d+, 8\) .*found \(5, 8\)"),
+        ("e", None, r"NaN or infinity at frames 3, 4 of track"),
+    ]:
         target, _ = _copy_predictions(fusion["EXPR"], tmp_path / name)
         path = next((target / "predictions" / "whole").glob("*.npy"))
         if values is None:
@@ -142,8 +153,11 @@ def test_bad_inputs_are_clear_errors(synthetic_affwild2, fusion, tmp_path):
         evaluate.run(config(fusion["EXPR"], **{"data.examples": str(examples)}), str(tmp_path / "out"))
     # A tiny preset whose fusion workdir does not exist names the command that makes it.
     missing = config(tmp_path / "nowhere", fusion_preset="expr_tiny")
-    with pytest.raises(JobError, match=r"make it with: python -m abaw_jax.main --config=configs/fusion.py:expr_tiny "
-                                       r"--workdir=.*nowhere"):
+    with pytest.raises(
+        JobError,
+        match=r"make it with: python -m abaw_jax.main --config=configs/fusion.py:expr_tiny "
+        r"--workdir=.*nowhere",
+    ):
         evaluate.run(missing, str(tmp_path / "out"))
     # A bad config value names its key.
     with pytest.raises(JobError, match=r"config.ensemble.method must be one of \('vote', 'soft'\), got 'majority'"):
@@ -160,8 +174,12 @@ def test_scene_router_option_learns_the_reaction_scenes(synthetic_affwild2, fusi
         n = predictions.num_frames(track)
         offset = 0.8 if affwild2.is_listed(track, reaction) else -0.8
         writer.write(track, np.arange(1, n + 1), rng.normal(offset, 1.0, (n, 6)).astype(np.float32), n)
-    results = evaluate.run(_config("expr", synthetic_affwild2, fusion["EXPR"], scene_routing="router",
-                                   features_dir=str(tmp_path / "features")), str(tmp_path / "out"))
+    results = evaluate.run(
+        _config(
+            "expr", synthetic_affwild2, fusion["EXPR"], scene_routing="router", features_dir=str(tmp_path / "features")
+        ),
+        str(tmp_path / "out"),
+    )
     report = results["scene_router"]
     assert report["feature_set"] == "mae_expr" and report["validation_tracks"] > 0
     assert report["validation_accuracy"] == 1.0

@@ -1,4 +1,5 @@
 """Task metrics against scikit-learn and a numpy CCC, including degenerate masks and classes."""
+
 import jax
 import numpy as np
 import pytest
@@ -43,8 +44,9 @@ def test_expr_f1_matches_sklearn_with_absent_classes(seed):
     mask = rng.uniform(size=(4, 60)) < 0.7
     ours = np.asarray(per_class("EXPR", scores, labels, mask))
     keep = mask.reshape(-1)
-    reference = f1_score(labels.reshape(-1)[keep], scores.reshape(-1, 8).argmax(-1)[keep], labels=range(8),
-                         average=None, zero_division=0)
+    reference = f1_score(
+        labels.reshape(-1)[keep], scores.reshape(-1, 8).argmax(-1)[keep], labels=range(8), average=None, zero_division=0
+    )
     np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-7)
     assert ours[7] == 0.0
     mean, _ = metrics.task_scores("EXPR", scores, labels, mask)
@@ -98,8 +100,11 @@ def test_task_scores_dispatch_on_task_kind():
     assert float(mean) == pytest.approx(1.0, rel=1e-6)
     # Outputs and the final labels they give score the same: AU thresholded, EXPR arg-max.
     probs, truth, mask = rng.uniform(size=(40, 12)), rng.uniform(size=(40, 12)) < 0.3, rng.uniform(size=40) < 0.8
-    np.testing.assert_array_equal(metrics.task_scores("AU", probs, truth, mask, 0.4)[1],
-                                  metrics.label_scores("AU", probs >= 0.4, truth, mask)[1])
+    np.testing.assert_array_equal(
+        metrics.task_scores("AU", probs, truth, mask, 0.4)[1], metrics.label_scores("AU", probs >= 0.4, truth, mask)[1]
+    )
     scores, classes = rng.normal(size=(40, 8)), rng.integers(0, 8, 40)
-    np.testing.assert_array_equal(metrics.task_scores("EXPR", scores, classes, mask)[1],
-                                  metrics.label_scores("EXPR", scores.argmax(-1), classes, mask)[1])
+    np.testing.assert_array_equal(
+        metrics.task_scores("EXPR", scores, classes, mask)[1],
+        metrics.label_scores("EXPR", scores.argmax(-1), classes, mask)[1],
+    )

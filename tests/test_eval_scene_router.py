@@ -1,4 +1,5 @@
 """The scene router's logistic regression against scikit-learn's, on per-video feature statistics."""
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -22,7 +23,8 @@ def test_router_agrees_with_sklearn_and_generalises():
     test_x, test_y = _videos(rng, 60)
     router = scene_router.fit_router(train_x, train_y)
     reference = LogisticRegression(C=1.0 / (1e-2 * len(train_y)), max_iter=2000).fit(
-        (train_x - router.mean) / router.scale, train_y)
+        (train_x - router.mean) / router.scale, train_y
+    )
     ours = router.predict(test_x)
     assert (ours == test_y).mean() >= 0.9
     assert (ours == reference.predict((test_x - router.mean) / router.scale)).mean() >= 0.95
@@ -43,8 +45,12 @@ def test_fit_and_validate_fits_on_train_only_and_saves_what_it_predicts(tmp_path
     router, report = scene_router.fit_and_validate(x, y, train, validation)
     alone = scene_router.fit_router(x[:70], y[:70])
     np.testing.assert_array_equal(router.weights, alone.weights)
-    assert report == {"train_videos": 70, "train_reaction_videos": int(y[:70].sum()), "validation_videos": 20,
-                      "validation_accuracy": pytest.approx((alone.predict(x[80:]) == y[80:]).mean())}
+    assert report == {
+        "train_videos": 70,
+        "train_reaction_videos": int(y[:70].sum()),
+        "validation_videos": 20,
+        "validation_accuracy": pytest.approx((alone.predict(x[80:]) == y[80:]).mean()),
+    }
     router.save(tmp_path / "router.npz")
     loaded = scene_router.SceneRouter.load(tmp_path / "router.npz")
     np.testing.assert_array_equal(loaded.probability(x), router.probability(x))

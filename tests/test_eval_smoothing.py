@@ -1,4 +1,5 @@
 """Gaussian smoothing against scipy.ndimage.gaussian_filter1d(mode='reflect', truncate=4.0), per video of a batch."""
+
 import subprocess
 import sys
 import time
@@ -26,25 +27,32 @@ def test_grid_matches_scipy_per_video_including_long_kernels():
     assert out.shape == (len(SIGMAS),) + values.shape
     for s, sigma in enumerate(SIGMAS):
         for v, array in enumerate(arrays):
-            expected = array if sigma == 0 else ndimage.gaussian_filter1d(
-                array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
-            np.testing.assert_allclose(out[s, v, :len(array)], expected, atol=1e-6, rtol=0)
-            assert np.all(out[s, v, len(array):] == 0)
+            expected = (
+                array
+                if sigma == 0
+                else ndimage.gaussian_filter1d(array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
+            )
+            np.testing.assert_allclose(out[s, v, : len(array)], expected, atol=1e-6, rtol=0)
+            assert np.all(out[s, v, len(array) :] == 0)
 
 
 def test_padding_never_leaks_into_a_shorter_video():
     _, values, mask = _batch(1)
     noisy = np.where(mask[..., None], values, 1e6).astype(np.float32)
     weights = (1.5, 20.0)
-    np.testing.assert_array_equal(np.asarray(smoothing.smooth(values, mask, weights)),
-                                  np.asarray(smoothing.smooth(noisy, mask, weights)))
+    np.testing.assert_array_equal(
+        np.asarray(smoothing.smooth(values, mask, weights)), np.asarray(smoothing.smooth(noisy, mask, weights))
+    )
 
 
 def test_scipy_docstring_vector_and_zero_sigma():
     x = np.array([[1.0, 2, 3, 4, 5]], np.float32)[..., None]
     mask = np.ones((1, 5), bool)
-    np.testing.assert_allclose(np.asarray(smoothing.gaussian_smooth(x, mask, 1.0))[0, :, 0],
-                               [1.42704095, 2.06782203, 3, 3.93217797, 4.57295905], atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(smoothing.gaussian_smooth(x, mask, 1.0))[0, :, 0],
+        [1.42704095, 2.06782203, 3, 3.93217797, 4.57295905],
+        atol=1e-6,
+    )
     np.testing.assert_array_equal(np.asarray(smoothing.gaussian_smooth(x, mask, 0.0)), x)
 
 
@@ -64,15 +72,18 @@ def test_grid_convolution_on_the_stream_layout_matches_scipy():
     halo = max(smoothing.kernel_radius(s) for s in SIGMAS)
     source, real = smoothing.stream_layout(mask.sum(1), values.shape[1], halo, chunk=16)
     assert (len(source) - 2 * halo) % 16 == 0 and real.sum() == mask.sum()
-    stream = values.reshape(-1, 3)[source].T                                        # (C, L)
+    stream = values.reshape(-1, 3)[source].T  # (C, L)
     out = np.asarray(smoothing.correlate(stream, smoothing.gaussian_weights(SIGMAS, halo)))  # (C, L - 2R, S)
-    frames = out[:, real[halo:len(real) - halo]]                                  # the videos' own frames, in order
+    frames = out[:, real[halo : len(real) - halo]]  # the videos' own frames, in order
     start = 0
     for array in arrays:
         for s, sigma in enumerate(SIGMAS):
-            expected = array if sigma == 0 else ndimage.gaussian_filter1d(
-                array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
-            np.testing.assert_allclose(frames[:, start:start + len(array), s].T, expected, atol=1e-6, rtol=0)
+            expected = (
+                array
+                if sigma == 0
+                else ndimage.gaussian_filter1d(array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
+            )
+            np.testing.assert_allclose(frames[:, start : start + len(array), s].T, expected, atol=1e-6, rtol=0)
         start += len(array)
 
 
@@ -98,8 +109,9 @@ MEMORY_BOUND_MB = 3000  # about 270 MB measured; the old code passed 8 GB
 
 def test_sigmas_far_longer_than_the_videos_match_scipy_in_bounded_memory():
     """Sigma 250 / 300 on ten short videos: scipy reflects again and again; memory stays that of a small batch."""
-    child = subprocess.Popen([sys.executable, "-c", _LARGE_SIGMA_CHILD], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _LARGE_SIGMA_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     process, peak_mb = psutil.Process(child.pid), 0.0
     while child.poll() is None:
         try:
@@ -119,7 +131,7 @@ def test_kernels_are_folded_to_the_longest_video():
     kernels, radius = smoothing.video_kernels((300.0,), np.array([3, 40, 0]))
     assert radius == 40 and kernels.shape == (1, 3, 81)
     np.testing.assert_allclose(kernels.sum(-1), 1.0, rtol=1e-6)
-    assert np.count_nonzero(kernels[0, 0]) == 2 * 3   # a 3-frame video: offsets -3..2, one period of its reflection
+    assert np.count_nonzero(kernels[0, 0]) == 2 * 3  # a 3-frame video: offsets -3..2, one period of its reflection
 
 
 def test_negative_sigma_is_named():

@@ -64,20 +64,35 @@ def _mutate(path, line_number, new_line=None, delete=False, insert=None):
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("task, mutation, message", [
-    ("EXPR", dict(line_number=1, new_line="image_location,Neutral,Anger"), r":1: expected the example's header"),
-    ("EXPR", dict(line_number=5, delete=True),
-     r":5: expected location '.*/00004.jpg' \(row 4 of .*\), found '.*/00005.jpg'"),
-    ("EXPR", dict(line_number=2, new_line="21-30-320x240/00001.jpg,8"),
-     r":2: expected one integer class 0..7, found '8'"),
-    ("EXPR", dict(line_number=3, new_line="21-30-320x240/00002.jpg,1.0"), r":3: expected one integer class"),
-    ("AU", dict(line_number=4, new_line="21-30-320x240/00003.jpg,0,1,2,0,0,0,0,0,0,0,0,0"),
-     r":4: expected 12 values 0 or 1"),
-    ("AU", dict(line_number=4, new_line="21-30-320x240/00003.jpg,0,1,0"), r":4: expected 12 values 0 or 1"),
-    ("VA", dict(line_number=2, new_line="21-30-320x240/00001.jpg,0.5,1.5"),
-     r":2: expected valence,arousal as two floats in \[-1, 1\]"),
-    ("VA", dict(line_number=2, new_line="21-30-320x240/00001.jpg,nan,0.1"), r":2: expected valence,arousal"),
-])
+@pytest.mark.parametrize(
+    "task, mutation, message",
+    [
+        ("EXPR", dict(line_number=1, new_line="image_location,Neutral,Anger"), r":1: expected the example's header"),
+        (
+            "EXPR",
+            dict(line_number=5, delete=True),
+            r":5: expected location '.*/00004.jpg' \(row 4 of .*\), found '.*/00005.jpg'",
+        ),
+        (
+            "EXPR",
+            dict(line_number=2, new_line="21-30-320x240/00001.jpg,8"),
+            r":2: expected one integer class 0..7, found '8'",
+        ),
+        ("EXPR", dict(line_number=3, new_line="21-30-320x240/00002.jpg,1.0"), r":3: expected one integer class"),
+        (
+            "AU",
+            dict(line_number=4, new_line="21-30-320x240/00003.jpg,0,1,2,0,0,0,0,0,0,0,0,0"),
+            r":4: expected 12 values 0 or 1",
+        ),
+        ("AU", dict(line_number=4, new_line="21-30-320x240/00003.jpg,0,1,0"), r":4: expected 12 values 0 or 1"),
+        (
+            "VA",
+            dict(line_number=2, new_line="21-30-320x240/00001.jpg,0.5,1.5"),
+            r":2: expected valence,arousal as two floats in \[-1, 1\]",
+        ),
+        ("VA", dict(line_number=2, new_line="21-30-320x240/00001.jpg,nan,0.1"), r":2: expected valence,arousal"),
+    ],
+)
 def test_checker_says_file_line_and_what_is_wrong(task, mutation, message, synthetic_affwild2, tmp_path):
     path = _write_valid(synthetic_affwild2, task, tmp_path)
     _mutate(path, **mutation)
@@ -91,8 +106,11 @@ def test_checker_row_count_and_order(synthetic_affwild2, tmp_path):
     lines = path.read_text().splitlines()
     total = len(lines) - 1
     path.write_text("\n".join(lines[:-2]) + "\n")  # two rows short
-    with pytest.raises(submission.SubmissionError, match=rf":{total}: the file ends after {total - 2} rows; "
-                                                         rf"the example has {total}"):
+    with pytest.raises(
+        submission.SubmissionError,
+        match=rf":{total}: the file ends after {total - 2} rows; "
+        rf"the example has {total}",
+    ):
         submission.check_submission(path, example, "VA")
     path.write_text("\n".join(lines + [lines[-1]]) + "\n")  # one row too many
     with pytest.raises(submission.SubmissionError, match=rf":{total + 2}: expected the end of the file"):
@@ -110,8 +128,11 @@ def test_writer_refuses_missing_videos_wrong_counts_and_bad_examples(synthetic_a
     with pytest.raises(submission.SubmissionError, match=rf"test video '{name}' \(\d+ frames\) has no predictions"):
         submission.write_submission(tmp_path / "a.txt", "EXPR", example, {})
     short = {name: predictions[name][:-3]}
-    with pytest.raises(submission.SubmissionError, match=rf"has {len(predictions[name])} frames in the example file "
-                                                         rf"but {len(predictions[name]) - 3} predicted"):
+    with pytest.raises(
+        submission.SubmissionError,
+        match=rf"has {len(predictions[name])} frames in the example file "
+        rf"but {len(predictions[name]) - 3} predicted",
+    ):
         submission.write_submission(tmp_path / "a.txt", "EXPR", example, short)
     bad = tmp_path / "bad_example.txt"
     bad.write_text(example.read_text().replace("image_location", "location", 1))

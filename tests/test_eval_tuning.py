@@ -1,4 +1,5 @@
 """Grid tuning against scipy smoothing + scikit-learn metrics (tuning on out-of-fold predictions: test_eval_job)."""
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -17,8 +18,12 @@ def _ccc(x, y):
 def _random_batch(task, seed=0, lengths=(40, 17, 60, 5, 33)):
     rng = np.random.default_rng(seed)
     channels = tasks.get_task(task).num_outputs
-    outputs = [rng.dirichlet(np.ones(channels), n).astype(np.float32) if task == "EXPR"
-               else rng.uniform(0 if task == "AU" else -1, 1, (n, channels)).astype(np.float32) for n in lengths]
+    outputs = [
+        rng.dirichlet(np.ones(channels), n).astype(np.float32)
+        if task == "EXPR"
+        else rng.uniform(0 if task == "AU" else -1, 1, (n, channels)).astype(np.float32)
+        for n in lengths
+    ]
     if task == "AU":
         labels = [(rng.uniform(size=(n, 12)) < 0.4).astype(np.int32) for n in lengths]
     elif task == "EXPR":
@@ -30,11 +35,14 @@ def _random_batch(task, seed=0, lengths=(40, 17, 60, 5, 33)):
 
 
 def _reference(task, outputs, labels, valid, sigma):
-    smoothed = [o.astype(np.float64) if sigma == 0 else
-                ndimage.gaussian_filter1d(o.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
-                for o in outputs]
+    smoothed = [
+        o.astype(np.float64)
+        if sigma == 0
+        else ndimage.gaussian_filter1d(o.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
+        for o in outputs
+    ]
     x = np.concatenate([s[v] for s, v in zip(smoothed, valid)])
-    y = np.concatenate([l[v] for l, v in zip(labels, valid)])
+    y = np.concatenate([label[v] for label, v in zip(labels, valid)])
     if task == "AU":
         return f1_score(y, x >= 0.5, average=None, zero_division=0)
     if task == "EXPR":
@@ -47,9 +55,11 @@ def test_sigma_grid_matches_scipy_and_sklearn(task):
     outputs, labels, valid = _random_batch(task)
     sigmas = [0.0, 0.7, 2.0, 9.0]
     padded, mask = coverage.pad_batch(outputs)
-    ours = np.asarray(tuning.sigma_grid_scores(task, padded, coverage.pad_batch(labels)[0],
-                                               coverage.pad_batch(valid)[0], mask,
-                                               sigmas, chunk=16))  # several chunks and groups
+    ours = np.asarray(
+        tuning.sigma_grid_scores(
+            task, padded, coverage.pad_batch(labels)[0], coverage.pad_batch(valid)[0], mask, sigmas, chunk=16
+        )
+    )  # several chunks and groups
     for row, sigma in zip(ours, sigmas):
         np.testing.assert_allclose(row, _reference(task, outputs, labels, valid, sigma), atol=2e-5)
 
@@ -58,10 +68,13 @@ def test_threshold_and_bias_grids_match_sklearn():
     outputs, labels, valid = _random_batch("AU", seed=3)
     padded, mask = coverage.pad_batch(outputs)
     grid = np.linspace(0.1, 0.9, 9).astype(np.float32)
-    ours = np.asarray(tuning.threshold_grid_scores(padded, coverage.pad_batch(labels)[0],
-                                                   coverage.pad_batch(valid)[0] & mask, grid, chunk=64))
+    ours = np.asarray(
+        tuning.threshold_grid_scores(
+            padded, coverage.pad_batch(labels)[0], coverage.pad_batch(valid)[0] & mask, grid, chunk=64
+        )
+    )
     x = np.concatenate([o[v] for o, v in zip(outputs, valid)])
-    y = np.concatenate([l[v] for l, v in zip(labels, valid)])
+    y = np.concatenate([label[v] for label, v in zip(labels, valid)])
     for row, threshold in zip(ours, grid):
         np.testing.assert_allclose(row, f1_score(y, x >= threshold, average=None, zero_division=0), atol=1e-6)
 
@@ -69,10 +82,13 @@ def test_threshold_and_bias_grids_match_sklearn():
     log_p = np.log(coverage.pad_batch(outputs)[0] + 1e-12)
     bias = np.linspace(-0.2, 0.2, 8).astype(np.float32)
     grid = np.array([-1.0, 0.0, 0.8], np.float32)
-    ours = np.asarray(tuning.class_bias_grid_scores(log_p, coverage.pad_batch(labels)[0],
-                                                    coverage.pad_batch(valid)[0] & mask, bias, 3, grid, chunk=64))
+    ours = np.asarray(
+        tuning.class_bias_grid_scores(
+            log_p, coverage.pad_batch(labels)[0], coverage.pad_batch(valid)[0] & mask, bias, 3, grid, chunk=64
+        )
+    )
     x = np.log(np.concatenate([o[v] for o, v in zip(outputs, valid)]) + 1e-12)
-    y = np.concatenate([l[v] for l, v in zip(labels, valid)])
+    y = np.concatenate([label[v] for label, v in zip(labels, valid)])
     for row, value in zip(ours, grid):
         shifted = bias.copy()
         shifted[3] = value

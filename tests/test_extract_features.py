@@ -6,6 +6,7 @@ an AU head, and `timm`, a timm ViT (global_pool='avg', fc_norm=True) saved as an
 plus the `logmel_mfcc` audio set. Its crops are a copy of the release's with one crop overwritten by
 garbage, one track's crop folder removed and a stray folder added.
 """
+
 import contextlib
 import io
 import json
@@ -58,7 +59,8 @@ def save_vit(directory: pathlib.Path, num_classes: int, seed: int) -> tuple[dict
     rng = np.random.default_rng(seed)
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: (path[-1].key == "scale") + rng.normal(0, 0.2, x.shape).astype(np.float32),
-        params_io.abstract_params(config))
+        params_io.abstract_params(config),
+    )
     params_io.save_params(str(directory), params, config)
     return params, config
 
@@ -70,8 +72,16 @@ def save_timm_vit(path: pathlib.Path):
 
     torch.manual_seed(0)
     model = timm.models.vision_transformer.VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, mlp_ratio=4.0, global_pool="avg",
-        fc_norm=True, num_classes=0).eval()
+        img_size=32,
+        patch_size=8,
+        embed_dim=192,
+        depth=2,
+        num_heads=3,
+        mlp_ratio=4.0,
+        global_pool="avg",
+        fc_norm=True,
+        num_classes=0,
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -90,30 +100,51 @@ def extracted(synthetic_affwild2, tmp_path_factory):
     shutil.copy(crops / CORRUPT[0] / "00001.jpg", crops / "stray_track" / "00001.jpg")
     vit_params, vit_config = save_vit(tmp / "vit", num_classes=tasks.AU.num_outputs, seed=1)
     timm_model = save_timm_vit(tmp / "timm.pth")
-    config = make_config(synthetic_affwild2, crops, {"vit": tmp / "vit", "timm": tmp / "timm.pth"},
-                         heads={"vit": "AU"}, audio=("logmel_mfcc",))
+    config = make_config(
+        synthetic_affwild2,
+        crops,
+        {"vit": tmp / "vit", "timm": tmp / "timm.pth"},
+        heads={"vit": "AU"},
+        audio=("logmel_mfcc",),
+    )
     workdir = tmp / "features"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         extract_features.run(config, str(workdir))
-    return dict(workdir=workdir, crops=crops, root=synthetic_affwild2, config=config, log=out.getvalue(),
-                vit=(vit_params, vit_config), timm=timm_model, tmp=tmp)
+    return dict(
+        workdir=workdir,
+        crops=crops,
+        root=synthetic_affwild2,
+        config=config,
+        log=out.getvalue(),
+        vit=(vit_params, vit_config),
+        timm=timm_model,
+        tmp=tmp,
+    )
 
 
 def decoded(crops: pathlib.Path, track: str, frames) -> np.ndarray:
     """The crops as the job decodes them, normalised in numpy (float32 NHWC)."""
-    pixels = np.stack([mae_pipeline.decode_resize((crops / track / f"{k:05d}.jpg").read_bytes(), image_size=32)
-                       for k in frames])
-    return ((pixels / 255.0 - np.array(mae_pipeline.IMAGENET_MEAN)) / np.array(mae_pipeline.IMAGENET_STD)
-            ).astype(np.float32)
+    pixels = np.stack(
+        [mae_pipeline.decode_resize((crops / track / f"{k:05d}.jpg").read_bytes(), image_size=32) for k in frames]
+    )
+    return ((pixels / 255.0 - np.array(mae_pipeline.IMAGENET_MEAN)) / np.array(mae_pipeline.IMAGENET_STD)).astype(
+        np.float32
+    )
 
 
 def expected_frames(root: pathlib.Path, crops: pathlib.Path, track: str) -> int:
     """The largest of the track's annotation rows, test example frames and last crop index."""
-    counts = [len(affwild2.parse_annotation_file(p, t.name)[0]) for t in tasks.TASKS.values()
-              for p in root.glob(f"annotations/{t.folders[0]}/*/{track}.txt")]
-    counts += [int(affwild2.read_submission_template(p, t.name).frames_of(track).max(initial=0))
-               for t in tasks.TASKS.values() for p in root.glob(f"test_set/prediction_files_format/{t.example_file}")]
+    counts = [
+        len(affwild2.parse_annotation_file(p, t.name)[0])
+        for t in tasks.TASKS.values()
+        for p in root.glob(f"annotations/{t.folders[0]}/*/{track}.txt")
+    ]
+    counts += [
+        int(affwild2.read_submission_template(p, t.name).frames_of(track).max(initial=0))
+        for t in tasks.TASKS.values()
+        for p in root.glob(f"test_set/prediction_files_format/{t.example_file}")
+    ]
     crop_frames = affwild2.list_crops(crops / track) if (crops / track).is_dir() else [0]
     return max(counts + [int(max(crop_frames, default=0))])
 
@@ -145,7 +176,7 @@ def test_official_checkpoint_features_equal_timm_pooled_fc_norm(extracted):
     model = extracted["timm"]
     with torch.no_grad():
         tokens = model.forward_features(x)
-        reference = model.fc_norm(tokens[:, model.num_prefix_tokens:].mean(dim=1)).numpy()
+        reference = model.fc_norm(tokens[:, model.num_prefix_tokens :].mean(dim=1)).numpy()
     assert np.abs(reference).max() > 0.5
     np.testing.assert_allclose(stored[frames - 1], reference, atol=1e-4)
 
@@ -199,8 +230,11 @@ def test_corrupt_crop_is_counted_masked_and_reported(extracted):
 def test_tracks_without_crops_and_stray_folders_are_reported(extracted):
     manifest = features.VisualSet(extracted["workdir"] / "vit").manifest
     assert manifest["tracks"][NO_CROPS]["num_faces"] == 0
-    assert manifest["tracks"][NO_CROPS]["num_frames"] == expected_frames(extracted["root"], extracted["crops"],
-                                                                         NO_CROPS) > 0
+    assert (
+        manifest["tracks"][NO_CROPS]["num_frames"]
+        == expected_frames(extracted["root"], extracted["crops"], NO_CROPS)
+        > 0
+    )
     assert f"tracks have no crops at all (written with every frame masked): ['{NO_CROPS}']" in extracted["log"]
     assert "stray_track" not in manifest["tracks"] and "e.g. ['stray_track']" in extracted["log"]
     assert "frames/s" in extracted["log"]
@@ -209,8 +243,13 @@ def test_tracks_without_crops_and_stray_folders_are_reported(extracted):
 def test_rerun_writes_nothing_and_a_track_removed_from_the_manifest_is_redone(extracted, tmp_path, capsys):
     workdir = tmp_path / "features"
     shutil.copytree(extracted["workdir"], workdir)
-    config = make_config(extracted["root"], extracted["crops"], {"vit": extracted["tmp"] / "vit"},
-                         heads={"vit": "AU"}, audio=("logmel_mfcc",))
+    config = make_config(
+        extracted["root"],
+        extracted["crops"],
+        {"vit": extracted["tmp"] / "vit"},
+        heads={"vit": "AU"},
+        audio=("logmel_mfcc",),
+    )
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
     extract_features.run(config, str(workdir))
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
@@ -223,12 +262,17 @@ def test_rerun_writes_nothing_and_a_track_removed_from_the_manifest_is_redone(ex
     manifest_path.write_text(json.dumps(manifest))
     (workdir / "vit" / f"{redo}.npy").unlink()
     extract_features.run(config, str(workdir))
-    assert f"{len(json.loads((extracted['workdir'] / 'vit' / 'manifest.json').read_text())['tracks']) - 1} of" \
-           in capsys.readouterr().out
-    np.testing.assert_array_equal(features.VisualSet(workdir / "vit").load(redo)[0],
-                                  features.VisualSet(extracted["workdir"] / "vit").load(redo)[0])
+    assert (
+        f"{len(json.loads((extracted['workdir'] / 'vit' / 'manifest.json').read_text())['tracks']) - 1} of"
+        in capsys.readouterr().out
+    )
+    np.testing.assert_array_equal(
+        features.VisualSet(workdir / "vit").load(redo)[0],
+        features.VisualSet(extracted["workdir"] / "vit").load(redo)[0],
+    )
     assert json.loads(manifest_path.read_text()) == json.loads(
-        (extracted["workdir"] / "vit" / "manifest.json").read_text())
+        (extracted["workdir"] / "vit" / "manifest.json").read_text()
+    )
 
 
 def test_bad_encoders_are_named(extracted, tmp_path, monkeypatch):
@@ -244,15 +288,22 @@ def test_bad_encoders_are_named(extracted, tmp_path, monkeypatch):
         extract_features.run(make_config(root, crops, {"mae": absent}), str(tmp_path / "w"))
     shutil.copytree(extracted["tmp"] / "vit", tmp_path / "finetune_expr" / "export" / "encoder")
     (tmp_path / "finetune_expr" / "export" / "finetune.json").write_text(json.dumps({"task": "EXPR"}))
-    with pytest.raises(JobError, match=r"config.head_tasks.vit='AU', but .*finetune_expr/export/encoder was "
-                                       r"fine-tuned for EXPR"):
-        extract_features.run(make_config(root, crops, {"vit": tmp_path / "finetune_expr"}, heads={"vit": "AU"}),
-                             str(tmp_path / "w"))
+    with pytest.raises(
+        JobError,
+        match=r"config.head_tasks.vit='AU', but .*finetune_expr/export/encoder was "
+        r"fine-tuned for EXPR",
+    ):
+        extract_features.run(
+            make_config(root, crops, {"vit": tmp_path / "finetune_expr"}, heads={"vit": "AU"}), str(tmp_path / "w")
+        )
     # A set folder written for another encoder is refused before anything is written.
     save_vit(tmp_path / "other", num_classes=0, seed=5)
     manifest = (extracted["workdir"] / "vit" / "manifest.json").read_text()
-    with pytest.raises(JobError, match="feature set 'vit': .*was written with dim=64.*use another output folder|"
-                                       "feature set 'vit': .*was written with encoder="):
+    with pytest.raises(
+        JobError,
+        match="feature set 'vit': .*was written with dim=64.*use another output folder|"
+        "feature set 'vit': .*was written with encoder=",
+    ):
         extract_features.run(make_config(root, crops, {"vit": tmp_path / "other"}), str(extracted["workdir"]))
     assert (extracted["workdir"] / "vit" / "manifest.json").read_text() == manifest
 
@@ -302,11 +353,25 @@ def test_cli_on_4_devices_writes_the_same_features_and_predictions(extracted, tm
     """Batches sharded over 4 devices (the last one padded) give the single-device run's numbers."""
     repo = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    overrides = {"data.root": extracted["root"], "data.crops": extracted["crops"], "sets": "mae",
-                 "encoders.mae": extracted["tmp"] / "vit", "head_tasks.mae": "AU", "audio": "()",
-                 "model.dtype": "float32", "storage_dtype": "float32", "batch_size": 44, "decode_threads": 2}
-    args = [sys.executable, "-m", "abaw_jax.main", f"--config={repo}/configs/extract_features.py:tiny",
-            f"--workdir={tmp_path}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    overrides = {
+        "data.root": extracted["root"],
+        "data.crops": extracted["crops"],
+        "sets": "mae",
+        "encoders.mae": extracted["tmp"] / "vit",
+        "head_tasks.mae": "AU",
+        "audio": "()",
+        "model.dtype": "float32",
+        "storage_dtype": "float32",
+        "batch_size": 44,
+        "decode_threads": 2,
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "abaw_jax.main",
+        f"--config={repo}/configs/extract_features.py:tiny",
+        f"--workdir={tmp_path}",
+    ] + [f"--config.{k}={v}" for k, v in overrides.items()]
     result = subprocess.run(args, env=env, cwd=repo, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ours, reference = features.VisualSet(tmp_path / "mae"), features.VisualSet(extracted["workdir"] / "vit")
@@ -314,8 +379,10 @@ def test_cli_on_4_devices_writes_the_same_features_and_predictions(extracted, tm
     for track in ours.tracks():
         np.testing.assert_array_equal(ours.load(track)[1], reference.load(track)[1])
         np.testing.assert_allclose(ours.load(track)[0], reference.load(track)[0], atol=2e-5, rtol=1e-5)
-    ours, reference = predictions.Predictions(tmp_path / "predictions_mae"), predictions.Predictions(
-        extracted["workdir"] / "predictions_vit")
+    ours, reference = (
+        predictions.Predictions(tmp_path / "predictions_mae"),
+        predictions.Predictions(extracted["workdir"] / "predictions_vit"),
+    )
     assert ours.manifest["members"] == reference.manifest["members"]
     for track in ours.tracks():
         np.testing.assert_allclose(ours.outputs("static", track), reference.outputs("static", track), atol=2e-5)

@@ -8,6 +8,7 @@ difference of the module (box far edge and landmarks from the unclipped corner; 
 The images are real faces that scikit-image ships: the astronaut photo, the cameraman, and a grid of LFW
 faces upscaled from 25x25.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,9 @@ def weights() -> str:
 
 @pytest.fixture(scope="module")
 def detector(weights, tmp_path_factory) -> fd.CenterFaceDetector:
-    return fd.CenterFaceDetector(weights, threshold=THRESHOLD, nms_iou=NMS_IOU, min_face=0,
-                                 cache_dir=tmp_path_factory.mktemp("centerface_cache"))
+    return fd.CenterFaceDetector(
+        weights, threshold=THRESHOLD, nms_iou=NMS_IOU, min_face=0, cache_dir=tmp_path_factory.mktemp("centerface_cache")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def _lfw_grid(cell: int = 96, pad: int = 16, cols: int = 4, count: int = 12) -> 
     for k, face in enumerate(faces):
         r, c = divmod(k, cols)
         face = cv2.resize((face * 255).astype(np.uint8), (cell, cell), interpolation=cv2.INTER_CUBIC)
-        canvas[r * side + pad:r * side + pad + cell, c * side + pad:c * side + pad + cell] = face
+        canvas[r * side + pad : r * side + pad + cell, c * side + pad : c * side + pad + cell] = face
     return cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)
 
 
@@ -74,12 +76,17 @@ def images() -> dict[str, np.ndarray]:
 def _reference_maps(session, inputs: np.ndarray) -> dict[str, np.ndarray]:
     blob = np.ascontiguousarray(inputs[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)  # BGR -> RGB NCHW
     heatmap, scale, offset, landmarks = session.run(None, {session.get_inputs()[0].name: blob})
-    return {"heatmap": heatmap[:, 0], "scale": scale.transpose(0, 2, 3, 1),
-            "offset": offset.transpose(0, 2, 3, 1), "landmarks": landmarks.transpose(0, 2, 3, 1)}
+    return {
+        "heatmap": heatmap[:, 0],
+        "scale": scale.transpose(0, 2, 3, 1),
+        "offset": offset.transpose(0, 2, 3, 1),
+        "landmarks": landmarks.transpose(0, 2, 3, 1),
+    }
 
 
-def _reference_faces(maps: dict[str, np.ndarray], frame: int, resized: tuple[int, int],
-                     original: tuple[int, int]) -> list[tuple[np.ndarray, float, np.ndarray]]:
+def _reference_faces(
+    maps: dict[str, np.ndarray], frame: int, resized: tuple[int, int], original: tuple[int, int]
+) -> list[tuple[np.ndarray, float, np.ndarray]]:
     heatmap, scale = maps["heatmap"][frame], maps["scale"][frame]
     offset, marks = maps["offset"][frame], maps["landmarks"][frame]
     height, width = resized
@@ -88,8 +95,12 @@ def _reference_faces(maps: dict[str, np.ndarray], frame: int, resized: tuple[int
         s0, s1 = np.exp(scale[r, c, 0]) * 4, np.exp(scale[r, c, 1]) * 4
         x1 = (c + offset[r, c, 1] + 0.5) * 4 - s1 / 2
         y1 = (r + offset[r, c, 0] + 0.5) * 4 - s0 / 2
-        box = [min(max(x1, 0), width), min(max(y1, 0), height), min(max(x1 + s1, 0), width),
-               min(max(y1 + s0, 0), height)]
+        box = [
+            min(max(x1, 0), width),
+            min(max(y1, 0), height),
+            min(max(x1 + s1, 0), width),
+            min(max(y1 + s0, 0), height),
+        ]
         lms = [(marks[r, c, 2 * j + 1] * s1 + x1, marks[r, c, 2 * j] * s0 + y1) for j in range(5)]
         found.append((np.array(box, np.float64), float(heatmap[r, c]), np.array(lms, np.float64)))
     kept, suppressed = [], set()
@@ -99,7 +110,7 @@ def _reference_faces(maps: dict[str, np.ndarray], frame: int, resized: tuple[int
             continue
         kept.append(i)
         a = found[i][0]
-        for j in order[k + 1:]:
+        for j in order[k + 1 :]:
             b = found[j][0]
             inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
             union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
@@ -152,14 +163,14 @@ def test_detections_match_onnxruntime(detector, session, images, group):
 
 def test_all_candidates_path_matches_top_k_path(weights, detector, images, tmp_path):
     """More cells above the threshold than the device sends: the frame's whole maps are decoded instead."""
-    few = fd.CenterFaceDetector(weights, threshold=THRESHOLD, nms_iou=NMS_IOU, min_face=0, top_k=4,
-                                cache_dir=tmp_path)
+    few = fd.CenterFaceDetector(weights, threshold=THRESHOLD, nms_iou=NMS_IOU, min_face=0, top_k=4, cache_dir=tmp_path)
     grids = [images["lfw_grid"], images["lfw_grid_padded"]]
     found, reference = sum(few.detect_batch(grids), []), sum(detector.detect_batch(grids), [])
     assert len(found) == len(reference) >= 20
     for face, expected in zip(found, reference):
         assert (face.x, face.y, face.w, face.h, face.score) == pytest.approx(
-            (expected.x, expected.y, expected.w, expected.h, expected.score))
+            (expected.x, expected.y, expected.w, expected.h, expected.score)
+        )
 
 
 def test_landmarks_are_in_the_documented_order(detector, images):
@@ -198,8 +209,13 @@ def _tiny_onnx(path: pathlib.Path) -> None:
 
     weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
-    graph = helper.make_graph([node], "other", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [weight])
+    graph = helper.make_graph(
+        [node],
+        "other",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
     onnx.save(helper.make_model(graph), path)
 
 

@@ -1,4 +1,5 @@
 """Tests for the TFDS face-shard builder, its quality filter and the CLI."""
+
 import io
 import json
 import pathlib
@@ -7,9 +8,9 @@ import sys
 
 import cv2
 import numpy as np
-from PIL import Image
 import pytest
 import scipy.ndimage
+from PIL import Image
 from skimage import data as skdata
 
 from abaw_jax.data import face_shards
@@ -41,8 +42,7 @@ def fixture_face_tree(tmp_path):
         _write(astro_root / name, _encode(pixels, "PNG" if name.endswith(".png") else "JPEG"))
     sharp = (astro_root / "a/face_0.jpg").read_bytes()
     _write(astro_root / "c/copy_of_face_0.jpg", sharp)
-    _write(astro_root / "c/blurred.jpg",
-           _encode(cv2.GaussianBlur(astronaut[20:240, 150:330], (0, 0), 4), "JPEG"))
+    _write(astro_root / "c/blurred.jpg", _encode(cv2.GaussianBlur(astronaut[20:240, 150:330], (0, 0), 4), "JPEG"))
     _write(astro_root / "c/truncated.jpg", sharp[: len(sharp) // 2])
     _write(astro_root / "c/random.jpg", np.random.default_rng(0).bytes(5000))
     _write(astro_root / "c/notes.txt", b"not an image")
@@ -113,8 +113,7 @@ def test_rebuild_reuses_matching_build_and_refuses_a_different_one(face_tree, tm
     keep_blurry = face_shards.QualityFilter(min_blur_var=0.0)
     with pytest.raises(FileExistsError, match="overwrite"):
         face_shards.build_face_shards(roots, data_dir, quality_filter=keep_blurry)
-    report = face_shards.build_face_shards(roots, data_dir, quality_filter=keep_blurry,
-                                           overwrite=True)
+    report = face_shards.build_face_shards(roots, data_dir, quality_filter=keep_blurry, overwrite=True)
     assert report.drop_counts["blurry"] == 0
     assert len(face_shards.load_face_source(data_dir)) == len(kept) + 1
 
@@ -141,12 +140,29 @@ def test_cli_builds_shards_and_prints_the_drop_table(face_tree, tmp_path):
     data_dir = tmp_path / "tfds"
     spec = ",".join(f"{name}={root}" for name, root in roots.items())
     result = subprocess.run(
-        [sys.executable, "-m", "data_prep.build_face_shards", f"--image_roots={spec}",
-         f"--data_dir={data_dir}", "--min_face_size=32", "--log_every=2"],
-        capture_output=True, text=True, check=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "data_prep.build_face_shards",
+            f"--image_roots={spec}",
+            f"--data_dir={data_dir}",
+            "--min_face_size=32",
+            "--log_every=2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     table = dict(line.split() for line in result.stdout.splitlines()[-6:])
-    assert table == {"kept": str(len(kept)), "duplicate": "2", "corrupt": "2", "too_small": "3",
-                     "blurry": "1", "scanned": str(len(kept) + 8)}
+    assert table == {
+        "kept": str(len(kept)),
+        "duplicate": "2",
+        "corrupt": "2",
+        "too_small": "3",
+        "blurry": "1",
+        "scanned": str(len(kept) + 8),
+    }
     assert "2/12 files" in result.stderr
     assert len(face_shards.load_face_source(data_dir)) == len(kept)
 

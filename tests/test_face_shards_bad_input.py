@@ -3,6 +3,7 @@
 Each test builds shards from a small tree with one kind of trouble and reads the stored records or the
 quality report back. Later data builders add their cases here in the same style.
 """
+
 import io
 import json
 import os
@@ -93,15 +94,19 @@ def test_tree_where_nothing_passes_is_an_error_naming_the_counts(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     (root / "tiny.jpg").write_bytes(_jpeg(_face()[:20, :20].copy()))
-    with pytest.raises(face_shards.NoFacesError, match=r"No image passed the quality filter \(scanned 1, kept 0.*"
-                                                       r"too_small=1"):
+    with pytest.raises(
+        face_shards.NoFacesError,
+        match=r"No image passed the quality filter \(scanned 1, kept 0.*"
+        r"too_small=1",
+    ):
         face_shards.build_face_shards({"r": root}, tmp_path / "shards")
 
 
 def test_image_root_that_is_a_file(tmp_path):
     (tmp_path / "file.jpg").write_bytes(_jpeg(_face()))
-    with pytest.raises(NotADirectoryError, match=f"Image root r={tmp_path / 'file.jpg'} must be a directory, "
-                                                 "found a file there"):
+    with pytest.raises(
+        NotADirectoryError, match=f"Image root r={tmp_path / 'file.jpg'} must be a directory, found a file there"
+    ):
         face_shards.build_face_shards({"r": tmp_path / "file.jpg"}, tmp_path / "shards")
 
 
@@ -132,13 +137,17 @@ def _damaged_copy(built_shards, tmp_path, damage) -> pathlib.Path:
     return shard
 
 
-@pytest.mark.parametrize("damage", [lambda data: bytes(data[:len(data) // 2]), lambda data: b""],
-                         ids=["truncated", "empty"])
+@pytest.mark.parametrize(
+    "damage", [lambda data: bytes(data[: len(data) // 2]), lambda data: b""], ids=["truncated", "empty"]
+)
 def test_damaged_shard_is_named_when_loaded(built_shards, tmp_path, damage):
     """Was a raw RuntimeError about Riegeli chunks from inside a grain batch, naming no file."""
     shard = _damaged_copy(built_shards, tmp_path, damage)
-    with pytest.raises(face_shards.DamagedShardError, match=rf"^{shard}: damaged face shard, record 0 .*"
-                                                            r"data_prep\.build_face_shards --image_roots=r="):
+    with pytest.raises(
+        face_shards.DamagedShardError,
+        match=rf"^{shard}: damaged face shard, record 0 .*"
+        r"data_prep\.build_face_shards --image_roots=r=",
+    ):
         face_shards.load_face_source(tmp_path / "shards")
 
 
@@ -150,9 +159,16 @@ def _flip_a_byte_mid_file(data: bytearray) -> bytes:
 @pytest.mark.parametrize("worker_count", [0, 2])
 def test_damage_inside_a_shard_is_named_when_read_by_the_loader(built_shards, tmp_path, worker_count):
     shard = _damaged_copy(built_shards, tmp_path, _flip_a_byte_mid_file)
-    source = face_shards.load_face_source(tmp_path / "shards")   # the shard's first record still reads
-    loader = mae_pipeline.make_mae_loader(source, global_batch_size=4, image_size=32, seed=0, num_epochs=1,
-                                          worker_count=worker_count, shard_options=grain.sharding.NoSharding())
+    source = face_shards.load_face_source(tmp_path / "shards")  # the shard's first record still reads
+    loader = mae_pipeline.make_mae_loader(
+        source,
+        global_batch_size=4,
+        image_size=32,
+        seed=0,
+        num_epochs=1,
+        worker_count=worker_count,
+        shard_options=grain.sharding.NoSharding(),
+    )
     with pytest.raises(face_shards.DamagedShardError, match=rf"^{shard}: damaged face shard, record \d+ "):
         for _ in loader:
             pass

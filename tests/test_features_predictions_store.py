@@ -1,4 +1,5 @@
 """The feature store (visual + audio sets aligned per frame) and the predictions folder format."""
+
 import json
 
 import numpy as np
@@ -96,7 +97,9 @@ def test_visual_track_cut_short_or_not_finite_stops_naming_file_track_and_frames
     values = np.ones((5, 4), np.float32)
     values[1, 0], values[2, 3] = np.nan, np.inf
     np.save(path, values)
-    with pytest.raises(features.FeatureStoreError, match=r"2 of 5 rows hold NaN or infinity \(track 'v', frames 2, 3\)"):
+    with pytest.raises(
+        features.FeatureStoreError, match=r"2 of 5 rows hold NaN or infinity \(track 'v', frames 2, 3\)"
+    ):
         store.load("v", ["vit"], num_frames=5)
     np.save(tmp_path / "vit" / "v.mask.npy", np.ones(4, bool))
     with pytest.raises(features.FeatureStoreError, match=r"v.mask.npy: expected shape \(5,\)"):
@@ -108,7 +111,9 @@ def test_audio_row_with_infinity_stops_naming_the_video_file(tmp_path):
     rows[4, 1] = -np.inf
     _audio(tmp_path, "clip", rows)
     store = features.FeatureStore({"logmel": tmp_path / "logmel"})
-    with pytest.raises(features.FeatureStoreError, match=r"logmel/clip.npy: 1 of 6 rows .*track 'clip_left', frame 5\)"):
+    with pytest.raises(
+        features.FeatureStoreError, match=r"logmel/clip.npy: 1 of 6 rows .*track 'clip_left', frame 5\)"
+    ):
         store.load("clip_left", ["logmel"], num_frames=6)
 
 
@@ -124,9 +129,11 @@ def test_predictions_refuse_non_finite_outputs_and_check_what_they_read(tmp_path
     writer.flush()
     read = predictions.Predictions(tmp_path)
     path = tmp_path / "fold1" / "v.npy"
-    for values, match in [(np.full((3, 12), 0.5), r"expected shape \(4, 12\).*4 frames of track 'v'.*found \(3, 12\)"),
-                          (diverged, r"NaN or infinity at frames 3, 4 of track 'v'"),
-                          (np.full((4, 12), 1.5), r"probabilities outside \[0, 1\] at frames 1, 2, 3, 4")]:
+    for values, match in [
+        (np.full((3, 12), 0.5), r"expected shape \(4, 12\).*4 frames of track 'v'.*found \(3, 12\)"),
+        (diverged, r"NaN or infinity at frames 3, 4 of track 'v'"),
+        (np.full((4, 12), 1.5), r"probabilities outside \[0, 1\] at frames 1, 2, 3, 4"),
+    ]:
         np.save(path, values.astype(np.float32))
         with pytest.raises(predictions.PredictionsError, match=match):
             read.outputs("fold1", "v")

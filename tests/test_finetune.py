@@ -6,6 +6,7 @@ learns the scene and coarse face cues that carry over to the validation people w
 pretrained to protect, the tests fine-tune without layer decay, and the best of six evaluations is exported.
 Compilations are shared through a persistent cache.
 """
+
 import json
 import os
 import pathlib
@@ -26,23 +27,40 @@ from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
 from abaw_jax.runtime.errors import JobError
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import finetune as finetune_config  # noqa: E402
 from abaw_jax.runtime import workdir as workdir_lib  # noqa: E402
-from conftest import (damage_newest_checkpoint, finished_checkpoints, kill_after_first_checkpoint,  # noqa: E402
-                      set_values, stop_requested_after)
+from configs import finetune as finetune_config  # noqa: E402
+from conftest import (  # noqa: E402
+    damage_newest_checkpoint,
+    finished_checkpoints,
+    kill_after_first_checkpoint,
+    set_values,
+    stop_requested_after,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 16
-SMALL = {"model.image_size": IMAGE_SIZE, "data.worker_count": 0, "batch_size": 32, "eval_batch_size": 128,
-         "total_steps": 120, "warmup_steps": 8, "eval_every": 20, "log_every": 40, "checkpoint_every": 40,
-         "layer_decay": 1.0}
+SMALL = {
+    "model.image_size": IMAGE_SIZE,
+    "data.worker_count": 0,
+    "batch_size": 32,
+    "eval_batch_size": 128,
+    "total_steps": 120,
+    "warmup_steps": 8,
+    "eval_every": 20,
+    "log_every": 40,
+    "checkpoint_every": 40,
+    "layer_decay": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("jax_cache"))
-    settings = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0,
-                "jax_persistent_cache_min_entry_size_bytes": 0}
+    settings = {
+        "jax_compilation_cache_dir": directory,
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
     previous = {key: getattr(jax.config, key) for key in settings}
     for key, value in settings.items():
         jax.config.update(key, value)
@@ -83,8 +101,9 @@ def _exported_outputs(workdir: pathlib.Path, frames: frame_pipeline.LabelledFram
     """Head outputs of the exported model on every evaluation frame, computed outside the job."""
     params, config = params_io.load_params(str(workdir / "export" / "encoder"))
     model = ViT(config)
-    loader = frame_pipeline.make_eval_loader(frames, global_batch_size=len(frames), image_size=IMAGE_SIZE,
-                                             worker_count=0)
+    loader = frame_pipeline.make_eval_loader(
+        frames, global_batch_size=len(frames), image_size=IMAGE_SIZE, worker_count=0
+    )
     images = next(iter(loader))["image"]
     return np.asarray(jax.jit(model.apply)({"params": params}, mae_pipeline.normalize_images(images)))
 
@@ -104,12 +123,12 @@ def _scores(task: tasks.Task, outputs: np.ndarray, labels: np.ndarray) -> np.nda
 
 @pytest.mark.parametrize("task_name", tasks.TASK_NAMES)
 def test_finetuned_model_beats_a_constant_predictor_and_scores_only_valid_frames(
-        task_name, finetuned, synthetic_affwild2):
+    task_name, finetuned, synthetic_affwild2
+):
     task = tasks.get_task(task_name)
     workdir = finetuned(task_name)
     summary = json.loads((workdir / "export" / "finetune.json").read_text())
-    evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
-             if "eval_metric" in line]
+    evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if "eval_metric" in line]
     assert [e["step"] for e in evals] == [20, 40, 60, 80, 100, 120]
     assert summary["metric"] == pytest.approx(max(e["eval_metric"] for e in evals))
     best = next(e for e in evals if e["step"] == summary["step"])
@@ -117,12 +136,14 @@ def test_finetuned_model_beats_a_constant_predictor_and_scores_only_valid_frames
     for name in task.label_names:
         assert best[f"eval_{name}"] == pytest.approx(summary["per_class"][name])
 
-    train, evaluation = frame_pipeline.affwild2_frames(synthetic_affwild2 / "annotations",
-                                                       synthetic_affwild2 / "cropped_aligned", task_name)
+    train, evaluation = frame_pipeline.affwild2_frames(
+        synthetic_affwild2 / "annotations", synthetic_affwild2 / "cropped_aligned", task_name
+    )
     logits = _exported_outputs(workdir, evaluation)[evaluation.valid]
     labels = evaluation.labels[evaluation.valid]
-    outputs = {"binary": (logits > 0).astype(int), "multiclass": logits.argmax(-1),
-               "continuous": np.tanh(logits)}[task.kind]
+    outputs = {"binary": (logits > 0).astype(int), "multiclass": logits.argmax(-1), "continuous": np.tanh(logits)}[
+        task.kind
+    ]
     ours = _scores(task, outputs, labels)
     # The job's reported scores are those of the valid frames alone (an invalid label counted would move them).
     np.testing.assert_allclose([summary["per_class"][n] for n in task.label_names], ours, atol=1e-5)
@@ -144,20 +165,35 @@ def test_finetuned_model_beats_a_constant_predictor_and_scores_only_valid_frames
     from safetensors.numpy import load_file
 
     assert load_file(str(workdir / "export" / "encoder_official.safetensors"))["head.weight"].shape == (
-        task.num_outputs, VIT_SIZES["tiny"]["width"])
+        task.num_outputs,
+        VIT_SIZES["tiny"]["width"],
+    )
 
 
-def test_killed_run_resumes_to_the_same_best_model(finetuned, encoder_dir, synthetic_affwild2, compile_cache,
-                                                   tmp_path, capsys):
+def test_killed_run_resumes_to_the_same_best_model(
+    finetuned, encoder_dir, synthetic_affwild2, compile_cache, tmp_path, capsys
+):
     straight = finetuned("EXPR")
     killed = tmp_path / "killed"
     settings = {**SMALL, "encoder": str(encoder_dir), "data.root": str(synthetic_affwild2)}
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=compile_cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    args = [sys.executable, "-m", "abaw_jax.main", f"--config={REPO}/configs/finetune.py:expr_tiny",
-            f"--workdir={killed}"] + [f"--config.{k}={v}" for k, v in settings.items()]
-    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONUNBUFFERED="1",
+        JAX_COMPILATION_CACHE_DIR=compile_cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "abaw_jax.main",
+        f"--config={REPO}/configs/finetune.py:expr_tiny",
+        f"--workdir={killed}",
+    ] + [f"--config.{k}={v}" for k, v in settings.items()]
+    proc = subprocess.Popen(
+        args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     killed_at = kill_after_first_checkpoint(proc, killed)
     assert 0 < killed_at < SMALL["total_steps"]
 
@@ -171,8 +207,9 @@ def test_killed_run_resumes_to_the_same_best_model(finetuned, encoder_dir, synth
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
 
 
-def test_stop_request_saves_a_checkpoint_and_a_damaged_one_falls_back(finetuned, encoder_dir, synthetic_affwild2,
-                                                                       tmp_path, monkeypatch, capsys):
+def test_stop_request_saves_a_checkpoint_and_a_damaged_one_falls_back(
+    finetuned, encoder_dir, synthetic_affwild2, tmp_path, monkeypatch, capsys
+):
     straight = finetuned("EXPR")
     workdir = tmp_path / "stopped"
     config = make_config("EXPR", encoder_dir, synthetic_affwild2)
@@ -191,13 +228,16 @@ def test_stop_request_saves_a_checkpoint_and_a_damaged_one_falls_back(finetuned,
     assert json.loads((workdir / "best.json").read_text()) == json.loads((straight / "best.json").read_text())
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("base_lr", -1e-3, "config.base_lr must be a finite number > 0, got -0.001"),
-    ("weight_decay", -0.05, "config.weight_decay must be a finite number >= 0, got -0.05"),
-    ("b2", 1.5, "config.b2 must be a finite number >= 0.0 and <= 1.0, got 1.5"),
-    ("drop_path", float("nan"), "config.drop_path must be a finite number >= 0, got nan"),
-    ("seed", -1, "config.seed must be an integer >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("base_lr", -1e-3, "config.base_lr must be a finite number > 0, got -0.001"),
+        ("weight_decay", -0.05, "config.weight_decay must be a finite number >= 0, got -0.05"),
+        ("b2", 1.5, "config.b2 must be a finite number >= 0.0 and <= 1.0, got 1.5"),
+        ("drop_path", float("nan"), "config.drop_path must be a finite number >= 0, got nan"),
+        ("seed", -1, "config.seed must be an integer >= 0, got -1"),
+    ],
+)
 def test_bad_config_values_are_refused_naming_the_key(encoder_dir, synthetic_affwild2, key, value, message):
     with pytest.raises(JobError) as caught:
         finetune.validate_config(make_config("EXPR", encoder_dir, synthetic_affwild2, **{key: value}))
@@ -216,8 +256,11 @@ def test_bad_input_stops_with_a_clear_error(encoder_dir, synthetic_affwild2, tmp
     fails(r"is not a ViT-base .* set config.model.size", **{"model.size": "base"})
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "AU_Detection_Challenge").symlink_to(
-        synthetic_affwild2 / "annotations" / "AU_Detection_Challenge")
-    fails(r"expected exactly one of \('EXPR_Recognition_Challenge'", **{"data.annotations": str(tmp_path / "annotations")})
+        synthetic_affwild2 / "annotations" / "AU_Detection_Challenge"
+    )
+    fails(
+        r"expected exactly one of \('EXPR_Recognition_Challenge'", **{"data.annotations": str(tmp_path / "annotations")}
+    )
     (tmp_path / "empty_crops").mkdir()
     fails(r"empty_crops: expected one crop folder per video", **{"data.crops": str(tmp_path / "empty_crops")})
     monkeypatch.setattr(finetune, "TINY_PRETRAIN_WORKDIR", str(tmp_path / "absent"))
@@ -234,4 +277,3 @@ def test_presets_validate():
         assert config.job == "finetune" and config.task == preset.split("_")[0].upper()
     with pytest.raises(ValueError, match="unknown preset"):
         finetune_config.get_config("expr_small")
-

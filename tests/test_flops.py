@@ -1,4 +1,5 @@
 """The analytic MAE FLOP count against counts taken from the traced and the compiled program."""
+
 import math
 
 import jax
@@ -19,8 +20,13 @@ def _matmul_flops(jaxpr) -> int:
             (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
             lhs_free = [d for i, d in enumerate(lhs) if i not in (*lhs_contract, *lhs_batch)]
             rhs_free = [d for i, d in enumerate(rhs) if i not in (*rhs_contract, *rhs_batch)]
-            total += 2 * math.prod(lhs[i] for i in lhs_batch) * math.prod(lhs[i] for i in lhs_contract) \
-                * math.prod(lhs_free) * math.prod(rhs_free)
+            total += (
+                2
+                * math.prod(lhs[i] for i in lhs_batch)
+                * math.prod(lhs[i] for i in lhs_contract)
+                * math.prod(lhs_free)
+                * math.prod(rhs_free)
+            )
         elif name == "conv_general_dilated":
             kernel = eqn.invars[1].aval.shape
             out_shape = eqn.outvars[0].aval.shape
@@ -85,14 +91,17 @@ class _FakeDevice:
         self.device_kind = kind
 
 
-@pytest.mark.parametrize("kind,expected", [
-    ("NVIDIA H100 80GB HBM3", PEAK_FLOPS["H100"]),
-    ("NVIDIA H100 PCIe", PEAK_FLOPS["H100 PCIe"]),
-    ("NVIDIA H200", PEAK_FLOPS["H200"]),
-    ("TPU v5 lite", PEAK_FLOPS["TPU v5 lite"]),
-    ("TPU v5", PEAK_FLOPS["TPU v5"]),
-    ("cpu", None),
-])
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("NVIDIA H100 80GB HBM3", PEAK_FLOPS["H100"]),
+        ("NVIDIA H100 PCIe", PEAK_FLOPS["H100 PCIe"]),
+        ("NVIDIA H200", PEAK_FLOPS["H200"]),
+        ("TPU v5 lite", PEAK_FLOPS["TPU v5 lite"]),
+        ("TPU v5", PEAK_FLOPS["TPU v5"]),
+        ("cpu", None),
+    ],
+)
 def test_device_peak_flops(kind, expected):
     assert device_peak_flops(_FakeDevice(kind)) == expected
 

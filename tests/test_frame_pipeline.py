@@ -1,4 +1,5 @@
 """The fine-tuning input pipeline on the synthetic release: splits, invalid labels, order, padding, sharding."""
+
 import pathlib
 import shutil
 
@@ -20,8 +21,9 @@ def _frames(root: pathlib.Path, task: str, split: str = "official"):
 def test_official_split_is_train_set_then_validation_set(synthetic_affwild2, task):
     train, evaluation = _frames(synthetic_affwild2, task)
     for frames, split in ((train, "Train_Set"), (evaluation, "Validation_Set")):
-        videos = affwild2.load_task(synthetic_affwild2 / "annotations", task, synthetic_affwild2 / "cropped_aligned",
-                                    (split,))
+        videos = affwild2.load_task(
+            synthetic_affwild2 / "annotations", task, synthetic_affwild2 / "cropped_aligned", (split,)
+        )
         assert list(dict.fromkeys(frames.names)) == list(videos)
         np.testing.assert_array_equal(frames.labels, np.concatenate([v.labels for v in videos.values()]))
         np.testing.assert_array_equal(frames.valid, np.concatenate([v.valid for v in videos.values()]))
@@ -36,8 +38,9 @@ def test_fold_splits_are_the_video_level_kfold_over_both_splits(synthetic_affwil
         train, evaluation = _frames(synthetic_affwild2, "VA", f"fold{k + 1}")
         assert set(evaluation.names) == set(folds[k].validation)
         assert set(train.names) == set(folds[k].train)
-        assert not {affwild2.source_video(n) for n in train.names} & {affwild2.source_video(n)
-                                                                       for n in evaluation.names}
+        assert not {affwild2.source_video(n) for n in train.names} & {
+            affwild2.source_video(n) for n in evaluation.names
+        }
         seen |= set(evaluation.names)
     assert seen == set(videos)
     with pytest.raises(ValueError, match="fold6"):
@@ -49,8 +52,9 @@ def test_training_batches_hold_every_valid_frame_and_no_invalid_one(synthetic_af
     train, _ = _frames(synthetic_affwild2, task)
     valid = train.valid_only()
     # One global batch of exactly the valid frames: the first epoch, so each valid frame once.
-    loader = frame_pipeline.make_train_loader(train, global_batch_size=len(valid), image_size=16, seed=0,
-                                              worker_count=0, shard_options=NO_SHARDING)
+    loader = frame_pipeline.make_train_loader(
+        train, global_batch_size=len(valid), image_size=16, seed=0, worker_count=0, shard_options=NO_SHARDING
+    )
     batch = next(iter(loader))
     assert batch["image"].shape == (len(valid), 16, 16, 3) and batch["image"].dtype == np.uint8
     assert batch["mask"].all()
@@ -64,8 +68,9 @@ def test_training_batches_hold_every_valid_frame_and_no_invalid_one(synthetic_af
 def test_eval_batches_are_every_frame_once_resized_and_padded(synthetic_affwild2, worker_count):
     _, evaluation = _frames(synthetic_affwild2, "EXPR")
     batch_size = 64
-    loader = frame_pipeline.make_eval_loader(evaluation, global_batch_size=batch_size, image_size=24,
-                                             worker_count=worker_count, shard_options=NO_SHARDING)
+    loader = frame_pipeline.make_eval_loader(
+        evaluation, global_batch_size=batch_size, image_size=24, worker_count=worker_count, shard_options=NO_SHARDING
+    )
     batches = list(loader)
     assert len(batches) == frame_pipeline.num_eval_batches(len(evaluation), batch_size, worker_count)
     index = np.concatenate([b["index"] for b in batches])
@@ -87,9 +92,14 @@ def test_eval_process_slices_assemble_the_single_process_batches(synthetic_affwi
     _, evaluation = _frames(synthetic_affwild2, "VA")
     kwargs = dict(global_batch_size=32, image_size=16, worker_count=0)
     single = list(frame_pipeline.make_eval_loader(evaluation, shard_options=NO_SHARDING, **kwargs))
-    shards = [list(frame_pipeline.make_eval_loader(
-        evaluation, shard_options=grain.sharding.ShardOptions(shard_index=p, shard_count=2), **kwargs))
-        for p in range(2)]
+    shards = [
+        list(
+            frame_pipeline.make_eval_loader(
+                evaluation, shard_options=grain.sharding.ShardOptions(shard_index=p, shard_count=2), **kwargs
+            )
+        )
+        for p in range(2)
+    ]
     assert len(shards[0]) == len(shards[1]) == len(single)
     for t, batch in enumerate(single):
         for key in ("image", "label", "mask", "index"):
@@ -109,10 +119,19 @@ def test_corrupt_eval_crop_is_masked_and_counted(synthetic_affwild2, tmp_path, c
     broken.write_bytes(CORRUPTIONS[corruption](pathlib.Path(frames.paths[2]).read_bytes()))
     paths = frames.paths.copy()
     paths[2] = str(broken)
-    frames = frame_pipeline.LabelledFrames(frames.task, paths, frames.labels, frames.valid, frames.names,
-                                           frames.frames)
-    batch = next(iter(frame_pipeline.make_eval_loader(frames, global_batch_size=6, image_size=16, worker_count=0,
-                                                      shard_options=NO_SHARDING, skipped_records_dir=tmp_path)))
+    frames = frame_pipeline.LabelledFrames(frames.task, paths, frames.labels, frames.valid, frames.names, frames.frames)
+    batch = next(
+        iter(
+            frame_pipeline.make_eval_loader(
+                frames,
+                global_batch_size=6,
+                image_size=16,
+                worker_count=0,
+                shard_options=NO_SHARDING,
+                skipped_records_dir=tmp_path,
+            )
+        )
+    )
     np.testing.assert_array_equal(batch["mask"], [True, True, False, True, True, True])
     assert mae_pipeline.read_skipped_records(tmp_path) == [str(broken)]
 
@@ -122,12 +141,25 @@ def test_training_skips_and_counts_a_crop_cut_short_with_an_end_marker(synthetic
     frames = train.select(np.flatnonzero(train.valid)[:5])
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(CORRUPTIONS["truncated_with_eoi"](pathlib.Path(frames.paths[0]).read_bytes()))
-    frames = frame_pipeline.LabelledFrames(frames.task, np.array([str(broken)] + list(frames.paths[1:]), object),
-                                           frames.labels, frames.valid, frames.names, frames.frames)
-    loader = frame_pipeline.make_train_loader(frames, global_batch_size=4, image_size=16, seed=0, worker_count=0,
-                                              shard_options=NO_SHARDING, skipped_records_dir=tmp_path)
+    frames = frame_pipeline.LabelledFrames(
+        frames.task,
+        np.array([str(broken)] + list(frames.paths[1:]), object),
+        frames.labels,
+        frames.valid,
+        frames.names,
+        frames.frames,
+    )
+    loader = frame_pipeline.make_train_loader(
+        frames,
+        global_batch_size=4,
+        image_size=16,
+        seed=0,
+        worker_count=0,
+        shard_options=NO_SHARDING,
+        skipped_records_dir=tmp_path,
+    )
     batches = iter(loader)
-    next(batches), next(batches)   # 8 reads of 5 frames: every frame, the broken one included, read at least once
+    next(batches), next(batches)  # 8 reads of 5 frames: every frame, the broken one included, read at least once
     assert set(mae_pipeline.read_skipped_records(tmp_path)) == {str(broken)}
 
 
@@ -146,8 +178,13 @@ def test_image_folder_per_class_reads_names_and_indices(synthetic_affwild2, tmp_
     assert len(frames) == 10 and frames.valid.all()
     for name, label in zip(frames.names, frames.labels):
         assert label == expected[name]
-    batch = next(iter(frame_pipeline.make_train_loader(frames, global_batch_size=10, image_size=16, seed=0,
-                                                       worker_count=0, shard_options=NO_SHARDING)))
+    batch = next(
+        iter(
+            frame_pipeline.make_train_loader(
+                frames, global_batch_size=10, image_size=16, seed=0, worker_count=0, shard_options=NO_SHARDING
+            )
+        )
+    )
     assert sorted(batch["label"]) == sorted(frames.labels)
 
 

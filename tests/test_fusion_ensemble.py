@@ -1,4 +1,5 @@
 """The vmapped ensemble step is the members' own steps side by side; member data selection and clip sampling."""
+
 import functools
 
 import jax
@@ -11,14 +12,16 @@ from abaw_jax.data import affwild2, clips
 from abaw_jax.jobs import fusion as fusion_job
 from abaw_jax.models import fusion
 
-CFG = fusion.TMFConfig(input_dim=6, num_outputs=8, proj_dim=16, width=8, depth=1, num_heads=2, mlp_dim=8,
-                       head_dim=8)
+CFG = fusion.TMFConfig(input_dim=6, num_outputs=8, proj_dim=16, width=8, depth=1, num_heads=2, mlp_dim=8, head_dim=8)
 
 
 def _frame_data(rng, rows=300):
-    return fusion_job.FrameData(features=rng.normal(size=(rows, CFG.input_dim)).astype(np.float32),
-                                face=rng.random(rows) > 0.1, labels=rng.integers(0, 8, rows).astype(np.int32),
-                                valid=rng.random(rows) > 0.1)
+    return fusion_job.FrameData(
+        features=rng.normal(size=(rows, CFG.input_dim)).astype(np.float32),
+        face=rng.random(rows) > 0.1,
+        labels=rng.integers(0, 8, rows).astype(np.int32),
+        valid=rng.random(rows) > 0.1,
+    )
 
 
 @pytest.mark.parametrize("member_loop", ["vmap", "map"])
@@ -28,24 +31,31 @@ def test_vmapped_members_equal_members_trained_alone(member_loop):
     its own steps give it alone, with the same seed and clips; nothing leaks between members."""
     rng = np.random.default_rng(0)
     data = _frame_data(rng)
-    data = data.replace(features=np.concatenate([data.features[:300], np.full((50, CFG.input_dim), np.nan,
-                                                                             np.float32)]))
-    data = data.replace(face=np.resize(data.face, 350), labels=np.resize(data.labels, 350),
-                        valid=np.resize(data.valid, 350))
+    data = data.replace(
+        features=np.concatenate([data.features[:300], np.full((50, CFG.input_dim), np.nan, np.float32)])
+    )
+    data = data.replace(
+        face=np.resize(data.face, 350), labels=np.resize(data.labels, 350), valid=np.resize(data.valid, 350)
+    )
     members, clip_len, batch = 4, 12, 4
-    constants = {"feature_mean": rng.normal(size=(members, CFG.input_dim)).astype(np.float32),
-                 "feature_std": rng.uniform(0.5, 2, (members, CFG.input_dim)).astype(np.float32),
-                 "class_weights": rng.uniform(0.5, 3, (members, 8)).astype(np.float32)}
+    constants = {
+        "feature_mean": rng.normal(size=(members, CFG.input_dim)).astype(np.float32),
+        "feature_std": rng.uniform(0.5, 2, (members, CFG.input_dim)).astype(np.float32),
+        "class_weights": rng.uniform(0.5, 3, (members, 8)).astype(np.float32),
+    }
     rates = np.array([1e-2, 0.0, 3e-3, 1e-3], np.float32)
     tx = fusion_job.make_optimizer(1e-3, 0.05)
     model = fusion.TMF(CFG)
     state = jax.jit(functools.partial(fusion_job.init_state, cfg=CFG, tx=tx))(jax.random.key(0), constants, rates)
     initial = state
     tracks = clips.Tracks.from_lengths({"a": 100, "b": 90, "c": 110, "nan": 50})
-    samplers = [clips.ClipSampler(tracks, names, clip_len=clip_len, batch_clips=batch, seed=0, member_index=i)
-                for i, names in enumerate([("a", "b"), ("c",), ("a", "c"), ("nan",)])]
-    step_fn = jax.jit(functools.partial(fusion_job.ensemble_train_step, model=model, task=tasks.EXPR, tx=tx,
-                                        member_loop=member_loop))
+    samplers = [
+        clips.ClipSampler(tracks, names, clip_len=clip_len, batch_clips=batch, seed=0, member_index=i)
+        for i, names in enumerate([("a", "b"), ("c",), ("a", "c"), ("nan",)])
+    ]
+    step_fn = jax.jit(
+        functools.partial(fusion_job.ensemble_train_step, model=model, task=tasks.EXPR, tx=tx, member_loop=member_loop)
+    )
     alone_fn = jax.jit(functools.partial(fusion_job.member_train_step, model=model, task=tasks.EXPR, tx=tx))
     alone = [jax.tree.map(lambda x, i=i: x[i], initial.members) for i in range(members)]
     for step in range(3):
@@ -67,11 +77,15 @@ def test_vmapped_members_equal_members_trained_alone(member_loop):
             np.testing.assert_array_less(np.abs(a - b), 3 * 2 * rates[i] + 1e-7)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), ours_params, alone_params)
         # (The running mean carries the noise-driven bias before the norm; the variance does not.)
-        np.testing.assert_allclose(ours.batch_stats["head_norm"]["var"], alone[i].batch_stats["head_norm"]["var"],
-                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            ours.batch_stats["head_norm"]["var"], alone[i].batch_stats["head_norm"]["var"], rtol=1e-4
+        )
     # Learning rate 0 leaves member 1's parameters exactly where they started, while the others moved.
-    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(lambda x: x[1], state.members.params),
-                 jax.tree.map(lambda x: x[1], initial.members.params))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.tree.map(lambda x: x[1], state.members.params),
+        jax.tree.map(lambda x: x[1], initial.members.params),
+    )
     assert not np.allclose(state.members.params["proj1"]["kernel"][0], initial.members.params["proj1"]["kernel"][0])
     # Members draw different initial weights and different dropout streams.
     assert not np.allclose(initial.members.params["proj1"]["kernel"][0], initial.members.params["proj1"]["kernel"][2])
@@ -79,8 +93,11 @@ def test_vmapped_members_equal_members_trained_alone(member_loop):
     # The member fed NaN skipped its three steps (counted, parameters as initialised); the others (compared with
     # their lone runs above) are untouched by it.
     np.testing.assert_array_equal(state.members.nonfinite_steps, [0, 0, 0, 3])
-    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(lambda x: x[3], state.members.params),
-                 jax.tree.map(lambda x: x[3], initial.members.params))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.tree.map(lambda x: x[3], state.members.params),
+        jax.tree.map(lambda x: x[3], initial.members.params),
+    )
     assert all(np.isfinite(x[:3]).all() for x in jax.tree.leaves(state.members.params))
 
 
@@ -100,8 +117,12 @@ def test_clip_stream_covers_every_frame_once_per_epoch_and_resumes_anywhere():
     first = rows[:per_epoch][mask[:per_epoch]]
     own_rows = np.arange(7, 7 + 45 + 23 + 100)
     np.testing.assert_array_equal(np.sort(first), own_rows)  # each frame of the member's tracks exactly once
-    second_end = per_epoch + clips.ClipSampler(tracks, ("a", "b", "c"), clip_len=10, batch_clips=4, seed=3,
-                                               member_index=1)._epoch(1)[0].size
+    second_end = (
+        per_epoch
+        + clips.ClipSampler(tracks, ("a", "b", "c"), clip_len=10, batch_clips=4, seed=3, member_index=1)
+        ._epoch(1)[0]
+        .size
+    )
     second = rows[per_epoch:second_end][mask[per_epoch:second_end]]
     np.testing.assert_array_equal(np.sort(second), own_rows)
     # Offsets move: the clip boundaries of epoch 2 differ from epoch 1.

@@ -1,20 +1,22 @@
 """TMF against the same architecture built from torch.nn modules (benchmarks/torch_tmf.py)."""
+
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import copy
-
 import pytest
 import torch
 
 from abaw_jax import tasks
-from abaw_jax.jobs import fusion as fusion_job
 from abaw_jax.eval import losses
+from abaw_jax.jobs import fusion as fusion_job
 from abaw_jax.models import fusion
 from benchmarks.torch_tmf import TorchTMF, to_flax
 
-CONFIG = fusion.TMFConfig(input_dim=24, num_outputs=8, proj_dim=32, width=16, depth=2, num_heads=4, mlp_dim=20,
-                          head_dim=12)
+CONFIG = fusion.TMFConfig(
+    input_dim=24, num_outputs=8, proj_dim=32, width=16, depth=2, num_heads=4, mlp_dim=20, head_dim=12
+)
 
 
 def _inputs(seed=0, batch=3, length=10):
@@ -54,8 +56,11 @@ def test_eval_outputs_match_torch(bounded):
 def test_paper_sizes_match_torch():
     config = fusion.TMFConfig(input_dim=40, num_outputs=12)  # 256 / 128 / 4 layers / 4 heads / FF 128 / 64
     model = _torch_model(config, seed=1).eval()
-    x, face, mask = (np.random.default_rng(1).normal(size=(2, 100, 40)).astype(np.float32),
-                     np.ones((2, 100), bool), np.ones((2, 100), bool))
+    x, face, mask = (
+        np.random.default_rng(1).normal(size=(2, 100, 40)).astype(np.float32),
+        np.ones((2, 100), bool),
+        np.ones((2, 100), bool),
+    )
     with torch.no_grad():
         expected = model(torch.tensor(x), torch.tensor(face), torch.tensor(mask)).numpy()
     ours = np.asarray(fusion.TMF(config).apply(to_flax(model), x, face, mask))
@@ -83,8 +88,9 @@ def test_training_steps_match_torch_adamw_and_batchnorm():
     for _ in range(2):
         optimizer.zero_grad()
         out = model(torch.tensor(x), torch.tensor(face), torch.tensor(mask))
-        loss = torch.nn.functional.cross_entropy(out[torch.tensor(keep)], torch.tensor(labels[keep]),
-                                                 weight=torch.tensor(weights))
+        loss = torch.nn.functional.cross_entropy(
+            out[torch.tensor(keep)], torch.tensor(labels[keep]), weight=torch.tensor(weights)
+        )
         loss.backward()
         if torch_grads is None:
             torch_grads = to_flax_grads(model)
@@ -93,9 +99,15 @@ def test_training_steps_match_torch_adamw_and_batchnorm():
 
     tx = fusion_job.make_optimizer(lr, wd)
     member = fusion_job.MemberState(
-        params=variables["params"], batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-        rng=jax.random.key(0), feature_mean=jnp.zeros(CONFIG.input_dim), feature_std=jnp.ones(CONFIG.input_dim),
-        class_weights=jnp.asarray(weights), nonfinite_steps=jnp.zeros((), jnp.int32))
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+        rng=jax.random.key(0),
+        feature_mean=jnp.zeros(CONFIG.input_dim),
+        feature_std=jnp.ones(CONFIG.input_dim),
+        class_weights=jnp.asarray(weights),
+        nonfinite_steps=jnp.zeros((), jnp.int32),
+    )
     batch = {"features": x, "face": face, "mask": mask, "labels": labels, "valid": valid}
     tmf = fusion.TMF(config)
     first_grads = _member_grads(member, batch, tmf)
@@ -115,12 +127,12 @@ def test_training_steps_match_torch_adamw_and_batchnorm():
     for path in noise_driven:
         ours, theirs = _pop(member.params, path), _pop(expected["params"], path)
         np.testing.assert_array_less(np.abs(ours - theirs), 4 * lr)  # 2 steps of at most ~2 lr
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member.params,
-                 expected["params"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member.params, expected["params"])
     # Running statistics after the first step (the second step's batch mean carries the noise-driven bias).
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stats, torch_stats)
-    np.testing.assert_allclose(member.batch_stats["head_norm"]["var"], expected["batch_stats"]["head_norm"]["var"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        member.batch_stats["head_norm"]["var"], expected["batch_stats"]["head_norm"]["var"], rtol=1e-5
+    )
 
 
 def _pop(tree, path):
@@ -131,11 +143,19 @@ def _pop(tree, path):
 
 def _member_grads(member, batch, tmf):
     """Gradients of the loss member_train_step minimises, at the member's parameters."""
+
     def loss_fn(params):
-        outputs, _ = tmf.apply({"params": params, "batch_stats": member.batch_stats}, batch["features"],
-                               batch["face"], batch["mask"], train=True, mutable=["batch_stats"])
+        outputs, _ = tmf.apply(
+            {"params": params, "batch_stats": member.batch_stats},
+            batch["features"],
+            batch["face"],
+            batch["mask"],
+            train=True,
+            mutable=["batch_stats"],
+        )
         keep = batch["mask"] & batch["face"] & batch["valid"]
         return losses.task_loss(tasks.EXPR, outputs, batch["labels"], keep, member.class_weights)
+
     return jax.grad(loss_fn)(member.params)
 
 

@@ -6,6 +6,7 @@ The job runs as `python -m abaw_jax.main` in a subprocess (like tests/test_mae_p
 on 32x32 faces and a handful of steps; the save fault runs in-process to inject the failure. Later jobs add
 their cases here in the same style.
 """
+
 import errno
 import importlib.util
 import json
@@ -28,9 +29,18 @@ from abaw_jax.runtime.errors import ConfigError, JobError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = {
-    "model.size": "tiny", "model.image_size": 32, "model.patch_size": 8, "model.dtype": "float32",
-    "batch_size": 32, "total_steps": 9, "warmup_steps": 2, "base_lr": 2e-3, "log_every": 1,
-    "checkpoint_every": 3, "image_every": 1000, "data.worker_count": 0,
+    "model.size": "tiny",
+    "model.image_size": 32,
+    "model.patch_size": 8,
+    "model.dtype": "float32",
+    "batch_size": 32,
+    "total_steps": 9,
+    "warmup_steps": 2,
+    "base_lr": 2e-3,
+    "log_every": 1,
+    "checkpoint_every": 3,
+    "image_every": 1000,
+    "data.worker_count": 0,
 }
 
 
@@ -40,8 +50,7 @@ def launch(workdir, data_dir, overrides=None, **popen) -> subprocess.Popen:
     settings = {**SMALL, "data.data_dir": str(data_dir), **(overrides or {})}
     args = [sys.executable, "-m", "abaw_jax.main", f"--config={REPO}/configs/mae.py", f"--workdir={workdir}"]
     args += [f"--config.{k}={v}" for k, v in settings.items()]
-    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def run(workdir, data_dir, overrides=None) -> tuple[int, str, str]:
@@ -83,17 +92,20 @@ def mae_pretrain_config():
     return module.get_config("tiny")
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("keep_checkpoints", 0, "config.keep_checkpoints must be an integer >= 1, got 0"),
-    ("total_steps", -5, "config.total_steps must be an integer >= 0, got -5"),
-    ("checkpoint_every", 0, "config.checkpoint_every must be an integer >= 1, got 0"),
-    ("batch_size", 0, "config.batch_size must be an integer >= 1, got 0"),
-    ("data.worker_count", -1, "config.data.worker_count must be an integer >= 0, got -1"),
-    ("model.mask_ratio", 1.0, "config.model.mask_ratio must be a finite number > 0.0 and < 1.0, got 1.0"),
-    ("model.dtype", "float16", "config.model.dtype must be one of ['bfloat16', 'float32'], got 'float16'"),
-    ("base_lr", float("nan"), "config.base_lr must be a finite number > 0, got nan"),
-    ("data.data_dir", "/nonexistent/faces", "config.data.data_dir=/nonexistent/faces does not exist"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("keep_checkpoints", 0, "config.keep_checkpoints must be an integer >= 1, got 0"),
+        ("total_steps", -5, "config.total_steps must be an integer >= 0, got -5"),
+        ("checkpoint_every", 0, "config.checkpoint_every must be an integer >= 1, got 0"),
+        ("batch_size", 0, "config.batch_size must be an integer >= 1, got 0"),
+        ("data.worker_count", -1, "config.data.worker_count must be an integer >= 0, got -1"),
+        ("model.mask_ratio", 1.0, "config.model.mask_ratio must be a finite number > 0.0 and < 1.0, got 1.0"),
+        ("model.dtype", "float16", "config.model.dtype must be one of ['bfloat16', 'float32'], got 'float16'"),
+        ("base_lr", float("nan"), "config.base_lr must be a finite number > 0, got nan"),
+        ("data.data_dir", "/nonexistent/faces", "config.data.data_dir=/nonexistent/faces does not exist"),
+    ],
+)
 def test_bad_config_values_are_refused_naming_the_key(face_data, key, value, message):
     with pytest.raises(ConfigError) as caught:
         mae_pretrain.validate_config(tiny_config(face_data, **{key: value}))
@@ -132,8 +144,10 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(face_data
     code, out, err = run(workdir, face_data, {"batch_size": 16})
     assert code == 1
     [line] = error_lines(err)
-    assert line.startswith(f"error: {workdir / 'checkpoints'} holds a checkpoint (step 9) written with another "
-                           "data layout (sampler: checkpoint ")
+    assert line.startswith(
+        f"error: {workdir / 'checkpoints'} holds a checkpoint (step 9) written with another "
+        "data layout (sampler: checkpoint "
+    )
     assert "local_batch_size=32" in line and "local_batch_size=16" in line
     assert checkpoint_steps(workdir) == [3, 6, 9] and "Skipped damaged checkpoint" not in out
 
@@ -176,8 +190,9 @@ def test_failed_save_is_one_error_and_the_rerun_resumes(face_data, tmp_path, mon
 
 def test_a_failed_background_save_is_named_by_its_own_step(tmp_path):
     """Orbax reports a failed asynchronous save at the next save: the error must name the step that failed."""
-    checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2, model_description={},
-                                              with_data=False)
+    checkpointer = checkpointing.Checkpointer(
+        str(tmp_path / "checkpoints"), keep=2, model_description={}, with_data=False
+    )
     state = {"w": np.zeros(3, np.float32)}
     checkpointer.save(3, state)
     checkpointer.wait()
@@ -191,8 +206,11 @@ def test_a_failed_background_save_is_named_by_its_own_step(tmp_path):
 
     checkpointer._manager.wait_until_finished = wait_until_finished
     checkpointer._pending_step = 6  # step 6 was saving in the background when the disk filled up
-    with pytest.raises(JobError, match=r"could not save checkpoint step 6 in .*No space left on device.*"
-                                       r"the newest intact checkpoint is step 3"):
+    with pytest.raises(
+        JobError,
+        match=r"could not save checkpoint step 6 in .*No space left on device.*"
+        r"the newest intact checkpoint is step 3",
+    ):
         checkpointer.save(9, state)
     checkpointer.close()
 
@@ -225,8 +243,11 @@ def test_sigterm_saves_a_checkpoint_and_stops_the_data_workers(face_data, tmp_pa
     workers = set()
     while time.time() < deadline and proc.poll() is None:
         workers = _children(proc.pid)
-        if workers and (workdir / "metrics.jsonl").exists() and \
-                len((workdir / "metrics.jsonl").read_text().splitlines()) >= 2:
+        if (
+            workers
+            and (workdir / "metrics.jsonl").exists()
+            and len((workdir / "metrics.jsonl").read_text().splitlines()) >= 2
+        ):
             break
         time.sleep(0.1)
     assert proc.poll() is None and workers, "the run did not start its data workers"
@@ -247,9 +268,17 @@ def test_second_run_on_a_locked_workdir_is_refused(face_data, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         workdir.mkdir()
-        (workdir / workdir_lib.LOCK_FILENAME).write_text(json.dumps(
-            {"host": socket.gethostname(), "pid": holder.pid, "start": workdir_lib.process_start(holder.pid),
-             "time": time.time(), "command": "python -m abaw_jax.main (the first run)"}))
+        (workdir / workdir_lib.LOCK_FILENAME).write_text(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": holder.pid,
+                    "start": workdir_lib.process_start(holder.pid),
+                    "time": time.time(),
+                    "command": "python -m abaw_jax.main (the first run)",
+                }
+            )
+        )
         code, out, err = run(workdir, face_data)
     finally:
         holder.kill()
@@ -262,8 +291,15 @@ def test_second_run_on_a_locked_workdir_is_refused(face_data, tmp_path):
 
 
 def _lock_of(pid: int, host: str | None = None) -> str:
-    return json.dumps({"host": host or socket.gethostname(), "pid": pid, "start": workdir_lib.process_start(pid),
-                       "time": time.time(), "command": "an earlier run"})
+    return json.dumps(
+        {
+            "host": host or socket.gethostname(),
+            "pid": pid,
+            "start": workdir_lib.process_start(pid),
+            "time": time.time(),
+            "command": "an earlier run",
+        }
+    )
 
 
 def test_lock_of_a_dead_process_is_taken_over_and_released(tmp_path, capsys):
@@ -282,8 +318,11 @@ def test_lock_of_a_dead_process_is_taken_over_and_released(tmp_path, capsys):
 
 def test_lock_of_another_host_names_the_file_to_delete(tmp_path):
     (tmp_path / workdir_lib.LOCK_FILENAME).write_text(_lock_of(1, host="gpu-node-7"))
-    with pytest.raises(JobError, match=f"in use by host gpu-node-7 PID 1 .*another host. If that run is over, "
-                                       f"delete {tmp_path / workdir_lib.LOCK_FILENAME}"):
+    with pytest.raises(
+        JobError,
+        match=f"in use by host gpu-node-7 PID 1 .*another host. If that run is over, "
+        f"delete {tmp_path / workdir_lib.LOCK_FILENAME}",
+    ):
         with workdir_lib.lock(tmp_path):
             pass
 
@@ -308,8 +347,13 @@ def test_data_workers_exit_when_the_training_process_is_killed(tmp_path):
     """SIGKILL (the OOM killer) runs no cleanup at all: the workers must notice on their own."""
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    parent = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     child = int(parent.stdout.readline())
     time.sleep(1.0)  # let the child start its watch
     assert _alive(child)

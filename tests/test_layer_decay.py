@@ -1,4 +1,5 @@
 """Layer-wise lr decay and weight-decay groups against timm's `param_groups_layer_decay` on a timm ViT."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +13,17 @@ from abaw_jax.runtime import optimizer
 from abaw_jax.torch_compat import import_timm
 
 DEPTH = 3
-CONFIG = ViTConfig(image_size=16, patch_size=8, width=32, depth=DEPTH, num_heads=2, mlp_dim=64, pool="gap",
-                   num_classes=5, pos_embed_trainable=True)
+CONFIG = ViTConfig(
+    image_size=16,
+    patch_size=8,
+    width=32,
+    depth=DEPTH,
+    num_heads=2,
+    mlp_dim=64,
+    pool="gap",
+    num_classes=5,
+    pos_embed_trainable=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +34,19 @@ def timm_groups():
     from timm.optim import param_groups_layer_decay
 
     torch.manual_seed(0)
-    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=DEPTH, num_heads=2, mlp_ratio=2.0,
-                              global_pool="avg", num_classes=5)
-    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.65,
-                                      no_weight_decay_list=model.no_weight_decay())
+    model = VisionTransformer(
+        img_size=16,
+        patch_size=8,
+        embed_dim=32,
+        depth=DEPTH,
+        num_heads=2,
+        mlp_ratio=2.0,
+        global_pool="avg",
+        num_classes=5,
+    )
+    groups = param_groups_layer_decay(
+        model, weight_decay=0.05, layer_decay=0.65, no_weight_decay_list=model.no_weight_decay()
+    )
     names = {id(p): n for n, p in model.named_parameters()}
     return model, groups, {names[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
 
@@ -73,8 +92,13 @@ def test_one_adamw_step_matches_torch_with_timm_groups(timm_groups, params):
     expected = {n: p.detach().numpy() for n, p in model.named_parameters()}
 
     grads, _ = torch_weights.official_to_flax(grads_official, params)
-    tx = optimizer.make_optimizer(optax.constant_schedule(lr), b1=0.9, b2=0.999, weight_decay=0.05,
-                                  lr_scales=optimizer.layer_decay_scales(params, DEPTH, 0.65))
+    tx = optimizer.make_optimizer(
+        optax.constant_schedule(lr),
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.05,
+        lr_scales=optimizer.layer_decay_scales(params, DEPTH, 0.65),
+    )
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     ours = torch_weights.flax_to_official(optax.apply_updates(params, updates))
     for name, value in expected.items():

@@ -1,4 +1,5 @@
 """Task losses against torch.nn's weighted BCE / CE and a numpy CCC; class weights by the seed team's rule."""
+
 import ast
 import pathlib
 
@@ -19,7 +20,8 @@ def test_au_loss_is_torch_bce_with_pos_weight_on_valid_frames():
     ours = float(losses.au_loss(logits, labels, mask, w))
     keep = mask.reshape(-1)
     ref = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(w))(
-        torch.tensor(logits.reshape(-1, 12)[keep]), torch.tensor(labels.reshape(-1, 12)[keep], dtype=torch.float32))
+        torch.tensor(logits.reshape(-1, 12)[keep]), torch.tensor(labels.reshape(-1, 12)[keep], dtype=torch.float32)
+    )
     assert ours == pytest.approx(float(ref), rel=1e-5)
 
 
@@ -32,8 +34,9 @@ def test_expr_loss_is_torch_weighted_cross_entropy_on_valid_frames():
     w = rng.uniform(1, 5, size=8).astype(np.float32)
     ours = float(losses.expr_loss(logits, labels, mask, w))
     keep = mask.reshape(-1)
-    ref = torch.nn.CrossEntropyLoss(weight=torch.tensor(w))(torch.tensor(logits.reshape(-1, 8)[keep]),
-                                                             torch.tensor(labels.reshape(-1)[keep]))
+    ref = torch.nn.CrossEntropyLoss(weight=torch.tensor(w))(
+        torch.tensor(logits.reshape(-1, 8)[keep]), torch.tensor(labels.reshape(-1)[keep])
+    )
     assert ours == pytest.approx(float(ref), rel=1e-5)
 
 
@@ -43,8 +46,12 @@ def test_va_loss_is_two_minus_ccc_sum():
     values = np.tanh(labels + 0.4 * rng.normal(size=labels.shape)).astype(np.float32)
     mask = np.ones((2, 50), bool)
     x, y = values.reshape(-1, 2).astype(np.float64), labels.reshape(-1, 2).astype(np.float64)
-    ccc = [2 * np.mean((x[:, c] - x[:, c].mean()) * (y[:, c] - y[:, c].mean()))
-           / (x[:, c].var() + y[:, c].var() + (x[:, c].mean() - y[:, c].mean()) ** 2) for c in range(2)]
+    ccc = [
+        2
+        * np.mean((x[:, c] - x[:, c].mean()) * (y[:, c] - y[:, c].mean()))
+        / (x[:, c].var() + y[:, c].var() + (x[:, c].mean() - y[:, c].mean()) ** 2)
+        for c in range(2)
+    ]
     assert float(losses.va_loss(values, labels, mask)) == pytest.approx(2 - sum(ccc), rel=1e-5)
 
 
@@ -66,7 +73,12 @@ def test_models_import_nothing_from_evaluation():
     upward = []
     for path in sorted(pathlib.Path(abaw_jax.models.__file__).parent.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
-                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             upward += [f"{path.name}:{node.lineno}" for name in names if name.startswith("abaw_jax.eval")]
     assert upward == []

@@ -1,4 +1,5 @@
 """Pieces of the Flax MAE that exist for speed must compute exactly what the plain version computes."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +19,7 @@ def test_padded_masked_attention_equals_unpadded_attention_and_its_gradient():
     plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
     padded = lambda q, k, v: vit.padded_attention(q, k, v, multiple=64, implementation=None)
     np.testing.assert_allclose(padded(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-6)
-    for g_padded, g_plain in zip(jax.grad(loss, (1, 2, 3))(padded, q, k, v),
-                                 jax.grad(loss, (1, 2, 3))(plain, q, k, v)):
+    for g_padded, g_plain in zip(jax.grad(loss, (1, 2, 3))(padded, q, k, v), jax.grad(loss, (1, 2, 3))(plain, q, k, v)):
         np.testing.assert_allclose(g_padded, g_plain, rtol=1e-5, atol=1e-6)
 
 
@@ -34,8 +34,9 @@ def test_permute_tokens_matches_take_along_axis_and_its_gradient():
     for order, inverse, weights in cases:
         reference = lambda x: jnp.sum(jnp.take_along_axis(x, order[..., None], axis=1) * weights)
         ours = lambda x: jnp.sum(permute_tokens(x, order, inverse) * weights)
-        np.testing.assert_array_equal(permute_tokens(x, order, inverse),
-                                      jnp.take_along_axis(x, order[..., None], axis=1))
+        np.testing.assert_array_equal(
+            permute_tokens(x, order, inverse), jnp.take_along_axis(x, order[..., None], axis=1)
+        )
         np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(reference)(x), rtol=1e-6)
 
 

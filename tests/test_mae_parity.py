@@ -6,6 +6,7 @@ get the same images and the same masking noise; loss, reconstruction, mask and e
 must agree within 1e-4 relative in fp32. The position tables are transformers' own sin-cos tables, and
 `sincos_pos_embed_2d` is checked against them separately.
 """
+
 import jax
 import numpy as np
 import pytest
@@ -30,9 +31,19 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 NUM_CLASSES = 7
 
-SMALL_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
-                decoder_intermediate_size=64, image_size=32, patch_size=8, mask_ratio=0.75)
+SMALL_HF = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    decoder_hidden_size=32,
+    decoder_num_hidden_layers=2,
+    decoder_num_attention_heads=4,
+    decoder_intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    mask_ratio=0.75,
+)
 
 
 def assert_close(ours, theirs, what: str):
@@ -43,14 +54,14 @@ def assert_close(ours, theirs, what: str):
 def hf_sincos(width: int, grid: int) -> np.ndarray:
     """transformers' table with the half rotation `ViTMAEEmbeddings.initialize_weights` applies."""
     table = build_2d_sinusoidal_position_embedding(grid, grid, embed_dim=width, cls_token=True)
-    return torch.cat([table[..., width // 2:], table[..., :width // 2]], dim=-1).numpy()
+    return torch.cat([table[..., width // 2 :], table[..., : width // 2]], dim=-1).numpy()
 
 
 def images(size: int, batch: int) -> np.ndarray:
     """Normalised NHWC crops of the astronaut photo, each at a different offset."""
     photo = skimage.data.astronaut().astype(np.float32) / 255.0
     step = photo.shape[0] // (size + size // 8)
-    crops = [photo[i * step::step, i * step::step][:size, :size] for i in range(batch)]
+    crops = [photo[i * step :: step, i * step :: step][:size, :size] for i in range(batch)]
     return ((np.stack(crops) - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
 
 
@@ -76,18 +87,34 @@ def hf_mae(seed: int, activation_scale: float = 1.0, **config) -> ViTMAEForPreTr
         torch.nn.init.normal_(model.vit.embeddings.cls_token, std=0.02)
         torch.nn.init.normal_(model.decoder.mask_token, std=0.02)
         embeddings = model.vit.embeddings
-        for tensor in (embeddings.patch_embeddings.projection.weight, embeddings.patch_embeddings.projection.bias,
-                       embeddings.cls_token, embeddings.position_embeddings):
+        for tensor in (
+            embeddings.patch_embeddings.projection.weight,
+            embeddings.patch_embeddings.projection.bias,
+            embeddings.cls_token,
+            embeddings.position_embeddings,
+        ):
             tensor.mul_(activation_scale)
     return model
 
 
 def our_config(hf: ViTMAEConfig) -> MAEConfig:
-    encoder = ViTConfig(image_size=hf.image_size, patch_size=hf.patch_size, width=hf.hidden_size,
-                        depth=hf.num_hidden_layers, num_heads=hf.num_attention_heads, mlp_dim=hf.intermediate_size)
-    return MAEConfig(encoder=encoder, decoder_width=hf.decoder_hidden_size, decoder_depth=hf.decoder_num_hidden_layers,
-                     decoder_heads=hf.decoder_num_attention_heads, decoder_mlp_dim=hf.decoder_intermediate_size,
-                     mask_ratio=hf.mask_ratio, norm_pix_loss=hf.norm_pix_loss)
+    encoder = ViTConfig(
+        image_size=hf.image_size,
+        patch_size=hf.patch_size,
+        width=hf.hidden_size,
+        depth=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        mlp_dim=hf.intermediate_size,
+    )
+    return MAEConfig(
+        encoder=encoder,
+        decoder_width=hf.decoder_hidden_size,
+        decoder_depth=hf.decoder_num_hidden_layers,
+        decoder_heads=hf.decoder_num_attention_heads,
+        decoder_mlp_dim=hf.decoder_intermediate_size,
+        mask_ratio=hf.mask_ratio,
+        norm_pix_loss=hf.norm_pix_loss,
+    )
 
 
 def template(model, *inputs):
@@ -103,8 +130,9 @@ def run_both(hf_model: ViTMAEForPreTraining, batch: int, seed: int):
     params, report = tw.official_to_flax(official, template(model, x, noise))
     ours = jax.jit(model.apply)({"params": params}, x, noise)
     with torch.no_grad():
-        theirs = hf_model(torch.from_numpy(x.transpose(0, 3, 1, 2)), noise=torch.from_numpy(noise),
-                          output_hidden_states=True)
+        theirs = hf_model(
+            torch.from_numpy(x.transpose(0, 3, 1, 2)), noise=torch.from_numpy(noise), output_hidden_states=True
+        )
     return dict(config=config, params=params, official=official, report=report, ours=ours, theirs=theirs)
 
 
@@ -227,7 +255,8 @@ def test_transformers_vitmae_model_import():
         expected = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2)), noise=noise, output_hidden_states=True)
     assert_close(jax.jit(model.apply)({"params": params}, x), expected.last_hidden_state, "final-norm tokens")
     _, hidden = jax.jit(lambda p, x: model.apply(p, x, method=lambda m, x: m.encode(m.embed_patches(x))))(
-        {"params": params}, x)
+        {"params": params}, x
+    )
     for i, (a, b) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
         assert_close(a, b, f"hidden state {i}")
 
@@ -238,8 +267,11 @@ def small_official():
 
 
 def small_encoder(pool: str, num_classes: int = 0) -> ViT:
-    return ViT(ViTConfig(image_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128, pool=pool,
-                         num_classes=num_classes))
+    return ViT(
+        ViTConfig(
+            image_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128, pool=pool, num_classes=num_classes
+        )
+    )
 
 
 def test_mismatch_error_names_every_bad_key(small_official):
@@ -269,8 +301,9 @@ def test_pretrained_encoder_into_gap_model_keeps_fresh_head(small_official):
     assert {"norm.weight", "norm.bias", "mask_token", "decoder_pred.weight"} <= set(report["unexpected"])
     for name in ("fc_norm", "head"):
         jax.tree.map(np.testing.assert_array_equal, params[name], fresh[name])
-    np.testing.assert_array_equal(params["blocks_1"]["mlp"]["fc2"]["kernel"],
-                                  small_official["blocks.1.mlp.fc2.weight"].T)
+    np.testing.assert_array_equal(
+        params["blocks_1"]["mlp"]["fc2"]["kernel"], small_official["blocks.1.mlp.fc2.weight"].T
+    )
     with pytest.raises(tw.WeightMismatchError, match=r"fc_norm\.bias.*head\.weight"):
         tw.official_to_flax(small_official, template(model, x), strict=False)
 

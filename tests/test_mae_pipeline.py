@@ -1,4 +1,5 @@
 """Tests for the grain MAE pipeline: augmentation semantics, sharding, determinism, resume, skips."""
+
 import io
 import subprocess
 import sys
@@ -7,14 +8,13 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from PIL import Image
 import pytest
 import scipy.stats
-from skimage import data as skdata
 import torch
+from PIL import Image
+from skimage import data as skdata
 
-from abaw_jax.data import face_shards
-from abaw_jax.data import mae_pipeline
+from abaw_jax.data import face_shards, mae_pipeline
 from abaw_jax.torch_compat import import_torchvision
 
 import_torchvision()
@@ -36,15 +36,18 @@ def _face_records(count: int) -> list[dict]:
     for i in range(count):
         height, width = rng.integers(60, 200, size=2)
         top, left = rng.integers(0, 512 - 200, size=2)
-        records.append({"image": _jpeg(astronaut[top:top + height, left:left + width]),
-                        "id": f"astro/{i:03d}.jpg".encode()})
+        records.append(
+            {"image": _jpeg(astronaut[top : top + height, left : left + width]), "id": f"astro/{i:03d}.jpg".encode()}
+        )
     return records
 
 
 def _colour_records(count: int) -> list[dict]:
     """Solid-colour JPEGs whose red channel (10 * index) identifies the record after any crop/flip."""
-    return [{"image": _jpeg(np.full((48, 40, 3), (10 * i, 128, 255 - 10 * i), np.uint8)),
-             "id": f"colour/{i}"} for i in range(count)]
+    return [
+        {"image": _jpeg(np.full((48, 40, 3), (10 * i, 128, 255 - 10 * i), np.uint8)), "id": f"colour/{i}"}
+        for i in range(count)
+    ]
 
 
 def _colour_indices(images: np.ndarray) -> list[int]:
@@ -52,8 +55,14 @@ def _colour_indices(images: np.ndarray) -> list[int]:
 
 
 def _loader(source, **overrides) -> grain.DataLoader:
-    kwargs = dict(global_batch_size=4, image_size=32, seed=7, num_epochs=None, worker_count=0,
-                  shard_options=grain.sharding.NoSharding())
+    kwargs = dict(
+        global_batch_size=4,
+        image_size=32,
+        seed=7,
+        num_epochs=None,
+        worker_count=0,
+        shard_options=grain.sharding.NoSharding(),
+    )
     kwargs.update(overrides)
     return mae_pipeline.make_mae_loader(source, **kwargs)
 
@@ -63,8 +72,13 @@ def _take(iterator, count: int) -> list[np.ndarray]:
 
 
 def test_batches_are_uint8_of_the_local_batch_size():
-    loader = _loader(_face_records(10), global_batch_size=6, image_size=24, num_epochs=1,
-                     shard_options=grain.sharding.ShardOptions(0, 2, drop_remainder=True))
+    loader = _loader(
+        _face_records(10),
+        global_batch_size=6,
+        image_size=24,
+        num_epochs=1,
+        shard_options=grain.sharding.ShardOptions(0, 2, drop_remainder=True),
+    )
     batches = list(loader)
     assert len(batches) == 1  # 5 records in this shard, batches of 3, remainder dropped.
     assert set(batches[0]) == {"image"}
@@ -82,12 +96,12 @@ def test_crop_boxes_stay_within_the_scale_and_ratio_ranges():
 
 
 def test_crop_box_distribution_matches_torchvision():
-    ours = np.array([mae_pipeline.random_resized_crop_box(180, 240, np.random.default_rng(seed))
-                     for seed in range(2000)])
+    ours = np.array(
+        [mae_pipeline.random_resized_crop_box(180, 240, np.random.default_rng(seed)) for seed in range(2000)]
+    )
     torch.manual_seed(0)
     image = Image.new("RGB", (240, 180))
-    theirs = np.array([transforms.RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3])
-                       for _ in range(2000)])
+    theirs = np.array([transforms.RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(2000)])
     for column in range(4):  # top, left, height, width
         assert scipy.stats.ks_2samp(ours[:, column], theirs[:, column]).pvalue > 0.001
 
@@ -97,24 +111,22 @@ def test_crop_box_fallback_matches_torchvision(height, width):
     # No crop with area >= 20% and aspect within [3/4, 4/3] fits such shapes, so both use the
     # deterministic centred fallback.
     ours = mae_pipeline.random_resized_crop_box(height, width, np.random.default_rng(0))
-    theirs = transforms.RandomResizedCrop.get_params(
-        Image.new("RGB", (width, height)), [0.2, 1.0], [3 / 4, 4 / 3])
+    theirs = transforms.RandomResizedCrop.get_params(Image.new("RGB", (width, height)), [0.2, 1.0], [3 / 4, 4 / 3])
     assert ours == tuple(theirs)
 
 
-@pytest.mark.parametrize("side, image_size, tolerance", [(110, 160, 2.0), (300, 224, 1.5),
-                                                         (1024, 224, 4.0)])
+@pytest.mark.parametrize("side, image_size, tolerance", [(110, 160, 2.0), (300, 224, 1.5), (1024, 224, 4.0)])
 def test_resized_crop_matches_torchvision_bicubic(side, image_size, tolerance):
     pixels = np.asarray(Image.fromarray(skdata.astronaut()).resize((side, side), Image.BICUBIC))
     encoded = _jpeg(pixels)
     decoded = Image.open(io.BytesIO(encoded)).convert("RGB")
     for seed in range(3):
-        ours = mae_pipeline.decode_random_resized_crop(encoded, np.random.default_rng(seed),
-                                                       image_size=image_size)
+        ours = mae_pipeline.decode_random_resized_crop(encoded, np.random.default_rng(seed), image_size=image_size)
         rng = np.random.default_rng(seed)
         top, left, height, width = mae_pipeline.random_resized_crop_box(side, side, rng)
-        reference = tvf.resized_crop(decoded, top, left, height, width, [image_size, image_size],
-                                     transforms.InterpolationMode.BICUBIC)
+        reference = tvf.resized_crop(
+            decoded, top, left, height, width, [image_size, image_size], transforms.InterpolationMode.BICUBIC
+        )
         if rng.random() < 0.5:
             reference = tvf.hflip(reference)
         assert np.abs(ours.astype(np.float64) - np.asarray(reference)).mean() < tolerance
@@ -123,12 +135,12 @@ def test_resized_crop_matches_torchvision_bicubic(side, image_size, tolerance):
 def test_flip_mirrors_about_half_of_the_images():
     pixels = skdata.astronaut()[100:228, 150:278]
     encoded = _jpeg(pixels)
-    whole = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB").resize((64, 64),
-                                                                             Image.BICUBIC))
+    whole = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB").resize((64, 64), Image.BICUBIC))
     flipped = 0
     for seed in range(40):
         out = mae_pipeline.decode_random_resized_crop(
-            encoded, np.random.default_rng(seed), image_size=64, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+            encoded, np.random.default_rng(seed), image_size=64, scale=(1.0, 1.0), ratio=(1.0, 1.0)
+        )
         plain_error = np.abs(out.astype(int) - whole).mean()
         mirror_error = np.abs(out.astype(int) - whole[:, ::-1]).mean()
         assert min(plain_error, mirror_error) < 2.0 < max(plain_error, mirror_error)
@@ -138,10 +150,10 @@ def test_flip_mirrors_about_half_of_the_images():
 
 def test_normalize_images_matches_torchvision_normalize():
     images = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
-    normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize(
-        mae_pipeline.IMAGENET_MEAN, mae_pipeline.IMAGENET_STD)])
-    expected = np.stack([normalize(Image.fromarray(image)).permute(1, 2, 0).numpy()
-                         for image in images])
+    normalize = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(mae_pipeline.IMAGENET_MEAN, mae_pipeline.IMAGENET_STD)]
+    )
+    expected = np.stack([normalize(Image.fromarray(image)).permute(1, 2, 0).numpy() for image in images])
     ours = mae_pipeline.normalize_images(jnp.asarray(images))
     assert ours.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)
@@ -165,8 +177,12 @@ def test_process_shards_are_disjoint_and_cover_the_records():
     records = _colour_records(24)
     seen = []
     for shard_index in range(2):
-        loader = _loader(records, global_batch_size=8, num_epochs=1,
-                         shard_options=grain.sharding.ShardOptions(shard_index, 2, drop_remainder=True))
+        loader = _loader(
+            records,
+            global_batch_size=8,
+            num_epochs=1,
+            shard_options=grain.sharding.ShardOptions(shard_index, 2, drop_remainder=True),
+        )
         seen.append([i for batch in loader for i in _colour_indices(batch["image"])])
     assert len(seen[0]) == len(seen[1]) == 12
     assert not set(seen[0]) & set(seen[1])
@@ -177,13 +193,20 @@ def test_process_slices_assemble_the_single_process_batches():
     # Multi-host runs must see the same global batches, in the same order, as a single host.
     records = _face_records(24)
     single = list(_loader(records, global_batch_size=8, num_epochs=1))
-    slices = [list(_loader(records, global_batch_size=8, num_epochs=1,
-                           shard_options=grain.sharding.ShardOptions(p, 2, drop_remainder=True)))
-              for p in range(2)]
+    slices = [
+        list(
+            _loader(
+                records,
+                global_batch_size=8,
+                num_epochs=1,
+                shard_options=grain.sharding.ShardOptions(p, 2, drop_remainder=True),
+            )
+        )
+        for p in range(2)
+    ]
     assert len(single) == len(slices[0]) == len(slices[1]) == 3
     for t, batch in enumerate(single):
-        np.testing.assert_array_equal(
-            np.concatenate([slices[0][t]["image"], slices[1][t]["image"]]), batch["image"])
+        np.testing.assert_array_equal(np.concatenate([slices[0][t]["image"], slices[1][t]["image"]]), batch["image"])
 
 
 @pytest.mark.parametrize("worker_count", [0, 2])
@@ -206,15 +229,19 @@ def test_iterator_state_round_trips_through_orbax_checkpoint_manager(tmp_path):
     _take(iterator, 2)
     manager = ocp.CheckpointManager(tmp_path / "ckpt")
     state = {"step": np.array(2, np.int32)}
-    manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            data=grain.checkpoint.CheckpointSave(iterator)))
+    manager.save(
+        2, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator))
+    )
     manager.wait_until_finished()
     expected = _take(iterator, 3)
 
     restored_iterator = iter(_loader(records))
-    restored = manager.restore(2, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state),
-        data=grain.checkpoint.CheckpointRestore(restored_iterator)))
+    restored = manager.restore(
+        2,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(restored_iterator)
+        ),
+    )
     assert int(restored["state"]["step"]) == 2
     np.testing.assert_array_equal(np.stack(_take(restored_iterator, 3)), np.stack(expected))
     manager.close()
@@ -227,12 +254,12 @@ def test_corrupt_records_are_skipped_and_counted(worker_count, tmp_path):
     for index, payload in corrupt.items():
         records[index] = {"image": payload, "id": f"colour/{index}"}
     skipped_dir = tmp_path / "skipped"
-    loader = _loader(records, global_batch_size=1, num_epochs=1, worker_count=worker_count,
-                     skipped_records_dir=skipped_dir)
+    loader = _loader(
+        records, global_batch_size=1, num_epochs=1, worker_count=worker_count, skipped_records_dir=skipped_dir
+    )
     seen = [i for batch in loader for i in _colour_indices(batch["image"])]
     assert sorted(seen) == sorted(set(range(20)) - set(corrupt))
-    assert sorted(mae_pipeline.read_skipped_records(skipped_dir)) == sorted(
-        f"colour/{index}" for index in corrupt)
+    assert sorted(mae_pipeline.read_skipped_records(skipped_dir)) == sorted(f"colour/{index}" for index in corrupt)
 
 
 def test_loader_reads_face_shards(tmp_path):
@@ -240,8 +267,9 @@ def test_loader_reads_face_shards(tmp_path):
     roots.mkdir()
     for i, record in enumerate(_face_records(6)):
         (roots / f"{i}.jpg").write_bytes(record["image"])
-    face_shards.build_face_shards({"astro": roots}, tmp_path / "tfds",
-                                  quality_filter=face_shards.QualityFilter(min_face_size=32))
+    face_shards.build_face_shards(
+        {"astro": roots}, tmp_path / "tfds", quality_filter=face_shards.QualityFilter(min_face_size=32)
+    )
     source = face_shards.load_face_source(tmp_path / "tfds")
     batches = list(_loader(source, global_batch_size=3, num_epochs=1))
     assert len(batches) == len(source) // 3
@@ -250,8 +278,11 @@ def test_loader_reads_face_shards(tmp_path):
 
 def test_global_batch_must_divide_by_the_shard_count():
     with pytest.raises(ValueError, match="does not divide"):
-        _loader(_colour_records(4), global_batch_size=5,
-                shard_options=grain.sharding.ShardOptions(0, 2, drop_remainder=True))
+        _loader(
+            _colour_records(4),
+            global_batch_size=5,
+            shard_options=grain.sharding.ShardOptions(0, 2, drop_remainder=True),
+        )
 
 
 @pytest.mark.parametrize("side", [100, 1000])
@@ -264,8 +295,7 @@ def test_exif_orientation_is_ignored_like_pil(side):
     encoded = buffer.getvalue()
     assert mae_pipeline.encoded_image_shape(encoded) == (side // 2, side)
     reduction = 2 if side == 1000 else 1
-    assert mae_pipeline.decode_rgb(encoded, reduction).shape == (side // 2 // reduction,
-                                                                 side // reduction, 3)
+    assert mae_pipeline.decode_rgb(encoded, reduction).shape == (side // 2 // reduction, side // reduction, 3)
     out = mae_pipeline.decode_random_resized_crop(encoded, np.random.default_rng(0), image_size=64)
     assert out.shape == (64, 64, 3)
 

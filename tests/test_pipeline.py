@@ -3,6 +3,7 @@
 One real run of every stage (the `micro_pipeline` fixture) is shared; the tests then check what it wrote, and
 that reruns skip, resume or redo exactly the stages they should.
 """
+
 import dataclasses
 import importlib.util
 import json
@@ -23,9 +24,23 @@ from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs, flat_settings
 from conftest import REPO, micro_pipeline_config, set_values
 
-STAGES = ["mae", "finetune_au", "finetune_expr", "finetune_va", "features", "fusion_au", "fusion_expr",
-          "fusion_va", "fusion_va_visual", "evaluate_au", "evaluate_expr", "evaluate_va", "evaluate_va_visual",
-          "report", "predictor"]
+STAGES = [
+    "mae",
+    "finetune_au",
+    "finetune_expr",
+    "finetune_va",
+    "features",
+    "fusion_au",
+    "fusion_expr",
+    "fusion_va",
+    "fusion_va_visual",
+    "evaluate_au",
+    "evaluate_expr",
+    "evaluate_va",
+    "evaluate_va_visual",
+    "report",
+    "predictor",
+]
 
 
 def _stage(root: pathlib.Path, name: str) -> dict:
@@ -45,8 +60,10 @@ def test_every_stage_runs_in_order_into_its_folder(micro_pipeline):
     assert _stage(root, "fusion_va")["config"]["audio_sets"] == "logmel_mfcc"
     assert _stage(root, "evaluate_au")["config"]["fusion_workdir"] == "$WORKDIR/fusion_au"
     assert _stage(root, "evaluate_va_visual")["config"]["fusion_workdir"] == "$WORKDIR/fusion_va_visual"
-    assert _stage(root, "evaluate_au")["inputs"] == {"fusion_au": records["fusion_au"]["fingerprint"],
-                                                     "features": records["features"]["fingerprint"]}
+    assert _stage(root, "evaluate_au")["inputs"] == {
+        "fusion_au": records["fusion_au"]["fingerprint"],
+        "features": records["features"]["fingerprint"],
+    }
     paths = release.resolve(config.data)
     for task in ("AU", "EXPR", "VA"):
         submission = root / f"evaluate_{task.lower()}" / "submissions" / f"{task}.txt"
@@ -54,8 +71,10 @@ def test_every_stage_runs_in_order_into_its_folder(micro_pipeline):
     markdown = (root / "report" / "report.md").read_text()
     assert report.check_report(dirs, markdown, tasks=("au", "expr", "va")) == []
     assert "## The paper's claims on this run" in markdown
-    assert (f"Release: the synthetic release ({config.data.synthetic_videos} videos x "
-            f"{config.data.synthetic_frames_per_video} frames, seed {config.data.synthetic_seed}") in markdown
+    assert (
+        f"Release: the synthetic release ({config.data.synthetic_videos} videos x "
+        f"{config.data.synthetic_frames_per_video} frames, seed {config.data.synthetic_seed}"
+    ) in markdown
 
 
 def test_stage_config_file_reruns_the_stage_alone(micro_pipeline):
@@ -109,8 +128,7 @@ def test_each_key_is_either_cosmetic_or_reruns_its_stage(tmp_path):
             for parent in parents:
                 node = node[parent]
             node[leaf] = "changed"
-            assert pipeline._up_to_date(record, changed, inputs, cosmetic, root) == (key in cosmetic), \
-                (stage.name, key)
+            assert pipeline._up_to_date(record, changed, inputs, cosmetic, root) == (key in cosmetic), (stage.name, key)
         for name in inputs:
             assert not pipeline._up_to_date(record, settings, {**inputs, name: "g"}, cosmetic, root)
 
@@ -119,13 +137,21 @@ def test_moved_workdir_with_cosmetic_changes_skips_every_stage(micro_pipeline, t
     root, config, _ = micro_pipeline
     moved = tmp_path / "elsewhere" / "run"
     shutil.copytree(root, moved)
-    cosmetic = {"mae.log_every": 7, "finetune.au.eval_batch_size": 3, "features.decode_threads": 1,
-                "fusion.va.log_every": 3, "fusion.va.member_loop": "vmap", "evaluate.au.num_plots": 0}
+    cosmetic = {
+        "mae.log_every": 7,
+        "finetune.au.eval_batch_size": 3,
+        "features.decode_threads": 1,
+        "fusion.va.log_every": 3,
+        "fusion.va.member_loop": "vmap",
+        "evaluate.au.num_plots": 0,
+    }
     records = JOBS["pipeline"](micro_pipeline_config(config.data.cache_dir, **cosmetic), str(moved))
     assert [r["status"] for r in records.values()] == ["skipped"] * len(STAGES)
     out = capsys.readouterr().out
-    assert ("mae: done earlier with these settings, skipped (cosmetic settings changed, results unaffected: "
-            f"log_every: {config.mae.log_every} -> 7)") in out
+    assert (
+        "mae: done earlier with these settings, skipped (cosmetic settings changed, results unaffected: "
+        f"log_every: {config.mae.log_every} -> 7)"
+    ) in out
     assert f"num_plots: {config.evaluate.au.num_plots} -> 0" in out and ".previous" not in out
     assert sorted(p.name for p in moved.iterdir()) == sorted(p.name for p in root.iterdir())
 
@@ -139,8 +165,9 @@ def test_interrupted_rerun_keeps_the_finished_stage_and_the_old_settings_restore
         raise JobError("killed while rerunning")
 
     with pytest.raises(JobError, match="stage evaluate_expr: killed"):
-        pipeline.run(changed, str(root), jobs={**STAGE_JOBS, "evaluate": dataclasses.replace(
-            STAGE_JOBS["evaluate"], run=killed)})
+        pipeline.run(
+            changed, str(root), jobs={**STAGE_JOBS, "evaluate": dataclasses.replace(STAGE_JOBS["evaluate"], run=killed)}
+        )
     out = capsys.readouterr().out
     assert "tuning.bias_rounds: 2 -> 1" in out
     assert f"the finished run is kept in {root / 'evaluate_expr.previous'}" in out
@@ -177,11 +204,14 @@ def test_plan_rejects_inconsistent_settings(synthetic_affwild2, tmp_path):
     fails(r"config.tasks must be distinct tasks", tasks="expr,pose")
     fails(r"config.tasks must name at least one", tasks="", audio_ablation="")
     fails(r"audio_ablation=.*not in config.tasks", tasks="expr", audio_ablation="va")
-    fails(r"config.evaluate.expr reads members \['reaction'\].*config.fusion.expr.members",
-          **{"fusion.expr.members": "official,fold1,fold2,fold3,fold4,fold5,whole"})
+    fails(
+        r"config.evaluate.expr reads members \['reaction'\].*config.fusion.expr.members",
+        **{"fusion.expr.members": "official,fold1,fold2,fold3,fold4,fold5,whole"},
+    )
     fails(r"config.mae.data.data_dir is empty", **{"data.root": str(tmp_path)})
-    one_task = pipeline.plan(micro_pipeline_config(tmp_path, tasks="expr", audio_ablation="",
-                                                   **{"features.sets": ("au", "mae")}), dirs)
+    one_task = pipeline.plan(
+        micro_pipeline_config(tmp_path, tasks="expr", audio_ablation="", **{"features.sets": ("au", "mae")}), dirs
+    )
     assert [s.name for s in one_task][:4] == ["mae", "finetune_expr", "features", "fusion_expr"]
     assert one_task[2].config.sets == ("expr", "mae") and one_task[2].inputs == (dirs.finetune("expr"), dirs.mae)
     skip_mae = pipeline.plan(micro_pipeline_config(tmp_path, mae_encoder="/weights/mae.pth"), dirs)
@@ -189,14 +219,26 @@ def test_plan_rejects_inconsistent_settings(synthetic_affwild2, tmp_path):
     # A real release is checked before any training: audio features need its videos folder.
     real = tmp_path / "release"
     shutil.copytree(synthetic_affwild2, real, ignore=shutil.ignore_patterns("videos"))
-    fails(r"config.data.videos: .*release has no videos/ folder", mae_encoder="/weights/mae.pth",
-          **{"data.root": str(real)})
-    no_audio = {"data.root": str(real), "features.audio": (), "fusion.au.audio_sets": "",
-                "fusion.expr.audio_sets": "", "fusion.va.audio_sets": ""}
-    fails(r"config.fusion.va.audio_sets names \['logmel_mfcc'\], which config.features.audio=.* does not extract",
-          mae_encoder="/weights/mae.pth", **{**no_audio, "fusion.va.audio_sets": "logmel_mfcc"})
-    visual_only = pipeline.plan(micro_pipeline_config(tmp_path, mae_encoder="/weights/mae.pth", audio_ablation="",
-                                                      **no_audio), dirs)
+    fails(
+        r"config.data.videos: .*release has no videos/ folder",
+        mae_encoder="/weights/mae.pth",
+        **{"data.root": str(real)},
+    )
+    no_audio = {
+        "data.root": str(real),
+        "features.audio": (),
+        "fusion.au.audio_sets": "",
+        "fusion.expr.audio_sets": "",
+        "fusion.va.audio_sets": "",
+    }
+    fails(
+        r"config.fusion.va.audio_sets names \['logmel_mfcc'\], which config.features.audio=.* does not extract",
+        mae_encoder="/weights/mae.pth",
+        **{**no_audio, "fusion.va.audio_sets": "logmel_mfcc"},
+    )
+    visual_only = pipeline.plan(
+        micro_pipeline_config(tmp_path, mae_encoder="/weights/mae.pth", audio_ablation="", **no_audio), dirs
+    )
     assert visual_only[3].name == "features" and visual_only[3].config.data.root == str(real)
 
 
@@ -216,8 +258,19 @@ def test_foreign_folder_in_a_stage_place_is_not_overwritten(tmp_path):
 
 
 def test_command_line_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "abaw_jax.main", "--config=configs/abaw.py:tiny",
-                             f"--workdir={tmp_path}", "--config.tasks=expr,pose"],
-                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "abaw_jax.main",
+            "--config=configs/abaw.py:tiny",
+            f"--workdir={tmp_path}",
+            "--config.tasks=expr,pose",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: config.tasks must be distinct tasks")

@@ -1,6 +1,7 @@
 """The whole method across hosts: two loopback JAX processes (`jax.distributed` on 127.0.0.1, as the pretraining
 tests do) run the micro pipeline for one task; one of them is killed mid-run, the rerun resumes, and every stage
 ends with the outputs of one process holding the same two devices."""
+
 import json
 import os
 import pathlib
@@ -38,11 +39,24 @@ def _free_port() -> int:
 
 def _launch(root: pathlib.Path, cache: pathlib.Path, *, processes: int, devices: int) -> list[subprocess.Popen]:
     code = RUNNER.format(tests=str(TESTS), processes=processes, port=_free_port(), cache=str(cache), root=str(root))
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONUNBUFFERED="1")
-    return [subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, cwd=TESTS.parent, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            for i in range(processes)]
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONUNBUFFERED="1",
+    )
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i)],
+            env=env,
+            cwd=TESTS.parent,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for i in range(processes)
+    ]
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[str]:

@@ -2,6 +2,7 @@
 what was found, never load an empty or shifted dataset. One small release per test, made with the official
 layout; each case breaks one thing. Later readers add their cases here in the same style.
 """
+
 import pathlib
 
 import numpy as np
@@ -13,8 +14,9 @@ from abaw_jax.tasks import EXPR
 TASK_DIR = "EXPR_Recognition_Challenge"
 
 
-def make_release(root: pathlib.Path, *, rows: int = 4, crop_names=None, split="Train_Set",
-                 annotation_name="video1.txt") -> tuple[pathlib.Path, pathlib.Path]:
+def make_release(
+    root: pathlib.Path, *, rows: int = 4, crop_names=None, split="Train_Set", annotation_name="video1.txt"
+) -> tuple[pathlib.Path, pathlib.Path]:
     """An EXPR release with one video: `rows` labelled frames and the given crop file names."""
     annotation = root / "annotations" / TASK_DIR / split / annotation_name
     annotation.parent.mkdir(parents=True)
@@ -42,13 +44,16 @@ def test_crops_numbered_from_zero_are_refused_not_shifted(tmp_path):
     assert "looks numbered from 0" in message and "00001.jpg" in message
 
 
-@pytest.mark.parametrize("names", [
-    ["1.jpg", "2.jpg", "3.jpg"],
-    ["00001.JPG", "00002.JPG"],
-    ["00001.png", "00002.png"],
-    ["000001.jpg", "000002.jpg"],
-    ["00001.jpg", "00002.jpg", "00003.jpeg"],  # a mix: the .jpeg frame would silently vanish
-])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["1.jpg", "2.jpg", "3.jpg"],
+        ["00001.JPG", "00002.JPG"],
+        ["00001.png", "00002.png"],
+        ["000001.jpg", "000002.jpg"],
+        ["00001.jpg", "00002.jpg", "00003.jpeg"],  # a mix: the .jpeg frame would silently vanish
+    ],
+)
 def test_crops_named_in_another_scheme_are_refused(tmp_path, names):
     annotations, crops = make_release(tmp_path, crop_names=names)
     with pytest.raises(affwild2.LayoutError) as caught:
@@ -122,8 +127,7 @@ def test_split_folder_without_annotation_files(tmp_path):
     annotations, crops = make_release(tmp_path, annotation_name="video1.csv")
     with pytest.raises(affwild2.LayoutError) as caught:
         affwild2.load_task(annotations, "EXPR", crops)
-    assert "expected one <name>.txt annotation file per video, found none (holds ['video1.csv'])" in str(
-        caught.value)
+    assert "expected one <name>.txt annotation file per video, found none (holds ['video1.csv'])" in str(caught.value)
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be-bom", "utf-8-sig"])

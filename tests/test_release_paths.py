@@ -1,4 +1,5 @@
 """Release paths from config.data: defaults under the root, per-part overrides, clear errors."""
+
 import pytest
 
 from abaw_jax import tasks
@@ -41,8 +42,11 @@ def test_videos_are_optional_until_audio_features_need_them(synthetic_affwild2, 
     paths = release.resolve(data)
     assert paths.videos is None and paths.crops == root / "cropped_aligned"
     release.require_videos(paths, ())
-    with pytest.raises(FileNotFoundError, match=rf"config.data.videos: {root} has no videos/ folder, and the audio "
-                                                r"sets \['logmel_mfcc'\]"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"config.data.videos: {root} has no videos/ folder, and the audio "
+        r"sets \['logmel_mfcc'\]",
+    ):
         release.require_videos(paths, ("logmel_mfcc",))
     data.videos = str(synthetic_affwild2 / "videos")
     release.require_videos(release.resolve(data), ("logmel_mfcc",))

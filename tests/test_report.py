@@ -5,6 +5,7 @@ predictions of the fixture release (with static predictions, and a visual-only v
 curves go through the jobs' MetricWriter; fusion's scores.json and finetune's best.json follow the layout those
 jobs write (key for key, see jobs/fusion.py `_report` and jobs/finetune.py `BestParams`).
 """
+
 import io
 import json
 import pathlib
@@ -17,14 +18,14 @@ from PIL import Image
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2
-from abaw_jax.data.predictions import PredictionWriter, Predictions
+from abaw_jax.data.predictions import Predictions, PredictionWriter
 from abaw_jax.eval import reconstruction_grid, report, simulate
 from abaw_jax.jobs import evaluate
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs
 from abaw_jax.runtime.telemetry import MetricWriter
 from conftest import load_config
 
-RUN_TASKS = ("expr", "va")   # AU is left out of the run: the report says so (and the fixture stays fast)
+RUN_TASKS = ("expr", "va")  # AU is left out of the run: the report says so (and the fixture stays fast)
 
 
 def _evaluate_config(task, release_root, fusion_dir, static_dir):
@@ -57,15 +58,25 @@ def _static_predictions(release_root, predictions: Predictions, directory, task)
 def _fusion_files(directory: pathlib.Path, task: tasks.Task, predictions: Predictions, rng):
     """scores.json in the fusion job's layout, and its curves through the job's MetricWriter."""
     names = list(task.label_names)
-    members = {m: {"train": [t for t in predictions.tracks() if predictions.role(m, t) == "train"],
-                   "heldout": [t for t in predictions.tracks() if predictions.role(m, t) == "heldout"],
-                   "best_step": int(rng.integers(1, 40)) if m.startswith(("fold", "official")) else 0}
-               for m in predictions.members}
-    score = lambda: {"metric": float(rng.uniform()),
-                     "per_class": dict(zip(names, rng.uniform(size=len(names)).tolist()))}
-    scores = {"task": task.name, "heldout": {m: score() for m, info in members.items() if info["heldout"]},
-              "test": {m: score() for m in members}, "test_reaction": {m: score() for m in members},
-              "members": members}
+    members = {
+        m: {
+            "train": [t for t in predictions.tracks() if predictions.role(m, t) == "train"],
+            "heldout": [t for t in predictions.tracks() if predictions.role(m, t) == "heldout"],
+            "best_step": int(rng.integers(1, 40)) if m.startswith(("fold", "official")) else 0,
+        }
+        for m in predictions.members
+    }
+    score = lambda: {
+        "metric": float(rng.uniform()),
+        "per_class": dict(zip(names, rng.uniform(size=len(names)).tolist())),
+    }
+    scores = {
+        "task": task.name,
+        "heldout": {m: score() for m, info in members.items() if info["heldout"]},
+        "test": {m: score() for m in members},
+        "test_reaction": {m: score() for m in members},
+        "members": members,
+    }
     (directory / "scores.json").write_text(json.dumps(scores, indent=1) + "\n", encoding="utf-8")
     writer = MetricWriter(str(directory))
     for step in (10, 20, 30, 40):
@@ -123,10 +134,12 @@ def run_root(synthetic_affwild2, tmp_path_factory):
                 _static_predictions(synthetic_affwild2, predictions, static, task.name)
             evaluate.run(_evaluate_config(key, synthetic_affwild2, fusion, static), dirs.evaluate(key, variant))
     stage = lambda name, config, seconds: json.dumps(
-        {"stage": name, "config": config, "fingerprint": "0" * 16, "complete": True, "seconds": seconds})
+        {"stage": name, "config": config, "fingerprint": "0" * 16, "complete": True, "seconds": seconds}
+    )
     data = {"root": "", "synthetic_videos": 16, "synthetic_frames_per_video": 300, "synthetic_seed": 0}
-    pathlib.Path(dirs.mae, "stage.json").write_text(stage("mae", {"data": data, "model": {"size": "tiny"},
-                                                                  "batch_size": 64}, 125.4))
+    pathlib.Path(dirs.mae, "stage.json").write_text(
+        stage("mae", {"data": data, "model": {"size": "tiny"}, "batch_size": 64}, 125.4)
+    )
     pathlib.Path(dirs.finetune("expr"), "stage.json").write_text(stage("finetune_expr", {"task": "EXPR"}, 61))
     return root
 
@@ -160,12 +173,31 @@ def _numbers(value):
 
 
 def test_read_tables_parses_pipe_tables_under_their_headings():
-    markdown = "\n".join([
-        "# Title", "text | with a pipe", "", "### First", "", "| a | b c |", "|---|:---:|", "| 1 | x y |",
-        "|  2.5 |  — |", "", "Source: somewhere", "## Second", "|x|", "|---|", "", "| not | a table |"])
+    markdown = "\n".join(
+        [
+            "# Title",
+            "text | with a pipe",
+            "",
+            "### First",
+            "",
+            "| a | b c |",
+            "|---|:---:|",
+            "| 1 | x y |",
+            "|  2.5 |  — |",
+            "",
+            "Source: somewhere",
+            "## Second",
+            "|x|",
+            "|---|",
+            "",
+            "| not | a table |",
+        ]
+    )
     tables = report.read_tables(markdown)
     assert [(t.title, t.header, t.rows) for t in tables] == [
-        ("First", ["a", "b c"], [["1", "x y"], ["2.5", "—"]]), ("Second", ["x"], [])]
+        ("First", ["a", "b c"], [["1", "x y"], ["2.5", "—"]]),
+        ("Second", ["x"], []),
+    ]
     assert tables[0].records() == [{"a": "1", "b c": "x y"}, {"a": "2.5", "b c": "—"}]
     with pytest.raises(ValueError, match=r"table 'T', line 4: 1 cells, the header has 2"):
         report.read_tables("### T\n| a | b |\n|---|---|\n| 1 |\n")
@@ -181,16 +213,18 @@ def test_every_number_in_the_tables_is_the_one_in_its_stage_file(run_root, tmp_p
         results = _json(pathlib.Path(dirs.evaluate(key), "results.json"))
         number = {"EXPR": 2, "VA": 3}[task.name]
         for stage, suffix in (("before", "raw outputs"), ("after", "after post-processing")):
-            (table,) = [t for title, t in tables.items()
-                        if title.startswith(f"Table {number} ({task.name})") and title.endswith(suffix)]
+            (table,) = [
+                t
+                for title, t in tables.items()
+                if title.startswith(f"Table {number} ({task.name})") and title.endswith(suffix)
+            ]
             assert [r["member"] for r in table.records()] == ["official", *simulate.FOLD_MEMBERS, "out-of-fold"]
             for record in table.records():
                 row = results["tables"][record["member"]][stage]
                 assert int(record["tracks"]) == results["tables"][record["member"]]["tracks"]
                 assert int(record["frames"]) == row["frames"]
                 shown = [float(record[c]) for c in (*task.label_names, "Avg.", "Avg. (face frames)")]
-                assert shown == pytest.approx(row["per_class"] + [row["metric"], row["metric_face_frames"]],
-                                              abs=5e-5)
+                assert shown == pytest.approx(row["per_class"] + [row["metric"], row["metric_face_frames"]], abs=5e-5)
         scores = _json(pathlib.Path(dirs.fusion(key), "scores.json"))
         fusion = tables[next(t for t in tables if t.startswith(f"Fusion members ({task.name})"))]
         for record in fusion.records():
@@ -199,8 +233,11 @@ def test_every_number_in_the_tables_is_the_one_in_its_stage_file(run_root, tmp_p
             assert int(record["held-out tracks"]) == len(scores["members"][member]["heldout"])
             assert int(record["train tracks"]) == len(scores["members"][member]["train"])
             heldout = scores["heldout"].get(member)
-            assert record["held-out"] == "—" if heldout is None else float(record["held-out"]) == pytest.approx(
-                heldout["metric"], abs=5e-5)
+            assert (
+                record["held-out"] == "—"
+                if heldout is None
+                else float(record["held-out"]) == pytest.approx(heldout["metric"], abs=5e-5)
+            )
             assert float(record["test"]) == pytest.approx(scores["test"][member]["metric"], abs=5e-5)
         ablation = tables[next(t for t in tables if t.startswith(f"Table 5 ({task.name})"))]
         columns = [("visual + audio", results)]
@@ -213,7 +250,7 @@ def test_every_number_in_the_tables_is_the_one_in_its_stage_file(run_root, tmp_p
                 assert float(rows[row["setting"]][column]) == pytest.approx(row["metric"], abs=5e-5)
             submitted = rows["submission (ensemble as configured)"][column]
             assert float(submitted) == pytest.approx(source["test_metric"], abs=5e-5)
-        assert any(s.startswith("static fine-tuned encoder") for s in rows)   # the static predictions' row
+        assert any(s.startswith("static fine-tuned encoder") for s in rows)  # the static predictions' row
         best = _json(pathlib.Path(dirs.finetune(key), "best.json"))
         (summary,) = [r for r in tables["Summary"].records() if r["task"] == task.name]
         assert float(summary["fine-tuned encoder (eval set, best step)"]) == pytest.approx(best["metric"], abs=5e-5)
@@ -254,9 +291,16 @@ def test_claims_hold_or_not_by_the_sign_of_their_two_scores(run_root, tmp_path, 
     va, va_visual = (pathlib.Path(dirs.evaluate("va", v), "results.json") for v in ("", "visual"))
     # Each claim's "without" cell at 0.5, its "with" cell at 0.5 + gain.
     static, tmf = "static fine-tuned encoder, per frame (Validation_Set)", "TMF official (Validation_Set)"
-    for path, pairs in ((expr, [(static, tmf), ("vote + smoothing", "vote + SDD + smoothing")]),
-                        (va, [("single member (mean of 6), post-processed", "mean + smoothing"),
-                              ("mean + SDD", "mean + SDD + smoothing")])):
+    for path, pairs in (
+        (expr, [(static, tmf), ("vote + smoothing", "vote + SDD + smoothing")]),
+        (
+            va,
+            [
+                ("single member (mean of 6), post-processed", "mean + smoothing"),
+                ("mean + SDD", "mean + SDD + smoothing"),
+            ],
+        ),
+    ):
         for without, with_ in pairs:
             _set_metric(path, without, 0.5)
             _set_metric(path, with_, 0.5 + gain)
@@ -264,8 +308,13 @@ def test_claims_hold_or_not_by_the_sign_of_their_two_scores(run_root, tmp_path, 
     text = report.write_report(dirs, tasks=["expr", "va"])
     claims = _claim_rows(text)
     expected = "holds" if gain > 0 else "does not hold on this run"
-    for claim in (("TMF helps", "EXPR"), ("SDD helps EXPR", "EXPR"), ("the ensemble helps", "VA"),
-                  ("smoothing helps", "VA"), ("audio helps VA", "VA")):
+    for claim in (
+        ("TMF helps", "EXPR"),
+        ("SDD helps EXPR", "EXPR"),
+        ("the ensemble helps", "VA"),
+        ("smoothing helps", "VA"),
+        ("audio helps VA", "VA"),
+    ):
         row = claims[claim]
         assert row["verdict"] == expected, claim
         assert float(row["with score"]) - float(row["without score"]) == pytest.approx(gain, abs=2e-4)
@@ -289,8 +338,9 @@ def test_sdd_claim_is_not_measurable_when_no_track_was_routed(run_root, tmp_path
     assert claims[("SDD helps VA", "VA")]["verdict"] == "not measurable: no reaction track in the set"
     assert claims[("SDD helps EXPR", "EXPR")]["verdict"] in ("holds", "does not hold on this run")
     assert report.check_report(dirs, text, tasks=["expr", "va"]) == []
-    claimed = text.replace("| +0.0000 | not measurable: no reaction track in the set |",
-                           "| +0.0000 | does not hold on this run |")
+    claimed = text.replace(
+        "| +0.0000 | not measurable: no reaction track in the set |", "| +0.0000 | does not hold on this run |"
+    )
     assert claimed != text
     assert any("SDD helps VA" in p and "verdict" in p for p in report.check_report(dirs, claimed, tasks=["expr", "va"]))
 
@@ -301,9 +351,9 @@ def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
     shutil.rmtree(pathlib.Path(dirs.mae) / "reconstructions")
     shutil.rmtree(pathlib.Path(dirs.evaluate("expr")) / "plots")
     path = pathlib.Path(dirs.evaluate("expr"), "results.json")
-    results = _json(path)   # as evaluate writes it without static_predictions
+    results = _json(path)  # as evaluate writes it without static_predictions
     results["ablation"] = [r for r in results["ablation"] if not r["setting"].startswith(("static", "TMF"))]
-    results["test_metric"] = None   # a release without test labels
+    results["test_metric"] = None  # a release without test labels
     path.write_text(json.dumps(results))
     text = report.write_report(dirs, tasks=["va", "expr"])
     assert "- AU: not run (no rows for it)." in text
@@ -314,8 +364,11 @@ def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
     assert "audio helps VA (visual only -> visual + audio), VA: not checked: no visual-only variant" in text
     tables = _tables(text)
     assert not any(t.startswith(("Table 1", "Tuning (AU)", "Table 5 (AU)")) for t in tables)
-    assert tables[next(t for t in tables if t.startswith("Table 5 (VA)"))].header == ["setting", "set",
-                                                                                     "visual + audio"]
+    assert tables[next(t for t in tables if t.startswith("Table 5 (VA)"))].header == [
+        "setting",
+        "set",
+        "visual + audio",
+    ]
     claims = _claim_rows(text)
     assert ("TMF helps", "VA") in claims and ("TMF helps", "EXPR") not in claims
     (summary,) = [r for r in tables["Summary"].records() if r["task"] == "EXPR"]
@@ -327,7 +380,7 @@ def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
     # Stage files: settings and wall time where stage.json exists, the rest said to lack it.
     stages = {r["stage"]: r for r in tables["Stage settings"].records()}
     assert stages["mae"]["wall time"] == "2m05s" and "model.size=tiny" in stages["mae"]["settings"]
-    assert stages["total"]["wall time"] == "3m06s"   # 125.4 s + 61 s
+    assert stages["total"]["wall time"] == "3m06s"  # 125.4 s + 61 s
     assert stages["finetune_expr"]["settings"] == "task=EXPR" and stages["fusion_va"]["settings"] == "no stage.json"
     assert "Release: the synthetic release (16 videos x 300 frames, seed 0" in text
 
@@ -356,9 +409,14 @@ def test_figures_exist_and_are_valid_pngs(run_root, tmp_path):
     linked = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
     figures = pathlib.Path(dirs.report) / "figures"
     assert sorted(linked) == sorted(f"figures/{p.name}" for p in figures.iterdir())
-    assert {"figures/curves_mae.png", "figures/mae_reconstructions.png", "figures/curves_finetune.png",
-            "figures/curves_fusion_expr.png", "figures/curves_fusion_va.png"} <= set(linked)
-    assert sum(name.startswith("figures/timeline_") for name in linked) == 2   # num_plots=1 per task
+    assert {
+        "figures/curves_mae.png",
+        "figures/mae_reconstructions.png",
+        "figures/curves_finetune.png",
+        "figures/curves_fusion_expr.png",
+        "figures/curves_fusion_va.png",
+    } <= set(linked)
+    assert sum(name.startswith("figures/timeline_") for name in linked) == 2  # num_plots=1 per task
     for name in linked:
         data = (pathlib.Path(dirs.report) / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) < 400_000
@@ -385,5 +443,7 @@ def test_check_report_finds_a_changed_number_in_each_kind_of_table(run_root, tmp
         assert problems and any(table.header[column] in p for p in problems), (kind, problems)
     flipped = text.replace("| holds |", "| does not hold on this run |", 1)
     assert any("verdict" in p for p in report.check_report(dirs, flipped, tasks=["expr", "va"]))
-    assert any("no table" in p for p in report.check_report(dirs, text.replace("### Summary", "### Other"),
-                                                              tasks=["expr", "va"]))
+    assert any(
+        "no table" in p
+        for p in report.check_report(dirs, text.replace("### Summary", "### Other"), tasks=["expr", "va"])
+    )

@@ -1,4 +1,5 @@
 """VGGish (abaw_jax.models.vggish) against torchvggish with random weights, and the frame-aligned featurizer."""
+
 import json
 import pathlib
 import subprocess
@@ -12,9 +13,9 @@ from torchvggish import mel_features, vggish_input
 from torchvggish import torchvggish as tv
 
 from abaw_jax.data import synthetic
+from abaw_jax.media import audio as audio_prep
 from abaw_jax.models import vggish
 from abaw_jax.models.torch_weights import WeightMismatchError
-from abaw_jax.media import audio as audio_prep
 
 RATE = 16000
 
@@ -57,8 +58,12 @@ def _torch_embed(model, examples: np.ndarray) -> np.ndarray:
 
 def test_mel_matrix_is_the_releases():
     reference = mel_features.spectrogram_to_mel_matrix(
-        num_mel_bins=64, num_spectrogram_bins=257, audio_sample_rate=RATE, lower_edge_hertz=125.0,
-        upper_edge_hertz=7500.0)
+        num_mel_bins=64,
+        num_spectrogram_bins=257,
+        audio_sample_rate=RATE,
+        lower_edge_hertz=125.0,
+        upper_edge_hertz=7500.0,
+    )
     np.testing.assert_allclose(vggish.mel_matrix(), reference, rtol=1e-12, atol=1e-12)
 
 
@@ -72,16 +77,27 @@ def test_front_end_equals_the_releases_waveform_to_examples():
 
     # A finer hop frames the same log-mel spectrogram differently; pad_end adds the zero-padded tail example.
     logmel = mel_features.log_mel_spectrogram(
-        voice, audio_sample_rate=RATE, log_offset=0.01, window_length_secs=0.025, hop_length_secs=0.010,
-        num_mel_bins=64, lower_edge_hertz=125, upper_edge_hertz=7500)
-    np.testing.assert_allclose(vggish.waveform_to_examples(voice, hop_frames=48),
-                               mel_features.frame(logmel, 96, 48), rtol=0, atol=1e-5)
+        voice,
+        audio_sample_rate=RATE,
+        log_offset=0.01,
+        window_length_secs=0.025,
+        hop_length_secs=0.010,
+        num_mel_bins=64,
+        lower_edge_hertz=125,
+        upper_edge_hertz=7500,
+    )
+    np.testing.assert_allclose(
+        vggish.waveform_to_examples(voice, hop_frames=48), mel_features.frame(logmel, 96, 48), rtol=0, atol=1e-5
+    )
     padded = vggish.waveform_to_examples(voice, pad_end=True)
     needed = 5 * 15360 + 15600
     assert len(padded) == 6 == vggish.num_examples(len(voice), pad_end=True)
     np.testing.assert_allclose(
-        padded, vggish_input.waveform_to_examples(np.pad(voice, (0, needed - len(voice))), RATE, False),
-        rtol=0, atol=1e-5)
+        padded,
+        vggish_input.waveform_to_examples(np.pad(voice, (0, needed - len(voice))), RATE, False),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_audio_shorter_than_one_example():
@@ -187,7 +203,7 @@ def test_featurizer_rows_are_release_embeddings_interpolated_at_frame_times(torc
 def test_tone_onset_shows_at_its_time_and_not_far_before(weights_file):
     onset, fps = 3.0, 30.0
     track = np.zeros(int(6.0 * RATE), np.float32)
-    track[int(onset * RATE):] = _voice(6.0 - onset, seed=3)
+    track[int(onset * RATE) :] = _voice(6.0 - onset, seed=3)
     featurizer = audio_prep.make_featurizer("vggish", vggish_weights=weights_file, vggish_hop=0.48)
     rows = featurizer(track, 180, fps)
     times = (np.arange(180) + 0.5) / fps
@@ -223,9 +239,18 @@ def test_extract_audio_cli_writes_vggish_features(weights_file, pca_file, tmp_pa
     _write_video(video, _voice(2.0), fps=25, num_frames=50)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "data_prep.extract_audio", f"--videos={video.parent}", f"--out_dir={out}",
-         "--features=vggish", f"--vggish_weights={weights_file}", f"--vggish_pca={pca_file}"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "data_prep.extract_audio",
+            f"--videos={video.parent}",
+            f"--out_dir={out}",
+            "--features=vggish",
+            f"--vggish_weights={weights_file}",
+            f"--vggish_pca={pca_file}",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "Done: 1 of 1 videos" in result.stderr
@@ -238,15 +263,24 @@ def test_extract_audio_cli_writes_vggish_features(weights_file, pca_file, tmp_pa
     # PCA-quantised embeddings of the decoded track, interpolated between examples: within 0..255.
     assert features.min() >= 0 and features.max() <= 255 and np.ptp(features) > 100
     expected = audio_prep.make_featurizer("vggish", vggish_weights=weights_file, vggish_pca=pca_file)(
-        audio_prep.read_audio(video), 50, 25.0)
+        audio_prep.read_audio(video), 50, 25.0
+    )
     np.testing.assert_allclose(features, expected, atol=1e-3)
 
 
 def test_extract_audio_cli_names_a_missing_weights_file(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "data_prep.extract_audio", f"--videos={tmp_path}", f"--out_dir={tmp_path / 'out'}",
-         "--features=vggish", f"--vggish_weights={tmp_path / 'vggish.pth'}"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "data_prep.extract_audio",
+            f"--videos={tmp_path}",
+            f"--out_dir={tmp_path / 'out'}",
+            "--features=vggish",
+            f"--vggish_weights={tmp_path / 'vggish.pth'}",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert f"{tmp_path / 'vggish.pth'}: VGGish weights file not found" in result.stderr

@@ -149,12 +149,17 @@ def read_release_text(path: str | pathlib.Path) -> str:
         try:
             return data.decode("utf-16")
         except UnicodeDecodeError as e:
-            raise AnnotationError(path, 1, "UTF-16 text after its byte-order mark",
-                                  f"undecodable bytes at offset {e.start}") from e
+            raise AnnotationError(
+                path, 1, "UTF-16 text after its byte-order mark", f"undecodable bytes at offset {e.start}"
+            ) from e
     if b"\x00" in data:
-        line = data[:data.index(b"\x00")].count(b"\n") + 1
-        raise AnnotationError(path, line, "a text file (UTF-8, Latin-1, or UTF-16 with a byte-order mark)",
-                              "NUL bytes (UTF-16 without a byte-order mark, or not a text file): save it as UTF-8")
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise AnnotationError(
+            path,
+            line,
+            "a text file (UTF-8, Latin-1, or UTF-16 with a byte-order mark)",
+            "NUL bytes (UTF-16 without a byte-order mark, or not a text file): save it as UTF-8",
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -168,8 +173,7 @@ def find_task_dir(root: str | pathlib.Path, task: str) -> pathlib.Path:
     candidates = [d for folder in folders for d in (root / folder, *root.glob(f"*/{folder}")) if d.is_dir()]
     if len(candidates) != 1:
         raise FileNotFoundError(
-            f"expected exactly one of {folders} in {root} or one level below, "
-            f"found {[str(c) for c in candidates]}"
+            f"expected exactly one of {folders} in {root} or one level below, found {[str(c) for c in candidates]}"
         )
     return candidates[0]
 
@@ -188,8 +192,11 @@ def parse_annotation_file(path: str | pathlib.Path, task: str) -> tuple[np.ndarr
     if len(lines) < 2:
         raise AnnotationError(path, 2, f"one row of {task} labels per frame after the header", "")
     rows = [parse_row(path, number, line.strip()) for number, line in enumerate(lines[1:], start=2)]
-    dtype, width = {"AU": (np.int8, (tasks.AU.values_per_row,)), "EXPR": (np.int64, ()),
-                    "VA": (np.float32, (tasks.VA.values_per_row,))}[task]
+    dtype, width = {
+        "AU": (np.int8, (tasks.AU.values_per_row,)),
+        "EXPR": (np.int64, ()),
+        "VA": (np.float32, (tasks.VA.values_per_row,)),
+    }[task]
     labels = np.array([r for r, _ in rows], dtype).reshape((len(rows),) + width)
     return labels, np.array([v for _, v in rows], bool)
 
@@ -249,13 +256,17 @@ def list_crops(crop_dir: str | pathlib.Path) -> np.ndarray:
     expected = "crops named <k:05d>.jpg with k the 1-based frame index (00001.jpg, 00002.jpg, ...)"
     if others:
         examples = ", ".join(sorted(others)[:3])
-        raise LayoutError(f"{crop_dir}: expected {expected}, found {len(others)} image(s) named otherwise "
-                          f"({examples}{', ...' if len(others) > 3 else ''}); rename them")
+        raise LayoutError(
+            f"{crop_dir}: expected {expected}, found {len(others)} image(s) named otherwise "
+            f"({examples}{', ...' if len(others) > 3 else ''}); rename them"
+        )
     if not frames:
         raise LayoutError(f"{crop_dir}: expected {expected}, found no crop in this folder")
     if 0 in frames:
-        raise LayoutError(f"{crop_dir / '00000.jpg'}: expected {expected}; frame 0 does not exist, so this "
-                          "folder looks numbered from 0: renumber its files from 00001.jpg")
+        raise LayoutError(
+            f"{crop_dir / '00000.jpg'}: expected {expected}; frame 0 does not exist, so this "
+            "folder looks numbered from 0: renumber its files from 00001.jpg"
+        )
     return np.array(sorted(frames), np.int64)
 
 
@@ -273,8 +284,10 @@ def load_video_labels(
     crops = list_crops(crop_dir)
     frames = crops[crops <= len(labels)]
     if not len(frames):
-        raise LayoutError(f"{path}: its {len(labels)} rows label frames 1..{len(labels)}, but the crops in "
-                          f"{crop_dir} are frames {crops[0]}..{crops[-1]}: no frame has both")
+        raise LayoutError(
+            f"{path}: its {len(labels)} rows label frames 1..{len(labels)}, but the crops in "
+            f"{crop_dir} are frames {crops[0]}..{crops[-1]}: no frame has both"
+        )
     return VideoLabels(
         name=name,
         task=task,
@@ -297,14 +310,17 @@ def load_task(
     `splits` None reads whichever of SPLITS exist (at least one must); named splits must all exist.
     """
     if isinstance(splits, str):
-        raise TypeError(f"splits must be a list of split folder names such as {list(SPLITS)}, got the string "
-                        f"{splits!r} (write [{splits!r}])")
-    task = tasks.get_task(task).name   # "au" as well as "AU"
+        raise TypeError(
+            f"splits must be a list of split folder names such as {list(SPLITS)}, got the string "
+            f"{splits!r} (write [{splits!r}])"
+        )
+    task = tasks.get_task(task).name  # "au" as well as "AU"
     task_dir = find_task_dir(root, task)
     crops_root = pathlib.Path(crops_root)
     if crops_root.is_dir() and not any(p.is_dir() for p in crops_root.iterdir()):
-        raise LayoutError(f"{crops_root}: expected one crop folder per video (<crops>/<name>/<k:05d>.jpg), "
-                          "found no folder")
+        raise LayoutError(
+            f"{crops_root}: expected one crop folder per video (<crops>/<name>/<k:05d>.jpg), found no folder"
+        )
     if splits is None:
         splits = [split for split in SPLITS if (task_dir / split).is_dir()] or list(SPLITS)
     videos: dict[str, VideoLabels] = {}
@@ -312,13 +328,13 @@ def load_task(
         split_dir = task_dir / split
         if not split_dir.is_dir():
             present = sorted(p.name for p in task_dir.iterdir() if p.is_dir())
-            raise LayoutError(f"{split_dir}: no such split folder; {task_dir} holds {present}, expected "
-                              f"{list(SPLITS)}")
+            raise LayoutError(f"{split_dir}: no such split folder; {task_dir} holds {present}, expected {list(SPLITS)}")
         paths = sorted(p for p in split_dir.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
         if not paths:
             found = sorted(p.name for p in split_dir.iterdir())[:5]
-            raise LayoutError(f"{split_dir}: expected one <name>.txt annotation file per video, found none "
-                              f"(holds {found})")
+            raise LayoutError(
+                f"{split_dir}: expected one <name>.txt annotation file per video, found none (holds {found})"
+            )
         for path in paths:
             if path.stem in videos:
                 raise AnnotationError(
@@ -374,9 +390,7 @@ def read_video_list(path: str | pathlib.Path) -> tuple[str, ...]:
         if not name:
             continue
         if any(c.isspace() or c in ",/" for c in name):
-            raise AnnotationError(
-                path, number, "one video name per line (no spaces, commas or slashes)", line
-            )
+            raise AnnotationError(path, number, "one video name per line (no spaces, commas or slashes)", line)
         if name in names:
             raise AnnotationError(path, number, "each name once", f"{name} repeated")
         names.append(name)
@@ -419,9 +433,7 @@ def read_submission_template(path: str | pathlib.Path, task: str) -> SubmissionT
         fields = line.strip().split(",")
         match = _SUBMISSION_ROW.match(fields[0])
         if match is None or len(fields) not in (1, 1 + num_values):
-            raise AnnotationError(
-                path, number, f"'<name>/<k:05d>.jpg' then {num_values} value(s) or none", line
-            )
+            raise AnnotationError(path, number, f"'<name>/<k:05d>.jpg' then {num_values} value(s) or none", line)
         names.append(match.group(1))
         frames.append(int(match.group(2)))
     return SubmissionTemplate(task=task, header=header, names=tuple(names), frames=np.array(frames, np.int64))

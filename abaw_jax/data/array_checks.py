@@ -1,5 +1,6 @@
 """Checks of the per-frame arrays that cross a stage boundary (feature sets, predictions): non-finite rows and
 values out of range, described by the 1-based frames they fall on so an error can name them."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -22,6 +22,7 @@ function of (seed, member index, step): resuming needs no iterator state.
 Rows: the job concatenates all tracks' per-frame arrays into one (rows, ...) array; a track is
 `(row offset, num_frames)` in it, and a clip is a (L,) array of row indices with a (L,) mask.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,14 @@ def member_names(num_folds: int) -> tuple[str, ...]:
     return ("official", *(f"fold{k}" for k in range(1, num_folds + 1)), "whole", "reaction")
 
 
-def select_members(names: Sequence[str], splits: Mapping[str, str], *, num_folds: int = 5, fold_seed: int = 0,
-                   reaction_videos: Sequence[str] | None = None) -> list[Member]:
+def select_members(
+    names: Sequence[str],
+    splits: Mapping[str, str],
+    *,
+    num_folds: int = 5,
+    fold_seed: int = 0,
+    reaction_videos: Sequence[str] | None = None,
+) -> list[Member]:
     """The members called `names`, from the labelled tracks' splits ({track: 'Train_Set' | 'Validation_Set'}).
 
     Raises MemberError for an unknown or repeated name, a `reaction` member without a reaction list or whose
@@ -67,8 +74,11 @@ def select_members(names: Sequence[str], splits: Mapping[str, str], *, num_folds
     members = []
     for name in names:
         if name == "official":
-            member = Member(name, tuple(t for t in tracks if splits[t] == "Train_Set"),
-                            tuple(t for t in tracks if splits[t] == "Validation_Set"))
+            member = Member(
+                name,
+                tuple(t for t in tracks if splits[t] == "Train_Set"),
+                tuple(t for t in tracks if splits[t] == "Validation_Set"),
+            )
         elif name == "whole":
             member = Member(name, tracks, ())
         elif name == "reaction":
@@ -76,11 +86,13 @@ def select_members(names: Sequence[str], splits: Mapping[str, str], *, num_folds
                 raise MemberError("the reaction member needs a reaction-video list (config.data.reaction_list)")
             chosen = tuple(t for t in tracks if affwild2.is_listed(t, reaction_videos))
             if not chosen:
-                raise MemberError(f"the reaction list names none of the {len(tracks)} labelled videos "
-                                  f"(it lists {list(reaction_videos)[:5]}...)")
+                raise MemberError(
+                    f"the reaction list names none of the {len(tracks)} labelled videos "
+                    f"(it lists {list(reaction_videos)[:5]}...)"
+                )
             member = Member(name, chosen, ())
         else:
-            fold = folds[int(name[len("fold"):]) - 1]
+            fold = folds[int(name[len("fold") :]) - 1]
             member = Member(name, fold.train, fold.validation)
         if not member.train:
             raise MemberError(f"member {name!r} has no training videos")
@@ -95,8 +107,10 @@ def check_labelled(members: Sequence[Member], labelled_frames: Mapping[str, int]
             if part == "held-out" and not selected:
                 continue
             if sum(labelled_frames.get(t, 0) for t in selected) == 0:
-                raise MemberError(f"member {member.name!r}: its {len(selected)} {part} videos have no labelled "
-                                  f"{task} frames (e.g. {list(selected)[:3]})")
+                raise MemberError(
+                    f"member {member.name!r}: its {len(selected)} {part} videos have no labelled "
+                    f"{task} frames (e.g. {list(selected)[:3]})"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +150,9 @@ def epoch_windows(lengths: np.ndarray, clip_len: int, rng: np.random.Generator) 
     return track_ids[order], starts[order]
 
 
-def window_rows(offset: np.ndarray, length: np.ndarray, start: np.ndarray, clip_len: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+def window_rows(
+    offset: np.ndarray, length: np.ndarray, start: np.ndarray, clip_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows (W, L) int32, mask (W, L) bool) of windows `start` (W,) in tracks at `offset`/`length` (W,)."""
     positions = start[:, None] + np.arange(clip_len)[None, :]
     mask = (positions >= 0) & (positions < length[:, None])
@@ -148,8 +163,9 @@ def window_rows(offset: np.ndarray, length: np.ndarray, start: np.ndarray, clip_
 class ClipSampler:
     """The endless clip stream of one member over its training tracks (see the module docstring)."""
 
-    def __init__(self, tracks: Tracks, train: Sequence[str], *, clip_len: int, batch_clips: int, seed: int,
-                 member_index: int):
+    def __init__(
+        self, tracks: Tracks, train: Sequence[str], *, clip_len: int, batch_clips: int, seed: int, member_index: int
+    ):
         if clip_len < 1 or batch_clips < 1:
             raise ValueError(f"clip_len and batch_clips must be >= 1, got {clip_len} and {batch_clips}")
         positions = np.array([tracks.position(t) for t in train], np.int64)
@@ -183,15 +199,16 @@ class ClipSampler:
             track_ids, window_starts = self._epochs[epoch]
             within = position - (self._ends[epoch - 1] if epoch else 0)
             take = min(self.batch_clips - len(ids), len(track_ids) - within)
-            ids.extend(track_ids[within:within + take])
-            starts.extend(window_starts[within:within + take])
+            ids.extend(track_ids[within : within + take])
+            starts.extend(window_starts[within : within + take])
             position += take
         ids = np.asarray(ids)
         return window_rows(self.offset[ids], self.length[ids], np.asarray(starts), self.clip_len)
 
 
-def evaluation_windows(tracks: Tracks, names: Sequence[str], clip_len: int, stride: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def evaluation_windows(
+    tracks: Tracks, names: Sequence[str], clip_len: int, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Overlapping windows (`affwild2.make_clips`) over `names`: (rows (W, L) int32, mask (W, L) bool)."""
     rows, masks = [], []
     for name in names:
@@ -219,8 +236,14 @@ def average_windows(outputs: np.ndarray, rows: np.ndarray, mask: np.ndarray, num
     return mean.reshape(lead + (num_rows, outputs.shape[-1])).astype(np.float32)
 
 
-def windowed_outputs(apply: Callable[[np.ndarray, np.ndarray], np.ndarray], tracks: Tracks, names: Sequence[str],
-                     clip_len: int, stride: int, batch: int) -> np.ndarray:
+def windowed_outputs(
+    apply: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tracks: Tracks,
+    names: Sequence[str],
+    clip_len: int,
+    stride: int,
+    batch: int,
+) -> np.ndarray:
     """(..., tracks.num_rows, C) per-frame outputs of `names`, windows averaged: the one windowed inference.
 
     `apply(rows (batch, L), mask (batch, L))` gives (..., batch, L, C) for a fixed-size batch of windows
@@ -230,7 +253,9 @@ def windowed_outputs(apply: Callable[[np.ndarray, np.ndarray], np.ndarray], trac
     pad = (-count) % batch
     padded_rows = np.concatenate([rows, np.zeros((pad, clip_len), np.int32)])
     padded_mask = np.concatenate([mask, np.zeros((pad, clip_len), bool)])
-    outputs = [np.asarray(apply(padded_rows[s:s + batch], padded_mask[s:s + batch]))
-               for s in range(0, len(padded_rows), batch)]
+    outputs = [
+        np.asarray(apply(padded_rows[s : s + batch], padded_mask[s : s + batch]))
+        for s in range(0, len(padded_rows), batch)
+    ]
     outputs = np.concatenate(outputs, axis=-3)[..., :count, :, :]
     return average_windows(outputs, rows, mask, tracks.num_rows)

@@ -1,4 +1,5 @@
 """The embedded default data: face shards built once from a generated synthetic Aff-Wild2 release."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,9 @@ from abaw_jax.data import face_shards, release
 SOURCE_NAME = "synthetic_affwild2"
 
 
-def default_face_shards(cache_dir: str | os.PathLike | None = None, *, num_videos: int = 16,
-                        frames_per_video: int = 300, seed: int = 0) -> pathlib.Path:
+def default_face_shards(
+    cache_dir: str | os.PathLike | None = None, *, num_videos: int = 16, frames_per_video: int = 300, seed: int = 0
+) -> pathlib.Path:
     """Returns a data_dir of face shards made from a synthetic release's crops, building them if missing.
 
     The shards' quality report is written last, so its presence marks a complete build; anything short

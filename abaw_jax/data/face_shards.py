@@ -25,6 +25,7 @@ Writing and reading need no TensorFlow: the Image feature receives encoded bytes
 `{"image": <JPEG bytes>, "id": bytes, "source": bytes}` for the grain pipeline to decode; a shard that cannot be
 read (truncated, overwritten) is a `DamagedShardError` naming the file and how to rebuild it.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -38,11 +39,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from absl import logging
 import cv2
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
+from absl import logging
+from PIL import Image
 
 from abaw_jax.media.jpeg import CorruptImageError, check_jpeg, is_complete_jpeg
 from abaw_jax.media.video import IMAGE_EXTENSIONS
@@ -71,8 +72,7 @@ class QualityReport:
     image_roots: dict[str, str]
     quality_filter: QualityFilter
     kept: int = 0
-    dropped: dict[str, list[str]] = dataclasses.field(
-        default_factory=lambda: {reason: [] for reason in DROP_REASONS})
+    dropped: dict[str, list[str]] = dataclasses.field(default_factory=lambda: {reason: [] for reason in DROP_REASONS})
 
     @property
     def scanned(self) -> int:
@@ -179,8 +179,9 @@ def list_image_files(root: pathlib.Path) -> list[pathlib.Path]:
             continue
         seen.add(real)
         subfolders.sort()
-        files.extend(pathlib.Path(folder, name) for name in names
-                     if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
+        files.extend(
+            pathlib.Path(folder, name) for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        )
     return sorted(files)
 
 
@@ -194,27 +195,35 @@ class FaceShards(tfds.core.GeneratorBasedBuilder):
     # no download checksums, so there is no code path to look beside.
     code_path = None
 
-    def __init__(self, *, image_roots: Mapping[str, str | os.PathLike],
-                 quality_filter: QualityFilter, log_every: int = 1000, num_threads: int = 4,
-                 **kwargs):
+    def __init__(
+        self,
+        *,
+        image_roots: Mapping[str, str | os.PathLike],
+        quality_filter: QualityFilter,
+        log_every: int = 1000,
+        num_threads: int = 4,
+        **kwargs,
+    ):
         self._image_roots = {name: pathlib.Path(root) for name, root in image_roots.items()}
         self._quality_filter = quality_filter
         self._log_every = log_every
         self._num_threads = num_threads
         self.report = QualityReport(
-            image_roots={name: str(root) for name, root in self._image_roots.items()},
-            quality_filter=quality_filter)
+            image_roots={name: str(root) for name, root in self._image_roots.items()}, quality_filter=quality_filter
+        )
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__.split("\n\n")[0],
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(encoding_format="jpeg"),
-                "source": tfds.features.Text(),
-                "id": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(encoding_format="jpeg"),
+                    "source": tfds.features.Text(),
+                    "id": tfds.features.Text(),
+                }
+            ),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -222,13 +231,13 @@ class FaceShards(tfds.core.GeneratorBasedBuilder):
         return {"train": self._generate_examples()}
 
     def _generate_examples(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        files = [(name, root, path) for name, root in self._image_roots.items()
-                 for path in list_image_files(root)]
+        files = [(name, root, path) for name, root in self._image_roots.items() for path in list_image_files(root)]
         logging.info("Found %d image files in %d roots.", len(files), len(self._image_roots))
         seen_digests = set()
         start = time.monotonic()
         for count, ((name, root, path), (encoded, digest, reason)) in enumerate(
-                zip(files, self._checked(files)), start=1):
+            zip(files, self._checked(files)), start=1
+        ):
             example_id = f"{name}/{path.relative_to(root).as_posix()}"
             if digest in seen_digests:
                 reason = "duplicate"
@@ -242,17 +251,20 @@ class FaceShards(tfds.core.GeneratorBasedBuilder):
                 rate = count / max(time.monotonic() - start, 1e-9)
                 logging.info("%d/%d files (%.0f/s): %s", count, len(files), rate, self.report.summary())
         if not self.report.kept:
-            raise NoFacesError(f"No image passed the quality filter ({self.report.summary()}); "
-                             f"roots: {self.report.image_roots}, filter: {self._quality_filter}.")
+            raise NoFacesError(
+                f"No image passed the quality filter ({self.report.summary()}); "
+                f"roots: {self.report.image_roots}, filter: {self._quality_filter}."
+            )
 
-    def _checked(self, files: Sequence[tuple[str, pathlib.Path, pathlib.Path]]
-                 ) -> Iterator[tuple[bytes, bytes, str | None]]:
+    def _checked(
+        self, files: Sequence[tuple[str, pathlib.Path, pathlib.Path]]
+    ) -> Iterator[tuple[bytes, bytes, str | None]]:
         """(bytes, SHA-256, drop reason other than duplicate) per file, in file order."""
         # PIL and OpenCV release the GIL while decoding, so threads check files in parallel; chunks
         # bound the encoded bytes in flight.
         with concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool:
             for chunk_start in range(0, len(files), _CHECK_CHUNK):
-                yield from pool.map(self._check, files[chunk_start:chunk_start + _CHECK_CHUNK])
+                yield from pool.map(self._check, files[chunk_start : chunk_start + _CHECK_CHUNK])
 
     def _check(self, file: tuple[str, pathlib.Path, pathlib.Path]) -> tuple[bytes, bytes, str | None]:
         try:
@@ -268,9 +280,15 @@ def dataset_dir(data_dir: str | os.PathLike) -> pathlib.Path:
     return pathlib.Path(data_dir) / DATASET_NAME / DATASET_VERSION
 
 
-def build_face_shards(image_roots: Mapping[str, str | os.PathLike], data_dir: str | os.PathLike, *,
-                      quality_filter: QualityFilter = QualityFilter(), overwrite: bool = False,
-                      log_every: int = 1000, num_threads: int = 4) -> QualityReport:
+def build_face_shards(
+    image_roots: Mapping[str, str | os.PathLike],
+    data_dir: str | os.PathLike,
+    *,
+    quality_filter: QualityFilter = QualityFilter(),
+    overwrite: bool = False,
+    log_every: int = 1000,
+    num_threads: int = 4,
+) -> QualityReport:
     """Writes the filtered faces of `image_roots` (source name -> folder) as ArrayRecord shards.
 
     An existing build in `data_dir` made from the same roots and filter is reused (its report is
@@ -286,13 +304,20 @@ def build_face_shards(image_roots: Mapping[str, str | os.PathLike], data_dir: st
         raise FileExistsError(
             f"{report_path.parent} already holds face shards built from roots {existing.image_roots} "
             f"with {existing.quality_filter}; asked for roots {roots} with {quality_filter}. "
-            "Pass overwrite=True (--overwrite) to rebuild, or use another data_dir.")
-    builder = FaceShards(image_roots=roots, quality_filter=quality_filter, log_every=log_every,
-                         num_threads=num_threads, data_dir=os.fspath(data_dir),
-                         file_format="array_record")
+            "Pass overwrite=True (--overwrite) to rebuild, or use another data_dir."
+        )
+    builder = FaceShards(
+        image_roots=roots,
+        quality_filter=quality_filter,
+        log_every=log_every,
+        num_threads=num_threads,
+        data_dir=os.fspath(data_dir),
+        file_format="array_record",
+    )
     # Without a matching report any files there are stale or partial, so always regenerate.
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
+    )
     report_path.write_text(json.dumps(builder.report.to_json(), indent=1))
     logging.info("Face shards in %s: %s", report_path.parent, builder.report.summary())
     return builder.report
@@ -309,8 +334,14 @@ class FaceSource(Sequence):
     worker raises it from deep inside a batch. Picklable, so grain workers get their own copy.
     """
 
-    def __init__(self, source: Sequence[dict[str, Any]], directory: pathlib.Path, files: Sequence[str],
-                 shard_lengths: Sequence[int], built_from: Mapping[str, str]):
+    def __init__(
+        self,
+        source: Sequence[dict[str, Any]],
+        directory: pathlib.Path,
+        files: Sequence[str],
+        shard_lengths: Sequence[int],
+        built_from: Mapping[str, str],
+    ):
         self._source, self._directory, self._files = source, directory, list(files)
         self._ends = np.cumsum(np.asarray(shard_lengths, np.int64))
         self._built_from = dict(built_from)
@@ -336,7 +367,8 @@ class FaceSource(Sequence):
             raise DamagedShardError(
                 f"{self._directory / shard}: damaged face shard, record {index} cannot be read ({e}); restore "
                 f"the file, or rebuild the shards: python -m data_prep.build_face_shards --image_roots={roots} "
-                f"--data_dir={self._directory.parent.parent} --overwrite") from e
+                f"--data_dir={self._directory.parent.parent} --overwrite"
+            ) from e
 
 
 def load_face_source(data_dir: str | os.PathLike, split: str = "train") -> FaceSource:
@@ -347,14 +379,17 @@ def load_face_source(data_dir: str | os.PathLike, split: str = "train") -> FaceS
     """
     directory = dataset_dir(data_dir)
     if not (directory / "dataset_info.json").exists():
-        raise FileNotFoundError(f"No face shards in {directory} (expected dataset_info.json there); "
-                                "build them with `python -m data_prep.build_face_shards`.")
+        raise FileNotFoundError(
+            f"No face shards in {directory} (expected dataset_info.json there); "
+            "build them with `python -m data_prep.build_face_shards`."
+        )
     builder = tfds.builder_from_directory(os.fspath(directory))
     source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     split_info = builder.info.splits[split]
     report_path = directory / REPORT_FILENAME
-    built_from = QualityReport.from_json(json.loads(report_path.read_text())).image_roots \
-        if report_path.is_file() else {}
+    built_from = (
+        QualityReport.from_json(json.loads(report_path.read_text())).image_roots if report_path.is_file() else {}
+    )
     faces = FaceSource(source, directory, split_info.filenames, split_info.shard_lengths, built_from)
     faces.read_each_shard()
     return faces

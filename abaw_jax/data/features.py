@@ -27,6 +27,7 @@ manifest's frame count (a file cut short would otherwise read as frames without 
 NaN or infinity (one such row poisons every clip, and with it every member of a fusion ensemble). Extraction
 already refuses to write non-finite features, so such a row means a damaged or foreign file: re-extract.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,9 +54,11 @@ class FeatureStoreError(ExplainedError, ValueError):
 def _require_finite(path: pathlib.Path, track: str, values: np.ndarray) -> None:
     bad = nonfinite_rows(values)
     if len(bad):
-        raise FeatureStoreError(f"{path}: {len(bad)} of {len(values)} rows hold NaN or infinity (track {track!r}, "
-                                f"{frames_text(bad)}); the file is damaged or was not written by this project's "
-                                "extraction, which never stores such rows: extract this set again")
+        raise FeatureStoreError(
+            f"{path}: {len(bad)} of {len(values)} rows hold NaN or infinity (track {track!r}, "
+            f"{frames_text(bad)}); the file is damaged or was not written by this project's "
+            "extraction, which never stores such rows: extract this set again"
+        )
 
 
 def _atomic_save(path: pathlib.Path, array: np.ndarray) -> None:
@@ -84,9 +87,11 @@ class VisualSet:
         except (OSError, json.JSONDecodeError) as e:
             raise FeatureStoreError(f"{manifest_path}: cannot read the feature-set manifest ({e})") from e
         if self.manifest.get("format_version") != FORMAT_VERSION or self.manifest.get("kind") != "visual":
-            raise FeatureStoreError(f"{manifest_path}: expected a visual feature-set manifest of format "
-                                    f"{FORMAT_VERSION}, found kind {self.manifest.get('kind')!r} format "
-                                    f"{self.manifest.get('format_version')!r}")
+            raise FeatureStoreError(
+                f"{manifest_path}: expected a visual feature-set manifest of format "
+                f"{FORMAT_VERSION}, found kind {self.manifest.get('kind')!r} format "
+                f"{self.manifest.get('format_version')!r}"
+            )
         self.dim = int(self.manifest["dim"])
 
     def tracks(self) -> tuple[str, ...]:
@@ -116,8 +121,10 @@ class AudioSet:
         self.name = name or self.directory.name
         descriptions = sorted(self.directory.glob("*.json"))
         if not descriptions:
-            raise FeatureStoreError(f"{self.directory}: no <video>.json audio feature descriptions (run "
-                                    "python -m data_prep.extract_audio, or name a visual set's folder)")
+            raise FeatureStoreError(
+                f"{self.directory}: no <video>.json audio feature descriptions (run "
+                "python -m data_prep.extract_audio, or name a visual set's folder)"
+            )
         first = json.loads(descriptions[0].read_text(encoding="utf-8"))
         self.dim = int(first["dim"])
         self._videos = {p.stem for p in descriptions}
@@ -131,8 +138,9 @@ class AudioSet:
     def load(self, track: str) -> tuple[np.ndarray, np.ndarray]:
         video = track if track in self._videos else affwild2.source_video(track)
         if video not in self._videos:
-            raise FeatureStoreError(f"audio feature set {self.name!r} ({self.directory}) has no video "
-                                    f"{video!r} (for track {track!r})")
+            raise FeatureStoreError(
+                f"audio feature set {self.name!r} ({self.directory}) has no video {video!r} (for track {track!r})"
+            )
         path = self.directory / f"{video}.npy"
         features = _load_array(path, (None, self.dim))
         _require_finite(path, track, features)
@@ -147,8 +155,10 @@ def _load_array(path: pathlib.Path, shape: tuple[int | None, ...]) -> np.ndarray
         raise FeatureStoreError(f"{path}: cannot read the array ({e}); extract this set again") from None
     if array.ndim != len(shape) or any(want is not None and got != want for got, want in zip(array.shape, shape)):
         expected = tuple("frames" if n is None else n for n in shape)
-        raise FeatureStoreError(f"{path}: expected shape {expected} ({MANIFEST} of its set), found {array.shape}; "
-                                "the file is cut short or from another run: extract this set again")
+        raise FeatureStoreError(
+            f"{path}: expected shape {expected} ({MANIFEST} of its set), found {array.shape}; "
+            "the file is cut short or from another run: extract this set again"
+        )
     return array
 
 
@@ -176,8 +186,10 @@ class FeatureStore:
         for name in names:
             missing = [t for t in tracks if not self.sets[name].has(t)]
             if missing:
-                raise FeatureStoreError(f"feature set {name!r} ({self.sets[name].directory}) lacks "
-                                        f"{len(missing)} tracks, e.g. {missing[:5]}")
+                raise FeatureStoreError(
+                    f"feature set {name!r} ({self.sets[name].directory}) lacks "
+                    f"{len(missing)} tracks, e.g. {missing[:5]}"
+                )
         return sum(self.sets[n].dim for n in names)
 
     def load(self, track: str, names: Sequence[str], num_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,15 +220,22 @@ class VisualSetWriter:
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._path = self.directory / MANIFEST
-        fresh = {"format_version": FORMAT_VERSION, "kind": "visual", "dim": int(dim), "dtype": str(dtype),
-                 "encoder": json.loads(json.dumps(encoder)), "tracks": {}}
+        fresh = {
+            "format_version": FORMAT_VERSION,
+            "kind": "visual",
+            "dim": int(dim),
+            "dtype": str(dtype),
+            "encoder": json.loads(json.dumps(encoder)),
+            "tracks": {},
+        }
         if self._path.exists():
             existing = VisualSet(self.directory).manifest
             for key in ("dim", "dtype", "encoder"):
                 if existing[key] != fresh[key]:
                     raise FeatureStoreError(
                         f"{self._path} was written with {key}={json.dumps(existing[key], sort_keys=True)}, this "
-                        f"run has {json.dumps(fresh[key], sort_keys=True)}; use another output folder")
+                        f"run has {json.dumps(fresh[key], sort_keys=True)}; use another output folder"
+                    )
             self.manifest = existing
         else:
             self.manifest = fresh
@@ -225,22 +244,29 @@ class VisualSetWriter:
     def done(self, track: str) -> bool:
         return track in self.manifest["tracks"]
 
-    def write(self, track: str, frames: np.ndarray, features: np.ndarray, num_frames: int,
-              corrupt_frames: Sequence[int] = ()) -> None:
+    def write(
+        self, track: str, frames: np.ndarray, features: np.ndarray, num_frames: int, corrupt_frames: Sequence[int] = ()
+    ) -> None:
         """Stores `features` (n, dim) of 1-based `frames` (n,) in a (num_frames, dim) track array."""
         frames = np.asarray(frames, np.int64)
         if features.shape != (len(frames), self.manifest["dim"]):
-            raise FeatureStoreError(f"track {track!r}: expected features of shape ({len(frames)}, "
-                                    f"{self.manifest['dim']}), got {features.shape}")
+            raise FeatureStoreError(
+                f"track {track!r}: expected features of shape ({len(frames)}, "
+                f"{self.manifest['dim']}), got {features.shape}"
+            )
         if len(frames) and (frames.min() < 1 or frames.max() > num_frames):
-            raise FeatureStoreError(f"track {track!r}: frames must lie in 1..{num_frames}, got "
-                                    f"{frames.min()}..{frames.max()}")
+            raise FeatureStoreError(
+                f"track {track!r}: frames must lie in 1..{num_frames}, got {frames.min()}..{frames.max()}"
+            )
         array = np.zeros((num_frames, self.manifest["dim"]), self.manifest["dtype"])
         array[frames - 1] = features
         mask = np.zeros(num_frames, bool)
         mask[frames - 1] = True
         _atomic_save(self.directory / f"{track}.npy", array)
         _atomic_save(self.directory / f"{track}{MASK_SUFFIX}", mask)
-        self.manifest["tracks"][track] = {"num_frames": int(num_frames), "num_faces": int(len(frames)),
-                                          "corrupt_frames": sorted(int(f) for f in corrupt_frames)}
+        self.manifest["tracks"][track] = {
+            "num_frames": int(num_frames),
+            "num_faces": int(len(frames)),
+            "corrupt_frames": sorted(int(f) for f in corrupt_frames),
+        }
         _atomic_write_json(self._path, self.manifest)

@@ -27,6 +27,7 @@ fold `fold1`..`fold5` of `affwild2.kfold_splits` over both (the `_left`/`_right`
 together). EXPR can also read an image folder per class (`<root>/<class>/*.jpg`, the common AffectNet /
 RAF-DB export layout) with class folders named by the EXPR label names (any case) or by index 0..7.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,9 @@ class LabelledFrames:
         return len(self.paths)
 
     def select(self, index: np.ndarray) -> LabelledFrames:
-        return LabelledFrames(self.task, self.paths[index], self.labels[index], self.valid[index],
-                              self.names[index], self.frames[index])
+        return LabelledFrames(
+            self.task, self.paths[index], self.labels[index], self.valid[index], self.names[index], self.frames[index]
+        )
 
     def valid_only(self) -> LabelledFrames:
         return self.select(np.flatnonzero(self.valid))
@@ -84,8 +86,10 @@ class LabelledFrames:
     def concatenate(parts: Sequence[LabelledFrames]) -> LabelledFrames:
         if len({p.task for p in parts}) != 1:
             raise ValueError(f"cannot mix tasks {sorted({p.task for p in parts})}")
-        return LabelledFrames(parts[0].task, *(np.concatenate([getattr(p, f) for p in parts]) for f in
-                                               ("paths", "labels", "valid", "names", "frames")))
+        return LabelledFrames(
+            parts[0].task,
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("paths", "labels", "valid", "names", "frames")),
+        )
 
 
 def from_video_labels(videos: Sequence[affwild2.VideoLabels], task: str) -> LabelledFrames:
@@ -94,8 +98,14 @@ def from_video_labels(videos: Sequence[affwild2.VideoLabels], task: str) -> Labe
     dtype = _LABEL_DTYPES[task_info.kind]
     label_shape = (task_info.num_outputs,) if task_info.kind != "multiclass" else ()
     if not videos:
-        return LabelledFrames(task_info.name, np.zeros((0,), object), np.zeros((0,) + label_shape, dtype),
-                              np.zeros((0,), bool), np.zeros((0,), object), np.zeros((0,), np.int64))
+        return LabelledFrames(
+            task_info.name,
+            np.zeros((0,), object),
+            np.zeros((0,) + label_shape, dtype),
+            np.zeros((0,), bool),
+            np.zeros((0,), object),
+            np.zeros((0,), np.int64),
+        )
     return LabelledFrames(
         task=task_info.name,
         paths=np.array([str(p) for v in videos for p in v.crop_paths], object),
@@ -106,8 +116,9 @@ def from_video_labels(videos: Sequence[affwild2.VideoLabels], task: str) -> Labe
     )
 
 
-def affwild2_frames(annotations: str | os.PathLike, crops: str | os.PathLike, task: str, *,
-                    split: str = "official", fold_seed: int = 0) -> tuple[LabelledFrames, LabelledFrames]:
+def affwild2_frames(
+    annotations: str | os.PathLike, crops: str | os.PathLike, task: str, *, split: str = "official", fold_seed: int = 0
+) -> tuple[LabelledFrames, LabelledFrames]:
     """(training frames, evaluation frames) of `task` for `split` ('official' or 'fold1'..'fold5').
 
     Raises FileNotFoundError when the task folder or a video's crop folder is missing, ValueError for an
@@ -123,7 +134,7 @@ def affwild2_frames(annotations: str | os.PathLike, crops: str | os.PathLike, ta
         videos = {**train, **evaluation}
     else:
         videos = affwild2.load_task(annotations, task, crops, affwild2.SPLITS)
-        fold = affwild2.kfold_splits(videos, NUM_FOLDS, fold_seed)[int(split[len("fold"):]) - 1]
+        fold = affwild2.kfold_splits(videos, NUM_FOLDS, fold_seed)[int(split[len("fold") :]) - 1]
         train_names, eval_names = list(fold.train), list(fold.validation)
     result = []
     for side, names in (("training", train_names), ("evaluation", eval_names)):
@@ -131,7 +142,8 @@ def affwild2_frames(annotations: str | os.PathLike, crops: str | os.PathLike, ta
         if not frames.valid.any():
             raise ValueError(
                 f"no {side} frame of {task} ({split} split) has both a valid label and a crop: "
-                f"{len(names)} annotation files under {annotations}, {len(frames)} frames with a crop in {crops}")
+                f"{len(names)} annotation files under {annotations}, {len(frames)} frames with a crop in {crops}"
+            )
         result.append(frames)
     return result[0], result[1]
 
@@ -144,8 +156,9 @@ def image_folder_frames(root: str | os.PathLike, task: str = "EXPR") -> Labelled
     """
     task_info = tasks.get_task(task)
     if task_info.kind != "multiclass":
-        raise ValueError(f"image folders per class hold expression labels; task {task_info.name} has "
-                         f"{task_info.kind} labels")
+        raise ValueError(
+            f"image folders per class hold expression labels; task {task_info.name} has {task_info.kind} labels"
+        )
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} is not a folder")
@@ -154,8 +167,10 @@ def image_folder_frames(root: str | os.PathLike, task: str = "EXPR") -> Labelled
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     unknown = [p.name for p in folders if p.name.lower() not in classes]
     if unknown:
-        raise ValueError(f"{root}: class folders {unknown} are not EXPR classes; expected the names "
-                         f"{list(task_info.label_names)} (any case) or the indices 0..{task_info.num_outputs - 1}")
+        raise ValueError(
+            f"{root}: class folders {unknown} are not EXPR classes; expected the names "
+            f"{list(task_info.label_names)} (any case) or the indices 0..{task_info.num_outputs - 1}"
+        )
     paths, labels, names = [], [], []
     for folder in folders:
         files = list_image_files(folder)
@@ -163,10 +178,17 @@ def image_folder_frames(root: str | os.PathLike, task: str = "EXPR") -> Labelled
         labels += [classes[folder.name.lower()]] * len(files)
         names += [folder.name] * len(files)
     if not paths:
-        raise ValueError(f"{root}: no images ({'/'.join(IMAGE_EXTENSIONS)}) in class folders "
-                         f"{[p.name for p in folders]}")
-    return LabelledFrames(task_info.name, np.array(paths, object), np.array(labels, np.int32),
-                          np.ones(len(paths), bool), np.array(names, object), np.zeros(len(paths), np.int64))
+        raise ValueError(
+            f"{root}: no images ({'/'.join(IMAGE_EXTENSIONS)}) in class folders {[p.name for p in folders]}"
+        )
+    return LabelledFrames(
+        task_info.name,
+        np.array(paths, object),
+        np.array(labels, np.int32),
+        np.ones(len(paths), bool),
+        np.array(names, object),
+        np.zeros(len(paths), np.int64),
+    )
 
 
 class FrameSource:
@@ -187,15 +209,25 @@ class FrameSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index >= len(self._frames):
-            return {"image": None, "label": np.zeros_like(self._frames.labels[0]), "mask": np.False_,
-                    "index": np.int64(index), "id": "<padding>"}
+            return {
+                "image": None,
+                "label": np.zeros_like(self._frames.labels[0]),
+                "mask": np.False_,
+                "index": np.int64(index),
+                "id": "<padding>",
+            }
         path = self._frames.paths[index]
         try:
             encoded = pathlib.Path(path).read_bytes()
         except OSError:
             encoded = b""  # decoding fails, so the frame is skipped (training) or masked (evaluation)
-        return {"image": encoded, "label": self._frames.labels[index], "mask": np.bool_(self._frames.valid[index]),
-                "index": np.int64(index), "id": path}
+        return {
+            "image": encoded,
+            "label": self._frames.labels[index],
+            "mask": np.bool_(self._frames.valid[index]),
+            "index": np.int64(index),
+            "id": path,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,21 +251,41 @@ class ResizeForEval(grain.transforms.Map):
         return {"image": image, "label": element["label"], "mask": mask, "index": element["index"]}
 
 
-def make_train_loader(frames: LabelledFrames, *, global_batch_size: int, image_size: int, seed: int,
-                      worker_count: int, worker_buffer_size: int = 2,
-                      scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                      flip_prob: float = 0.5, skipped_records_dir: str | os.PathLike | None = None,
-                      shard_options: grain.sharding.ShardOptions | None = None) -> grain.DataLoader:
+def make_train_loader(
+    frames: LabelledFrames,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    worker_count: int,
+    worker_buffer_size: int = 2,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_prob: float = 0.5,
+    skipped_records_dir: str | os.PathLike | None = None,
+    shard_options: grain.sharding.ShardOptions | None = None,
+) -> grain.DataLoader:
     """Augmented batches of the valid frames, shuffled, repeating forever (see the module docstring)."""
     valid = frames.valid_only()
     if len(valid) < global_batch_size:
-        raise ValueError(f"{len(valid)} valid training frames of {frames.task}, fewer than one batch of "
-                         f"{global_batch_size}")
+        raise ValueError(
+            f"{len(valid)} valid training frames of {frames.task}, fewer than one batch of {global_batch_size}"
+        )
     return mae_pipeline.make_mae_loader(
-        FrameSource(valid), global_batch_size=global_batch_size, image_size=image_size, seed=seed,
-        num_epochs=None, worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-        shard_options=shard_options, scale=scale, ratio=ratio, flip_prob=flip_prob,
-        skipped_records_dir=skipped_records_dir, keep_keys=BATCH_KEYS)
+        FrameSource(valid),
+        global_batch_size=global_batch_size,
+        image_size=image_size,
+        seed=seed,
+        num_epochs=None,
+        worker_count=worker_count,
+        worker_buffer_size=worker_buffer_size,
+        shard_options=shard_options,
+        scale=scale,
+        ratio=ratio,
+        flip_prob=flip_prob,
+        skipped_records_dir=skipped_records_dir,
+        keep_keys=BATCH_KEYS,
+    )
 
 
 def num_eval_batches(num_frames: int, global_batch_size: int, worker_count: int = 0) -> int:
@@ -243,22 +295,36 @@ def num_eval_batches(num_frames: int, global_batch_size: int, worker_count: int 
     return -(-num_frames // (global_batch_size * workers)) * workers
 
 
-def make_eval_loader(frames: LabelledFrames, *, global_batch_size: int, image_size: int, worker_count: int,
-                     worker_buffer_size: int = 2, skipped_records_dir: str | os.PathLike | None = None,
-                     shard_options: grain.sharding.ShardOptions | None = None) -> grain.DataLoader:
+def make_eval_loader(
+    frames: LabelledFrames,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    worker_count: int,
+    worker_buffer_size: int = 2,
+    skipped_records_dir: str | os.PathLike | None = None,
+    shard_options: grain.sharding.ShardOptions | None = None,
+) -> grain.DataLoader:
     """Every frame once, resized, with its `index`; the global batches cover `num_eval_batches` x batch rows,
     the rows with index >= len(frames) padding with mask False (see the module docstring for the order)."""
-    shard_options, local_batch_size = mae_pipeline.batch_layout(global_batch_size, shard_options,
-                                                                skipped_records_dir)
+    shard_options, local_batch_size = mae_pipeline.batch_layout(global_batch_size, shard_options, skipped_records_dir)
     length = num_eval_batches(len(frames), global_batch_size, worker_count) * global_batch_size
     sampler = mae_pipeline.ProcessContiguousSampler(
-        grain.samplers.IndexSampler(num_records=length, shard_options=grain.sharding.NoSharding(), shuffle=False,
-                                    num_epochs=1, seed=0),
-        local_batch_size=local_batch_size, shard_count=shard_options.shard_count)
+        grain.samplers.IndexSampler(
+            num_records=length, shard_options=grain.sharding.NoSharding(), shuffle=False, num_epochs=1, seed=0
+        ),
+        local_batch_size=local_batch_size,
+        shard_count=shard_options.shard_count,
+    )
     operations = [
         ResizeForEval(image_size, None if skipped_records_dir is None else os.fspath(skipped_records_dir)),
         grain.transforms.Batch(batch_size=local_batch_size, drop_remainder=True),
     ]
-    return grain.DataLoader(data_source=FrameSource(frames, length), sampler=sampler, operations=operations,
-                            worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                            shard_options=shard_options)
+    return grain.DataLoader(
+        data_source=FrameSource(frames, length),
+        sampler=sampler,
+        operations=operations,
+        worker_count=worker_count,
+        worker_buffer_size=worker_buffer_size,
+        shard_options=shard_options,
+    )

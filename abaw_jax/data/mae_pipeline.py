@@ -46,6 +46,7 @@ The restore sets the state of `it` in place (one JSON file per process).
 Worker processes watch their parent and exit when it is gone, so a training process killed outright
 (SIGKILL, the OOM killer) does not leave them running; on a normal exit Python stops them itself.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -60,13 +61,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from absl import logging
 import cv2
 import grain
-from grain.multiprocessing import SharedMemoryArray
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from grain.multiprocessing import SharedMemoryArray
 from PIL import Image
 
 from abaw_jax.media.jpeg import CorruptImageError, check_jpeg
@@ -84,9 +85,13 @@ _IMDECODE_FLAGS = {
 }
 
 
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale: tuple[float, float] = (0.2, 1.0),
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """Draws (top, left, crop_height, crop_width) the way torchvision's RandomResizedCrop does.
 
     Up to 10 tries of an area fraction ~ U(scale) and a log-uniform aspect ratio (width / height);
@@ -127,7 +132,7 @@ def encoded_image_shape(encoded: bytes) -> tuple[int, int]:
 
 def decode_rgb(encoded: bytes, reduction: int = 1) -> np.ndarray:
     """Decodes to uint8 RGB [H, W, 3], optionally DCT-downscaled by `reduction` in (1, 2, 4, 8)."""
-    check_jpeg(encoded)   # OpenCV would decode a cut-short JPEG with a grey band where its data ends
+    check_jpeg(encoded)  # OpenCV would decode a cut-short JPEG with a grey band where its data ends
     pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), _IMDECODE_FLAGS[reduction])
     if pixels is None:
         raise CorruptImageError("OpenCV could not decode the bytes")
@@ -144,10 +149,15 @@ def dct_reduction(crop_height: int, crop_width: int, image_size: int) -> int:
     return reduction
 
 
-def decode_random_resized_crop(encoded: bytes, rng: np.random.Generator, *, image_size: int,
-                               scale: tuple[float, float] = (0.2, 1.0),
-                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                               flip_prob: float = 0.5) -> np.ndarray:
+def decode_random_resized_crop(
+    encoded: bytes,
+    rng: np.random.Generator,
+    *,
+    image_size: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_prob: float = 0.5,
+) -> np.ndarray:
     """Decode + RandomResizedCrop (bicubic) + horizontal flip of one image -> uint8 [S, S, 3]."""
     height, width = encoded_image_shape(encoded)
     box = random_resized_crop_box(height, width, rng, scale, ratio)
@@ -162,8 +172,9 @@ def decode_resize(encoded: bytes, *, image_size: int) -> np.ndarray:
     return decode_crop_resize(encoded, (0, 0, height, width), (height, width), image_size)
 
 
-def decode_crop_resize(encoded: bytes, box: tuple[int, int, int, int], shape: tuple[int, int],
-                       image_size: int) -> np.ndarray:
+def decode_crop_resize(
+    encoded: bytes, box: tuple[int, int, int, int], shape: tuple[int, int], image_size: int
+) -> np.ndarray:
     """Decodes the (top, left, height, width) `box` of an image of header `shape` and resizes it to S x S
     (bicubic), DCT-downscaling the decode when the box is at least twice the output size."""
     height, width = shape
@@ -195,9 +206,14 @@ class CropFlipAugment(grain.transforms.RandomMap):
         use_one_opencv_thread()
         exit_with_parent()
         try:
-            image = decode_random_resized_crop(element["image"], rng, image_size=self.image_size,
-                                               scale=self.scale, ratio=self.ratio,
-                                               flip_prob=self.flip_prob)
+            image = decode_random_resized_crop(
+                element["image"],
+                rng,
+                image_size=self.image_size,
+                scale=self.scale,
+                ratio=self.ratio,
+                flip_prob=self.flip_prob,
+            )
         except CorruptImageError as e:
             log_skipped_record(self.skipped_records_dir, record_id(element), str(e))
             return None
@@ -244,8 +260,7 @@ class ProcessContiguousSampler:
 
     def __repr__(self) -> str:
         # grain compares sampler reprs when restoring an iterator: a resumed run must read the same layout.
-        return (f"ProcessContiguousSampler({self._sampler!r}, local_batch_size={self._local}, "
-                f"shard_count={self._count})")
+        return f"ProcessContiguousSampler({self._sampler!r}, local_batch_size={self._local}, shard_count={self._count})"
 
     def __getitem__(self, position: int):
         if not 0 <= position < self._length:
@@ -255,15 +270,23 @@ class ProcessContiguousSampler:
         return self._sampler[(t * self._count + shard) * self._local + j]
 
 
-def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int,
-                    seed: int, num_epochs: int | None, worker_count: int,
-                    worker_buffer_size: int = 2,
-                    shard_options: grain.sharding.ShardOptions | None = None,
-                    scale: tuple[float, float] = (0.2, 1.0),
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_prob: float = 0.5,
-                    skipped_records_dir: str | os.PathLike | None = None,
-                    read_options: grain.ReadOptions | None = None,
-                    keep_keys: Sequence[str] = ()) -> grain.DataLoader:
+def make_mae_loader(
+    source: Sequence[dict[str, Any]],
+    *,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    num_epochs: int | None,
+    worker_count: int,
+    worker_buffer_size: int = 2,
+    shard_options: grain.sharding.ShardOptions | None = None,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_prob: float = 0.5,
+    skipped_records_dir: str | os.PathLike | None = None,
+    read_options: grain.ReadOptions | None = None,
+    keep_keys: Sequence[str] = (),
+) -> grain.DataLoader:
     """A seeded, sharded, checkpointable loader of augmented MAE batches (see the module docstring); with
     `keep_keys`, also the fine-tuning loader (those record fields are batched next to the images).
 
@@ -284,19 +307,37 @@ def make_mae_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int,
     """
     shard_options, local_batch_size = batch_layout(global_batch_size, shard_options, skipped_records_dir)
     sampler = ProcessContiguousSampler(
-        grain.samplers.IndexSampler(num_records=len(source), shard_options=grain.sharding.NoSharding(),
-                                    shuffle=True, num_epochs=num_epochs, seed=seed),
-        local_batch_size=local_batch_size, shard_count=shard_options.shard_count)
+        grain.samplers.IndexSampler(
+            num_records=len(source),
+            shard_options=grain.sharding.NoSharding(),
+            shuffle=True,
+            num_epochs=num_epochs,
+            seed=seed,
+        ),
+        local_batch_size=local_batch_size,
+        shard_count=shard_options.shard_count,
+    )
     operations = [
-        CropFlipAugment(image_size=image_size, scale=tuple(scale), ratio=tuple(ratio), flip_prob=flip_prob,
-                        skipped_records_dir=None if skipped_records_dir is None
-                        else os.fspath(skipped_records_dir), keep_keys=tuple(keep_keys)),
+        CropFlipAugment(
+            image_size=image_size,
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            flip_prob=flip_prob,
+            skipped_records_dir=None if skipped_records_dir is None else os.fspath(skipped_records_dir),
+            keep_keys=tuple(keep_keys),
+        ),
         DropSkipped(),
         grain.transforms.Batch(batch_size=local_batch_size, drop_remainder=True),
     ]
-    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
-                            worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                            shard_options=shard_options, read_options=read_options)
+    return grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=operations,
+        worker_count=worker_count,
+        worker_buffer_size=worker_buffer_size,
+        shard_options=shard_options,
+        read_options=read_options,
+    )
 
 
 def read_skipped_records(skipped_records_dir: str | os.PathLike) -> list[str]:
@@ -307,8 +348,11 @@ def read_skipped_records(skipped_records_dir: str | os.PathLike) -> list[str]:
     return ids
 
 
-def batch_layout(global_batch_size: int, shard_options: grain.sharding.ShardOptions | None,
-                 skipped_records_dir: str | os.PathLike | None) -> tuple[grain.sharding.ShardOptions, int]:
+def batch_layout(
+    global_batch_size: int,
+    shard_options: grain.sharding.ShardOptions | None,
+    skipped_records_dir: str | os.PathLike | None,
+) -> tuple[grain.sharding.ShardOptions, int]:
     """(shard options, per-process batch size) of a loader; makes the skipped-records folder if one is named.
 
     `shard_options` defaults to ShardByJaxProcess(drop_remainder=True); the global batch must split evenly.
@@ -316,8 +360,10 @@ def batch_layout(global_batch_size: int, shard_options: grain.sharding.ShardOpti
     if shard_options is None:
         shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     if global_batch_size % shard_options.shard_count:
-        raise ValueError(f"global_batch_size={global_batch_size} does not divide by the "
-                         f"{shard_options.shard_count} data shards (JAX processes).")
+        raise ValueError(
+            f"global_batch_size={global_batch_size} does not divide by the "
+            f"{shard_options.shard_count} data shards (JAX processes)."
+        )
     if skipped_records_dir is not None:
         pathlib.Path(skipped_records_dir).mkdir(parents=True, exist_ok=True)
     return shard_options, global_batch_size // shard_options.shard_count
@@ -368,10 +414,10 @@ def free_shared_memory_at_exit() -> None:
     exit: collect what is unreachable, switch later deletions back to synchronous, and wait for the queued ones.
     """
     gc.collect()
-    deleter = SharedMemoryArray._del_thread_pool   # noqa: SLF001 - grain has no public hook
+    deleter = SharedMemoryArray._del_thread_pool  # noqa: SLF001 - grain has no public hook
     if deleter is None:
         return
-    SharedMemoryArray._disable_async_del()         # noqa: SLF001
+    SharedMemoryArray._disable_async_del()  # noqa: SLF001
     deleter.close()
     deleter.join()
 

@@ -27,6 +27,7 @@ stops the fusion job, naming member, track and frames, instead of being exported
 array against the manifest (shape, finite, probabilities within [0, 1]) and stops naming the file, the track
 and the frames, so evaluation never tunes on or submits a value no model produced.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,9 +75,14 @@ class PredictionWriter:
             if self.manifest["task"] != self.task.name:
                 raise PredictionsError(f"{self._path} holds {self.manifest['task']} predictions, not {self.task.name}")
         else:
-            self.manifest = {"format_version": FORMAT_VERSION, "task": self.task.name,
-                             "output": "values" if self.task.kind == "continuous" else "probabilities",
-                             "label_names": list(self.task.label_names), "tracks": {}, "members": {}}
+            self.manifest = {
+                "format_version": FORMAT_VERSION,
+                "task": self.task.name,
+                "output": "values" if self.task.kind == "continuous" else "probabilities",
+                "label_names": list(self.task.label_names),
+                "tracks": {},
+                "members": {},
+            }
 
     def add_track(self, track: str, split: str, face_mask: np.ndarray) -> None:
         """Declares a track with its split; `face_mask` (N,) fixes its frame count N."""
@@ -97,9 +103,11 @@ class PredictionWriter:
             raise PredictionsError(f"{member}/{track}: expected outputs of shape {expected}, got {np.shape(outputs)}")
         bad = nonfinite_rows(outputs)
         if len(bad):
-            raise PredictionsError(f"member {member!r} predicted NaN or infinity for track {track!r} at "
-                                   f"{frames_text(bad)} ({len(bad)} of {len(outputs)} frames); its parameters or "
-                                   "inputs are not finite, so it is not exported")
+            raise PredictionsError(
+                f"member {member!r} predicted NaN or infinity for track {track!r} at "
+                f"{frames_text(bad)} ({len(bad)} of {len(outputs)} frames); its parameters or "
+                "inputs are not finite, so it is not exported"
+            )
         _save(self.directory / member / f"{track}.npy", np.asarray(outputs, np.float32))
         self.manifest["members"].setdefault(member, {})[track] = role
 
@@ -122,8 +130,9 @@ class Predictions:
         except (OSError, json.JSONDecodeError) as e:
             raise PredictionsError(f"{path}: cannot read the predictions manifest ({e})") from e
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise PredictionsError(f"{path}: format_version {self.manifest.get('format_version')!r}, "
-                                   f"this code reads {FORMAT_VERSION}")
+            raise PredictionsError(
+                f"{path}: format_version {self.manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+            )
         self.task = tasks.get_task(self.manifest["task"])
 
     @property
@@ -148,8 +157,9 @@ class Predictions:
     def require_members(self, members: Sequence[str]) -> None:
         missing = [m for m in members if m not in self.manifest["members"]]
         if missing:
-            raise PredictionsError(f"{self.directory} has no predictions of members {missing}; "
-                                   f"it has {list(self.members)}")
+            raise PredictionsError(
+                f"{self.directory} has no predictions of members {missing}; it has {list(self.members)}"
+            )
 
     def face_mask(self, track: str) -> np.ndarray:
         return self._load(self.directory / FACES_DIR / f"{track}.npy", (self.num_frames(track),))
@@ -162,13 +172,17 @@ class Predictions:
         values = self._load(path, (self.num_frames(track), self.task.num_outputs))
         bad = nonfinite_rows(values)
         if len(bad):
-            raise PredictionsError(f"{path}: NaN or infinity at {frames_text(bad)} of track {track!r} ({len(bad)} of "
-                                   f"{len(values)} frames); the file is damaged: run the fusion stage again")
+            raise PredictionsError(
+                f"{path}: NaN or infinity at {frames_text(bad)} of track {track!r} ({len(bad)} of "
+                f"{len(values)} frames); the file is damaged: run the fusion stage again"
+            )
         if self.manifest["output"] == "probabilities":
             bad = rows_outside(values, -_PROBABILITY_SLACK, 1 + _PROBABILITY_SLACK)
             if len(bad):
-                raise PredictionsError(f"{path}: probabilities outside [0, 1] at {frames_text(bad)} of track "
-                                       f"{track!r}; expected {self.task.name} probabilities as fusion writes them")
+                raise PredictionsError(
+                    f"{path}: probabilities outside [0, 1] at {frames_text(bad)} of track "
+                    f"{track!r}; expected {self.task.name} probabilities as fusion writes them"
+                )
         return values
 
     def _load(self, path: pathlib.Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -177,14 +191,18 @@ class Predictions:
         except (OSError, ValueError) as e:
             raise PredictionsError(f"{path}: cannot read the array ({e})") from None
         if array.shape != shape:
-            raise PredictionsError(f"{path}: expected shape {shape} ({MANIFEST}: {shape[0]} frames of track "
-                                   f"{path.stem!r}), found {array.shape}")
+            raise PredictionsError(
+                f"{path}: expected shape {shape} ({MANIFEST}: {shape[0]} frames of track "
+                f"{path.stem!r}), found {array.shape}"
+            )
         return array
 
     def out_of_fold_member(self, track: str, fold_members: Sequence[str]) -> str:
         """The fold member that held `track` out; an error if none or several did."""
         holders = [m for m in fold_members if self.role(m, track) == "heldout"]
         if len(holders) != 1:
-            raise PredictionsError(f"track {track!r} is held out by {holders or 'no member'} among {list(fold_members)}; "
-                                   "expected exactly one")
+            raise PredictionsError(
+                f"track {track!r} is held out by {holders or 'no member'} among {list(fold_members)}; "
+                "expected exactly one"
+            )
         return holders[0]

@@ -18,6 +18,7 @@ An empty `root` means the embedded synthetic release, generated once into the ca
 (`$ABAW_JAX_CACHE`, default ~/.cache/abaw_jax) from `synthetic_videos`, `synthetic_frames_per_video`
 and `synthetic_seed`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,9 @@ _DEFAULT_PARTS = {
 _OPTIONAL = ("videos", "reaction_list", "test_ground_truth")
 
 
-def synthetic_root(cache_dir: str | os.PathLike | None, *, num_videos: int, frames_per_video: int,
-                   seed: int) -> pathlib.Path:
+def synthetic_root(
+    cache_dir: str | os.PathLike | None, *, num_videos: int, frames_per_video: int, seed: int
+) -> pathlib.Path:
     """The cache folder of one synthetic release (its `release/` and whatever is built from it)."""
     folder = pathlib.Path(cache_dir) if cache_dir else cache.cache_dir()
     return folder / f"synthetic_v{num_videos}_f{frames_per_video}_s{seed}"
@@ -62,8 +64,9 @@ def build_lock(root: pathlib.Path) -> Iterator[None]:
         yield
 
 
-def synthetic_release(cache_dir: str | os.PathLike | None = None, *, num_videos: int = 16,
-                      frames_per_video: int = 300, seed: int = 0) -> pathlib.Path:
+def synthetic_release(
+    cache_dir: str | os.PathLike | None = None, *, num_videos: int = 16, frames_per_video: int = 300, seed: int = 0
+) -> pathlib.Path:
     """The root of a synthetic release in the cache, generated (from scratch) unless a complete one is there.
 
     Runs sharing the cache wait for each other's generation (`build_lock`)."""
@@ -122,9 +125,16 @@ def resolve(data: ml_collections.ConfigDict) -> ReleasePaths:
     do not exist are None.
     """
     synthetic_default = not data.root
-    root = synthetic_release(data.cache_dir or None, num_videos=data.synthetic_videos,
-                             frames_per_video=data.synthetic_frames_per_video,
-                             seed=data.synthetic_seed) if synthetic_default else pathlib.Path(data.root)
+    root = (
+        synthetic_release(
+            data.cache_dir or None,
+            num_videos=data.synthetic_videos,
+            frames_per_video=data.synthetic_frames_per_video,
+            seed=data.synthetic_seed,
+        )
+        if synthetic_default
+        else pathlib.Path(data.root)
+    )
     if not root.is_dir():
         raise FileNotFoundError(f"config.data.root={data.root} is not a folder")
     parts: dict[str, pathlib.Path | None] = {}
@@ -134,8 +144,10 @@ def resolve(data: ml_collections.ConfigDict) -> ReleasePaths:
             if part in _OPTIONAL and not data[part]:
                 path = None
             else:
-                raise FileNotFoundError(f"config.data.{part}: {path} does not exist"
-                                        + ("" if data[part] else f" (set config.data.{part} to where it is)"))
+                raise FileNotFoundError(
+                    f"config.data.{part}: {path} does not exist"
+                    + ("" if data[part] else f" (set config.data.{part} to where it is)")
+                )
         parts[part] = path
     return ReleasePaths(root=root, synthetic=synthetic_default, **parts)
 
@@ -146,4 +158,5 @@ def require_videos(paths: ReleasePaths, audio_kinds: Sequence[str]) -> None:
         raise FileNotFoundError(
             f"config.data.videos: {paths.root} has no videos/ folder, and the audio sets {list(audio_kinds)} are "
             "computed from the videos: set config.data.videos to where they are, or --config.audio= (in the "
-            "pipeline --config.features.audio=) to extract the visual sets only")
+            "pipeline --config.features.audio=) to extract the visual sets only"
+        )

@@ -5,6 +5,7 @@ r"""Checks an ABAW submission file against the task's example file.
 
 Prints `ok: <file>: N rows` and exits 0, or one line `error: <file>:<line>: ...` and exits 1.
 """
+
 from __future__ import annotations
 
 import argparse

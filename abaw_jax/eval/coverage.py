@@ -10,6 +10,7 @@ first face frame and after the last one it holds that face frame's prediction. A
 keeps the model's own outputs (what the model produced from its zero features there): no better per-video
 information exists, and the model's outputs on empty input are its learned prior.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,16 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def pad_batch(arrays: Sequence[np.ndarray], length: int | None = None,
-              fill: float = 0) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(
+    arrays: Sequence[np.ndarray], length: int | None = None, fill: float = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Stacks per-video arrays (N_v, ...) into (V, T, ...) with T = max N_v (or `length`), and the (V, T) mask."""
     length = max([len(a) for a in arrays] + [1]) if length is None else length
     first = np.asarray(arrays[0])
     out = np.full((len(arrays), length) + first.shape[1:], fill, first.dtype)
     mask = np.zeros((len(arrays), length), bool)
     for i, array in enumerate(arrays):
-        out[i, :len(array)] = array
-        mask[i, :len(array)] = True
+        out[i, : len(array)] = array
+        mask[i, : len(array)] = True
     return out, mask
 
 

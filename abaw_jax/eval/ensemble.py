@@ -13,6 +13,7 @@ each video (scene routing: reaction videos use the `reaction` member, the others
 
 The results are final labels: AU (V, T, 12) int32 0/1, EXPR (V, T) int32 class, VA (V, T, 2) float32.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,9 @@ def _member_sum(values, use: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("task", "method"))
-def combine(task: str, outputs: jax.Array, use: jax.Array, thresholds: jax.Array | float = 0.5,
-            method: str = "vote") -> jax.Array:
+def combine(
+    task: str, outputs: jax.Array, use: jax.Array, thresholds: jax.Array | float = 0.5, method: str = "vote"
+) -> jax.Array:
     """Final per-frame labels from members' outputs (M, V, T, C); `use` (M, V) bool picks members per video."""
     kind = tasks.get_task(task).kind
     outputs = outputs.astype(jnp.float32)
@@ -63,8 +65,14 @@ def combine(task: str, outputs: jax.Array, use: jax.Array, thresholds: jax.Array
     return jnp.argmax(jnp.where(tied, mean, -jnp.inf), axis=-1).astype(jnp.int32)
 
 
-def routing_mask(members: Sequence[str], is_reaction: np.ndarray, *, general: Sequence[str],
-                 reaction_member: str = "reaction", routing: str = "alone") -> np.ndarray:
+def routing_mask(
+    members: Sequence[str],
+    is_reaction: np.ndarray,
+    *,
+    general: Sequence[str],
+    reaction_member: str = "reaction",
+    routing: str = "alone",
+) -> np.ndarray:
     """(M, V) bool: which of `members` combine for each video.
 
     Videos with `is_reaction` use `reaction_member` alone (the paper) or together with the `general` members
@@ -92,5 +100,11 @@ def required_members(config) -> list[str]:
     """The members an evaluate config (configs/evaluate.py) reads, in a fixed order: folds, official, general,
     and the reaction member unless scene routing is off."""
     routed = config.scene_routing != "none"
-    return list(dict.fromkeys(list(config.fold_members) + [config.official_member] + list(config.ensemble.general)
-                              + ([config.ensemble.reaction_member] if routed else [])))
+    return list(
+        dict.fromkeys(
+            list(config.fold_members)
+            + [config.official_member]
+            + list(config.ensemble.general)
+            + ([config.ensemble.reaction_member] if routed else [])
+        )
+    )

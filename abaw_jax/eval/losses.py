@@ -11,6 +11,7 @@ batch with no valid frame gives 0 (and so a zero gradient), never NaN.
 They live beside `metrics`: like the metrics, they are masked-array functions over labels in the annotation
 encoding (VA's loss is 1 - the metric's CCC), and models stay below evaluation (no import runs back up).
 """
+
 from __future__ import annotations
 
 import jax
@@ -65,8 +66,9 @@ def va_loss(values: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(1.0 - metrics.ccc(values, labels, mask))
 
 
-def task_loss(task: str | tasks.Task, outputs: jax.Array, labels: jax.Array, mask: jax.Array,
-              weights: jax.Array | None = None) -> jax.Array:
+def task_loss(
+    task: str | tasks.Task, outputs: jax.Array, labels: jax.Array, mask: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
     """The task's loss on model outputs (AU/EXPR logits, VA values already bounded to [-1, 1])."""
     task = task if isinstance(task, tasks.Task) else tasks.get_task(task)
     if task.kind == "binary":

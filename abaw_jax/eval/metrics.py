@@ -12,6 +12,7 @@ whose class has no true and no predicted positive is 0, and a CCC whose denomina
 frame, or prediction and truth both constant) is 0. `valid_count` lets a job refuse to report a
 metric over zero frames.
 """
+
 from __future__ import annotations
 
 import jax
@@ -22,7 +23,7 @@ from abaw_jax import tasks
 
 def _flat(x: jax.Array, trailing: int) -> jax.Array:
     x = jnp.asarray(x)
-    return x.reshape((-1,) + x.shape[x.ndim - trailing:]) if trailing else x.reshape(-1)
+    return x.reshape((-1,) + x.shape[x.ndim - trailing :]) if trailing else x.reshape(-1)
 
 
 def _label_mask(mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -87,8 +88,9 @@ def valid_count(mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.asarray(mask).astype(jnp.int32))
 
 
-def label_scores(task: str | tasks.Task, final: jax.Array, labels: jax.Array,
-                 mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+def label_scores(
+    task: str | tasks.Task, final: jax.Array, labels: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """(task metric, per-class scores) of final per-frame labels: AU 0/1 per AU, EXPR class indices, VA values."""
     task = task if isinstance(task, tasks.Task) else tasks.get_task(task)
     if task.kind == "binary":
@@ -100,8 +102,9 @@ def label_scores(task: str | tasks.Task, final: jax.Array, labels: jax.Array,
     return per_class.mean(), per_class
 
 
-def task_scores(task: str | tasks.Task, outputs: jax.Array, labels: jax.Array, mask: jax.Array,
-                thresholds: jax.Array | float = 0.5) -> tuple[jax.Array, jax.Array]:
+def task_scores(
+    task: str | tasks.Task, outputs: jax.Array, labels: jax.Array, mask: jax.Array, thresholds: jax.Array | float = 0.5
+) -> tuple[jax.Array, jax.Array]:
     """(task metric, per-class scores) for a task's per-frame outputs.
 
     AU outputs are probabilities (thresholded per AU), EXPR outputs per-class scores (arg-max), VA outputs values;

@@ -1,4 +1,5 @@
 """Per-video timeline plots of predictions against labels (PNG, matplotlib's Agg backend: no display needed)."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,15 @@ import numpy as np  # noqa: E402
 from abaw_jax import tasks  # noqa: E402
 
 
-def plot_timeline(path: str | os.PathLike, task: str, predictions: np.ndarray, labels: np.ndarray,
-                  valid: np.ndarray, face: np.ndarray, title: str = "") -> pathlib.Path:
+def plot_timeline(
+    path: str | os.PathLike,
+    task: str,
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    valid: np.ndarray,
+    face: np.ndarray,
+    title: str = "",
+) -> pathlib.Path:
     """Writes one PNG: per channel (AU, VA) or the class (EXPR), predictions over labels along the frames.
 
     predictions: AU (N, 12) 0/1 or probabilities, EXPR (N,) classes, VA (N, 2) values; labels in the
@@ -27,14 +35,17 @@ def plot_timeline(path: str | os.PathLike, task: str, predictions: np.ndarray, l
     if task_facts.kind == "multiclass":
         rows = [("class", predictions[:, None], labels[:, None])]
     else:
-        rows = [(name, predictions[:, i:i + 1], labels[:, i:i + 1]) for i, name in enumerate(task_facts.label_names)]
+        rows = [
+            (name, predictions[:, i : i + 1], labels[:, i : i + 1]) for i, name in enumerate(task_facts.label_names)
+        ]
     figure, axes = plt.subplots(len(rows), 1, figsize=(10, 0.9 * len(rows) + 1.2), sharex=True, squeeze=False)
     for axis, (name, predicted, truth) in zip(axes[:, 0], rows):
         truth = np.where(valid[:, None], truth.astype(np.float64), np.nan)
         axis.plot(frames, truth[:, 0], color="black", linewidth=1.0, label="label")
         axis.plot(frames, predicted[:, 0], color="tab:red", linewidth=0.8, label="prediction")
-        axis.fill_between(frames, 0, 1, where=~face, transform=axis.get_xaxis_transform(), color="0.85",
-                          linewidth=0, label="no face")
+        axis.fill_between(
+            frames, 0, 1, where=~face, transform=axis.get_xaxis_transform(), color="0.85", linewidth=0, label="no face"
+        )
         axis.set_ylabel(name, rotation=0, ha="right", fontsize=7)
         axis.tick_params(labelsize=6)
         if task_facts.kind == "multiclass":
@@ -49,8 +60,13 @@ def plot_timeline(path: str | os.PathLike, task: str, predictions: np.ndarray, l
     return path
 
 
-def plot_prediction_timeline(path: str | os.PathLike, series: dict[str, np.ndarray], face: np.ndarray,
-                             title: str = "", times: np.ndarray | None = None) -> pathlib.Path:
+def plot_prediction_timeline(
+    path: str | os.PathLike,
+    series: dict[str, np.ndarray],
+    face: np.ndarray,
+    title: str = "",
+    times: np.ndarray | None = None,
+) -> pathlib.Path:
     """Writes one PNG of unlabelled predictions: a row per named series (N,) (e.g. AU probabilities, the EXPR
     class, valence, arousal) along the frames (or `times` in seconds); frames without a face are shaded."""
     face = np.asarray(face, bool)

@@ -10,6 +10,7 @@ of the routed members' smoothed outputs (AU and EXPR probabilities before thresh
 Evaluate stores these for its test tracks in `<workdir>/final/` and its settings as `results.json["postprocess"]`;
 the predictor bundle copies the settings (`PostProcess.to_json` / `from_json`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,11 +45,28 @@ class PostProcess:
     routing: str
 
     @classmethod
-    def from_tuned(cls, tuned: tuning.Tuned, members: Sequence[str], *, method: str, general: Sequence[str],
-                   reaction_member: str, routing: str) -> "PostProcess":
+    def from_tuned(
+        cls,
+        tuned: tuning.Tuned,
+        members: Sequence[str],
+        *,
+        method: str,
+        general: Sequence[str],
+        reaction_member: str,
+        routing: str,
+    ) -> "PostProcess":
         as_tuple = lambda a: None if a is None else tuple(float(v) for v in a)
-        return cls(tuned.task, tuple(members), float(tuned.sigma), as_tuple(tuned.thresholds), as_tuple(tuned.bias),
-                   method, tuple(general), reaction_member, routing)
+        return cls(
+            tuned.task,
+            tuple(members),
+            float(tuned.sigma),
+            as_tuple(tuned.thresholds),
+            as_tuple(tuned.bias),
+            method,
+            tuple(general),
+            reaction_member,
+            routing,
+        )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,19 +74,29 @@ class PostProcess:
     @classmethod
     def from_json(cls, data: dict) -> "PostProcess":
         as_tuple = lambda a: None if a is None else tuple(a)
-        return cls(data["task"], tuple(data["members"]), float(data["sigma"]), as_tuple(data["thresholds"]),
-                   as_tuple(data["bias"]), data["method"], tuple(data["general"]), data["reaction_member"],
-                   data["routing"])
+        return cls(
+            data["task"],
+            tuple(data["members"]),
+            float(data["sigma"]),
+            as_tuple(data["thresholds"]),
+            as_tuple(data["bias"]),
+            data["method"],
+            tuple(data["general"]),
+            data["reaction_member"],
+            data["routing"],
+        )
 
     def tuned(self) -> tuning.Tuned:
         array = lambda a: None if a is None else np.asarray(a, np.float32)
-        return tuning.Tuned(self.task, self.sigma, array(self.thresholds), array(self.bias), np.zeros(0),
-                            np.zeros(0), [])
+        return tuning.Tuned(
+            self.task, self.sigma, array(self.thresholds), array(self.bias), np.zeros(0), np.zeros(0), []
+        )
 
     def routing_mask(self, is_reaction: np.ndarray) -> np.ndarray:
         """(M, V) which members combine for each video (V,) of the given scenes."""
-        return ensemble.routing_mask(self.members, is_reaction, general=self.general,
-                                     reaction_member=self.reaction_member, routing=self.routing)
+        return ensemble.routing_mask(
+            self.members, is_reaction, general=self.general, reaction_member=self.reaction_member, routing=self.routing
+        )
 
 
 def fill_members(outputs: np.ndarray, face: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -79,8 +107,9 @@ def fill_members(outputs: np.ndarray, face: np.ndarray, mask: np.ndarray) -> np.
     return np.asarray(coverage.fill_missing(flat, tile(face), tile(mask))).reshape(outputs.shape)
 
 
-def final_outputs(post: PostProcess, filled: np.ndarray, mask: np.ndarray, is_reaction: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def final_outputs(
+    post: PostProcess, filled: np.ndarray, mask: np.ndarray, is_reaction: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores (V, T, C) float32, final labels) of filled members' outputs (M, V, T, C) (see the module docstring).
 
     Labels: AU (V, T, 12) int32 0/1, EXPR (V, T) int32, VA (V, T, 2) float32 (= scores)."""

@@ -1,4 +1,5 @@
 """PNG grids of MAE reconstructions: one row per face, columns original / masked / reconstruction."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,9 @@ from abaw_jax.data.mae_pipeline import IMAGENET_MEAN, IMAGENET_STD
 from abaw_jax.models.mae import patchify, unpatchify
 
 
-def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, patch_size: int,
-                        norm_pix_loss: bool) -> np.ndarray:
+def reconstruction_grid(
+    images: np.ndarray, pred: np.ndarray, mask: np.ndarray, patch_size: int, norm_pix_loss: bool
+) -> np.ndarray:
     """uint8 (rows*H, 3*W, 3) grid from normalised images (B,H,W,3), predictions (B,N,D), mask (B,N).
 
     With `norm_pix_loss` the model predicts each patch normalised by its own statistics, so the

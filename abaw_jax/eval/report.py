@@ -30,6 +30,7 @@ With M the configured ensemble (vote / soft / mean) and SDD in both cells when t
 `read_tables(markdown)` parses the report's tables back; `check_report(dirs, markdown, tasks=...)` compares every
 number in them with the file it comes from and returns the mismatches (the end-to-end test's check).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,13 +63,28 @@ HOLDS, DOES_NOT_HOLD = "holds", "does not hold on this run"
 NO_REACTION_TRACKS = "not measurable: no reaction track in the set"
 # Settings shown per stage in the header, when the stage's config has them (dotted keys of the nested config).
 STAGE_KEYS = {
-    "mae": ("model.size", "model.image_size", "model.mask_ratio", "batch_size", "num_epochs", "total_steps",
-            "base_lr"),
-    "finetune": ("task", "model.size", "model.image_size", "batch_size", "num_epochs", "total_steps", "base_lr",
-                 "layer_decay"),
+    "mae": ("model.size", "model.image_size", "model.mask_ratio", "batch_size", "num_epochs", "total_steps", "base_lr"),
+    "finetune": (
+        "task",
+        "model.size",
+        "model.image_size",
+        "batch_size",
+        "num_epochs",
+        "total_steps",
+        "base_lr",
+        "layer_decay",
+    ),
     "features": ("sets", "audio", "static_predictions"),
-    "fusion": ("task", "members", "visual_sets", "audio_sets", "num_epochs", "batch_clips", "clip_len",
-               "learning_rate"),
+    "fusion": (
+        "task",
+        "members",
+        "visual_sets",
+        "audio_sets",
+        "num_epochs",
+        "batch_clips",
+        "clip_len",
+        "learning_rate",
+    ),
     "evaluate": ("task", "ensemble.method", "ensemble.reaction_routing", "scene_routing", "static_predictions"),
 }
 
@@ -151,7 +167,7 @@ def _key(data: Any, path: pathlib.Path, *keys: str | int) -> Any:
         try:
             node = node[key]
         except (KeyError, IndexError, TypeError):
-            dotted = ".".join(map(str, keys[:depth + 1]))
+            dotted = ".".join(map(str, keys[: depth + 1]))
             raise ReportError(f"{path}: no {dotted!r} (expected the layout its stage writes)") from None
     return node
 
@@ -174,9 +190,15 @@ def _read_task(dirs: PipelineDirs, key: str) -> TaskFiles:
     task = task_facts.get_task(key)
     finetune, fusion = pathlib.Path(dirs.finetune(key)), pathlib.Path(dirs.fusion(key))
     evaluate, visual = pathlib.Path(dirs.evaluate(key)), pathlib.Path(dirs.evaluate(key, "visual"))
-    paths = {"finetune_metrics": finetune / "metrics.jsonl", "finetune_best": finetune / "best.json",
-             "fusion_scores": fusion / "scores.json", "fusion_metrics": fusion / "metrics.jsonl",
-             "results": evaluate / "results.json", "visual": visual / "results.json", "plots": evaluate / "plots"}
+    paths = {
+        "finetune_metrics": finetune / "metrics.jsonl",
+        "finetune_best": finetune / "best.json",
+        "fusion_scores": fusion / "scores.json",
+        "fusion_metrics": fusion / "metrics.jsonl",
+        "results": evaluate / "results.json",
+        "visual": visual / "results.json",
+        "plots": evaluate / "plots",
+    }
     results = _read_json(paths["results"], f"{task.name} Tables 1-3 and 5")
     for name in ("tables", "tuning", "ablation", "ablation_set", "test_metric"):
         _key(results, paths["results"], name)
@@ -188,7 +210,8 @@ def _read_task(dirs: PipelineDirs, key: str) -> TaskFiles:
         fusion_metrics=_read_jsonl(paths["fusion_metrics"], f"{task.name} fusion curves"),
         results=results,
         visual=_read_json(paths["visual"], "") if paths["visual"].is_file() else None,
-        paths=paths)
+        paths=paths,
+    )
 
 
 def _task_keys(tasks: Sequence[str]) -> list[str]:
@@ -230,9 +253,11 @@ def _release_line(stages: dict[str, dict]) -> str:
         data = stage.get("config", {}).get("data") if isinstance(stage.get("config"), dict) else None
         if isinstance(data, dict) and "root" in data:  # a release config; MAE's `data` holds face shards
             if not data.get("root"):
-                return (f"the synthetic release ({data.get('synthetic_videos', '?')} videos x "
-                        f"{data.get('synthetic_frames_per_video', '?')} frames, seed {data.get('synthetic_seed', '?')}"
-                        ", built in the cache)")
+                return (
+                    f"the synthetic release ({data.get('synthetic_videos', '?')} videos x "
+                    f"{data.get('synthetic_frames_per_video', '?')} frames, seed {data.get('synthetic_seed', '?')}"
+                    ", built in the cache)"
+                )
             return f"Aff-Wild2 at {data['root']}"
     return "unknown (no stage.json with a config.data section)"
 
@@ -253,16 +278,23 @@ def _settings_line(name: str, config: Any) -> str:
 
 def _stages_section(folders: Sequence[pathlib.Path], stages: dict[str, dict]) -> str:
     if not stages:
-        return ("## Stages\n\nNo stage.json in any stage folder: the stages' settings and wall times are unknown "
-                "(the stage jobs were run one by one, not by the pipeline).\n")
+        return (
+            "## Stages\n\nNo stage.json in any stage folder: the stages' settings and wall times are unknown "
+            "(the stage jobs were run one by one, not by the pipeline).\n"
+        )
     rows = []
     for folder in folders:
         if folder.name in stages:
             stage = stages[folder.name]
             seconds = stage.get("seconds")
-            rows.append((folder.name, _settings_line(folder.name, stage.get("config")),
-                         "yes" if stage.get("complete") else "no",
-                         format_duration(seconds) if isinstance(seconds, (int, float)) else MISSING))
+            rows.append(
+                (
+                    folder.name,
+                    _settings_line(folder.name, stage.get("config")),
+                    "yes" if stage.get("complete") else "no",
+                    format_duration(seconds) if isinstance(seconds, (int, float)) else MISSING,
+                )
+            )
         elif folder.is_dir():
             rows.append((folder.name, "no stage.json", MISSING, MISSING))
     seconds = [s["seconds"] for s in stages.values() if isinstance(s.get("seconds"), (int, float))]
@@ -273,9 +305,14 @@ def _stages_section(folders: Sequence[pathlib.Path], stages: dict[str, dict]) ->
 
 def _training_rows(name: str, records: list[dict], best: dict | None) -> tuple:
     losses = [r for r in records if "loss" in r]
-    return (name, losses[-1]["step"] if losses else MISSING, losses[0]["loss"] if losses else None,
-            losses[-1]["loss"] if losses else None,
-            best.get("metric") if best else None, best.get("step") if best else MISSING)
+    return (
+        name,
+        losses[-1]["step"] if losses else MISSING,
+        losses[0]["loss"] if losses else None,
+        losses[-1]["loss"] if losses else None,
+        best.get("metric") if best else None,
+        best.get("step") if best else MISSING,
+    )
 
 
 def _ablation_settings(files: TaskFiles) -> list[str]:
@@ -304,12 +341,23 @@ def _table5(files: TaskFiles) -> str:
     if files.results["test_metric"] is not None:
         settings.append(SUBMISSION_ROW)
     ablation_set = files.results["ablation_set"]
-    rows = [(s, "Validation_Set" if "(Validation_Set)" in s else ablation_set,
-             *[_ablation_value(results, s) for _, results in columns]) for s in settings]
-    source = (f"`{_relative(files.paths['results'])}` `ablation` (and `test_metric` for the submission row)"
-              + (f"; `{_relative(files.paths['visual'])}` for {VISUAL_ONLY}" if files.visual is not None else ""))
-    return _markdown_table(f"Table 5 ({name}): ablation, {files.task.metric_name}",
-                           ["setting", "set", *[c for c, _ in columns]], rows, source)
+    rows = [
+        (
+            s,
+            "Validation_Set" if "(Validation_Set)" in s else ablation_set,
+            *[_ablation_value(results, s) for _, results in columns],
+        )
+        for s in settings
+    ]
+    source = f"`{_relative(files.paths['results'])}` `ablation` (and `test_metric` for the submission row)" + (
+        f"; `{_relative(files.paths['visual'])}` for {VISUAL_ONLY}" if files.visual is not None else ""
+    )
+    return _markdown_table(
+        f"Table 5 ({name}): ablation, {files.task.metric_name}",
+        ["setting", "set", *[c for c, _ in columns]],
+        rows,
+        source,
+    )
 
 
 def _relative(path: pathlib.Path) -> str:
@@ -326,13 +374,13 @@ def _parse_setting(setting: str) -> tuple[str, bool, bool] | None:
 
 @dataclasses.dataclass
 class Claim:
-    order: int                        # the claim's place in the paper's list (rows sort by it, then by task)
+    order: int  # the claim's place in the paper's list (rows sort by it, then by task)
     claim: str
     task: str
-    without: tuple[str, str] | None   # (Table 5 setting, column)
+    without: tuple[str, str] | None  # (Table 5 setting, column)
     with_: tuple[str, str] | None
-    reason: str = ""                  # why it cannot be checked, when a side is missing
-    unmeasurable: bool = False        # both cells score the same predictions (SDD routed no track)
+    reason: str = ""  # why it cannot be checked, when a side is missing
+    unmeasurable: bool = False  # both cells score the same predictions (SDD routed no track)
 
 
 def _claims(files: TaskFiles) -> list[Claim]:
@@ -347,25 +395,59 @@ def _claims(files: TaskFiles) -> list[Claim]:
     tmf = next((s for s in settings if s.startswith("TMF ")), None)
     single = next((s for s in settings if s.startswith("single member")), None)
     full = (method, routed, True)
-    claims = [Claim(0, "TMF helps (static fine-tuned encoder -> TMF)", name,
-                    (static, WITH_AUDIO) if static else None, (tmf, WITH_AUDIO) if tmf else None,
-                    "" if static else "no static predictions (evaluate ran without static_predictions)")]
+    claims = [
+        Claim(
+            0,
+            "TMF helps (static fine-tuned encoder -> TMF)",
+            name,
+            (static, WITH_AUDIO) if static else None,
+            (tmf, WITH_AUDIO) if tmf else None,
+            "" if static else "no static predictions (evaluate ran without static_predictions)",
+        )
+    ]
     if name == "VA":
         visual_has = files.visual is not None and _ablation_value(files.visual, ensemble.get(full, "")) is not None
-        claims.append(Claim(1, "audio helps VA (visual only -> visual + audio)", name,
-                            cell(full, VISUAL_ONLY) if visual_has else None, cell(full),
-                            "" if visual_has else
-                            f"no visual-only variant ({_relative(files.paths['visual'])} absent)"))
+        claims.append(
+            Claim(
+                1,
+                "audio helps VA (visual only -> visual + audio)",
+                name,
+                cell(full, VISUAL_ONLY) if visual_has else None,
+                cell(full),
+                "" if visual_has else f"no visual-only variant ({_relative(files.paths['visual'])} absent)",
+            )
+        )
     if name in ("EXPR", "VA"):
         with_sdd = cell((method, True, True))
-        claims.append(Claim(2, f"SDD helps {name} (general members -> reaction videos routed to the reaction member)",
-                            name, cell((method, False, True)), with_sdd,
-                            "" if routed else "scene routing was off (scene_routing=none)",
-                            with_sdd is not None and _routes_no_track(results, with_sdd[0])))
-    claims.append(Claim(3, "smoothing helps (post-processing tuned on out-of-fold predictions)", name,
-                        cell((method, routed, False)), cell(full)))
-    claims.append(Claim(4, "the ensemble helps (single member -> ensemble, both post-processed, no SDD)", name,
-                        (single, WITH_AUDIO) if single else None, cell((method, False, True))))
+        claims.append(
+            Claim(
+                2,
+                f"SDD helps {name} (general members -> reaction videos routed to the reaction member)",
+                name,
+                cell((method, False, True)),
+                with_sdd,
+                "" if routed else "scene routing was off (scene_routing=none)",
+                with_sdd is not None and _routes_no_track(results, with_sdd[0]),
+            )
+        )
+    claims.append(
+        Claim(
+            3,
+            "smoothing helps (post-processing tuned on out-of-fold predictions)",
+            name,
+            cell((method, routed, False)),
+            cell(full),
+        )
+    )
+    claims.append(
+        Claim(
+            4,
+            "the ensemble helps (single member -> ensemble, both post-processed, no SDD)",
+            name,
+            (single, WITH_AUDIO) if single else None,
+            cell((method, False, True)),
+        )
+    )
     return claims
 
 
@@ -391,14 +473,26 @@ def _claims_section(all_files: Sequence[TaskFiles], not_run: Sequence[str]) -> s
         columns = dict(_ablation_columns(files))
         before = _ablation_value(columns[claim.without[1]], claim.without[0])
         after = _ablation_value(columns[claim.with_[1]], claim.with_[0])
-        rows.append((claim.claim, claim.task, f"{claim.without[0]} [{claim.without[1]}]",
-                     f"{claim.with_[0]} [{claim.with_[1]}]", before, after, f"{after - before:+.4f}",
-                     _verdict(before, after, claim.unmeasurable)))
-    text = ("## The paper's claims on this run\n\nEach claim rests on two cells of the task's Table 5 "
-            "(`setting [column]`); it holds when the score with the part is higher than without it. SDD cannot "
-            "be measured on a set in which no track is a reaction video.\n\n")
-    text += _markdown_table("Claims", ["claim", "task", "without", "with", "without score", "with score", "change",
-                                       "verdict"], rows)
+        rows.append(
+            (
+                claim.claim,
+                claim.task,
+                f"{claim.without[0]} [{claim.without[1]}]",
+                f"{claim.with_[0]} [{claim.with_[1]}]",
+                before,
+                after,
+                f"{after - before:+.4f}",
+                _verdict(before, after, claim.unmeasurable),
+            )
+        )
+    text = (
+        "## The paper's claims on this run\n\nEach claim rests on two cells of the task's Table 5 "
+        "(`setting [column]`); it holds when the score with the part is higher than without it. SDD cannot "
+        "be measured on a set in which no track is a reaction video.\n\n"
+    )
+    text += _markdown_table(
+        "Claims", ["claim", "task", "without", "with", "without score", "with score", "change", "verdict"], rows
+    )
     if unchecked or not_run:
         text += "\n" + "\n".join(unchecked + [f"- {t.upper()}: not run, no claims checked." for t in not_run]) + "\n"
     return text
@@ -412,27 +506,64 @@ def _tables_1_3(files: TaskFiles) -> str:
         rows = []
         for member, row in results["tables"].items():
             scores = _key(row, path, stage)
-            rows.append((member, row["tracks"], scores["frames"], *scores["per_class"], scores["metric"],
-                         scores["metric_face_frames"]))
-        parts.append(_markdown_table(
-            f"Table {number} ({task.name}): {task.metric_name}, each member on its own held-out tracks, {title}",
-            ["member", "tracks", "frames", *task.label_names, "Avg.", "Avg. (face frames)"], rows,
-            f"`{_relative(path)}` `tables.<member>.{stage}`"))
+            rows.append(
+                (
+                    member,
+                    row["tracks"],
+                    scores["frames"],
+                    *scores["per_class"],
+                    scores["metric"],
+                    scores["metric_face_frames"],
+                )
+            )
+        parts.append(
+            _markdown_table(
+                f"Table {number} ({task.name}): {task.metric_name}, each member on its own held-out tracks, {title}",
+                ["member", "tracks", "frames", *task.label_names, "Avg.", "Avg. (face frames)"],
+                rows,
+                f"`{_relative(path)}` `tables.<member>.{stage}`",
+            )
+        )
     steps = _key(results, path, "tuning", "steps")
-    parts.append(_markdown_table(
-        f"Tuning ({task.name}): post-processing tuned on the out-of-fold predictions",
-        ["step", "value", "before", "after"],
-        [(s["step"], " ".join(f"{v:g}" for v in (s["value"] if isinstance(s["value"], list) else [s["value"]])),
-          s["before"], s["after"]) for s in steps], f"`{_relative(path)}` `tuning.steps`"))
+    parts.append(
+        _markdown_table(
+            f"Tuning ({task.name}): post-processing tuned on the out-of-fold predictions",
+            ["step", "value", "before", "after"],
+            [
+                (
+                    s["step"],
+                    " ".join(f"{v:g}" for v in (s["value"] if isinstance(s["value"], list) else [s["value"]])),
+                    s["before"],
+                    s["after"],
+                )
+                for s in steps
+            ],
+            f"`{_relative(path)}` `tuning.steps`",
+        )
+    )
     scores, spath = files.fusion_scores, files.paths["fusion_scores"]
     members = _key(scores, spath, "members")
     heldout, test = _key(scores, spath, "heldout"), _key(scores, spath, "test")
-    rows = [(m, len(info["train"]), len(info["heldout"]), info["best_step"],
-             heldout.get(m, {}).get("metric"), test.get(m, {}).get("metric")) for m, info in members.items()]
-    parts.append(_markdown_table(
-        f"Fusion members ({task.name}): {task.metric_name} at the best epoch on held-out tracks, and on the test set",
-        ["member", "train tracks", "held-out tracks", "best step", "held-out", "test"], rows,
-        f"`{_relative(spath)}` (`members`, `heldout.<member>.metric`, `test.<member>.metric`)"))
+    rows = [
+        (
+            m,
+            len(info["train"]),
+            len(info["heldout"]),
+            info["best_step"],
+            heldout.get(m, {}).get("metric"),
+            test.get(m, {}).get("metric"),
+        )
+        for m, info in members.items()
+    ]
+    parts.append(
+        _markdown_table(
+            f"Fusion members ({task.name}): {task.metric_name} at the best epoch on held-out tracks, and on the "
+            "test set",
+            ["member", "train tracks", "held-out tracks", "best step", "held-out", "test"],
+            rows,
+            f"`{_relative(spath)}` (`members`, `heldout.<member>.metric`, `test.<member>.metric`)",
+        )
+    )
     return "\n".join(parts)
 
 
@@ -472,8 +603,12 @@ def _mae_figures(mae: pathlib.Path, records: list[dict], figures: pathlib.Path, 
         axis.set_title(f"step {int(path.stem.split('_')[-1])}", fontsize=7)
         axis.axis("off")
     figure.tight_layout()
-    out.append(("MAE reconstructions (columns per step: original, masked, reconstruction)",
-                _save(figure, figures / "mae_reconstructions.png")))
+    out.append(
+        (
+            "MAE reconstructions (columns per step: original, masked, reconstruction)",
+            _save(figure, figures / "mae_reconstructions.png"),
+        )
+    )
     return out
 
 
@@ -534,18 +669,22 @@ def write_report(dirs: PipelineDirs, *, tasks: Sequence[str]) -> str:
     report = pathlib.Path(dirs.report)
     figures = report / FIGURES
     if figures.exists():
-        shutil.rmtree(figures)   # a rerun must not keep figures of tasks or tracks it no longer has
+        shutil.rmtree(figures)  # a rerun must not keep figures of tasks or tracks it no longer has
     figures.mkdir(parents=True)
 
     notes = [f"{t.upper()}: not run (no rows for it)." for t in not_run]
     for files in all_files:
         if files.visual is None:
             dropped = f"the {VISUAL_ONLY} column" + (" and the audio claim are" if files.task.name == "VA" else " is")
-            notes.append(f"{files.task.name}: no visual-only variant ({_relative(files.paths['visual'])} absent): "
-                         f"{dropped} dropped.")
+            notes.append(
+                f"{files.task.name}: no visual-only variant ({_relative(files.paths['visual'])} absent): "
+                f"{dropped} dropped."
+            )
         if not any(r["setting"].startswith("static ") for r in files.results["ablation"]):
-            notes.append(f"{files.task.name}: no static predictions in the ablation (evaluate ran without "
-                         "static_predictions): the TMF rows and claim are dropped.")
+            notes.append(
+                f"{files.task.name}: no static predictions in the ablation (evaluate ran without "
+                "static_predictions): the TMF rows and claim are dropped."
+            )
     figure_list = _mae_figures(mae, mae_records, figures, notes)
     figure_list.append(_finetune_figure(all_files, figures))
     for files in all_files:
@@ -553,36 +692,63 @@ def write_report(dirs: PipelineDirs, *, tasks: Sequence[str]) -> str:
     for files in all_files:
         figure_list += _timelines(files, figures, notes)
 
-    parts = [f"# Report of the pipeline run in {dirs.root}\n",
-             f"Release: {_release_line(stages)}. Tasks: {', '.join(f.task.name for f in all_files)}. "
-             "Scores are fractions (F1 in [0, 1], CCC in [-1, 1]) with 4 decimals, copied from the stage files "
-             "named under each table.\n"]
+    parts = [
+        f"# Report of the pipeline run in {dirs.root}\n",
+        f"Release: {_release_line(stages)}. Tasks: {', '.join(f.task.name for f in all_files)}. "
+        "Scores are fractions (F1 in [0, 1], CCC in [-1, 1]) with 4 decimals, copied from the stage files "
+        "named under each table.\n",
+    ]
     if notes:
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     parts.append(_stages_section(folders, stages))
-    summary = [(f.task.name, f.task.metric_name, f.finetune_best.get("metric"),
-                f.results["tables"].get("official", {}).get("before", {}).get("metric"),
-                f.results["tables"].get("out-of-fold", {}).get("after", {}).get("metric"),
-                f.results["test_metric"]) for f in all_files]
-    parts.append("## Results\n\n" + _markdown_table(
-        "Summary", ["task", "metric", "fine-tuned encoder (eval set, best step)", "TMF official (held-out, raw)",
-                    "out-of-fold (post-processed)", "test (submission)"], summary,
-        "`finetune_<task>/best.json` `metric`; `evaluate_<task>/results.json` `tables.official.before.metric`, "
-        "`tables.out-of-fold.after.metric`, `test_metric` (test scores need the release's test labels)"))
+    summary = [
+        (
+            f.task.name,
+            f.task.metric_name,
+            f.finetune_best.get("metric"),
+            f.results["tables"].get("official", {}).get("before", {}).get("metric"),
+            f.results["tables"].get("out-of-fold", {}).get("after", {}).get("metric"),
+            f.results["test_metric"],
+        )
+        for f in all_files
+    ]
+    parts.append(
+        "## Results\n\n"
+        + _markdown_table(
+            "Summary",
+            [
+                "task",
+                "metric",
+                "fine-tuned encoder (eval set, best step)",
+                "TMF official (held-out, raw)",
+                "out-of-fold (post-processed)",
+                "test (submission)",
+            ],
+            summary,
+            "`finetune_<task>/best.json` `metric`; `evaluate_<task>/results.json` `tables.official.before.metric`, "
+            "`tables.out-of-fold.after.metric`, `test_metric` (test scores need the release's test labels)",
+        )
+    )
     training = [_training_rows("mae", mae_records, None)]
-    training += [_training_rows(f"finetune_{f.task.name.lower()}", f.finetune_metrics, f.finetune_best)
-                 for f in all_files]
-    parts.append(_markdown_table(
-        "Training (stages 1 and 2)", ["stage", "last step", "first loss", "last loss", "best eval metric",
-                                      "best step"], training,
-        "`mae/metrics.jsonl`, `finetune_<task>/metrics.jsonl` (`loss`), `finetune_<task>/best.json`"))
+    training += [
+        _training_rows(f"finetune_{f.task.name.lower()}", f.finetune_metrics, f.finetune_best) for f in all_files
+    ]
+    parts.append(
+        _markdown_table(
+            "Training (stages 1 and 2)",
+            ["stage", "last step", "first loss", "last loss", "best eval metric", "best step"],
+            training,
+            "`mae/metrics.jsonl`, `finetune_<task>/metrics.jsonl` (`loss`), `finetune_<task>/best.json`",
+        )
+    )
     parts.append("## Tables 1-3: each member on its own held-out tracks\n")
     parts += [_tables_1_3(f) for f in all_files]
     parts.append("## Table 5: what each part of the method adds\n")
     parts += [_table5(f) for f in all_files]
     parts.append(_claims_section(all_files, not_run))
-    parts.append("## Figures\n\n" + "\n\n".join(
-        f"![{caption}]({FIGURES}/{path.name})" for caption, path in figure_list) + "\n")
+    parts.append(
+        "## Figures\n\n" + "\n\n".join(f"![{caption}]({FIGURES}/{path.name})" for caption, path in figure_list) + "\n"
+    )
     text = "\n".join(parts)
     (report / REPORT_FILE).write_text(text, encoding="utf-8")
     return text
@@ -642,36 +808,62 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
             if len(rows) != 1:
                 problems.append(f"Summary: {len(rows)} rows for {task.name}")
             for r in rows:
-                compare(f"Summary {task.name}", r, {
-                    "fine-tuned encoder (eval set, best step)": best["metric"],
-                    "TMF official (held-out, raw)": results["tables"]["official"]["before"]["metric"],
-                    "out-of-fold (post-processed)": results["tables"]["out-of-fold"]["after"]["metric"],
-                    "test (submission)": results["test_metric"]})
+                compare(
+                    f"Summary {task.name}",
+                    r,
+                    {
+                        "fine-tuned encoder (eval set, best step)": best["metric"],
+                        "TMF official (held-out, raw)": results["tables"]["official"]["before"]["metric"],
+                        "out-of-fold (post-processed)": results["tables"]["out-of-fold"]["after"]["metric"],
+                        "test (submission)": results["test_metric"],
+                    },
+                )
         if training:
             for r in training.records():
                 if r["stage"] == f"finetune_{key}":
-                    compare(f"Training {r['stage']}", r, {
-                        "last step": losses[-1]["step"], "first loss": losses[0]["loss"],
-                        "last loss": losses[-1]["loss"], "best eval metric": best["metric"], "best step": best["step"]})
+                    compare(
+                        f"Training {r['stage']}",
+                        r,
+                        {
+                            "last step": losses[-1]["step"],
+                            "first loss": losses[0]["loss"],
+                            "last loss": losses[-1]["loss"],
+                            "best eval metric": best["metric"],
+                            "best step": best["step"],
+                        },
+                    )
         number = TABLE_NUMBER[task.name]
         for stage, suffix in (("before", "raw outputs"), ("after", "after post-processing")):
-            candidates = [x for title, x in tables.items()
-                          if title.startswith(f"Table {number} ({task.name})") and title.endswith(suffix)]
+            candidates = [
+                x
+                for title, x in tables.items()
+                if title.startswith(f"Table {number} ({task.name})") and title.endswith(suffix)
+            ]
             if not candidates:
                 problems.append(f"no Table {number} ({task.name}) {suffix}")
                 continue
             t = candidates[0]
             if [r["member"] for r in t.records()] != list(results["tables"]):
-                problems.append(f"Table {number} ({task.name}) {suffix}: members {[r['member'] for r in t.records()]}"
-                                f", file {list(results['tables'])}")
+                problems.append(
+                    f"Table {number} ({task.name}) {suffix}: members {[r['member'] for r in t.records()]}"
+                    f", file {list(results['tables'])}"
+                )
             for r in t.records():
                 entry = results["tables"].get(r["member"])
                 if entry is None:
                     continue
                 row = entry[stage]
-                compare(f"Table {number} ({task.name}) {suffix} {r['member']}", r, {
-                    "tracks": entry["tracks"], "frames": row["frames"], **dict(zip(task.label_names, row["per_class"])),
-                    "Avg.": row["metric"], "Avg. (face frames)": row["metric_face_frames"]})
+                compare(
+                    f"Table {number} ({task.name}) {suffix} {r['member']}",
+                    r,
+                    {
+                        "tracks": entry["tracks"],
+                        "frames": row["frames"],
+                        **dict(zip(task.label_names, row["per_class"])),
+                        "Avg.": row["metric"],
+                        "Avg. (face frames)": row["metric_face_frames"],
+                    },
+                )
         tuning = table(f"Tuning ({task.name})")
         if tuning:
             steps = results["tuning"]["steps"]
@@ -680,8 +872,11 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
             for r, s in zip(tuning.records(), steps):
                 values = s["value"] if isinstance(s["value"], list) else [s["value"]]
                 cells = r["value"].split()
-                if r["step"] != s["step"] or len(cells) != len(values) or any(
-                        abs(float(c) - v) > 1e-5 * max(1.0, abs(v)) for c, v in zip(cells, values)):
+                if (
+                    r["step"] != s["step"]
+                    or len(cells) != len(values)
+                    or any(abs(float(c) - v) > 1e-5 * max(1.0, abs(v)) for c, v in zip(cells, values))
+                ):
                     problems.append(f"Tuning ({task.name}) {r['step']}, value: report {r['value']!r}, file {values}")
                 compare(f"Tuning ({task.name}) {r['step']}", r, {"before": s["before"], "after": s["after"]})
         fusion = table(f"Fusion members ({task.name})")
@@ -690,11 +885,17 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
                 problems.append(f"Fusion members ({task.name}): members differ from {list(scores['members'])}")
             for r in fusion.records():
                 info = scores["members"].get(r["member"], {})
-                compare(f"Fusion members ({task.name}) {r['member']}", r, {
-                    "train tracks": len(info.get("train", [])), "held-out tracks": len(info.get("heldout", [])),
-                    "best step": info.get("best_step"),
-                    "held-out": scores["heldout"].get(r["member"], {}).get("metric"),
-                    "test": scores["test"].get(r["member"], {}).get("metric")})
+                compare(
+                    f"Fusion members ({task.name}) {r['member']}",
+                    r,
+                    {
+                        "train tracks": len(info.get("train", [])),
+                        "held-out tracks": len(info.get("heldout", [])),
+                        "best step": info.get("best_step"),
+                        "held-out": scores["heldout"].get(r["member"], {}).get("metric"),
+                        "test": scores["test"].get(r["member"], {}).get("metric"),
+                    },
+                )
         ablation = table(f"Table 5 ({task.name})")
         if ablation:
             cells = {}
@@ -711,8 +912,9 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
                     if setting not in shown:
                         problems.append(f"Table 5 ({task.name}): no row {setting!r}")
                     elif not _same(shown[setting] or "", value):
-                        problems.append(f"Table 5 ({task.name}) {setting} [{column}]: report {shown[setting]!r}, "
-                                        f"file {value!r}")
+                        problems.append(
+                            f"Table 5 ({task.name}) {setting} [{column}]: report {shown[setting]!r}, file {value!r}"
+                        )
                 cells.update({(s, column): v for s, v in expected.items()})
             if claims:
                 for r in claims.records():
@@ -729,20 +931,30 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
                         refs.append(ref)
                         compare(f"Claims {r['claim']} {task.name}", r, {f"{side} score": cells[ref]})
                     if len(sides) == 2:
-                        unmeasurable = (r["claim"].startswith("SDD helps")
-                                        and any(row["setting"] == refs[1][0] and row.get("reaction_tracks") == 0
-                                                for row in results["ablation"]))
-                        verdict = (NO_REACTION_TRACKS if unmeasurable
-                                   else HOLDS if sides[1] > sides[0] else DOES_NOT_HOLD)
+                        unmeasurable = r["claim"].startswith("SDD helps") and any(
+                            row["setting"] == refs[1][0] and row.get("reaction_tracks") == 0
+                            for row in results["ablation"]
+                        )
+                        verdict = (
+                            NO_REACTION_TRACKS if unmeasurable else HOLDS if sides[1] > sides[0] else DOES_NOT_HOLD
+                        )
                         compare(f"Claims {r['claim']} {task.name}", r, {"change": sides[1] - sides[0]})
                         if r["verdict"] != verdict:
-                            problems.append(f"Claims {r['claim']} {task.name}: verdict {r['verdict']!r}, the scores "
-                                            f"say {verdict!r}")
+                            problems.append(
+                                f"Claims {r['claim']} {task.name}: verdict {r['verdict']!r}, the scores say {verdict!r}"
+                            )
     mae_lines = pathlib.Path(dirs.mae, "metrics.jsonl").read_text().splitlines()
     mae_losses = [r for r in (json.loads(x) for x in mae_lines if x.strip()) if "loss" in r]
     if training:
         for r in training.records():
             if r["stage"] == "mae":
-                compare("Training mae", r, {"last step": mae_losses[-1]["step"], "first loss": mae_losses[0]["loss"],
-                                            "last loss": mae_losses[-1]["loss"]})
+                compare(
+                    "Training mae",
+                    r,
+                    {
+                        "last step": mae_losses[-1]["step"],
+                        "first loss": mae_losses[0]["loss"],
+                        "last loss": mae_losses[-1]["loss"],
+                    },
+                )
     return problems

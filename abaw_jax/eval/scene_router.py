@@ -5,6 +5,7 @@ deviation per feature dimension); a logistic regression on the standardised stat
 videos' membership of the reaction list, predicts the scene of any other video. Pure numpy: a few hundred videos
 by a few thousand statistics fit in well under a second with plain gradient descent.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,16 +49,19 @@ class SceneRouter:
             return cls(r["mean"], r["scale"], r["weights"], float(r["bias"]))
 
 
-def fit_router(statistics: np.ndarray, is_reaction: np.ndarray, *, l2: float = 1e-2, steps: int = 500,
-               learning_rate: float = 0.5) -> SceneRouter:
+def fit_router(
+    statistics: np.ndarray, is_reaction: np.ndarray, *, l2: float = 1e-2, steps: int = 500, learning_rate: float = 0.5
+) -> SceneRouter:
     """Fits the router on (videos, F) statistics and bool labels (both classes must occur)."""
     x = np.asarray(statistics, np.float64)
     y = np.asarray(is_reaction, np.float64)
     if x.ndim != 2 or len(x) != len(y):
         raise ValueError(f"expected (videos, F) statistics and (videos,) labels, got {x.shape} and {y.shape}")
     if y.min() == y.max():
-        raise ValueError(f"the router needs reaction and other videos to learn from; all {len(y)} are "
-                         f"{'reaction' if y.min() else 'other'} videos")
+        raise ValueError(
+            f"the router needs reaction and other videos to learn from; all {len(y)} are "
+            f"{'reaction' if y.min() else 'other'} videos"
+        )
     mean, scale = x.mean(0), np.maximum(x.std(0), 1e-6)
     z = (x - mean) / scale
     weights, bias = np.zeros(z.shape[1]), 0.0
@@ -69,8 +73,9 @@ def fit_router(statistics: np.ndarray, is_reaction: np.ndarray, *, l2: float = 1
     return SceneRouter(mean.astype(np.float32), scale.astype(np.float32), weights.astype(np.float32), float(bias))
 
 
-def fit_and_validate(statistics: np.ndarray, is_reaction: np.ndarray, train: np.ndarray,
-                     validation: np.ndarray) -> tuple[SceneRouter, dict]:
+def fit_and_validate(
+    statistics: np.ndarray, is_reaction: np.ndarray, train: np.ndarray, validation: np.ndarray
+) -> tuple[SceneRouter, dict]:
     """A router fit on the `train` videos, and its accuracy on the `validation` ones (NaN when there are none).
 
     The report: {train_videos, train_reaction_videos, validation_videos, validation_accuracy}.
@@ -79,6 +84,9 @@ def fit_and_validate(statistics: np.ndarray, is_reaction: np.ndarray, train: np.
     train, validation = np.asarray(train, bool), np.asarray(validation, bool)
     router = fit_router(statistics[train], is_reaction[train])
     correct = router.predict(statistics[validation]) == is_reaction[validation] if validation.any() else np.array([])
-    return router, {"train_videos": int(train.sum()), "train_reaction_videos": int(is_reaction[train].sum()),
-                    "validation_videos": int(validation.sum()),
-                    "validation_accuracy": float(correct.mean()) if correct.size else float("nan")}
+    return router, {
+        "train_videos": int(train.sum()),
+        "train_reaction_videos": int(is_reaction[train].sum()),
+        "validation_videos": int(validation.sum()),
+        "validation_accuracy": float(correct.mean()) if correct.size else float("nan"),
+    }

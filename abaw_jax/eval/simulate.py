@@ -8,6 +8,7 @@ prior, whatever the label. `write_release_predictions` writes a predictions fold
 roles: fold1..fold5 (each holding out its fold, `affwild2.kfold_splits`), official (holding out
 Validation_Set), whole, and reaction (trained on the reaction-list videos, strongest on them).
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -28,8 +29,9 @@ def _drift(rng: np.random.Generator, num_frames: int, channels: int, std: float)
     return walk * std / max(float(walk.std()), 1e-8)
 
 
-def simulate_outputs(task: str, labels: np.ndarray, valid: np.ndarray, face: np.ndarray, rng: np.random.Generator,
-                     strength: float = 1.0) -> np.ndarray:
+def simulate_outputs(
+    task: str, labels: np.ndarray, valid: np.ndarray, face: np.ndarray, rng: np.random.Generator, strength: float = 1.0
+) -> np.ndarray:
     """(N, C) float32 member outputs for labels (N, ...) in the annotation encoding: probabilities or values."""
     task_facts = tasks.get_task(task)
     num_frames, valid, face = len(labels), np.asarray(valid, bool), np.asarray(face, bool)
@@ -51,8 +53,9 @@ def simulate_outputs(task: str, labels: np.ndarray, valid: np.ndarray, face: np.
     return outputs.astype(np.float32)
 
 
-def write_release_predictions(root: str | pathlib.Path, directory: str | pathlib.Path, task: str,
-                              seed: int = 0) -> PredictionWriter:
+def write_release_predictions(
+    root: str | pathlib.Path, directory: str | pathlib.Path, task: str, seed: int = 0
+) -> PredictionWriter:
     """A predictions folder for a synthetic release (`abaw_jax.data.synthetic` layout) at `directory`."""
     root, task_facts = pathlib.Path(root), tasks.get_task(task)
     task_dir = affwild2.find_task_dir(root / "annotations", task_facts.name)
@@ -65,7 +68,8 @@ def write_release_predictions(root: str | pathlib.Path, directory: str | pathlib
             tracks[path.stem] = (split, labels, valid)
     test_dir = root / "test_set"
     template = affwild2.read_submission_template(
-        test_dir / "prediction_files_format" / task_facts.example_file, task_facts.name)
+        test_dir / "prediction_files_format" / task_facts.example_file, task_facts.name
+    )
     truth_dir = test_dir / "ground_truth" / task_facts.folders[0]
     for name in affwild2.read_video_list(test_dir / "names_of_videos_in_each_test_set" / task_facts.test_list_file):
         labels, valid = affwild2.parse_annotation_file(truth_dir / f"{name}.txt", task_facts.name)

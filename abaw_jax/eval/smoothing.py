@@ -12,10 +12,11 @@ its own frames (`video_kernels`: memory bounded for any sigma); `correlate` appl
 output features of one convolution (on CPU a matrix product whose cost barely grows with the number of kernels),
 which the tuning uses on videos laid end to end (`stream_layout`).
 """
+
 from __future__ import annotations
 
-from collections.abc import Sequence
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +29,10 @@ def check_sigmas(sigmas: Sequence[float] | float) -> np.ndarray:
     """The sigmas as float64, or a ValueError naming them when one is negative or not finite."""
     sigmas = np.atleast_1d(np.asarray(sigmas, np.float64))
     if np.any(~np.isfinite(sigmas)) or np.any(sigmas < 0):
-        raise ValueError(f"smoothing sigmas must be finite and >= 0 (0: no smoothing), got sigma "
-                         f"{', '.join(str(s) for s in sigmas.tolist())}")
+        raise ValueError(
+            f"smoothing sigmas must be finite and >= 0 (0: no smoothing), got sigma "
+            f"{', '.join(str(s) for s in sigmas.tolist())}"
+        )
     return sigmas
 
 
@@ -100,10 +103,14 @@ def correlate(signal: jax.Array, weights: np.ndarray) -> jax.Array:
     """
     batch = signal.shape[:-1]
     flat = signal.reshape((-1, signal.shape[-1], 1))
-    out = jax.lax.conv_general_dilated(flat, jnp.asarray(np.asarray(weights, np.float32).T)[:, None, :],
-                                       window_strides=(1,), padding="VALID",
-                                       dimension_numbers=("NWC", "WIO", "NWC"),
-                                       precision=jax.lax.Precision.HIGHEST)               # (B, L, S)
+    out = jax.lax.conv_general_dilated(
+        flat,
+        jnp.asarray(np.asarray(weights, np.float32).T)[:, None, :],
+        window_strides=(1,),
+        padding="VALID",
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    )  # (B, L, S)
     return out.reshape(batch + out.shape[1:])
 
 
@@ -116,10 +123,10 @@ def video_kernels(sigmas: Sequence[float], lengths: np.ndarray) -> tuple[np.ndar
     longest video's length, however large sigma is (at sigma 250 scipy's radius is 1000 frames).
     """
     sigmas = check_sigmas(sigmas)
-    lengths = np.maximum(np.asarray(lengths, np.int64), 1)   # an empty video's outputs are all padding anyway
+    lengths = np.maximum(np.asarray(lengths, np.int64), 1)  # an empty video's outputs are all padding anyway
     radius = max(kernel_radius(s) for s in sigmas)
     capped = int(min(radius, lengths.max(initial=1)))
-    weights = gaussian_weights(sigmas, radius).astype(np.float64)                   # (S, 2R + 1)
+    weights = gaussian_weights(sigmas, radius).astype(np.float64)  # (S, 2R + 1)
     offsets = np.arange(-radius, radius + 1)
     kernels = np.zeros((len(sigmas), len(lengths), 2 * capped + 1))
     for video, length in enumerate(lengths):
@@ -156,8 +163,8 @@ def _smooth(values, mask, kernels, radius):
     positions = jnp.arange(-radius, num_frames + radius)[None, :]
     extended = jnp.take_along_axis(values, reflect_index(positions, lengths[:, None])[..., None], axis=1)
     # Time on the minor axis: each tap is a contiguous shifted slice that XLA vectorises.
-    extended = jnp.transpose(extended, (0, 2, 1))                                        # (V, C, T + 2r)
-    taps = kernels[:, :, None, :]                                                         # (S, V, 1, 2r + 1)
+    extended = jnp.transpose(extended, (0, 2, 1))  # (V, C, T + 2r)
+    taps = kernels[:, :, None, :]  # (S, V, 1, 2r + 1)
 
     def add_tap(j, total):
         window = jax.lax.dynamic_slice_in_dim(extended, j, num_frames, axis=2)

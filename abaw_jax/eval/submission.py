@@ -9,6 +9,7 @@ order, with the location the example gives and the task's values:
 
 Every problem is a `SubmissionError` naming the file and the 1-based line: what was expected and what was found.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,10 @@ def read_example(example_path: str | os.PathLike, task: str) -> tuple[str, list[
     task_facts = tasks.get_task(task)
     lines = _lines(example_path)
     if not lines or lines[0].strip() != task_facts.submission_header:
-        raise SubmissionError(f"{example_path}:1: expected the {task_facts.name} header "
-                              f"{task_facts.submission_header!r}, found {lines[0] if lines else ''!r}")
+        raise SubmissionError(
+            f"{example_path}:1: expected the {task_facts.name} header "
+            f"{task_facts.submission_header!r}, found {lines[0] if lines else ''!r}"
+        )
     try:
         template = affwild2.read_submission_template(example_path, task_facts.name)
     except affwild2.AnnotationError as e:
@@ -60,8 +63,9 @@ def _format(task: tasks.Task, values: np.ndarray) -> str:
     return ",".join(f"{float(v):.6f}" for v in np.clip(values, -1.0, 1.0))
 
 
-def write_submission(path: str | os.PathLike, task: str, example_path: str | os.PathLike,
-                     predictions: Mapping[str, np.ndarray]) -> int:
+def write_submission(
+    path: str | os.PathLike, task: str, example_path: str | os.PathLike, predictions: Mapping[str, np.ndarray]
+) -> int:
     """Writes a submission for every row of the example file; returns the number of rows.
 
     predictions: {video name: final labels for frames 1..N}: AU (N, 12) 0/1, EXPR (N,) classes, VA (N, 2).
@@ -79,13 +83,17 @@ def write_submission(path: str | os.PathLike, task: str, example_path: str | os.
         if name not in predictions:
             raise SubmissionError(f"{example_path}: test video {name!r} ({count} frames) has no predictions")
         if len(predictions[name]) != count:
-            raise SubmissionError(f"{example_path}: test video {name!r} has {count} frames in the example file but "
-                                  f"{len(predictions[name])} predicted frames")
+            raise SubmissionError(
+                f"{example_path}: test video {name!r} has {count} frames in the example file but "
+                f"{len(predictions[name])} predicted frames"
+            )
     rows = [header]
     for line, (location, name, frame) in enumerate(zip(locations, names, frames), start=2):
         if not 1 <= frame <= len(predictions[name]):
-            raise SubmissionError(f"{example_path}:{line}: frame {frame} of {name!r} is outside the "
-                                  f"{len(predictions[name])} predicted frames")
+            raise SubmissionError(
+                f"{example_path}:{line}: frame {frame} of {name!r} is outside the "
+                f"{len(predictions[name])} predicted frames"
+            )
         rows.append(f"{location},{_format(task_facts, np.asarray(predictions[name][frame - 1]))}")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,21 +128,27 @@ def check_submission(path: str | os.PathLike, example_path: str | os.PathLike, t
     header, locations = read_example(example_path, task_facts.name)
     lines = _lines(path)
     if not lines or lines[0].strip() != header:
-        raise SubmissionError(f"{path}:1: expected the example's header {header!r}, "
-                              f"found {lines[0] if lines else ''!r}")
+        raise SubmissionError(
+            f"{path}:1: expected the example's header {header!r}, found {lines[0] if lines else ''!r}"
+        )
     rows = lines[1:]
     for line, (row, location) in enumerate(zip(rows, locations), start=2):
         fields = row.strip().split(",")
         if fields[0] != location:
-            raise SubmissionError(f"{path}:{line}: expected location {location!r} (row {line - 1} of "
-                                  f"{example_path}), found {fields[0]!r}")
+            raise SubmissionError(
+                f"{path}:{line}: expected location {location!r} (row {line - 1} of {example_path}), found {fields[0]!r}"
+            )
         problem = _check_values(task_facts, fields[1:])
         if problem:
             raise SubmissionError(f"{path}:{line}: expected {problem}")
     if len(rows) < len(locations):
-        raise SubmissionError(f"{path}:{len(rows) + 2}: the file ends after {len(rows)} rows; the example has "
-                              f"{len(locations)} (next expected {locations[len(rows)]!r})")
+        raise SubmissionError(
+            f"{path}:{len(rows) + 2}: the file ends after {len(rows)} rows; the example has "
+            f"{len(locations)} (next expected {locations[len(rows)]!r})"
+        )
     if len(rows) > len(locations):
-        raise SubmissionError(f"{path}:{len(locations) + 2}: expected the end of the file after the example's "
-                              f"{len(locations)} rows, found {rows[len(locations)]!r}")
+        raise SubmissionError(
+            f"{path}:{len(locations) + 2}: expected the end of the file after the example's "
+            f"{len(locations)} rows, found {rows[len(locations)]!r}"
+        )
     return len(rows)

@@ -12,6 +12,7 @@ The steps run in order, each on the result of the one before (the before/after t
      rounds), each class's grid evaluated at once.
 Ties go to the first grid value (the smallest sigma, the lowest threshold, the bias nearest the start).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,7 @@ def _frame_sums(predicted: jax.Array, truth: jax.Array, weight: jax.Array) -> ja
     predicted (C, n, G) 0/1 for G grid values, truth (C, n), weight (n,). One batched matrix product: XLA's dot
     is much faster on CPU than its reductions.
     """
-    counted = jnp.stack([truth * weight, jnp.broadcast_to(weight, truth.shape)], -1)              # (C, n, 2)
+    counted = jnp.stack([truth * weight, jnp.broadcast_to(weight, truth.shape)], -1)  # (C, n, 2)
     return jnp.einsum("cng,cnk->kgc", predicted, counted, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -42,16 +43,23 @@ def _per_class(kind: str, statistics: jax.Array) -> jax.Array:
         return metrics.f1_from_counts(statistics[0], statistics[1], statistics[2])
     count = jnp.maximum(statistics[0], 1.0)
     mean_x, mean_y = statistics[1] / count, statistics[2] / count
-    var_x = statistics[3] / count - mean_x ** 2
-    var_y = statistics[4] / count - mean_y ** 2
+    var_x = statistics[3] / count - mean_x**2
+    var_y = statistics[4] / count - mean_y**2
     cov = statistics[5] / count - mean_x * mean_y
     denominator = var_x + var_y + (mean_x - mean_y) ** 2
     return jnp.where(denominator > 0, 2 * cov / jnp.maximum(denominator, 1e-12), 0.0)
 
 
-def sigma_grid_scores(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mask: np.ndarray,
-                      sigmas: Sequence[float], thresholds: np.ndarray | float = 0.5,
-                      chunk: int = 16384) -> jax.Array:
+def sigma_grid_scores(
+    task: str,
+    outputs: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    mask: np.ndarray,
+    sigmas: Sequence[float],
+    thresholds: np.ndarray | float = 0.5,
+    chunk: int = 16384,
+) -> jax.Array:
     """(S, K) per-class scores of the outputs (V, T, C) smoothed with each sigma of the grid.
 
     `valid` (V, T) marks the frames that count (valid annotated frames); AU frames use `thresholds`. The videos
@@ -63,20 +71,29 @@ def sigma_grid_scores(task: str, outputs: jax.Array, labels: jax.Array, valid: j
     halo = max(smoothing.kernel_radius(sigma) for sigma in sigmas)
     source, real = smoothing.stream_layout(mask.sum(1), mask.shape[1], halo, chunk)
     thresholds = np.broadcast_to(np.asarray(thresholds, np.float32), (outputs.shape[-1],))
-    return _sigma_grid_scores(tasks.get_task(task).kind, sigmas, chunk, halo, jnp.asarray(outputs),
-                              jnp.asarray(labels), jnp.asarray(valid), jnp.asarray(source), jnp.asarray(real),
-                              jnp.asarray(thresholds))
+    return _sigma_grid_scores(
+        tasks.get_task(task).kind,
+        sigmas,
+        chunk,
+        halo,
+        jnp.asarray(outputs),
+        jnp.asarray(labels),
+        jnp.asarray(valid),
+        jnp.asarray(source),
+        jnp.asarray(real),
+        jnp.asarray(thresholds),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "sigmas", "chunk", "halo"))
 def _sigma_grid_scores(kind, sigmas, chunk, halo, outputs, labels, valid, source, real, thresholds):
     channels = outputs.shape[-1]
     # Channel-major streams (time on the minor axis, where the taps and the reductions vectorise).
-    stream = jnp.take(outputs.reshape(-1, channels).astype(jnp.float32), source, axis=0).T       # (C, L)
-    weight = (jnp.take(valid.reshape(-1), source) & real).astype(jnp.float32)                  # (L,)
+    stream = jnp.take(outputs.reshape(-1, channels).astype(jnp.float32), source, axis=0).T  # (C, L)
+    weight = (jnp.take(valid.reshape(-1), source) & real).astype(jnp.float32)  # (L,)
     flat_labels = labels.reshape((-1,) + labels.shape[2:])
     if kind == "multiclass":
-        truth = jax.nn.one_hot(jnp.take(flat_labels, source), channels).T                        # (C, L)
+        truth = jax.nn.one_hot(jnp.take(flat_labels, source), channels).T  # (C, L)
     else:
         truth = jnp.take(flat_labels, source, axis=0).astype(jnp.float32).T
     shift = (truth * weight).sum(1) / jnp.maximum(weight.sum(), 1.0) if kind == "continuous" else None
@@ -89,17 +106,17 @@ def _sigma_grid_scores(kind, sigmas, chunk, halo, outputs, labels, valid, source
         window = jax.lax.dynamic_slice_in_dim(stream, k * chunk, chunk + 2 * halo, axis=1)
         w = jax.lax.dynamic_slice_in_dim(weight, k * chunk + halo, chunk)
         y_true = jax.lax.dynamic_slice_in_dim(truth, k * chunk + halo, chunk, axis=1)
-        y = smoothing.correlate(window, kernels)                           # (C, n, S): every sigma at once
+        y = smoothing.correlate(window, kernels)  # (C, n, S): every sigma at once
         if kind == "continuous":
             centred = y - shift[:, None, None]
             x = centred * w[:, None]
             sums = jnp.stack([x.sum(1), (x * centred).sum(1), (x * y_true[..., None]).sum(1)])
-            return jnp.swapaxes(sums, 1, 2)                                                # (3, S, C)
+            return jnp.swapaxes(sums, 1, 2)  # (3, S, C)
         if kind == "binary":
             predicted = (y >= thresholds[:, None, None]).astype(jnp.float32)
         else:
             predicted = (jnp.argmax(y, axis=0)[None] == jnp.arange(channels)[:, None, None]).astype(jnp.float32)
-        return _frame_sums(predicted, y_true, w)                                           # (2, S, C)
+        return _frame_sums(predicted, y_true, w)  # (2, S, C)
 
     statistics = jax.lax.map(chunk_statistics, jnp.arange(num_chunks)).sum(0)
     if kind == "continuous":
@@ -117,7 +134,7 @@ def _counted_frames(valid: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarr
     """Flat indices of the counted frames, padded to whole chunks, and their 0/1 weights."""
     index = np.flatnonzero(np.asarray(valid).reshape(-1))
     padded = np.zeros(max(1, -(-len(index) // chunk)) * chunk, np.int64)
-    padded[:len(index)] = index
+    padded[: len(index)] = index
     return padded, (np.arange(len(padded)) < len(index)).astype(np.float32)
 
 
@@ -127,12 +144,19 @@ def _frame_major(values: jax.Array, index: jax.Array, chunk: int) -> jax.Array:
     return jnp.take(flat, index, axis=0).reshape(-1, chunk, flat.shape[1]).transpose(0, 2, 1)
 
 
-def threshold_grid_scores(probabilities: jax.Array, labels: jax.Array, valid: np.ndarray, grid: np.ndarray,
-                          chunk: int = 65536) -> jax.Array:
+def threshold_grid_scores(
+    probabilities: jax.Array, labels: jax.Array, valid: np.ndarray, grid: np.ndarray, chunk: int = 65536
+) -> jax.Array:
     """(G, 12) per-AU F1 of probabilities (V, T, 12) at each threshold of `grid` (G,) (the same for all AUs)."""
     index, weight = _counted_frames(valid, chunk)
-    return _threshold_grid_scores(jnp.asarray(probabilities), jnp.asarray(labels), jnp.asarray(index),
-                                  jnp.asarray(weight), jnp.asarray(grid, jnp.float32), chunk)
+    return _threshold_grid_scores(
+        jnp.asarray(probabilities),
+        jnp.asarray(labels),
+        jnp.asarray(index),
+        jnp.asarray(weight),
+        jnp.asarray(grid, jnp.float32),
+        chunk,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
@@ -143,33 +167,46 @@ def _threshold_grid_scores(probabilities, labels, index, weight, grid, chunk):
 
     def chunk_statistics(parts):
         p, t, w = parts
-        return _frame_sums((p[..., None] >= grid).astype(jnp.float32), t, w)                   # (2, G, 12)
+        return _frame_sums((p[..., None] >= grid).astype(jnp.float32), t, w)  # (2, G, 12)
 
     sums = jax.lax.map(chunk_statistics, (values, truth, weight)).sum(0)
     positives = (truth * weight[:, None, :]).sum((0, 2))
     return _per_class("binary", jnp.stack([sums[0], sums[1] - sums[0], positives - sums[0]]))
 
 
-def class_bias_grid_scores(log_probabilities: jax.Array, labels: jax.Array, valid: np.ndarray, bias: np.ndarray,
-                           target: int, grid: np.ndarray, chunk: int = 65536) -> jax.Array:
+def class_bias_grid_scores(
+    log_probabilities: jax.Array,
+    labels: jax.Array,
+    valid: np.ndarray,
+    bias: np.ndarray,
+    target: int,
+    grid: np.ndarray,
+    chunk: int = 65536,
+) -> jax.Array:
     """(G, 8) per-class F1 of arg-max(log p + bias) with class `target`'s bias replaced by each `grid` value."""
     index, weight = _counted_frames(valid, chunk)
     biases = np.repeat(np.asarray(bias, np.float32)[None], len(grid), 0)
     biases[:, target] = grid
-    return _class_bias_grid_scores(jnp.asarray(log_probabilities), jnp.asarray(labels), jnp.asarray(index),
-                                   jnp.asarray(weight), jnp.asarray(biases), chunk)
+    return _class_bias_grid_scores(
+        jnp.asarray(log_probabilities),
+        jnp.asarray(labels),
+        jnp.asarray(index),
+        jnp.asarray(weight),
+        jnp.asarray(biases),
+        chunk,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
 def _class_bias_grid_scores(log_probabilities, labels, index, weight, biases, chunk):
     classes = log_probabilities.shape[-1]
-    values = _frame_major(log_probabilities.astype(jnp.float32), index, chunk)                     # (k, 8, n)
+    values = _frame_major(log_probabilities.astype(jnp.float32), index, chunk)  # (k, 8, n)
     truth = jax.nn.one_hot(_frame_major(labels, index, chunk)[:, 0], classes).transpose(0, 2, 1)  # (k, 8, n)
     weight = weight.reshape(-1, chunk)
 
     def chunk_statistics(parts):
         scores, t, w = parts
-        arg = jnp.argmax(scores[..., None] + biases.T[:, None, :], axis=0)                          # (n, G)
+        arg = jnp.argmax(scores[..., None] + biases.T[:, None, :], axis=0)  # (n, G)
         predicted = (arg[None] == jnp.arange(classes)[:, None, None]).astype(jnp.float32)
         return _frame_sums(predicted, t, w)
 
@@ -199,11 +236,15 @@ class Tuned:
     steps: list[dict]
 
     def to_json(self) -> dict:
-        return {"task": self.task, "sigma": self.sigma,
-                "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
-                "bias": None if self.bias is None else [float(b) for b in self.bias],
-                "sigma_grid": [float(s) for s in self.sigma_grid],
-                "sigma_metric": [float(m) for m in self.sigma_metric], "steps": self.steps}
+        return {
+            "task": self.task,
+            "sigma": self.sigma,
+            "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
+            "bias": None if self.bias is None else [float(b) for b in self.bias],
+            "sigma_grid": [float(s) for s in self.sigma_grid],
+            "sigma_metric": [float(m) for m in self.sigma_metric],
+            "steps": self.steps,
+        }
 
 
 def apply(task: str, outputs: jax.Array, mask: jax.Array, tuned: Tuned) -> jax.Array:
@@ -217,8 +258,15 @@ def _biased(smoothed: jax.Array, tuned: Tuned) -> jax.Array:
     return jnp.log(jnp.maximum(smoothed, 1e-12)) + jnp.asarray(tuned.bias, jnp.float32)
 
 
-def final_outputs(task: str, outputs: np.ndarray, mask: np.ndarray, use: np.ndarray, tuned: "Tuned | None",
-                  method: str = "vote", videos_per_step: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def final_outputs(
+    task: str,
+    outputs: np.ndarray,
+    mask: np.ndarray,
+    use: np.ndarray,
+    tuned: "Tuned | None",
+    method: str = "vote",
+    videos_per_step: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores (V, T, C) float32, labels) of members' outputs (M, V, T, C) post-processed as tuned (None: as they
     are) and combined (`ensemble.combine`) over the members `use` (M, V) picks.
 
@@ -235,8 +283,9 @@ def final_outputs(task: str, outputs: np.ndarray, mask: np.ndarray, use: np.ndar
         smoothed = biased = outputs[:, part]
         if tuned is not None:
             flat = smoothed.reshape((-1,) + smoothed.shape[2:])
-            smoothed = smoothing.gaussian_smooth(flat, np.tile(np.asarray(mask)[part], (num_members, 1)),
-                                                 tuned.sigma).reshape(smoothed.shape)
+            smoothed = smoothing.gaussian_smooth(
+                flat, np.tile(np.asarray(mask)[part], (num_members, 1)), tuned.sigma
+            ).reshape(smoothed.shape)
             biased = _biased(smoothed, tuned)
         weight = jnp.asarray(use[:, part], jnp.float32)[:, :, None, None]
         scores.append(np.asarray((weight * smoothed).sum(0) / jnp.maximum(weight.sum(0), 1.0)))
@@ -247,15 +296,31 @@ def final_outputs(task: str, outputs: np.ndarray, mask: np.ndarray, use: np.ndar
     return scores, np.concatenate(labels)
 
 
-def final_labels(task: str, outputs: np.ndarray, mask: np.ndarray, use: np.ndarray, tuned: "Tuned | None",
-                 method: str = "vote", videos_per_step: int = 32) -> np.ndarray:
+def final_labels(
+    task: str,
+    outputs: np.ndarray,
+    mask: np.ndarray,
+    use: np.ndarray,
+    tuned: "Tuned | None",
+    method: str = "vote",
+    videos_per_step: int = 32,
+) -> np.ndarray:
     """The labels of `final_outputs`."""
     return final_outputs(task, outputs, mask, use, tuned, method, videos_per_step)[1]
 
 
-def tune(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mask: jax.Array,
-         sigmas: Sequence[float], threshold_grid: Sequence[float] = (), bias_grid: Sequence[float] = (),
-         bias_rounds: int = 2, chunk: int = 16384) -> Tuned:
+def tune(
+    task: str,
+    outputs: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    mask: jax.Array,
+    sigmas: Sequence[float],
+    threshold_grid: Sequence[float] = (),
+    bias_grid: Sequence[float] = (),
+    bias_rounds: int = 2,
+    chunk: int = 16384,
+) -> Tuned:
     """Tunes the post-processing of outputs (V, T, C) (faces already filled) against labels on `valid` frames.
 
     `sigmas` must include 0. An empty `threshold_grid` (AU) or `bias_grid` (EXPR) skips that step. `chunk` is
@@ -270,16 +335,23 @@ def tune(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mas
     sigma_metric = np.asarray(per_class.mean(-1))
     best = int(np.argmax(sigma_metric))
     raw = float(sigma_metric[list(sigma_grid).index(0)])
-    steps = [{"step": "smoothing sigma", "value": float(sigma_grid[best]), "before": raw,
-              "after": float(sigma_metric[best])}]
+    steps = [
+        {"step": "smoothing sigma", "value": float(sigma_grid[best]), "before": raw, "after": float(sigma_metric[best])}
+    ]
     tuned = Tuned(task_facts.name, float(sigma_grid[best]), None, None, sigma_grid, sigma_metric, steps)
     if task_facts.kind == "binary" and len(threshold_grid):
         smoothed = smoothing.gaussian_smooth(outputs, mask, tuned.sigma)
         grid = np.asarray(threshold_grid, np.float32)
         scores = np.asarray(threshold_grid_scores(smoothed, labels, counted, grid, chunk=chunk))
         tuned.thresholds = grid[np.argmax(scores, axis=0)]
-        steps.append({"step": "AU thresholds", "value": [float(t) for t in tuned.thresholds],
-                      "before": float(sigma_metric[best]), "after": float(scores.max(axis=0).mean())})
+        steps.append(
+            {
+                "step": "AU thresholds",
+                "value": [float(t) for t in tuned.thresholds],
+                "before": float(sigma_metric[best]),
+                "after": float(scores.max(axis=0).mean()),
+            }
+        )
     if task_facts.kind == "multiclass" and len(bias_grid):
         log_p = jnp.log(jnp.maximum(smoothing.gaussian_smooth(outputs, mask, tuned.sigma), 1e-12))
         grid = np.asarray(bias_grid, np.float32)
@@ -287,12 +359,19 @@ def tune(task: str, outputs: jax.Array, labels: jax.Array, valid: jax.Array, mas
         metric = float(sigma_metric[best])
         for _ in range(bias_rounds):
             for target in range(task_facts.num_outputs):
-                scores = np.asarray(class_bias_grid_scores(log_p, labels, counted, bias, target, grid,
-                                                           chunk=chunk)).mean(-1)
+                scores = np.asarray(
+                    class_bias_grid_scores(log_p, labels, counted, bias, target, grid, chunk=chunk)
+                ).mean(-1)
                 # Only move when it helps, so the metric never falls from one class to the next.
                 if scores.max() > metric:
                     bias[target], metric = float(bias_grid[int(np.argmax(scores))]), float(scores.max())
         tuned.bias = bias
-        steps.append({"step": "EXPR class biases", "value": [float(b) for b in bias],
-                      "before": float(sigma_metric[best]), "after": metric})
+        steps.append(
+            {
+                "step": "EXPR class biases",
+                "value": [float(b) for b in bias],
+                "before": float(sigma_metric[best]),
+                "after": metric,
+            }
+        )
     return tuned

@@ -15,6 +15,7 @@ Writes `tables.md`, `results.json`, `submissions/<TASK>.txt`, `plots/<track>.png
 submitted test tracks' post-processed scores and labels, `eval.postprocess`, for comparing with the predictor) in
 the workdir; `results.json["postprocess"]` holds the tuned post-processing as the predictor bundle reads it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,9 @@ class Tracks:
     def select(self, names: Sequence[str]) -> "Tracks":
         index = [self.names.index(n) for n in names]
         pick = lambda a: None if a is None else a[index]
-        return Tracks(list(names), self.outputs[:, index], self.face[index], self.mask[index],
-                      pick(self.labels), pick(self.valid))
+        return Tracks(
+            list(names), self.outputs[:, index], self.face[index], self.mask[index], pick(self.labels), pick(self.valid)
+        )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
@@ -67,10 +69,18 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
         raise JobError(f"config.task: {e}") from None
     t = config.tuning
     checks = [
-        ("ensemble.method", config.ensemble.method, config.ensemble.method in ensemble.METHODS,
-         f"one of {ensemble.METHODS}"),
-        ("ensemble.reaction_routing", config.ensemble.reaction_routing,
-         config.ensemble.reaction_routing in ensemble.ROUTINGS, f"one of {ensemble.ROUTINGS}"),
+        (
+            "ensemble.method",
+            config.ensemble.method,
+            config.ensemble.method in ensemble.METHODS,
+            f"one of {ensemble.METHODS}",
+        ),
+        (
+            "ensemble.reaction_routing",
+            config.ensemble.reaction_routing,
+            config.ensemble.reaction_routing in ensemble.ROUTINGS,
+            f"one of {ensemble.ROUTINGS}",
+        ),
         ("scene_routing", config.scene_routing, config.scene_routing in SCENE_ROUTINGS, f"one of {SCENE_ROUTINGS}"),
         ("tuning.sigmas", t.sigmas, 0 in t.sigmas and min(t.sigmas) >= 0, "non-negative values including 0"),
         ("tuning.thresholds", t.thresholds, all(0 < v < 1 for v in t.thresholds), "values in (0, 1)"),
@@ -79,8 +89,12 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
         ("num_plots", config.num_plots, config.num_plots >= 0, ">= 0"),
         ("fold_members", config.fold_members, len(config.fold_members) >= 2, "at least 2 members"),
         ("ensemble.general", config.ensemble.general, len(config.ensemble.general) >= 1, "at least one member"),
-        ("fusion_workdir", config.fusion_workdir, bool(config.fusion_workdir or config.predictions_dir),
-         "a fusion workdir (or config.predictions_dir)"),
+        (
+            "fusion_workdir",
+            config.fusion_workdir,
+            bool(config.fusion_workdir or config.predictions_dir),
+            "a fusion workdir (or config.predictions_dir)",
+        ),
     ]
     for key, found, ok, expected in checks:
         if not ok:
@@ -93,10 +107,18 @@ def _predictions_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
         return pathlib.Path(config.predictions_dir)
     directory = pathlib.Path(config.fusion_workdir) / "predictions"
     if not (directory / "manifest.json").exists():
-        hint = (f"; make it with: python -m abaw_jax.main --config=configs/fusion.py:{config.fusion_preset} "
-                f"--workdir={config.fusion_workdir}") if config.fusion_preset else ""
-        raise JobError(f"config.fusion_workdir={config.fusion_workdir}: no predictions ({directory / 'manifest.json'} "
-                       f"does not exist){hint}")
+        hint = (
+            (
+                f"; make it with: python -m abaw_jax.main --config=configs/fusion.py:{config.fusion_preset} "
+                f"--workdir={config.fusion_workdir}"
+            )
+            if config.fusion_preset
+            else ""
+        )
+        raise JobError(
+            f"config.fusion_workdir={config.fusion_workdir}: no predictions ({directory / 'manifest.json'} "
+            f"does not exist){hint}"
+        )
     return directory
 
 
@@ -104,15 +126,22 @@ def _labels(task: tasks.Task, path: pathlib.Path, num_frames: int) -> tuple[np.n
     """Labels in metric form (invalid rows zeroed) and validity, checked against the predicted frame count."""
     labels, valid = affwild2.parse_annotation_file(path, task.name)
     if len(labels) != num_frames:
-        raise JobError(f"{path}: {len(labels)} annotated frames, but the predictions have {num_frames} for this "
-                       "track (predictions must cover frames 1..N of the annotation file)")
+        raise JobError(
+            f"{path}: {len(labels)} annotated frames, but the predictions have {num_frames} for this "
+            "track (predictions must cover frames 1..N of the annotation file)"
+        )
     shape = (-1,) + (1,) * (labels.ndim - 1)
     labels = np.where(valid.reshape(shape), labels, 0)
     return labels.astype(np.float32 if task.kind == "continuous" else np.int32), valid
 
 
-def _load(predictions: Predictions, members: Sequence[str], names: Sequence[str], task: tasks.Task,
-          label_files: dict[str, pathlib.Path] | None) -> Tracks:
+def _load(
+    predictions: Predictions,
+    members: Sequence[str],
+    names: Sequence[str],
+    task: tasks.Task,
+    label_files: dict[str, pathlib.Path] | None,
+) -> Tracks:
     outputs, faces, labels, valid = [], [], [], []
     for name in names:
         outputs.append(np.stack([predictions.outputs(m, name) for m in members]).transpose(1, 0, 2))
@@ -121,12 +150,13 @@ def _load(predictions: Predictions, members: Sequence[str], names: Sequence[str]
             track_labels, track_valid = _labels(task, label_files[name], predictions.num_frames(name))
             labels.append(track_labels)
             valid.append(track_valid)
-    stacked, mask = coverage.pad_batch(outputs)                               # (V, T, M, C)
+    stacked, mask = coverage.pad_batch(outputs)  # (V, T, M, C)
     face, _ = coverage.pad_batch(faces, stacked.shape[1])
     filled = postprocess.fill_members(stacked.transpose(2, 0, 1, 3), face, mask)
     padded = (lambda arrays: coverage.pad_batch(arrays, stacked.shape[1])[0]) if label_files is not None else None
-    return Tracks(list(names), filled, face, mask, padded(labels) if padded else None,
-                  padded(valid) if padded else None)
+    return Tracks(
+        list(names), filled, face, mask, padded(labels) if padded else None, padded(valid) if padded else None
+    )
 
 
 def _score(task: tasks.Task, final: jnp.ndarray, labels: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]:
@@ -142,8 +172,12 @@ def _final(task: tasks.Task, data: Tracks, use: np.ndarray, tuned: tuning.Tuned 
 def _member_finals(task: tasks.Task, data: Tracks, tuned: tuning.Tuned | None) -> np.ndarray:
     """Each member's own final labels on every track of `data`: (M, V, T, ...)."""
     alone = np.ones((1, len(data.names)), bool)
-    return np.stack([tuning.final_labels(task.name, data.outputs[m:m + 1], data.mask, alone, tuned, "soft")
-                     for m in range(data.outputs.shape[0])])
+    return np.stack(
+        [
+            tuning.final_labels(task.name, data.outputs[m : m + 1], data.mask, alone, tuned, "soft")
+            for m in range(data.outputs.shape[0])
+        ]
+    )
 
 
 def _scores_row(task: tasks.Task, final: np.ndarray, data: Tracks, tracks: np.ndarray) -> dict:
@@ -151,8 +185,12 @@ def _scores_row(task: tasks.Task, final: np.ndarray, data: Tracks, tracks: np.nd
     counted = data.valid & data.mask & tracks[:, None]
     metric, per_class = _score(task, jnp.asarray(final), data.labels, counted)
     face_metric, _ = _score(task, jnp.asarray(final), data.labels, counted & data.face)
-    return {"metric": metric, "per_class": per_class.tolist(), "metric_face_frames": face_metric,
-            "frames": int(counted.sum())}
+    return {
+        "metric": metric,
+        "per_class": per_class.tolist(),
+        "metric_face_frames": face_metric,
+        "frames": int(counted.sum()),
+    }
 
 
 def _reaction_flags(config, paths: release.ReleasePaths, names: Sequence[str], router_flags: dict[str, bool]):
@@ -161,8 +199,10 @@ def _reaction_flags(config, paths: release.ReleasePaths, names: Sequence[str], r
     if config.scene_routing == "router":
         return np.array([router_flags[n] for n in names])
     if paths.reaction_list is None:
-        raise JobError("config.scene_routing='list' needs the release's reaction list (config.data.reaction_list); "
-                       "use config.scene_routing=none or router")
+        raise JobError(
+            "config.scene_routing='list' needs the release's reaction list (config.data.reaction_list); "
+            "use config.scene_routing=none or router"
+        )
     listed = affwild2.read_video_list(paths.reaction_list)
     return np.array([affwild2.is_listed(n, listed) for n in names])
 
@@ -171,21 +211,24 @@ def _scene_router(config, paths: release.ReleasePaths, predictions: Predictions)
     """Router predictions for every track, and its accuracy on the Validation_Set tracks."""
     base = pathlib.Path(config.features_dir)
     if not base.is_dir():
-        raise JobError(f"config.features_dir={config.features_dir!r} is not a folder (the scene router reads the "
-                       "feature store's visual features)")
+        raise JobError(
+            f"config.features_dir={config.features_dir!r} is not a folder (the scene router reads the "
+            "feature store's visual features)"
+        )
     name = config.router_feature_set or next(
-        (d.name for d in sorted(base.iterdir()) if (d / features.MANIFEST).exists()), "")
+        (d.name for d in sorted(base.iterdir()) if (d / features.MANIFEST).exists()), ""
+    )
     if not name:
         raise JobError(f"config.features_dir={base} holds no visual feature set (a folder with {features.MANIFEST})")
     if paths.reaction_list is None:
-        raise JobError("the scene router learns from the release's reaction list (config.data.reaction_list), "
-                       "which does not exist")
+        raise JobError(
+            "the scene router learns from the release's reaction list (config.data.reaction_list), which does not exist"
+        )
     store = features.FeatureStore({name: base / name})
     listed = affwild2.read_video_list(paths.reaction_list)
     names = predictions.tracks()
     store.check([name], names)
-    stats = np.stack([scene_router.video_statistics(*store.load(n, [name], predictions.num_frames(n)))
-                      for n in names])
+    stats = np.stack([scene_router.video_statistics(*store.load(n, [name], predictions.num_frames(n))) for n in names])
     truth = np.array([affwild2.is_listed(n, listed) for n in names])
     train = np.array([predictions.split(n) == "Train_Set" for n in names])
     held_out = np.array([predictions.split(n) == "Validation_Set" for n in names])
@@ -193,10 +236,16 @@ def _scene_router(config, paths: release.ReleasePaths, predictions: Predictions)
         router, fit = scene_router.fit_and_validate(stats, truth, train, held_out)
     except ValueError as e:
         raise JobError(f"scene router on the Train_Set tracks: {e}") from None
-    report = {"feature_set": name, "train_tracks": fit["train_videos"], "validation_tracks": fit["validation_videos"],
-              "validation_accuracy": fit["validation_accuracy"]}
-    log(f"scene router on {name!r}: {report['validation_tracks']} Validation_Set tracks, accuracy "
-        f"{report['validation_accuracy']:.3f}")
+    report = {
+        "feature_set": name,
+        "train_tracks": fit["train_videos"],
+        "validation_tracks": fit["validation_videos"],
+        "validation_accuracy": fit["validation_accuracy"],
+    }
+    log(
+        f"scene router on {name!r}: {report['validation_tracks']} Validation_Set tracks, accuracy "
+        f"{report['validation_accuracy']:.3f}"
+    )
     return dict(zip(names, router.predict(stats).tolist())), report
 
 
@@ -216,8 +265,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         with workdir_lib.session(workdir):
             return _run(config, pathlib.Path(workdir), task)
-    except (PredictionsError, submission.SubmissionError, affwild2.AnnotationError, features.FeatureStoreError,
-            FileNotFoundError) as e:
+    except (
+        PredictionsError,
+        submission.SubmissionError,
+        affwild2.AnnotationError,
+        features.FeatureStoreError,
+        FileNotFoundError,
+    ) as e:
         raise JobError(str(e)) from None
 
 
@@ -247,12 +301,21 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     # 2. Out-of-fold predictions, and tuning on them.
     oof_member = [index[predictions.out_of_fold_member(t, fold_members)] for t in labelled]
     oof = data.outputs[np.array(oof_member), np.arange(len(labelled))]
-    tuned = tuning.tune(task.name, oof, data.labels, data.valid, data.mask, config.tuning.sigmas,
-                        threshold_grid=config.tuning.thresholds if task.kind == "binary" else (),
-                        bias_grid=config.tuning.expr_bias if task.kind == "multiclass" else (),
-                        bias_rounds=config.tuning.bias_rounds, chunk=config.tuning.chunk)
-    tuning_rows = [(s["step"], " ".join(f"{v:g}" for v in np.atleast_1d(s["value"])), s["before"], s["after"])
-                   for s in tuned.steps]
+    tuned = tuning.tune(
+        task.name,
+        oof,
+        data.labels,
+        data.valid,
+        data.mask,
+        config.tuning.sigmas,
+        threshold_grid=config.tuning.thresholds if task.kind == "binary" else (),
+        bias_grid=config.tuning.expr_bias if task.kind == "multiclass" else (),
+        bias_rounds=config.tuning.bias_rounds,
+        chunk=config.tuning.chunk,
+    )
+    tuning_rows = [
+        (s["step"], " ".join(f"{v:g}" for v in np.atleast_1d(s["value"])), s["before"], s["after"]) for s in tuned.steps
+    ]
 
     # 3. Tables 1-3: each member on its own held-out tracks, and the out-of-fold assembly.
     finals = {stage: _member_finals(task, data, post) for stage, post in (("before", None), ("after", tuned))}
@@ -262,11 +325,15 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
         held_out = np.array([predictions.role(member, t) == "heldout" for t in labelled])
         if not held_out.any():
             raise JobError(f"member {member!r} holds out no labelled track of {predictions.directory}")
-        per_member[member] = {"tracks": int(held_out.sum()), **{
-            stage: _scores_row(task, finals[stage][index[member]], data, held_out) for stage in finals}}
+        per_member[member] = {
+            "tracks": int(held_out.sum()),
+            **{stage: _scores_row(task, finals[stage][index[member]], data, held_out) for stage in finals},
+        }
     oof_finals = {stage: finals[stage][np.array(oof_member), every] for stage in finals}
-    per_member["out-of-fold"] = {"tracks": len(labelled), **{
-        stage: _scores_row(task, oof_finals[stage], data, np.ones(len(labelled), bool)) for stage in finals}}
+    per_member["out-of-fold"] = {
+        "tracks": len(labelled),
+        **{stage: _scores_row(task, oof_finals[stage], data, np.ones(len(labelled), bool)) for stage in finals},
+    }
 
     # Scene routing for every track (labelled and test).
     router_flags, router_report = ({}, None)
@@ -279,20 +346,28 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     if truth_files and not all(p.exists() for p in truth_files.values()):
         truth_files = None
     test = _load(predictions, members, test_list, task, truth_files)
-    ablation_data = test if truth_files else data.select(
-        [n for n in labelled if predictions.split(n) == "Validation_Set"] or labelled)
+    ablation_data = (
+        test
+        if truth_files
+        else data.select([n for n in labelled if predictions.split(n) == "Validation_Set"] or labelled)
+    )
     ablation_set = "test (synthetic labels)" if truth_files else "Validation_Set (members trained on some of it)"
     ablation = _ablation(config, task, ablation_data, members, general, paths, router_flags, tuned)
     if config.static_predictions:
         ablation += _static_rows(config, task, predictions, data, index, tuned)
 
     # 5. Submission, its check and its test metric; plots.
-    post = postprocess.PostProcess.from_tuned(tuned, members, method=config.ensemble.method, general=general,
-                                              reaction_member=config.ensemble.reaction_member,
-                                              routing=config.ensemble.reaction_routing)
+    post = postprocess.PostProcess.from_tuned(
+        tuned,
+        members,
+        method=config.ensemble.method,
+        general=general,
+        reaction_member=config.ensemble.reaction_member,
+        routing=config.ensemble.reaction_routing,
+    )
     test_reaction = _reaction_flags(config, paths, test_list, router_flags)
     scores, final = postprocess.final_outputs(post, test.outputs, test.mask, test_reaction)
-    per_track = {n: final[i, :predictions.num_frames(n)] for i, n in enumerate(test_list)}
+    per_track = {n: final[i, : predictions.num_frames(n)] for i, n in enumerate(test_list)}
     _write_final(workdir / FINAL_DIR, test_list, scores, final, test, test_reaction)
     submission_path = workdir / "submissions" / f"{task.name}.txt"
     rows = submission.write_submission(submission_path, task.name, paths.example_file(task), per_track)
@@ -304,11 +379,22 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
         log(f"synthetic test {task.metric_name}: {test_metric:.4f}")
     plotted = _plots(task, data, oof_finals["after"], workdir, config.num_plots, predictions)
 
-    results = {"task": task.name, "predictions": str(predictions.directory), "members": members,
-               "tuning": tuned.to_json(), "tables": per_member, "ablation_set": ablation_set,
-               "ablation": ablation, "scene_router": router_report, "submission": str(submission_path),
-               "submission_rows": rows, "test_metric": test_metric, "plots": plotted,
-               "postprocess": post.to_json(), "final": str(workdir / FINAL_DIR)}
+    results = {
+        "task": task.name,
+        "predictions": str(predictions.directory),
+        "members": members,
+        "tuning": tuned.to_json(),
+        "tables": per_member,
+        "ablation_set": ablation_set,
+        "ablation": ablation,
+        "scene_router": router_report,
+        "submission": str(submission_path),
+        "submission_rows": rows,
+        "test_metric": test_metric,
+        "plots": plotted,
+        "postprocess": post.to_json(),
+        "final": str(workdir / FINAL_DIR),
+    }
     text = _tables_markdown(task, tuning_rows, per_member, ablation_set, ablation, router_report, test_metric)
     (workdir / "tables.md").write_text(text, encoding="utf-8")
     (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -316,15 +402,26 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     return results
 
 
-def _write_final(directory: pathlib.Path, names: Sequence[str], scores: np.ndarray, final: np.ndarray, test: Tracks,
-                 is_reaction: np.ndarray) -> None:
+def _write_final(
+    directory: pathlib.Path,
+    names: Sequence[str],
+    scores: np.ndarray,
+    final: np.ndarray,
+    test: Tracks,
+    is_reaction: np.ndarray,
+) -> None:
     """`<directory>/<track>.npz` per submitted test track: `scores` (N, C) (`postprocess.final_outputs`), `labels`
     (the submission's values), `face` (N,) and `is_reaction` (the scene routing used), frame k at row k-1."""
     directory.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
         n = int(test.mask[i].sum())
-        np.savez(directory / f"{name}.npz", scores=scores[i, :n], labels=final[i, :n], face=test.face[i, :n],
-                 is_reaction=bool(is_reaction[i]))
+        np.savez(
+            directory / f"{name}.npz",
+            scores=scores[i, :n],
+            labels=final[i, :n],
+            face=test.face[i, :n],
+            is_reaction=bool(is_reaction[i]),
+        )
 
 
 def _check_test_inputs(predictions: Predictions, paths: release.ReleasePaths, task: tasks.Task) -> tuple[str, ...]:
@@ -334,8 +431,9 @@ def _check_test_inputs(predictions: Predictions, paths: release.ReleasePaths, ta
         raise JobError(f"{paths.test_list(task)} lists no test videos")
     absent = [n for n in test_list if n not in predictions.tracks()]
     if absent:
-        raise JobError(f"test videos {absent} (in {paths.test_list(task)}) have no predictions in "
-                       f"{predictions.directory}")
+        raise JobError(
+            f"test videos {absent} (in {paths.test_list(task)}) have no predictions in {predictions.directory}"
+        )
     _, locations = submission.read_example(paths.example_file(task), task.name)
     counts: dict[str, int] = {}
     for location in locations:
@@ -343,15 +441,21 @@ def _check_test_inputs(predictions: Predictions, paths: release.ReleasePaths, ta
         counts[name] = counts.get(name, 0) + 1
     for name in test_list:
         if counts.get(name, 0) != predictions.num_frames(name):
-            raise JobError(f"{paths.example_file(task)} lists {counts.get(name, 0)} frames of test video {name!r}, "
-                           f"but {predictions.directory} has predictions for {predictions.num_frames(name)}")
+            raise JobError(
+                f"{paths.example_file(task)} lists {counts.get(name, 0)} frames of test video {name!r}, "
+                f"but {predictions.directory} has predictions for {predictions.num_frames(name)}"
+            )
     return test_list
 
 
 def _routing(config, members: Sequence[str], general: Sequence[str], is_reaction: np.ndarray) -> np.ndarray:
-    return ensemble.routing_mask(members, is_reaction, general=general,
-                                 reaction_member=config.ensemble.reaction_member,
-                                 routing=config.ensemble.reaction_routing)
+    return ensemble.routing_mask(
+        members,
+        is_reaction,
+        general=general,
+        reaction_member=config.ensemble.reaction_member,
+        routing=config.ensemble.reaction_routing,
+    )
 
 
 def _ablation(config, task: tasks.Task, data: Tracks, members, general, paths, router_flags, tuned) -> list[dict]:
@@ -361,8 +465,9 @@ def _ablation(config, task: tasks.Task, data: Tracks, members, general, paths, r
     own = _member_finals(task, data, tuned)
     every = np.ones(len(data.names), bool)
     singles = [_scores_row(task, own[members.index(m)], data, every)["metric"] for m in general]
-    rows.append({"setting": f"single member (mean of {len(general)}), post-processed",
-                 "metric": float(np.mean(singles))})
+    rows.append(
+        {"setting": f"single member (mean of {len(general)}), post-processed", "metric": float(np.mean(singles))}
+    )
     method, other = config.ensemble.method, "soft" if config.ensemble.method == "vote" else "vote"
     routed = config.scene_routing != "none"
     variants = [(method, False, None), (method, False, tuned)]
@@ -384,52 +489,84 @@ def _ablation(config, task: tasks.Task, data: Tracks, members, general, paths, r
     return rows
 
 
-def _static_rows(config, task: tasks.Task, predictions: Predictions, data: Tracks, index: dict,
-                 tuned: tuning.Tuned) -> list[dict]:
+def _static_rows(
+    config, task: tasks.Task, predictions: Predictions, data: Tracks, index: dict, tuned: tuning.Tuned
+) -> list[dict]:
     """Static fine-tuned per-frame predictions vs the TMF official member, both on Validation_Set."""
     static = Predictions(config.static_predictions)
     static.require_members(["static"])
     names = [n for n in data.names if predictions.split(n) == "Validation_Set"]
     absent = [n for n in names if static.role("static", n) is None]
     if absent:
-        raise JobError(f"config.static_predictions={config.static_predictions}: member 'static' has no predictions "
-                       f"for Validation_Set tracks {absent[:5]}")
+        raise JobError(
+            f"config.static_predictions={config.static_predictions}: member 'static' has no predictions "
+            f"for Validation_Set tracks {absent[:5]}"
+        )
     subset = data.select(names)
     static_data = dataclasses.replace(subset, outputs=_load(static, ["static"], names, task, None).outputs)
     every = np.ones(len(names), bool)
-    return [{"setting": "static fine-tuned encoder, per frame (Validation_Set)",
-             "metric": _scores_row(task, _member_finals(task, static_data, None)[0], static_data, every)["metric"]},
-            {"setting": f"TMF {config.official_member} (Validation_Set)",
-             "metric": _scores_row(task, _member_finals(task, subset, None)[index[config.official_member]],
-                                   subset, every)["metric"]}]
+    return [
+        {
+            "setting": "static fine-tuned encoder, per frame (Validation_Set)",
+            "metric": _scores_row(task, _member_finals(task, static_data, None)[0], static_data, every)["metric"],
+        },
+        {
+            "setting": f"TMF {config.official_member} (Validation_Set)",
+            "metric": _scores_row(
+                task, _member_finals(task, subset, None)[index[config.official_member]], subset, every
+            )["metric"],
+        },
+    ]
 
 
-def _plots(task: tasks.Task, data: Tracks, final: np.ndarray, workdir: pathlib.Path, count: int,
-           predictions: Predictions) -> list[str]:
+def _plots(
+    task: tasks.Task, data: Tracks, final: np.ndarray, workdir: pathlib.Path, count: int, predictions: Predictions
+) -> list[str]:
     """Timelines of the post-processed out-of-fold labels of the first `count` Validation_Set tracks."""
     written = []
     for name in [n for n in data.names if predictions.split(n) == "Validation_Set"][:count]:
         i = data.names.index(name)
         length = int(data.mask[i].sum())
-        path = plots.plot_timeline(workdir / "plots" / f"{name}.png", task.name, final[i, :length],
-                                   data.labels[i, :length], data.valid[i, :length], data.face[i, :length],
-                                   title=f"{task.name} {name}: out-of-fold, post-processed")
+        path = plots.plot_timeline(
+            workdir / "plots" / f"{name}.png",
+            task.name,
+            final[i, :length],
+            data.labels[i, :length],
+            data.valid[i, :length],
+            data.face[i, :length],
+            title=f"{task.name} {name}: out-of-fold, post-processed",
+        )
         written.append(str(path))
     return written
 
 
-def _tables_markdown(task: tasks.Task, tuning_rows, per_member, ablation_set, ablation, router_report,
-                     test_metric) -> str:
+def _tables_markdown(
+    task: tasks.Task, tuning_rows, per_member, ablation_set, ablation, router_report, test_metric
+) -> str:
     names = list(task.label_names)
-    parts = [f"## {task.name}: {task.metric_name}\n",
-             _table("Tuning on out-of-fold predictions", ["step", "value", "before", "after"], tuning_rows)]
+    parts = [
+        f"## {task.name}: {task.metric_name}\n",
+        _table("Tuning on out-of-fold predictions", ["step", "value", "before", "after"], tuning_rows),
+    ]
     for stage, title in (("before", "raw outputs"), ("after", "after post-processing")):
-        rows = [(label, row["tracks"], *row[stage]["per_class"], row[stage]["metric"],
-                 row[stage]["metric_face_frames"]) for label, row in per_member.items()]
-        parts.append(_table(f"Per member on its held-out tracks, {title} (the paper's Tables 1-3)",
-                            ["member", "tracks", *names, task.name, f"{task.name} (face frames)"], rows))
-    parts.append(_table(f"Ablation on {ablation_set} (the paper's Table 5 layout)", ["setting", task.name],
-                        [(r["setting"], r["metric"]) for r in ablation]))
+        rows = [
+            (label, row["tracks"], *row[stage]["per_class"], row[stage]["metric"], row[stage]["metric_face_frames"])
+            for label, row in per_member.items()
+        ]
+        parts.append(
+            _table(
+                f"Per member on its held-out tracks, {title} (the paper's Tables 1-3)",
+                ["member", "tracks", *names, task.name, f"{task.name} (face frames)"],
+                rows,
+            )
+        )
+    parts.append(
+        _table(
+            f"Ablation on {ablation_set} (the paper's Table 5 layout)",
+            ["setting", task.name],
+            [(r["setting"], r["metric"]) for r in ablation],
+        )
+    )
     if router_report:
         parts.append(_table("Scene router", list(router_report), [tuple(router_report.values())]))
     if test_metric is not None:

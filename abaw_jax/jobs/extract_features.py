@@ -28,6 +28,7 @@ for EXPR, tanh for VA) go to `<workdir>/predictions_<name>/` (`data.predictions`
 `static`, roles train / heldout / test for Train_Set / Validation_Set / test tracks). Rows of frames
 without a usable crop are 0 there (their `faces/` mask is False).
 """
+
 from __future__ import annotations
 
 import collections
@@ -74,8 +75,10 @@ HEAD_ACTIVATIONS = {"binary": jax.nn.sigmoid, "multiclass": jax.nn.softmax, "con
 _ROLES = {"Train_Set": "train", "Validation_Set": "heldout", "test": "test"}
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # The tiny presets' fixed chain of workdirs (README) and the config that makes each.
-_TINY_WORKDIRS = {"/tmp/abaw_mae_tiny": "configs/mae.py:tiny",
-                  **{f"/tmp/abaw_finetune_{t}_tiny": f"configs/finetune.py:{t}_tiny" for t in tasks.TASK_KEYS}}
+_TINY_WORKDIRS = {
+    "/tmp/abaw_mae_tiny": "configs/mae.py:tiny",
+    **{f"/tmp/abaw_finetune_{t}_tiny": f"configs/finetune.py:{t}_tiny" for t in tasks.TASK_KEYS},
+}
 
 
 @dataclasses.dataclass
@@ -109,23 +112,30 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
         raise JobError("config.sets and config.audio are both empty: nothing to extract")
     for name in sets:
         if name not in config.encoders:
-            raise JobError(f"config.sets names {name!r}, which has no entry in config.encoders "
-                           f"({sorted(config.encoders)})")
+            raise JobError(
+                f"config.sets names {name!r}, which has no entry in config.encoders ({sorted(config.encoders)})"
+            )
     for name in (*sets, *kinds):
         if not _SET_NAME.match(name) or name == WAV_DIR or name.startswith(PREDICTIONS_PREFIX):
-            raise JobError(f"feature set name {name!r} (config.sets / config.audio) must be a plain folder name "
-                           f"of letters, digits, '_', '.', '-', not {WAV_DIR!r} nor {PREDICTIONS_PREFIX}*")
+            raise JobError(
+                f"feature set name {name!r} (config.sets / config.audio) must be a plain folder name "
+                f"of letters, digits, '_', '.', '-', not {WAV_DIR!r} nor {PREDICTIONS_PREFIX}*"
+            )
     repeated = sorted({n for n in (*sets, *kinds) if (*sets, *kinds).count(n) > 1})
     if repeated:
-        raise JobError(f"feature set names {repeated} appear twice in config.sets / config.audio; each names "
-                       "one folder of the store")
+        raise JobError(
+            f"feature set names {repeated} appear twice in config.sets / config.audio; each names "
+            "one folder of the store"
+        )
     if kinds:
         from abaw_jax.media import audio as audio_lib  # librosa and av load only when audio is asked for
     for kind in kinds:
         if kind in (*audio_lib.ENCODER_KINDS, audio_lib.VGGISH_KIND) and not config.audio_models.get(kind):
             needs = "torchvggish's state dict (.pth)" if kind == audio_lib.VGGISH_KIND else "a transformers folder"
-            raise JobError(f"config.audio names {kind!r}, whose model config.audio_models.{kind} is empty: set it "
-                           f"to {needs} on this machine (nothing is downloaded)")
+            raise JobError(
+                f"config.audio names {kind!r}, whose model config.audio_models.{kind} is empty: set it "
+                f"to {needs} on this machine (nothing is downloaded)"
+            )
     for name, task in config.head_tasks.items():
         if task:
             try:
@@ -133,14 +143,16 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
             except ValueError as e:
                 raise JobError(f"config.head_tasks.{name}: {e}") from None
     if config.model.dtype not in ("auto", *COMPUTE_DTYPES):
-        raise JobError(f"config.model.dtype must be 'auto' or one of {sorted(COMPUTE_DTYPES)}, "
-                       f"got {config.model.dtype!r}")
+        raise JobError(
+            f"config.model.dtype must be 'auto' or one of {sorted(COMPUTE_DTYPES)}, got {config.model.dtype!r}"
+        )
     if config.model.attention not in ("auto", *ATTENTION_IMPLEMENTATIONS):
-        raise JobError(f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
-                       f"got {config.model.attention!r}")
+        raise JobError(
+            f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
+            f"got {config.model.attention!r}"
+        )
     if config.storage_dtype not in ("auto", *STORAGE_DTYPES):
-        raise JobError(f"config.storage_dtype must be 'auto' or one of {STORAGE_DTYPES}, "
-                       f"got {config.storage_dtype!r}")
+        raise JobError(f"config.storage_dtype must be 'auto' or one of {STORAGE_DTYPES}, got {config.storage_dtype!r}")
     for key in ("batch_size", "prefetch_batches", "log_every"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise JobError(f"config.{key} must be a positive integer, got {config[key]!r}")
@@ -148,8 +160,10 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
         raise JobError(f"config.decode_threads must be >= 0 (0: one per CPU core), got {config.decode_threads!r}")
     devices, processes = jax.device_count(), jax.process_count()
     if config.batch_size % devices or config.batch_size % processes:
-        raise JobError(f"config.batch_size={config.batch_size} must split evenly over the {devices} devices "
-                       f"and {processes} processes")
+        raise JobError(
+            f"config.batch_size={config.batch_size} must split evenly over the {devices} devices "
+            f"and {processes} processes"
+        )
     return sets, kinds
 
 
@@ -182,27 +196,35 @@ def collect_tracks(paths: release.ReleasePaths) -> dict[str, Track]:
     if not tracks:
         raise JobError(f"config.data.annotations: no annotation files under {paths.annotations}")
     if not any(len(t.frames) for t in tracks.values()):
-        raise JobError(f"config.data.crops: {paths.crops} holds no <track>/<k:05d>.jpg crops for any of the "
-                       f"{len(tracks)} tracks of the annotations and test lists (e.g. {sorted(tracks)[:3]})")
+        raise JobError(
+            f"config.data.crops: {paths.crops} holds no <track>/<k:05d>.jpg crops for any of the "
+            f"{len(tracks)} tracks of the annotations and test lists (e.g. {sorted(tracks)[:3]})"
+        )
     without = sorted(t.name for t in tracks.values() if not len(t.frames))
     if without:
         log(f"{len(without)} tracks have no crops at all (written with every frame masked): {without}")
     unused = sorted(d.name for d in paths.crops.iterdir() if d.is_dir() and d.name not in tracks)
     if unused:
-        log(f"{len(unused)} crop folders belong to no annotation file or test list and are not extracted, "
-            f"e.g. {unused[:5]}")
+        log(
+            f"{len(unused)} crop folders belong to no annotation file or test list and are not extracted, "
+            f"e.g. {unused[:5]}"
+        )
     return dict(sorted(tracks.items()))
 
 
 def _encoder_source(name: str, path: str) -> str:
     if not path:
-        raise JobError(f"config.encoders.{name} is empty: give the encoder of set {name!r} (a pretraining or "
-                       "fine-tuning workdir, a params folder, an official .pth, a transformers folder), or leave "
-                       "the set out of config.sets")
+        raise JobError(
+            f"config.encoders.{name} is empty: give the encoder of set {name!r} (a pretraining or "
+            "fine-tuning workdir, a params folder, an official .pth, a transformers folder), or leave "
+            "the set out of config.sets"
+        )
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path) and path in _TINY_WORKDIRS:
-        raise JobError(f"config.encoders.{name}: {path} does not exist; make it first with: python -m "
-                       f"abaw_jax.main --config={_TINY_WORKDIRS[path]} --workdir={path}")
+        raise JobError(
+            f"config.encoders.{name}: {path} does not exist; make it first with: python -m "
+            f"abaw_jax.main --config={_TINY_WORKDIRS[path]} --workdir={path}"
+        )
     # A workdir's export, not the whole workdir: the manifest's hash then names the weights alone (a
     # workdir's logs and checkpoints change without the encoder changing).
     export = os.path.join(path, "export", "encoder")
@@ -217,8 +239,10 @@ def load_set_encoder(name: str, path: str, task: tasks.Task | None) -> tuple[enc
     if task is not None and summary.is_file():
         trained = json.loads(summary.read_text(encoding="utf-8")).get("task")
         if trained and trained != task.name:
-            raise JobError(f"config.head_tasks.{name}={task.name!r}, but {source} was fine-tuned for {trained} "
-                           f"({summary}); fix config.encoders.{name} or config.head_tasks.{name}")
+            raise JobError(
+                f"config.head_tasks.{name}={task.name!r}, but {source} was fine-tuned for {trained} "
+                f"({summary}); fix config.encoders.{name} or config.head_tasks.{name}"
+            )
     try:
         loaded = encoders.load_encoder(source, num_classes=task.num_outputs if task else 0)
     except encoders.EncoderLoadError as e:
@@ -226,8 +250,9 @@ def load_set_encoder(name: str, path: str, task: tasks.Task | None) -> tuple[enc
     return loaded, task is not None and "head.weight" not in loaded.fresh_keys
 
 
-def extract_step(params: Any, images_uint8: jax.Array, valid: jax.Array, *, model: ViT,
-                 task: tasks.Task | None) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+def extract_step(
+    params: Any, images_uint8: jax.Array, valid: jax.Array, *, model: ViT, task: tasks.Task | None
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """(pooled features (B, width) f32, head outputs (B, C) f32 or None, valid (B,)) of a uint8 batch."""
     x = mae_pipeline.normalize_images(images_uint8)
 
@@ -243,17 +268,19 @@ def extract_step(params: Any, images_uint8: jax.Array, valid: jax.Array, *, mode
 
 def jit_extract_step(model: ViT, task: tasks.Task | None, mesh: Mesh):
     """`extract_step` jitted with replicated parameters, the batch split over the mesh, replicated outputs."""
-    return jax.jit(functools.partial(extract_step, model=model, task=task),
-                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh),
-                                 sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh))
+    return jax.jit(
+        functools.partial(extract_step, model=model, task=task),
+        in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh), sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
 
 
 _DECODE_CHUNK = 16  # crops per decode task: fewer, larger tasks keep the submitting thread off the critical path
 
 
-def _decode_into(pixels: np.ndarray, valid: np.ndarray, rows: range, paths: list[pathlib.Path],
-                 image_size: int) -> list[str]:
+def _decode_into(
+    pixels: np.ndarray, valid: np.ndarray, rows: range, paths: list[pathlib.Path], image_size: int
+) -> list[str]:
     """Decodes `paths` into `pixels[rows]`, sets `valid[rows]`; returns a message per crop that failed."""
     failures = []
     for row, path in zip(rows, paths):
@@ -265,9 +292,15 @@ def _decode_into(pixels: np.ndarray, valid: np.ndarray, rows: range, paths: list
     return failures
 
 
-def decoded_batches(path_of: Callable[[int], pathlib.Path], count: int, *, global_batch: int, image_size: int,
-                    pool: concurrent.futures.Executor, prefetch: int
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray, range]]:
+def decoded_batches(
+    path_of: Callable[[int], pathlib.Path],
+    count: int,
+    *,
+    global_batch: int,
+    image_size: int,
+    pool: concurrent.futures.Executor,
+    prefetch: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, range]]:
     """(this process's uint8 slice, its valid flags, the global batch's item range) per global batch.
 
     Items 0..count-1 are the crops `path_of(i)`; the rows of the last global batch past `count` are padding
@@ -284,9 +317,17 @@ def decoded_batches(path_of: Callable[[int], pathlib.Path], count: int, *, globa
         pixels = np.zeros((local, image_size, image_size, 3), np.uint8)
         valid = np.zeros(local, bool)
         mine = range(start + first, min(start + first + local, count))
-        futures = [pool.submit(_decode_into, pixels, valid, range(row, min(row + _DECODE_CHUNK, len(mine))),
-                               [path_of(i) for i in mine[row:row + _DECODE_CHUNK]], image_size)
-                   for row in range(0, len(mine), _DECODE_CHUNK)]
+        futures = [
+            pool.submit(
+                _decode_into,
+                pixels,
+                valid,
+                range(row, min(row + _DECODE_CHUNK, len(mine))),
+                [path_of(i) for i in mine[row : row + _DECODE_CHUNK]],
+                image_size,
+            )
+            for row in range(0, len(mine), _DECODE_CHUNK)
+        ]
         pending.append((pixels, valid, range(start, min(start + global_batch, count)), futures))
 
     for start in starts[:prefetch]:
@@ -317,17 +358,24 @@ def _resolve_auto(config: ml_collections.ConfigDict) -> tuple[str, str, str]:
     compute = config.model.dtype if config.model.dtype != "auto" else ("bfloat16" if accelerator else "float32")
     # bf16-computed features fit float16 without loss (its 10-bit mantissa holds bf16's 7 bits over the
     # range LayerNorm outputs live in) at half the disk and page-cache size of float32.
-    storage = config.storage_dtype if config.storage_dtype != "auto" else (
-        "float16" if compute == "bfloat16" else "float32")
+    storage = (
+        config.storage_dtype if config.storage_dtype != "auto" else ("float16" if compute == "bfloat16" else "float32")
+    )
     attention = config.model.attention
     if attention == "auto":
         attention = "cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla"
     return compute, storage, attention
 
 
-def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dict[str, Track], workdir: str,
-                       mesh: Mesh, pool: concurrent.futures.Executor,
-                       stop_requested: Callable[[], bool] = lambda: False) -> None:
+def extract_visual_set(
+    name: str,
+    config: ml_collections.ConfigDict,
+    tracks: dict[str, Track],
+    workdir: str,
+    mesh: Mesh,
+    pool: concurrent.futures.Executor,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> None:
     """Writes (or completes) the visual set `name` in `<workdir>/<name>/`; on SIGTERM (`stop_requested`) stops
     after the track being written, which a rerun then skips."""
     head_task = config.head_tasks.get(name, "")
@@ -337,8 +385,9 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
     cfg = loaded.config
     is_main = jax.process_index() == 0
     try:
-        writer = VisualSetWriter(os.path.join(workdir, name), dim=cfg.width, dtype=storage,
-                                 encoder=loaded.description())
+        writer = VisualSetWriter(
+            os.path.join(workdir, name), dim=cfg.width, dtype=storage, encoder=loaded.description()
+        )
     except FeatureStoreError as e:
         raise JobError(f"feature set {name!r}: {e}") from e
     predictions = None
@@ -346,13 +395,18 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
         if has_head:
             predictions = PredictionWriter(os.path.join(workdir, PREDICTIONS_PREFIX + name), task)
         else:
-            log(f"set {name}: the encoder has no trained {task.name} head (config.head_tasks.{name}); "
-                "no static predictions")
+            log(
+                f"set {name}: the encoder has no trained {task.name} head (config.head_tasks.{name}); "
+                "no static predictions"
+            )
     multihost_utils.sync_global_devices(f"feature set {name} opened")
 
     def needs_prediction(track: Track) -> bool:
-        return (predictions is not None and task.name in track.splits
-                and predictions.manifest["members"].get(STATIC_MEMBER, {}).get(track.name) is None)
+        return (
+            predictions is not None
+            and task.name in track.splits
+            and predictions.manifest["members"].get(STATIC_MEMBER, {}).get(track.name) is None
+        )
 
     todo = [t for t in tracks.values() if not writer.done(t.name) or needs_prediction(t)]
     # Item i is crop `positions[i]` of track `todo[track_of[i]]`: two int arrays, not millions of paths.
@@ -364,10 +418,12 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
         track = todo[track_of[i]]
         return track.crop_dir / f"{track.frames[positions[i]]:05d}.jpg"
 
-    log(f"set {name}: {loaded.kind} encoder {loaded.source} (ViT width {cfg.width}, depth {cfg.depth}, "
+    log(
+        f"set {name}: {loaded.kind} encoder {loaded.source} (ViT width {cfg.width}, depth {cfg.depth}, "
         f"{cfg.image_size}px), {compute} compute, {storage} storage, {attention} attention, "
         f"{len(tracks) - len(todo)} of {len(tracks)} tracks already done, {count:,} crops to go"
-        + (f", static {task.name} predictions" if predictions else ""))
+        + (f", static {task.name} predictions" if predictions else "")
+    )
 
     model = ViT(cfg, dtype=COMPUTE_DTYPES[compute], attention=attention)
     params = jax.device_put(loaded.params, sharding.replicated(mesh))
@@ -380,9 +436,10 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
         frames = track.frames[ok]
         values = buffer.features[ok].astype(storage)
         if not np.isfinite(values).all():
-            raise JobError(f"set {name}, track {track.name}: non-finite features in {storage}"
-                           + (" (float16 overflow: use --config.storage_dtype=float32)" if storage == "float16"
-                              else ""))
+            raise JobError(
+                f"set {name}, track {track.name}: non-finite features in {storage}"
+                + (" (float16 overflow: use --config.storage_dtype=float32)" if storage == "float16" else "")
+            )
         if not is_main:
             return
         if predictions is not None and task.name in track.splits:
@@ -400,7 +457,7 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
     def consume(outputs: tuple[Any, Any, Any], items: range) -> int:
         features, head_outputs, valid = jax.device_get(outputs)
         rows = len(items)
-        batch_tracks, batch_positions = track_of[items.start:items.stop], positions[items.start:items.stop]
+        batch_tracks, batch_positions = track_of[items.start : items.stop], positions[items.start : items.stop]
         # Items run track after track, so a batch holds a few contiguous runs of tracks.
         for index in np.unique(batch_tracks):
             run = np.flatnonzero(batch_tracks == index)
@@ -413,9 +470,11 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
             if buffer.remaining == 0:
                 finish(buffer)
                 if stop_requested():
-                    raise JobError(f"stopped by SIGTERM in set {name} after track {buffer.track.name}; "
-                                   f"{len(writer.manifest['tracks'])} of {len(tracks)} tracks are written in "
-                                   f"{writer.directory}: rerun the same command to resume")
+                    raise JobError(
+                        f"stopped by SIGTERM in set {name} after track {buffer.track.name}; "
+                        f"{len(writer.manifest['tracks'])} of {len(tracks)} tracks are written in "
+                        f"{writer.directory}: rerun the same command to resume"
+                    )
         return int(rows - valid[:rows].sum())
 
     for buffer in buffers:
@@ -424,8 +483,14 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
 
     done, done_at_start, in_flight = 0, 0, None
     start = wait = 0.0
-    batches = decoded_batches(path_of, count, global_batch=config.batch_size, image_size=cfg.image_size,
-                              pool=pool, prefetch=config.prefetch_batches)
+    batches = decoded_batches(
+        path_of,
+        count,
+        global_batch=config.batch_size,
+        image_size=cfg.image_size,
+        pool=pool,
+        prefetch=config.prefetch_batches,
+    )
     for number, (wait_seconds, (pixels, valid, items)) in enumerate(_timed(batches), start=1):
         wait += wait_seconds
         batch = sharding.global_batch(pixels, mesh), sharding.global_batch(valid, mesh)
@@ -444,8 +509,10 @@ def extract_visual_set(name: str, config: ml_collections.ConfigDict, tracks: dic
         done += len(in_flight[1])
     if count and start:
         log(_progress(name, done, count, done - done_at_start, time.perf_counter() - start, wait))
-    log(f"set {name}: {len(todo)} tracks written to {writer.directory} ({done:,} crops, {corrupt_total} corrupt "
-        "and masked)" + (f"; static predictions in {predictions.directory}" if predictions else ""))
+    log(
+        f"set {name}: {len(todo)} tracks written to {writer.directory} ({done:,} crops, {corrupt_total} corrupt "
+        "and masked)" + (f"; static predictions in {predictions.directory}" if predictions else "")
+    )
 
 
 def _timed(iterator: Iterator) -> Iterator:
@@ -462,12 +529,19 @@ def _timed(iterator: Iterator) -> Iterator:
 def _progress(name: str, done: int, total: int, timed_frames: int, seconds: float, wait: float) -> str:
     rate = timed_frames / max(seconds, 1e-9)
     eta = telemetry.format_duration((total - done) / max(rate, 1e-9))
-    return (f"set {name}: {done:,}/{total:,} crops | {rate:,.1f} frames/s | data wait "
-            f"{100 * wait / max(seconds, 1e-9):.0f}% | ETA {eta}")
+    return (
+        f"set {name}: {done:,}/{total:,} crops | {rate:,.1f} frames/s | data wait "
+        f"{100 * wait / max(seconds, 1e-9):.0f}% | ETA {eta}"
+    )
 
 
-def extract_audio_sets(kinds: Sequence[str], config: ml_collections.ConfigDict, tracks: dict[str, Track],
-                       paths: release.ReleasePaths, workdir: str) -> list[str]:
+def extract_audio_sets(
+    kinds: Sequence[str],
+    config: ml_collections.ConfigDict,
+    tracks: dict[str, Track],
+    paths: release.ReleasePaths,
+    workdir: str,
+) -> list[str]:
     """Writes `<workdir>/<kind>/<video>.npy + .json` for the videos of `tracks`; returns the failures."""
     from abaw_jax.media import audio, faces
 
@@ -482,9 +556,12 @@ def extract_audio_sets(kinds: Sequence[str], config: ml_collections.ConfigDict, 
     failures = []
     for kind in kinds:
         try:
-            featurizer = audio.make_featurizer(kind, config.audio_models.get(kind) or None,
-                                               vggish_weights=config.audio_models.get("vggish") or None,
-                                               vggish_pca=config.audio_models.get("vggish_pca") or None)
+            featurizer = audio.make_featurizer(
+                kind,
+                config.audio_models.get(kind) or None,
+                vggish_weights=config.audio_models.get("vggish") or None,
+                vggish_pca=config.audio_models.get("vggish_pca") or None,
+            )
         except (ValueError, FileNotFoundError) as e:
             raise JobError(f"config.audio ({kind!r}): {e}") from e
         out = pathlib.Path(workdir, kind)
@@ -492,8 +569,10 @@ def extract_audio_sets(kinds: Sequence[str], config: ml_collections.ConfigDict, 
         log(f"audio {kind}: {len(videos) - len(absent) - len(todo)} videos already done, {len(todo)} to go")
         start = time.perf_counter()
         report = audio.extract_all(todo, pathlib.Path(workdir, WAV_DIR), out, featurizer)
-        log(f"audio {kind}: {len(report.done)} videos written to {out} in {time.perf_counter() - start:.1f} s"
-            + (f"; no audio stream: {report.no_audio}" if report.no_audio else ""))
+        log(
+            f"audio {kind}: {len(report.done)} videos written to {out} in {time.perf_counter() - start:.1f} s"
+            + (f"; no audio stream: {report.no_audio}" if report.no_audio else "")
+        )
         failures += [f"{kind}/{video}: {error}" for video, error in report.failed.items()]
     return failures
 
@@ -506,8 +585,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         _run(config, workdir, sets, kinds, stop_requested)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, sets: tuple[str, ...], kinds: tuple[str, ...],
-         stop_requested: Callable[[], bool]) -> None:
+def _run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    sets: tuple[str, ...],
+    kinds: tuple[str, ...],
+    stop_requested: Callable[[], bool],
+) -> None:
     for name in sets:
         _encoder_source(name, config.encoders[name])  # a wrong path stops now, not after hours of other sets
     try:
@@ -516,8 +600,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, sets: tuple[str, ...],
     except FileNotFoundError as e:
         raise JobError(str(e)) from e
     tracks = collect_tracks(paths)
-    log(f"{len(tracks)} tracks, {sum(len(t.frames) for t in tracks.values()):,} crops in {paths.crops}; "
-        f"visual sets {list(sets)}, audio sets {list(kinds)} -> {workdir}")
+    log(
+        f"{len(tracks)} tracks, {sum(len(t.frames) for t in tracks.values()):,} crops in {paths.crops}; "
+        f"visual sets {list(sets)}, audio sets {list(kinds)} -> {workdir}"
+    )
     mesh = sharding.make_mesh()
     with concurrent.futures.ThreadPoolExecutor(config.decode_threads or os.cpu_count()) as pool:
         for name in sets:

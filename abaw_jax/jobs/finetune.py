@@ -15,6 +15,7 @@ parameters, optimizer state, step, RNG, data iterator and the best-so-far. At th
 are exported to `export/encoder` (params_io, with head), `export/encoder_official.*` (official layout) and
 `export/finetune.json` (task, output transform, best step and its scores).
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,8 +51,16 @@ TINY_PRETRAIN_WORKDIR = "/tmp/abaw_mae_tiny"
 BEST_FILE = "best.json"
 # Settings that change how the job runs or reports, never what it trains (eval_every is not one: it decides
 # which step is kept as best).
-COSMETIC_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "model.remat",
-                 "data.worker_count", "data.worker_buffer_size", "data.cache_dir")
+COSMETIC_KEYS = (
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_batch_size",
+    "model.remat",
+    "data.worker_count",
+    "data.worker_buffer_size",
+    "data.cache_dir",
+)
 
 
 def outputs_from_logits(task: tasks.Task, logits: jax.Array) -> jax.Array:
@@ -64,24 +73,31 @@ def scores_from_logits(task: tasks.Task, logits: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(logits) if task.kind == "binary" else outputs_from_logits(task, logits)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ViT, task: tasks.Task,
-               class_weights: jax.Array | None, tx: optax.GradientTransformation, schedule: optax.Schedule
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: ViT,
+    task: tasks.Task,
+    class_weights: jax.Array | None,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     x = mae_pipeline.normalize_images(batch["image"])
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
         logits = model.apply({"params": params}, x, deterministic=False, rngs={"dropout": dropout_rng})
-        return losses.task_loss(task, outputs_from_logits(task, logits), batch["label"], batch["mask"],
-                                class_weights)
+        return losses.task_loss(task, outputs_from_logits(task, logits), batch["label"], batch["mask"], class_weights)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     new_state, grad_norm = train_state.apply_gradients(state, loss, grads, tx)
     return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, model: ViT, task: tasks.Task
-              ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def eval_step(
+    params: Any, batch: dict[str, jax.Array], *, model: ViT, task: tasks.Task
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     logits = model.apply({"params": params}, mae_pipeline.normalize_images(batch["image"]))
     return scores_from_logits(task, logits), batch["label"], batch["mask"], batch["index"]
 
@@ -92,12 +108,28 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
         task = tasks.get_task(config.task)
     except ValueError as e:
         raise JobError(f"config.task: {e}") from None
-    for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                "model.image_size", "data.worker_buffer_size", "data.synthetic_videos",
-                "data.synthetic_frames_per_video"):
+    for key in (
+        "batch_size",
+        "eval_batch_size",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "model.image_size",
+        "data.worker_buffer_size",
+        "data.synthetic_videos",
+        "data.synthetic_frames_per_video",
+    ):
         checks.integer(config, key, minimum=1)
-    for key in ("total_steps", "warmup_steps", "eval_every", "num_epochs", "warmup_epochs", "seed",
-                "data.worker_count", "data.fold_seed"):
+    for key in (
+        "total_steps",
+        "warmup_steps",
+        "eval_every",
+        "num_epochs",
+        "warmup_epochs",
+        "seed",
+        "data.worker_count",
+        "data.fold_seed",
+    ):
         checks.integer(config, key, minimum=0)
     if not config.total_steps and not config.num_epochs:
         raise JobError("config.total_steps and config.num_epochs are both 0: set one of them")
@@ -115,14 +147,12 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
     checks.choice(config, "model.size", VIT_SIZES)
     checks.choice(config, "model.dtype", DTYPES)
     if config.data.split not in frame_pipeline.SPLIT_CHOICES:
-        raise JobError(f"config.data.split must be one of {frame_pipeline.SPLIT_CHOICES}, "
-                       f"got {config.data.split!r}")
+        raise JobError(f"config.data.split must be one of {frame_pipeline.SPLIT_CHOICES}, got {config.data.split!r}")
     scale = tuple(config.data.crop_scale)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise JobError(f"config.data.crop_scale must be (low, high) with 0 < low <= high <= 1, got {scale}")
     if config.data.image_folders and task.kind != "multiclass":
-        raise JobError(f"config.data.image_folders holds expression images; config.task={task.name} cannot "
-                       "use them")
+        raise JobError(f"config.data.image_folders holds expression images; config.task={task.name} cannot use them")
     if not config.data.affwild2_train and not config.data.image_folders:
         raise JobError("config.data.affwild2_train=False needs config.data.image_folders: nothing to train on")
     weights = tuple(config.class_weights)
@@ -130,8 +160,10 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
         if task.kind == "continuous":
             raise JobError(f"config.class_weights must be empty for VA (its loss is 1 - CCC), got {weights}")
         if len(weights) != task.num_outputs or min(weights) <= 0:
-            raise JobError(f"config.class_weights must hold {task.num_outputs} positive values for "
-                           f"{task.name} ({', '.join(task.label_names)}), got {weights}")
+            raise JobError(
+                f"config.class_weights must hold {task.num_outputs} positive values for "
+                f"{task.name} ({', '.join(task.label_names)}), got {weights}"
+            )
     for key in ("batch_size", "eval_batch_size"):
         check_batch_layout(config[key], jax.device_count(), jax.process_count(), key)
     return task
@@ -142,62 +174,77 @@ def _encoder_path(config: ml_collections.ConfigDict) -> str:
         return config.encoder
     if config.model.size == "tiny":
         if not os.path.isdir(os.path.join(TINY_PRETRAIN_WORKDIR, "export", "encoder")):
-            raise JobError(f"config.encoder is empty and the tiny pretraining workdir {TINY_PRETRAIN_WORKDIR} has "
-                           "no export/encoder; make it first with: python -m abaw_jax.main "
-                           f"--config=configs/mae.py:tiny --workdir={TINY_PRETRAIN_WORKDIR}")
+            raise JobError(
+                f"config.encoder is empty and the tiny pretraining workdir {TINY_PRETRAIN_WORKDIR} has "
+                "no export/encoder; make it first with: python -m abaw_jax.main "
+                f"--config=configs/mae.py:tiny --workdir={TINY_PRETRAIN_WORKDIR}"
+            )
         return TINY_PRETRAIN_WORKDIR
-    raise JobError("config.encoder is empty: set --config.encoder to a pretraining workdir, a params folder, "
-                   "an official MAE .pth or a transformers folder")
+    raise JobError(
+        "config.encoder is empty: set --config.encoder to a pretraining workdir, a params folder, "
+        "an official MAE .pth or a transformers folder"
+    )
 
 
 def load_model(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[encoders.LoadedEncoder, ViT]:
     """The encoder named by the config with a fresh task head, checked against config.model."""
     path = _encoder_path(config)
     try:
-        encoder = encoders.load_encoder(path, num_classes=task.num_outputs, drop_path_rate=config.drop_path,
-                                        seed=config.seed)
+        encoder = encoders.load_encoder(
+            path, num_classes=task.num_outputs, drop_path_rate=config.drop_path, seed=config.seed
+        )
     except (encoders.EncoderLoadError, FileNotFoundError, ValueError) as e:
         raise JobError(f"config.encoder: {e}") from None
     cfg = encoder.config
     size = VIT_SIZES[config.model.size]
     found = dict(width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim)
     if found != size:
-        raise JobError(f"config.encoder={path} is not a ViT-{config.model.size} ({size}): it has {found}; "
-                       "set config.model.size to match the encoder")
+        raise JobError(
+            f"config.encoder={path} is not a ViT-{config.model.size} ({size}): it has {found}; "
+            "set config.model.size to match the encoder"
+        )
     if cfg.image_size != config.model.image_size:
-        raise JobError(f"config.encoder={path} takes {cfg.image_size}x{cfg.image_size} images, but "
-                       f"config.model.image_size={config.model.image_size}")
+        raise JobError(
+            f"config.encoder={path} takes {cfg.image_size}x{cfg.image_size} images, but "
+            f"config.model.image_size={config.model.image_size}"
+        )
     attention = config.model.attention
     if attention == "auto":
         attention = "cudnn" if jax.devices()[0].device_kind.startswith("NVIDIA") else "xla"
     if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise JobError(f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
-                       f"got {config.model.attention!r}")
+        raise JobError(
+            f"config.model.attention must be 'auto' or one of {ATTENTION_IMPLEMENTATIONS}, "
+            f"got {config.model.attention!r}"
+        )
     return encoder, ViT(cfg, dtype=DTYPES[config.model.dtype], remat=config.model.remat, attention=attention)
 
 
-def load_frames(config: ml_collections.ConfigDict, task: tasks.Task
-                ) -> tuple[frame_pipeline.LabelledFrames, frame_pipeline.LabelledFrames, str]:
+def load_frames(
+    config: ml_collections.ConfigDict, task: tasks.Task
+) -> tuple[frame_pipeline.LabelledFrames, frame_pipeline.LabelledFrames, str]:
     """(training frames, evaluation frames, a description of both) from the release and image folders."""
     try:
         paths = release.resolve(config.data)
-        train, evaluation = frame_pipeline.affwild2_frames(paths.annotations, paths.crops, task.name,
-                                                           split=config.data.split,
-                                                           fold_seed=config.data.fold_seed)
+        train, evaluation = frame_pipeline.affwild2_frames(
+            paths.annotations, paths.crops, task.name, split=config.data.split, fold_seed=config.data.fold_seed
+        )
         parts = [train] if config.data.affwild2_train else []
         folders = [f for f in config.data.image_folders.split(",") if f.strip()]
         parts += [frame_pipeline.image_folder_frames(f.strip(), task.name) for f in folders]
     except (FileNotFoundError, ValueError) as e:
         raise JobError(str(e)) from None
     train = frame_pipeline.LabelledFrames.concatenate(parts)
-    description = (f"{int(train.valid.sum()):,} training frames ({config.data.split} split of {paths.root}"
-                   f"{' + ' + ', '.join(folders) if folders else ''}), {len(evaluation):,} evaluation frames "
-                   f"({int(evaluation.valid.sum()):,} with a valid label)")
+    description = (
+        f"{int(train.valid.sum()):,} training frames ({config.data.split} split of {paths.root}"
+        f"{' + ' + ', '.join(folders) if folders else ''}), {len(evaluation):,} evaluation frames "
+        f"({int(evaluation.valid.sum()):,} with a valid label)"
+    )
     return train, evaluation, description
 
 
-def default_class_weights(config: ml_collections.ConfigDict, task: tasks.Task,
-                          train: frame_pipeline.LabelledFrames) -> np.ndarray | None:
+def default_class_weights(
+    config: ml_collections.ConfigDict, task: tasks.Task, train: frame_pipeline.LabelledFrames
+) -> np.ndarray | None:
     if task.kind == "continuous":
         return None
     if config.class_weights:
@@ -210,8 +257,9 @@ def default_class_weights(config: ml_collections.ConfigDict, task: tasks.Task,
 
 def check_batch_layout(batch_size: int, num_devices: int, num_processes: int, key: str) -> None:
     if batch_size % num_devices or batch_size % num_processes:
-        raise JobError(f"config.{key}={batch_size} must split evenly over the {num_devices} devices and "
-                       f"{num_processes} processes")
+        raise JobError(
+            f"config.{key}={batch_size} must split evenly over the {num_devices} devices and {num_processes} processes"
+        )
 
 
 class BestParams:
@@ -265,13 +313,24 @@ class BestParams:
                 shutil.rmtree(os.path.join(self.directory, name))
 
 
-def evaluate(eval_fn, params: Any, frames: frame_pipeline.LabelledFrames, task: tasks.Task, mesh: Mesh,
-             config: ml_collections.ConfigDict, skipped_dir: str) -> tuple[float, np.ndarray, int]:
+def evaluate(
+    eval_fn,
+    params: Any,
+    frames: frame_pipeline.LabelledFrames,
+    task: tasks.Task,
+    mesh: Mesh,
+    config: ml_collections.ConfigDict,
+    skipped_dir: str,
+) -> tuple[float, np.ndarray, int]:
     """(task metric, per-class scores, valid frames scored) over every frame of `frames`."""
     loader = frame_pipeline.make_eval_loader(
-        frames, global_batch_size=config.eval_batch_size, image_size=config.model.image_size,
-        worker_count=config.data.worker_count, worker_buffer_size=config.data.worker_buffer_size,
-        skipped_records_dir=skipped_dir)
+        frames,
+        global_batch_size=config.eval_batch_size,
+        image_size=config.model.image_size,
+        worker_count=config.data.worker_count,
+        worker_buffer_size=config.data.worker_buffer_size,
+        skipped_records_dir=skipped_dir,
+    )
     parts = []
     for local in loader:
         batch = {key: sharding.global_batch(value, mesh) for key, value in local.items()}
@@ -286,8 +345,10 @@ def evaluate(eval_fn, params: Any, frames: frame_pipeline.LabelledFrames, task: 
     outputs, labels, masks = outputs[order], labels[order], masks[order]
     valid = int(metrics.valid_count(masks))
     if not valid:
-        raise JobError(f"no evaluation frame with a valid label could be scored ({count} frames; corrupt "
-                       f"crops are listed in {skipped_dir})")
+        raise JobError(
+            f"no evaluation frame with a valid label could be scored ({count} frames; corrupt "
+            f"crops are listed in {skipped_dir})"
+        )
     metric, per_class = jax.device_get(metrics.task_scores(task, outputs, labels, masks))
     return float(metric), np.asarray(per_class), valid
 
@@ -300,16 +361,26 @@ def _export(params: Any, cfg: ViTConfig, task: tasks.Task, best: dict[str, Any],
     multihost_utils.sync_global_devices("export dir ready")
     params_io.save_params(os.path.join(export_dir, "encoder"), params, cfg)
     if jax.process_index() == 0:
-        written = torch_weights.export_official(torch_weights.flax_to_official(params),
-                                                os.path.join(export_dir, "encoder_official"))
-        summary = {"task": task.name, "label_names": list(task.label_names),
-                   "outputs": {"binary": "sigmoid(head) per AU", "multiclass": "softmax(head) over classes",
-                               "continuous": "tanh(head): valence, arousal"}[task.kind],
-                   "metric_name": task.metric_name, **{k: best[k] for k in ("step", "metric", "per_class")}}
+        written = torch_weights.export_official(
+            torch_weights.flax_to_official(params), os.path.join(export_dir, "encoder_official")
+        )
+        summary = {
+            "task": task.name,
+            "label_names": list(task.label_names),
+            "outputs": {
+                "binary": "sigmoid(head) per AU",
+                "multiclass": "softmax(head) over classes",
+                "continuous": "tanh(head): valence, arousal",
+            }[task.kind],
+            "metric_name": task.metric_name,
+            **{k: best[k] for k in ("step", "metric", "per_class")},
+        }
         with open(os.path.join(export_dir, "finetune.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
-        log(f"Exported the fine-tuned encoder (step {best['step']}, {task.metric_name} {best['metric']:.4f}): "
-            + ", ".join([os.path.join(export_dir, "encoder")] + written))
+        log(
+            f"Exported the fine-tuned encoder (step {best['step']}, {task.metric_name} {best['metric']:.4f}): "
+            + ", ".join([os.path.join(export_dir, "encoder")] + written)
+        )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -319,8 +390,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         return _run(config, workdir, task, stop_requested)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop_requested: Callable[[], bool]
-         ) -> TrainState:
+def _run(
+    config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop_requested: Callable[[], bool]
+) -> TrainState:
     num_devices, num_processes = jax.device_count(), jax.process_count()
     try:
         mesh = sharding.make_mesh(config.mesh.fsdp)
@@ -337,36 +409,57 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
     eval_every = config.eval_every or steps_per_epoch
     peak_lr = optimizer.peak_learning_rate(config.base_lr, config.batch_size)
     schedule = optimizer.learning_rate_schedule(peak_lr, warmup_steps, total_steps)
-    tx = optimizer.make_optimizer(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
-                                  grad_clip=config.grad_clip,
-                                  lr_scales=optimizer.layer_decay_scales(encoder.params, cfg.depth,
-                                                                         config.layer_decay))
+    tx = optimizer.make_optimizer(
+        schedule,
+        b1=config.b1,
+        b2=config.b2,
+        weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip,
+        lr_scales=optimizer.layer_decay_scales(encoder.params, cfg.depth, config.layer_decay),
+    )
 
     def init_fn(params, rng):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng,
-                          nonfinite_steps=jnp.zeros((), jnp.int32))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=rng,
+            nonfinite_steps=jnp.zeros((), jnp.int32),
+        )
 
     rng = jax.random.key(config.seed)
     abstract_state = jax.eval_shape(init_fn, encoder.params, rng)
     state_shardings = sharding.fsdp_shardings(abstract_state, mesh)
     state = jax.jit(init_fn, out_shardings=state_shardings)(encoder.params, rng)
-    weight_text = "" if weights is None else " | class weights " + " ".join(
-        f"{n} {w:.2f}" for n, w in zip(task.label_names, weights))
-    log(f"Fine-tuning {task.name} from {encoder.source} ({encoder.kind}, ViT-{config.model.size} "
+    weight_text = (
+        ""
+        if weights is None
+        else " | class weights " + " ".join(f"{n} {w:.2f}" for n, w in zip(task.label_names, weights))
+    )
+    log(
+        f"Fine-tuning {task.name} from {encoder.source} ({encoder.kind}, ViT-{config.model.size} "
         f"{cfg.image_size}px, {optimizer.tree_size(state.params):,} parameters): {data_description}; "
         f"{num_devices} devices in {num_processes} processes, mesh {dict(mesh.shape)}, batch {config.batch_size}, "
-        f"{total_steps} steps, peak lr {peak_lr:.3g}, layer decay {config.layer_decay}{weight_text}")
+        f"{total_steps} steps, peak lr {peak_lr:.3g}, layer decay {config.layer_decay}{weight_text}"
+    )
 
     skipped_dir = os.path.join(workdir, "skipped_records")
     loader = frame_pipeline.make_train_loader(
-        train_frames, global_batch_size=config.batch_size, image_size=cfg.image_size, seed=config.seed,
-        worker_count=config.data.worker_count, worker_buffer_size=config.data.worker_buffer_size,
-        scale=tuple(config.data.crop_scale), skipped_records_dir=skipped_dir)
+        train_frames,
+        global_batch_size=config.batch_size,
+        image_size=cfg.image_size,
+        seed=config.seed,
+        worker_count=config.data.worker_count,
+        worker_buffer_size=config.data.worker_buffer_size,
+        scale=tuple(config.data.crop_scale),
+        skipped_records_dir=skipped_dir,
+    )
     data_iter = iter(loader)
 
     description = {"task": task.name, "encoder_sha256": encoder.sha256, **params_io.config_to_dict(cfg)}
-    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                                              model_description=description)
+    checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, model_description=description
+    )
     abstract = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
     try:
         latest, restored = checkpointer.restore_latest(abstract, data_iter)
@@ -379,20 +472,27 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
 
     class_weights = None if weights is None else jnp.asarray(weights)
     step_fn = jax.jit(
-        functools.partial(train_step, model=model, task=task, class_weights=class_weights, tx=tx,
-                          schedule=schedule),
+        functools.partial(train_step, model=model, task=task, class_weights=class_weights, tx=tx, schedule=schedule),
         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model, task=task),
-                      in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
-                      out_shardings=sharding.replicated(mesh))
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(
+        functools.partial(eval_step, model=model, task=task),
+        in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
 
     is_main = jax.process_index() == 0
     writer = telemetry.MetricWriter(workdir, enabled=is_main)
     best = BestParams(workdir, cfg)
     replicate = jax.jit(lambda tree: tree, out_shardings=sharding.replicated(mesh))
-    throughput = telemetry.Throughput(config.batch_size, flops.vit_flops_per_image(cfg)["train"], num_devices,
-                                      flops.device_peak_flops(jax.devices()[0]))
+    throughput = telemetry.Throughput(
+        config.batch_size,
+        flops.vit_flops_per_image(cfg)["train"],
+        num_devices,
+        flops.device_peak_flops(jax.devices()[0]),
+    )
     step = int(jax.device_get(state.step))
     first_step = step
     last_good_checkpoint = latest
@@ -415,22 +515,30 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
             evaluate_now = step % eval_every == 0 or is_last
             if log_now or evaluate_now or step % config.checkpoint_every == 0:
                 scalars = jax.device_get(step_metrics)
-                train_state.stop_if_nonfinite(state.nonfinite_steps, step, float(scalars["loss"]),
-                                              last_good_checkpoint, checkpointer.directory)
+                train_state.stop_if_nonfinite(
+                    state.nonfinite_steps, step, float(scalars["loss"]), last_good_checkpoint, checkpointer.directory
+                )
                 if log_now:
                     scalars.update(throughput.measure(step, total_steps))
                     log(telemetry.progress_line(step, total_steps, scalars))
                     writer.write(step, scalars)
             if evaluate_now:
-                metric, per_class, valid = evaluate(eval_fn, state.params, eval_frames, task, mesh, config,
-                                                    skipped_dir)
+                metric, per_class, valid = evaluate(eval_fn, state.params, eval_frames, task, mesh, config, skipped_dir)
                 per_class_dict = {name: float(v) for name, v in zip(task.label_names, per_class)}
                 improved = best.offer(step, metric, per_class_dict, replicate(state.params))
-                log(f"eval step {step}: {task.metric_name} {metric:.4f} on {valid:,} frames"
+                log(
+                    f"eval step {step}: {task.metric_name} {metric:.4f} on {valid:,} frames"
                     f"{' (best so far)' if improved else ''} | "
-                    + " ".join(f"{name} {v:.3f}" for name, v in per_class_dict.items()))
-                writer.write(step, {"eval_metric": metric, "eval_valid_frames": valid,
-                                    **{f"eval_{name}": v for name, v in per_class_dict.items()}})
+                    + " ".join(f"{name} {v:.3f}" for name, v in per_class_dict.items())
+                )
+                writer.write(
+                    step,
+                    {
+                        "eval_metric": metric,
+                        "eval_valid_frames": valid,
+                        **{f"eval_{name}": v for name, v in per_class_dict.items()},
+                    },
+                )
                 throughput.start(step)  # evaluation time is not training throughput
             if step % config.checkpoint_every == 0 or is_last:
                 checkpointer.save(step, state, data_iter)

@@ -30,6 +30,7 @@ BatchNorm statistics, standardisation, TMFConfig, member names, feature sets and
 eval_stride: all the predictor needs to run them on new features). Rerunning with the same workdir resumes from
 the last checkpoint (taken after each epoch).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,15 +49,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, clips, features, predictions, release
 from abaw_jax.eval import losses, metrics
 from abaw_jax.models import fusion
 from abaw_jax.runtime import checkpointing, telemetry, train_state
-from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime import config_checks as checks
+from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
@@ -104,41 +106,72 @@ class FrameData:
 
 def make_optimizer(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
     """torch.optim.AdamW (betas 0.9/0.999, eps 1e-8, decay on every parameter), rate and decay in the state."""
-    return optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, b1=0.9, b2=0.999, eps=1e-8,
-                                                 weight_decay=weight_decay)
+    return optax.inject_hyperparams(optax.adamw)(
+        learning_rate=learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay
+    )
 
 
 def gather(data: FrameData, rows: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Clips (..., L) of the per-frame arrays; `mask` False marks padding."""
-    return {"features": data.features[rows], "face": data.face[rows], "labels": data.labels[rows],
-            "valid": data.valid[rows], "mask": mask}
+    return {
+        "features": data.features[rows],
+        "face": data.face[rows],
+        "labels": data.labels[rows],
+        "valid": data.valid[rows],
+        "mask": mask,
+    }
 
 
-def member_train_step(member: MemberState, batch: dict[str, jax.Array], *, model: fusion.TMF, task: tasks.Task,
-                      tx: optax.GradientTransformation) -> tuple[MemberState, dict[str, jax.Array]]:
+def member_train_step(
+    member: MemberState,
+    batch: dict[str, jax.Array],
+    *,
+    model: fusion.TMF,
+    task: tasks.Task,
+    tx: optax.GradientTransformation,
+) -> tuple[MemberState, dict[str, jax.Array]]:
     """One AdamW step of one member on its batch (B, L, ...): dropout on, BatchNorm on batch statistics."""
     rng, dropout_rng = jax.random.split(member.rng)
     x = (batch["features"] - member.feature_mean) / member.feature_std
     loss_mask = batch["mask"] & batch["face"] & batch["valid"]
 
     def loss_fn(params):
-        outputs, updates = model.apply({"params": params, "batch_stats": member.batch_stats}, x, batch["face"],
-                                       batch["mask"], train=True, rngs={"dropout": dropout_rng},
-                                       mutable=["batch_stats"])
+        outputs, updates = model.apply(
+            {"params": params, "batch_stats": member.batch_stats},
+            x,
+            batch["face"],
+            batch["mask"],
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
         loss = losses.task_loss(task, outputs, batch["labels"], loss_mask, member.class_weights)
         return loss, updates["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(member.params)
     params, opt_state, finite, _ = train_state.guarded_update(loss, grads, member.params, member.opt_state, tx)
     batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), batch_stats, member.batch_stats)
-    new = member.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, rng=rng,
-                         nonfinite_steps=member.nonfinite_steps + (~finite).astype(jnp.int32))
+    new = member.replace(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        rng=rng,
+        nonfinite_steps=member.nonfinite_steps + (~finite).astype(jnp.int32),
+    )
     return new, {"loss": loss, "frames": jnp.sum(loss_mask)}
 
 
-def ensemble_train_step(state: TrainState, data: FrameData, rows: jax.Array, mask: jax.Array, *,
-                        model: fusion.TMF, task: tasks.Task, tx: optax.GradientTransformation,
-                        member_loop: str = "vmap") -> tuple[TrainState, dict[str, jax.Array]]:
+def ensemble_train_step(
+    state: TrainState,
+    data: FrameData,
+    rows: jax.Array,
+    mask: jax.Array,
+    *,
+    model: fusion.TMF,
+    task: tasks.Task,
+    tx: optax.GradientTransformation,
+    member_loop: str = "vmap",
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """All members' steps in one jitted step: rows/mask (M, B, L) index the device-resident frame arrays.
 
     `member_loop` 'vmap' batches the members' matmuls (what accelerators want); 'map' runs the members one
@@ -157,13 +190,16 @@ def ensemble_train_step(state: TrainState, data: FrameData, rows: jax.Array, mas
 
 def keep_best(state: TrainState, improved: jax.Array, scores: jax.Array) -> TrainState:
     """Copies the current parameters of the members where `improved` (M,) into the best slots."""
+
     def pick(new, old):
         return jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
-    return state.replace(best_params=jax.tree.map(pick, state.members.params, state.best_params),
-                         best_batch_stats=jax.tree.map(pick, state.members.batch_stats, state.best_batch_stats),
-                         best_score=jnp.where(improved, scores, state.best_score),
-                         best_step=jnp.where(improved, state.step, state.best_step))
+    return state.replace(
+        best_params=jax.tree.map(pick, state.members.params, state.best_params),
+        best_batch_stats=jax.tree.map(pick, state.members.batch_stats, state.best_batch_stats),
+        best_score=jnp.where(improved, scores, state.best_score),
+        best_step=jnp.where(improved, state.step, state.best_step),
+    )
 
 
 def member_mesh(num_members: int, devices: list[jax.Device] | None = None) -> Mesh:
@@ -197,17 +233,20 @@ def open_store(config: ml_collections.ConfigDict) -> tuple[features.FeatureStore
     directory = pathlib.Path(config.features_dir) if config.features_dir else None
     if directory is None or not directory.is_dir():
         preset = ":tiny" if config.features_dir == TINY_FEATURES_DIR else ""
-        raise JobError(f"config.features_dir={config.features_dir!r} is not a feature store folder; make it with: "
-                       f"python -m abaw_jax.main --config=configs/extract_features.py{preset} "
-                       f"--workdir={config.features_dir or '<features dir>'}")
+        raise JobError(
+            f"config.features_dir={config.features_dir!r} is not a feature store folder; make it with: "
+            f"python -m abaw_jax.main --config=configs/extract_features.py{preset} "
+            f"--workdir={config.features_dir or '<features dir>'}"
+        )
     names = list(checks.names(config, "visual_sets") + checks.names(config, "audio_sets"))
     if not names:
         raise JobError("config.visual_sets and config.audio_sets name no feature set")
     available = sorted(p.name for p in directory.iterdir() if p.is_dir())
     missing = [n for n in names if n not in available]
     if missing:
-        raise JobError(f"config.visual_sets/audio_sets name {missing}, which the store {directory} lacks; "
-                       f"it has {available}")
+        raise JobError(
+            f"config.visual_sets/audio_sets name {missing}, which the store {directory} lacks; it has {available}"
+        )
     try:
         store = features.FeatureStore({n: directory / n for n in names})
     except features.FeatureStoreError as e:
@@ -219,8 +258,13 @@ def open_store(config: ml_collections.ConfigDict) -> tuple[features.FeatureStore
     return store, names
 
 
-def load_data(config: ml_collections.ConfigDict, task: tasks.Task, paths: release.ReleasePaths,
-              store: features.FeatureStore, names: list[str]) -> LoadedData:
+def load_data(
+    config: ml_collections.ConfigDict,
+    task: tasks.Task,
+    paths: release.ReleasePaths,
+    store: features.FeatureStore,
+    names: list[str],
+) -> LoadedData:
     """Every labelled track (all annotation rows) and every test track, concatenated."""
     try:
         task_dir = affwild2.find_task_dir(paths.annotations, task.name)
@@ -245,8 +289,9 @@ def load_data(config: ml_collections.ConfigDict, task: tasks.Task, paths: releas
     for track in test_names:
         count = len(template.frames_of(track))
         if count == 0:
-            raise JobError(f"{paths.example_file(task)} has no rows for test video {track!r} "
-                           f"(listed in {paths.test_list(task)})")
+            raise JobError(
+                f"{paths.example_file(task)} has no rows for test video {track!r} (listed in {paths.test_list(task)})"
+            )
         lengths[track], splits[track] = count, "test"
         truth = truth_dir / f"{track}.txt" if truth_dir else None
         if truth is not None and truth.exists():
@@ -267,24 +312,30 @@ def load_data(config: ml_collections.ConfigDict, task: tasks.Task, paths: releas
     for i, track in enumerate(tracks.names):
         start, n = int(tracks.offset[i]), int(tracks.length[i])
         try:
-            x[start:start + n], face[start:start + n] = store.load(track, names, n)
+            x[start : start + n], face[start : start + n] = store.load(track, names, n)
         except features.FeatureStoreError as e:
             raise JobError(f"{e} (config.features_dir={config.features_dir})") from e
         if track in parsed:
             track_labels, track_valid = parsed[track]
             k = min(n, len(track_labels))
-            labels[start:start + k] = np.maximum(track_labels[:k], 0) if task.kind != "continuous" \
-                else track_labels[:k]
-            valid[start:start + k] = track_valid[:k]
+            labels[start : start + k] = (
+                np.maximum(track_labels[:k], 0) if task.kind != "continuous" else track_labels[:k]
+            )
+            valid[start : start + k] = track_valid[:k]
     return LoadedData(tracks, splits, x, face, labels, valid, set_dims)
 
 
 def _rows_of(tracks: clips.Tracks, names: tuple[str, ...]) -> np.ndarray:
     if not names:
         return np.zeros(0, np.int64)
-    return np.concatenate([np.arange(tracks.offset[tracks.position(n)],
-                                     tracks.offset[tracks.position(n)] + tracks.length[tracks.position(n)])
-                           for n in names])
+    return np.concatenate(
+        [
+            np.arange(
+                tracks.offset[tracks.position(n)], tracks.offset[tracks.position(n)] + tracks.length[tracks.position(n)]
+            )
+            for n in names
+        ]
+    )
 
 
 def member_constants(task: tasks.Task, data: LoadedData, member: clips.Member) -> dict[str, np.ndarray]:
@@ -300,8 +351,11 @@ def member_constants(task: tasks.Task, data: LoadedData, member: clips.Member) -
     else:
         usable = rows[data.valid[rows] & data.face[rows]]
         weights = losses.class_weights(task, data.labels[usable], np.ones(len(usable), bool))
-    return {"feature_mean": mean.astype(np.float32), "feature_std": std.astype(np.float32),
-            "class_weights": weights.astype(np.float32)}
+    return {
+        "feature_mean": mean.astype(np.float32),
+        "feature_std": std.astype(np.float32),
+        "class_weights": weights.astype(np.float32),
+    }
 
 
 def member_learning_rates(config: ml_collections.ConfigDict, members: list[clips.Member]) -> np.ndarray:
@@ -313,8 +367,10 @@ def member_learning_rates(config: ml_collections.ConfigDict, members: list[clips
         except ValueError:
             rate = -1.0
         if name.strip() not in rates or not rate > 0:
-            raise JobError(f"config.member_learning_rates: expected 'member=rate' with a member of this run "
-                           f"({list(rates)}) and a positive rate, found {item!r}")
+            raise JobError(
+                f"config.member_learning_rates: expected 'member=rate' with a member of this run "
+                f"({list(rates)}) and a positive rate, found {item!r}"
+            )
         rates[name.strip()] = rate
     return np.array([rates[m.name] for m in members], np.float32)
 
@@ -328,9 +384,21 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
         task = tasks.get_task(config.task)
     except ValueError as e:
         raise JobError(f"config.task: {e}") from e
-    for key in ("clip_len", "batch_clips", "num_epochs", "eval_stride", "eval_batch", "log_every",
-                "keep_checkpoints", "model.proj_dim", "model.width", "model.depth", "model.num_heads",
-                "model.mlp_dim", "model.head_dim"):
+    for key in (
+        "clip_len",
+        "batch_clips",
+        "num_epochs",
+        "eval_stride",
+        "eval_batch",
+        "log_every",
+        "keep_checkpoints",
+        "model.proj_dim",
+        "model.width",
+        "model.depth",
+        "model.num_heads",
+        "model.mlp_dim",
+        "model.head_dim",
+    ):
         checks.integer(config, key, minimum=1)
     for key in ("seed", "fold_seed"):
         checks.integer(config, key, minimum=0)
@@ -338,8 +406,10 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
     folds = [n for n in checks.names(config, "members") if n.startswith("fold")]
     checks.integer(config, "num_folds", minimum=2 if folds else 1)
     if config.eval_stride > config.clip_len:
-        raise JobError(f"config.eval_stride={config.eval_stride} must not exceed config.clip_len={config.clip_len} "
-                       "(windows must overlap or touch so every frame is predicted)")
+        raise JobError(
+            f"config.eval_stride={config.eval_stride} must not exceed config.clip_len={config.clip_len} "
+            "(windows must overlap or touch so every frame is predicted)"
+        )
     if config.member_loop not in ("auto", "vmap", "map"):
         raise JobError(f"config.member_loop must be 'auto', 'vmap' or 'map', got {config.member_loop!r}")
     if config.rng_impl not in RNG_IMPLS:
@@ -352,15 +422,30 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
 def model_config(config: ml_collections.ConfigDict, task: tasks.Task, input_dim: int) -> fusion.TMFConfig:
     m = config.model
     try:
-        return fusion.TMFConfig(input_dim=input_dim, num_outputs=task.num_outputs, bounded=task.kind == "continuous",
-                                proj_dim=m.proj_dim, width=m.width, depth=m.depth, num_heads=m.num_heads,
-                                mlp_dim=m.mlp_dim, head_dim=m.head_dim, dropout=m.dropout)
+        return fusion.TMFConfig(
+            input_dim=input_dim,
+            num_outputs=task.num_outputs,
+            bounded=task.kind == "continuous",
+            proj_dim=m.proj_dim,
+            width=m.width,
+            depth=m.depth,
+            num_heads=m.num_heads,
+            mlp_dim=m.mlp_dim,
+            head_dim=m.head_dim,
+            dropout=m.dropout,
+        )
     except ValueError as e:
         raise JobError(f"config.model: {e}") from e
 
 
-def init_state(rng: jax.Array, constants: dict[str, jax.Array], learning_rates: jax.Array, *,
-               cfg: fusion.TMFConfig, tx: optax.GradientTransformation) -> TrainState:
+def init_state(
+    rng: jax.Array,
+    constants: dict[str, jax.Array],
+    learning_rates: jax.Array,
+    *,
+    cfg: fusion.TMFConfig,
+    tx: optax.GradientTransformation,
+) -> TrainState:
     """The stacked state of len(learning_rates) fresh members (member i from fold_in(rng, i))."""
     count = learning_rates.shape[0]
     # lax.map, not vmap: the member initialisations compile once as a loop body (vmap compiles 2-3x slower).
@@ -371,18 +456,29 @@ def init_state(rng: jax.Array, constants: dict[str, jax.Array], learning_rates: 
         opt_state.hyperparams["learning_rate"] = lr
         return opt_state
 
-    members = MemberState(params=variables["params"], batch_stats=variables["batch_stats"],
-                          opt_state=jax.vmap(one)(variables["params"], learning_rates),
-                          rng=jax.vmap(lambda i: jax.random.fold_in(rng, 2 * i + 1))(jnp.arange(count)),
-                          feature_mean=constants["feature_mean"], feature_std=constants["feature_std"],
-                          class_weights=constants["class_weights"], nonfinite_steps=jnp.zeros((count,), jnp.int32))
-    return TrainState(step=jnp.zeros((), jnp.int32), members=members, best_params=members.params,
-                      best_batch_stats=members.batch_stats, best_score=jnp.full((count,), -jnp.inf, jnp.float32),
-                      best_step=jnp.zeros((count,), jnp.int32))
+    members = MemberState(
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=jax.vmap(one)(variables["params"], learning_rates),
+        rng=jax.vmap(lambda i: jax.random.fold_in(rng, 2 * i + 1))(jnp.arange(count)),
+        feature_mean=constants["feature_mean"],
+        feature_std=constants["feature_std"],
+        class_weights=constants["class_weights"],
+        nonfinite_steps=jnp.zeros((count,), jnp.int32),
+    )
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        members=members,
+        best_params=members.params,
+        best_batch_stats=members.batch_stats,
+        best_score=jnp.full((count,), -jnp.inf, jnp.float32),
+        best_step=jnp.zeros((count,), jnp.int32),
+    )
 
 
-def member_scores(outputs: jax.Array, labels: jax.Array, masks: jax.Array, *, task: tasks.Task
-                  ) -> tuple[jax.Array, jax.Array]:
+def member_scores(
+    outputs: jax.Array, labels: jax.Array, masks: jax.Array, *, task: tasks.Task
+) -> tuple[jax.Array, jax.Array]:
     """(metric (M,), per-class (M, C)) of every member's per-frame outputs (M, R, C) over its rows masks (M, R)."""
     return jax.vmap(lambda o, m: metrics.task_scores(task, o, labels, m))(outputs, masks)
 
@@ -413,8 +509,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return _run(config, workdir, task, stop_requested)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop_requested: Callable[[], bool]
-         ) -> dict[str, Any]:
+def _run(
+    config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop_requested: Callable[[], bool]
+) -> dict[str, Any]:
     store, set_names = open_store(config)
     try:
         paths = release.resolve(config.data)
@@ -426,8 +523,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
     if paths.reaction_list is not None:
         reaction = affwild2.read_video_list(paths.reaction_list)
     try:
-        members = clips.select_members(list(checks.names(config, "members")), labelled, num_folds=config.num_folds,
-                                       fold_seed=config.fold_seed, reaction_videos=reaction)
+        members = clips.select_members(
+            list(checks.names(config, "members")),
+            labelled,
+            num_folds=config.num_folds,
+            fold_seed=config.fold_seed,
+            reaction_videos=reaction,
+        )
         labelled_frames = {t: int(data.valid[_rows_of(data.tracks, (t,))].sum()) for t in labelled}
         clips.check_labelled(members, labelled_frames, task.name)
         constants = [member_constants(task, data, m) for m in members]
@@ -449,23 +551,43 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
     shardings = state_shardings(abstract, mesh)
     state = jax.jit(init_fn, out_shardings=shardings)(rng, stacked, learning_rates)
 
-    frame_data = jax.device_put(FrameData(features=data.features, face=data.face, labels=data.labels,
-                                          valid=data.valid), replicated)
-    samplers = [clips.ClipSampler(data.tracks, m.train, clip_len=config.clip_len, batch_clips=config.batch_clips,
-                                  seed=config.seed, member_index=i) for i, m in enumerate(members)]
+    frame_data = jax.device_put(
+        FrameData(features=data.features, face=data.face, labels=data.labels, valid=data.valid), replicated
+    )
+    samplers = [
+        clips.ClipSampler(
+            data.tracks,
+            m.train,
+            clip_len=config.clip_len,
+            batch_clips=config.batch_clips,
+            seed=config.seed,
+            member_index=i,
+        )
+        for i, m in enumerate(members)
+    ]
     steps_per_epoch = max(math.ceil(s.clips_per_epoch() / config.batch_clips) for s in samplers)
     total_steps = steps_per_epoch * config.num_epochs
-    log(f"TMF {task.name}: {num_members} members {[m.name for m in members]}, "
+    log(
+        f"TMF {task.name}: {num_members} members {[m.name for m in members]}, "
         f"{sum(x.size for x in jax.tree.leaves(state.members.params)) // num_members:,} parameters each, "
         f"features {data.set_dims} ({data.features.shape[1]}-d), {len(data.tracks.names)} tracks "
         f"({data.tracks.num_rows:,} frames, {data.features.nbytes / 2**20:.1f} MiB on the device), "
         f"mesh {dict(mesh.shape)}, members {config.member_loop}, {steps_per_epoch} steps/epoch x "
-        f"{config.num_epochs} epochs")
+        f"{config.num_epochs} epochs"
+    )
 
-    description = {"task": task.name, "model": dataclasses.asdict(cfg), "feature_sets": data.set_dims,
-                   "members": [m.name for m in members]}
-    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                                              model_description=description, with_data=False)
+    description = {
+        "task": task.name,
+        "model": dataclasses.asdict(cfg),
+        "feature_sets": data.set_dims,
+        "members": [m.name for m in members],
+    }
+    checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.keep_checkpoints,
+        model_description=description,
+        with_data=False,
+    )
     try:
         latest, restored = checkpointer.restore_latest(checkpointing.abstract_with_shardings(abstract, shardings))
     except checkpointing.CheckpointMismatchError as e:
@@ -478,12 +600,16 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
     member_loop = config.member_loop
     if member_loop == "auto":
         member_loop = "map" if jax.devices()[0].platform == "cpu" else "vmap"
-    step_fn = jax.jit(functools.partial(ensemble_train_step, model=model, task=task, tx=tx, member_loop=member_loop),
-                      in_shardings=(shardings, replicated, member_sharding, member_sharding),
-                      out_shardings=(shardings, replicated), donate_argnums=0)
+    step_fn = jax.jit(
+        functools.partial(ensemble_train_step, model=model, task=task, tx=tx, member_loop=member_loop),
+        in_shardings=(shardings, replicated, member_sharding, member_sharding),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+    )
     # What the host reads comes out replicated: every process of a multi-host run holds all of it.
-    predict_fn = jax.jit(functools.partial(fusion.ensemble_predict, model=model, kind=task.kind),
-                         out_shardings=replicated)
+    predict_fn = jax.jit(
+        functools.partial(fusion.ensemble_predict, model=model, kind=task.kind), out_shardings=replicated
+    )
     to_host = jax.jit(lambda tree: tree, out_shardings=replicated)
     keep_best_fn = jax.jit(keep_best, out_shardings=shardings, donate_argnums=0)
     heldout_masks = _row_masks(data, [m.heldout for m in members])
@@ -492,13 +618,23 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
 
     def predict_all(params, batch_stats) -> np.ndarray:
         """(M, R, C) per-frame outputs of every member on every track, windows averaged."""
+
         def apply(rows, mask):
             rows, mask = jax.device_put((rows, mask), replicated)
-            return predict_fn(params, batch_stats, state.members.feature_mean, state.members.feature_std,
-                              frame_data.features, frame_data.face, rows, mask)
+            return predict_fn(
+                params,
+                batch_stats,
+                state.members.feature_mean,
+                state.members.feature_std,
+                frame_data.features,
+                frame_data.face,
+                rows,
+                mask,
+            )
 
-        return clips.windowed_outputs(apply, data.tracks, data.tracks.names, config.clip_len, config.eval_stride,
-                                      config.eval_batch)
+        return clips.windowed_outputs(
+            apply, data.tracks, data.tracks.names, config.clip_len, config.eval_stride, config.eval_batch
+        )
 
     is_main = jax.process_index() == 0
     writer = telemetry.MetricWriter(workdir, enabled=is_main)
@@ -509,52 +645,87 @@ def _run(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task, stop
             if stop_requested():
                 checkpointer.stop_for_sigterm(step, state, None, checkpointer.latest_step())
             batches = [s.batch(step) for s in samplers]
-            rows, mask = jax.device_put((np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])),
-                                        member_sharding)
+            rows, mask = jax.device_put(
+                (np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])), member_sharding
+            )
             with jax.transfer_guard("disallow"):
                 state, step_metrics = step_fn(state, frame_data, rows, mask)
             step += 1
             if step % config.log_every == 0 or step % steps_per_epoch == 0:
                 losses_now = np.asarray(step_metrics["loss"])
                 rate = (step - first_step) * config.batch_clips * num_members / (time.perf_counter() - start_time)
-                log(f"step {step}/{total_steps} | loss " + " ".join(f"{m.name} {l:.4f}" for m, l in
-                                                                   zip(members, losses_now))
-                    + f" | {rate:.1f} clips/s")
-                writer.write(step, {f"loss/{m.name}": l for m, l in zip(members, losses_now)})
+                log(
+                    f"step {step}/{total_steps} | loss "
+                    + " ".join(f"{m.name} {loss:.4f}" for m, loss in zip(members, losses_now))
+                    + f" | {rate:.1f} clips/s"
+                )
+                writer.write(step, {f"loss/{m.name}": loss for m, loss in zip(members, losses_now)})
             if step % steps_per_epoch == 0:
-                train_state.stop_if_nonfinite(to_host(state.members.nonfinite_steps), step, " ".join(
-                    f"{m.name} {l:.4f}" for m, l in zip(members, np.asarray(step_metrics["loss"]))),
-                    checkpointer.latest_step(), checkpointer.directory, [m.name for m in members])
+                train_state.stop_if_nonfinite(
+                    to_host(state.members.nonfinite_steps),
+                    step,
+                    " ".join(f"{m.name} {loss:.4f}" for m, loss in zip(members, np.asarray(step_metrics["loss"]))),
+                    checkpointer.latest_step(),
+                    checkpointer.directory,
+                    [m.name for m in members],
+                )
                 outputs = predict_all(state.members.params, state.members.batch_stats)
                 scores = np.where(has_heldout, np.asarray(score_fn(outputs, data.labels, heldout_masks)[0]), -np.inf)
                 improved = scores > np.asarray(to_host(state.best_score))
                 state = keep_best_fn(state, improved, scores.astype(np.float32))
                 epoch = step // steps_per_epoch
-                log(f"epoch {epoch}/{config.num_epochs} held-out {task.metric_name}: " + " ".join(
-                    f"{m.name} {s:.4f}" for m, s in zip(members, scores) if m.heldout))
+                log(
+                    f"epoch {epoch}/{config.num_epochs} held-out {task.metric_name}: "
+                    + " ".join(f"{m.name} {s:.4f}" for m, s in zip(members, scores) if m.heldout)
+                )
                 writer.write(step, {f"heldout/{m.name}": s for m, s in zip(members, scores) if m.heldout})
                 checkpointer.save(step, state)
     finally:
         checkpointer.close()
         writer.close()
 
-    pick = jax.jit(lambda best, last: jax.tree.map(
-        lambda b, l: jnp.where(has_heldout.reshape((-1,) + (1,) * (b.ndim - 1)), b, l), best, last))
+    pick = jax.jit(
+        lambda best, last: jax.tree.map(
+            lambda b, last_value: jnp.where(has_heldout.reshape((-1,) + (1,) * (b.ndim - 1)), b, last_value), best, last
+        )
+    )
     final_params = pick(state.best_params, state.members.params)
     final_stats = pick(state.best_batch_stats, state.members.batch_stats)
     outputs = predict_all(final_params, final_stats)
     export = to_host((final_params, final_stats, state.members.feature_mean, state.members.feature_std))
     if is_main:
-        fusion.save_ensemble(os.path.join(workdir, fusion.EXPORT_DIR), fusion.EnsembleExport(
-            task=task.name, config=cfg, members=tuple(m.name for m in members), feature_sets=data.set_dims,
-            clip_len=config.clip_len, eval_stride=config.eval_stride, params=export[0], batch_stats=export[1],
-            feature_mean=export[2], feature_std=export[3]))
-    return _report(workdir, task, data, members, outputs, np.asarray(to_host(state.best_step)), paths, score_fn,
-                   write=is_main)
+        fusion.save_ensemble(
+            os.path.join(workdir, fusion.EXPORT_DIR),
+            fusion.EnsembleExport(
+                task=task.name,
+                config=cfg,
+                members=tuple(m.name for m in members),
+                feature_sets=data.set_dims,
+                clip_len=config.clip_len,
+                eval_stride=config.eval_stride,
+                params=export[0],
+                batch_stats=export[1],
+                feature_mean=export[2],
+                feature_std=export[3],
+            ),
+        )
+    return _report(
+        workdir, task, data, members, outputs, np.asarray(to_host(state.best_step)), paths, score_fn, write=is_main
+    )
 
 
-def _report(workdir: str, task: tasks.Task, data: LoadedData, members: list[clips.Member], outputs: np.ndarray,
-            best_step: np.ndarray, paths: release.ReleasePaths, score_fn, *, write: bool = True) -> dict[str, Any]:
+def _report(
+    workdir: str,
+    task: tasks.Task,
+    data: LoadedData,
+    members: list[clips.Member],
+    outputs: np.ndarray,
+    best_step: np.ndarray,
+    paths: release.ReleasePaths,
+    score_fn,
+    *,
+    write: bool = True,
+) -> dict[str, Any]:
     """Prints the per-member tables and scores, and (when `write`: process 0) writes them and the predictions
     folder."""
     test_tracks = tuple(t for t, s in data.splits.items() if s == "test")
@@ -569,24 +740,42 @@ def _report(workdir: str, task: tasks.Task, data: LoadedData, members: list[clip
     heldout = table([m.heldout for m in members])
     test_scores = table([test_tracks] * len(members))
     reaction_scores = table([reaction_tests] * len(members))
-    tables = [format_table(task, f"{task.name} held-out {task.metric_name} (each member on its own held-out "
-                                 "videos, best epoch)", heldout)]
+    tables = [
+        format_table(
+            task,
+            f"{task.name} held-out {task.metric_name} (each member on its own held-out videos, best epoch)",
+            heldout,
+        )
+    ]
     if test_scores:
         tables.append(format_table(task, f"{task.name} test ground truth ({len(test_tracks)} videos)", test_scores))
     if reaction_scores:
-        tables.append(format_table(task, f"{task.name} test ground truth, reaction videos only "
-                                         f"({len(reaction_tests)} videos)", reaction_scores))
+        tables.append(
+            format_table(
+                task,
+                f"{task.name} test ground truth, reaction videos only ({len(reaction_tests)} videos)",
+                reaction_scores,
+            )
+        )
     text = "\n\n".join(tables)
     log(text)
 
     def as_json(table):
-        return {name: {"metric": mean, "per_class": dict(zip(task.label_names, map(float, per_class)))}
-                for name, (mean, per_class) in table.items()}
+        return {
+            name: {"metric": mean, "per_class": dict(zip(task.label_names, map(float, per_class)))}
+            for name, (mean, per_class) in table.items()
+        }
 
-    result = {"task": task.name, "heldout": as_json(heldout), "test": as_json(test_scores),
-              "test_reaction": as_json(reaction_scores),
-              "members": {m.name: {"train": list(m.train), "heldout": list(m.heldout), "best_step": int(s)}
-                          for m, s in zip(members, best_step)}}
+    result = {
+        "task": task.name,
+        "heldout": as_json(heldout),
+        "test": as_json(test_scores),
+        "test_reaction": as_json(reaction_scores),
+        "members": {
+            m.name: {"train": list(m.train), "heldout": list(m.heldout), "best_step": int(s)}
+            for m, s in zip(members, best_step)
+        },
+    }
     if not write:
         return result
     pathlib.Path(workdir, "tables.txt").write_text(text + "\n", encoding="utf-8")
@@ -595,12 +784,18 @@ def _report(workdir: str, task: tasks.Task, data: LoadedData, members: list[clip
     writer = predictions.PredictionWriter(os.path.join(workdir, "predictions"), task)
     for i, track in enumerate(data.tracks.names):
         start, n = int(data.tracks.offset[i]), int(data.tracks.length[i])
-        writer.add_track(track, data.splits[track], data.face[start:start + n])
+        writer.add_track(track, data.splits[track], data.face[start : start + n])
         for j, member in enumerate(members):
-            role = ("test" if data.splits[track] == "test" else "train" if track in member.train
-                    else "heldout" if track in member.heldout else "other")
-            writer.write(member.name, track, outputs[j, start:start + n], role)
+            role = (
+                "test"
+                if data.splits[track] == "test"
+                else "train"
+                if track in member.train
+                else "heldout"
+                if track in member.heldout
+                else "other"
+            )
+            writer.write(member.name, track, outputs[j, start : start + n], role)
     writer.flush()
-    log(f"Wrote {len(members)} members' predictions for {len(data.tracks.names)} tracks to "
-        f"{writer.directory}")
+    log(f"Wrote {len(members)} members' predictions for {len(data.tracks.names)} tracks to {writer.directory}")
     return result

@@ -16,6 +16,7 @@ its own checkpoints. A stage whose settings changed runs afresh: its finished fo
 rerun with the old settings puts the old folder back instead of training again. Nothing finished is deleted
 before its replacement is complete.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,8 @@ from abaw_jax.runtime.telemetry import format_duration, log
 _STEP_VERSIONS = {"report": 2, "predictor": 2}
 WORKDIR_MARK = "$WORKDIR"
 PREVIOUS_SUFFIX = ".previous"
-_STAGE_CONFIG_TEMPLATE = '''"""Settings of pipeline stage {name!r}, written by configs/abaw.py's pipeline (edits here are not read
-back).
+_STAGE_CONFIG_TEMPLATE = '''"""Settings of pipeline stage {name!r}, written by configs/abaw.py's pipeline
+(edits here are not read back).
 
 Rerun this stage alone:
   python -m abaw_jax.main --config={path} --workdir={directory}
@@ -98,7 +99,7 @@ def portable(value: Any, root: str) -> Any:
     if isinstance(value, list):
         return [portable(item, root) for item in value]
     if isinstance(value, str) and (value == root or value.startswith(root + os.sep)):
-        return WORKDIR_MARK + value[len(root):]
+        return WORKDIR_MARK + value[len(root) :]
     return value
 
 
@@ -134,10 +135,12 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
     else:
         mae = _copy(config.mae)
         if config.data.root and not mae.data.data_dir:
-            raise JobError(f"config.data.root={config.data.root} is a real release, but config.mae.data.data_dir "
-                           "is empty, so stage 1 would pretrain on the synthetic faces: set it to your face shards "
-                           "(python -m data_prep.build_face_shards), or skip pretraining with "
-                           "--config.mae_encoder=<pretrained MAE weights>")
+            raise JobError(
+                f"config.data.root={config.data.root} is a real release, but config.mae.data.data_dir "
+                "is empty, so stage 1 would pretrain on the synthetic faces: set it to your face shards "
+                "(python -m data_prep.build_face_shards), or skip pretraining with "
+                "--config.mae_encoder=<pretrained MAE weights>"
+            )
         if not mae.data.data_dir:
             mae.data.cache_dir = config.data.cache_dir
             mae.data.synthetic_videos = config.data.synthetic_videos
@@ -169,8 +172,10 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
             extracted = checks.names(extract, extract_key, distinct=False)
             absent = [n for n in checks.names(config.fusion[task], key) if n not in extracted]
             if absent:
-                raise JobError(f"config.fusion.{task}.{key} names {absent}, which config.features.{extract_key}="
-                               f"{extract[extract_key]!r} does not extract")
+                raise JobError(
+                    f"config.fusion.{task}.{key} names {absent}, which config.features.{extract_key}="
+                    f"{extract[extract_key]!r} does not extract"
+                )
         for variant in variants[task]:
             fusion = with_release(config.fusion[task])
             fusion.features_dir = dirs.features
@@ -181,8 +186,9 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
         for variant in variants[task]:
             evaluate = with_release(config.evaluate[task])
             evaluate.fusion_workdir = dirs.fusion(task, variant)
-            _check_members(config.fusion[task], f"fusion.{task}", f"evaluate.{task}",
-                           ensemble.required_members(evaluate))
+            _check_members(
+                config.fusion[task], f"fusion.{task}", f"evaluate.{task}", ensemble.required_members(evaluate)
+            )
             inputs = [dirs.fusion(task, variant)]
             if not variant and extract.static_predictions:
                 evaluate.static_predictions = os.path.join(dirs.features, f"predictions_{task}")
@@ -192,8 +198,13 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
     ran = tuple(s.directory for s in stages)
     method = tuple(s.directory for s in stages if not s.name.endswith("_visual"))
     stages.append(Stage(dirs.report, ran, step=lambda: log(report.write_report(dirs, tasks=tasks))))
-    stages.append(Stage(dirs.predictor, method, step=lambda: bundle.export_bundle(
-        dirs, dirs.predictor, tasks=tasks, data_config=config.data)))
+    stages.append(
+        Stage(
+            dirs.predictor,
+            method,
+            step=lambda: bundle.export_bundle(dirs, dirs.predictor, tasks=tasks, data_config=config.data),
+        )
+    )
     return stages
 
 
@@ -208,9 +219,11 @@ def _check_members(fusion: ml_collections.ConfigDict, fusion_key: str, evaluate_
     """Stops before any training when stage 5 would ask stage 4 for members it is not set to train."""
     missing = [m for m in needed if m not in checks.names(fusion, "members")]
     if missing:
-        raise JobError(f"config.{evaluate_key} reads members {missing}, which config.{fusion_key}.members="
-                       f"{fusion.members!r} does not train: add them there, or change config.{evaluate_key}'s "
-                       "fold_members / official_member / ensemble.general / scene_routing")
+        raise JobError(
+            f"config.{evaluate_key} reads members {missing}, which config.{fusion_key}.members="
+            f"{fusion.members!r} does not train: add them there, or change config.{evaluate_key}'s "
+            "fold_members / official_member / ensemble.general / scene_routing"
+        )
 
 
 def result_settings(settings: Mapping[str, Any], cosmetic_keys: Collection[str]) -> dict[str, Any]:
@@ -226,32 +239,43 @@ def fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, str], cosmetic
 def changed_keys(old: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
     """'key: old -> new' for every setting that differs between a recorded run's config and `settings`."""
     before, after = flat_settings(dict(old)), flat_settings(dict(settings))
-    return [f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"
-            for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    return [
+        f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k)
+    ]
 
 
 def _listing(changes: list[str]) -> str:
     return "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
 
 
-def describe_change(old: Mapping[str, Any], settings: Mapping[str, Any], inputs: Mapping[str, str],
-                    cosmetic_keys: Collection[str] = ()) -> str:
+def describe_change(
+    old: Mapping[str, Any], settings: Mapping[str, Any], inputs: Mapping[str, str], cosmetic_keys: Collection[str] = ()
+) -> str:
     """What differs, in the settings that decide results and in the inputs, between a stage's recorded run and
     this one, for the log line that explains a rerun."""
-    changes = changed_keys(result_settings(old.get("config", {}), cosmetic_keys),
-                           result_settings(settings, cosmetic_keys))
+    changes = changed_keys(
+        result_settings(old.get("config", {}), cosmetic_keys), result_settings(settings, cosmetic_keys)
+    )
     changes += [f"input {k} changed" for k in sorted(inputs) if old.get("inputs", {}).get(k) != inputs[k]]
     return _listing(changes)
 
 
-def _up_to_date(record: Mapping[str, Any] | None, settings: Mapping[str, Any], inputs: Mapping[str, str],
-                cosmetic_keys: Collection[str], root: str) -> bool:
+def _up_to_date(
+    record: Mapping[str, Any] | None,
+    settings: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    cosmetic_keys: Collection[str],
+    root: str,
+) -> bool:
     """Whether `record` is a run of these result settings on these inputs (finished or not)."""
     if record is None:
         return False
     recorded = portable(record.get("config", {}), root)  # records written before paths were portable
-    return (result_settings(recorded, cosmetic_keys) == result_settings(settings, cosmetic_keys)
-            and record.get("inputs") == dict(inputs))
+    return result_settings(recorded, cosmetic_keys) == result_settings(settings, cosmetic_keys) and record.get(
+        "inputs"
+    ) == dict(inputs)
 
 
 def read_stage_file(directory: str) -> dict[str, Any] | None:
@@ -331,13 +355,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, S
     log(summary(records, time.perf_counter() - start))
     report_file = os.path.join(dirs.report, "report.md")
     if os.path.exists(report_file):
-        log(f"Report: {report_file}\nPredictor: {dirs.predictor} "
-            f"(python -m abaw_jax.predict --model={dirs.root} --videos=<video or folder> --out_dir=<folder>)")
+        log(
+            f"Report: {report_file}\nPredictor: {dirs.predictor} "
+            f"(python -m abaw_jax.predict --model={dirs.root} --videos=<video or folder> --out_dir=<folder>)"
+        )
     return records
 
 
-def _prepare(stage: Stage, root: str, jobs: Mapping[str, StageJob], current: Mapping[str, str], header: str,
-             leader: bool) -> tuple[dict[str, Any], str]:
+def _prepare(
+    stage: Stage, root: str, jobs: Mapping[str, StageJob], current: Mapping[str, str], header: str, leader: bool
+) -> tuple[dict[str, Any], str]:
     """Decides what this run does with `stage` and readies its folder; returns (its record, status).
 
     status: 'skipped' (finished with these settings), 'restored' (the finished `.previous` folder had these
@@ -351,27 +378,42 @@ def _prepare(stage: Stage, root: str, jobs: Mapping[str, StageJob], current: Map
     previous = read_stage_file(previous_dir)
     _sync(f"read {stage.name}")  # every process decides on the same records before the leader moves folders
     if old is None and os.path.isdir(stage.directory) and os.listdir(stage.directory):
-        raise JobError(f"{stage.directory} exists but was not made by this pipeline (no {STAGE_FILE}); "
-                       "move it away or choose another --workdir")
+        raise JobError(
+            f"{stage.directory} exists but was not made by this pipeline (no {STAGE_FILE}); "
+            "move it away or choose another --workdir"
+        )
     here = _up_to_date(old, settings, inputs, cosmetic, root)
     if here and old.get("complete"):
         cosmetic_changes = changed_keys(old.get("config", {}), settings)
-        note = f" (cosmetic settings changed, results unaffected: {_listing(cosmetic_changes)})" \
-            if cosmetic_changes else ""
+        note = (
+            f" (cosmetic settings changed, results unaffected: {_listing(cosmetic_changes)})"
+            if cosmetic_changes
+            else ""
+        )
         log(f"== {header}: done earlier with these settings, skipped{note}")
         if leader:
             _drop_previous(stage.directory, "the stage is complete")
         _sync(f"skipped {stage.name}")
         return old, "skipped"
-    if not here and previous is not None and previous.get("complete") and \
-            _up_to_date(previous, settings, inputs, cosmetic, root):
+    if (
+        not here
+        and previous is not None
+        and previous.get("complete")
+        and _up_to_date(previous, settings, inputs, cosmetic, root)
+    ):
         log(f"== {header}: {previous_dir} holds a finished run with these settings; restoring it")
         if leader:
             _swap_back(stage.directory, old)
         _sync(f"restored {stage.name}")
         return previous, "restored"
-    record = {"stage": stage.name, "job": stage.job, "config": settings, "inputs": inputs,
-              "fingerprint": fingerprint(settings, inputs, cosmetic), "complete": False}
+    record = {
+        "stage": stage.name,
+        "job": stage.job,
+        "config": settings,
+        "inputs": inputs,
+        "fingerprint": fingerprint(settings, inputs, cosmetic),
+        "complete": False,
+    }
     if here:
         log(f"== {header}: resuming the unfinished run in {stage.directory}")
         return record, "resumed"
@@ -390,8 +432,10 @@ def _set_aside(directory: str, record: Mapping[str, Any]) -> None:
     if record.get("complete"):
         _drop_previous(directory, "a newer finished run replaces it")
         os.rename(directory, previous_dir)
-        log(f"   the finished run is kept in {previous_dir} until the new one completes (rerun with the old "
-            "settings to restore it)")
+        log(
+            f"   the finished run is kept in {previous_dir} until the new one completes (rerun with the old "
+            "settings to restore it)"
+        )
     else:
         log(f"   removing the unfinished run of other settings in {directory}")
         shutil.rmtree(directory)
@@ -430,7 +474,8 @@ def summary(records: Mapping[str, Mapping[str, Any]], seconds: float) -> str:
 
 def _write_stage_config(stage: Stage) -> None:
     path = os.path.join(stage.directory, "stage_config.py")
-    text = _STAGE_CONFIG_TEMPLATE.format(name=stage.name, path=path, directory=stage.directory,
-                                         values=stage.config.to_dict())
+    text = _STAGE_CONFIG_TEMPLATE.format(
+        name=stage.name, path=path, directory=stage.directory, values=stage.config.to_dict()
+    )
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

@@ -33,19 +33,20 @@ files, the example hop and the example centres' rule). Audio is per video file, 
 two crops of a two-person video, `<video>_left` and `<video>_right`, both use `<video>.npy`: strip the
 suffix to find it.
 """
-from collections.abc import Sequence
+
 import dataclasses
 import json
 import os
 import pathlib
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
-from absl import logging
 import av
 import librosa
 import numpy as np
 import soundfile
+from absl import logging
 
 from abaw_jax.models import vggish
 
@@ -117,11 +118,9 @@ class Featurizer(Protocol):
 
     kind: str
 
-    def __call__(self, audio: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
-        ...
+    def __call__(self, audio: np.ndarray, num_frames: int, fps: float) -> np.ndarray: ...
 
-    def metadata(self) -> dict:
-        ...
+    def metadata(self) -> dict: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,9 +214,7 @@ class EncoderFeatures:
             )
         self.extractor = None
         if (model_dir / "preprocessor_config.json").is_file():
-            self.extractor = transformers.AutoFeatureExtractor.from_pretrained(
-                model_dir, local_files_only=True
-            )
+            self.extractor = transformers.AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
         self.kind = kind
         self.model_dir = model_dir
         self.layer = layer
@@ -429,7 +426,11 @@ def extract_all(
         report.done.append(path.stem)
         logging.info(
             "[%d/%d] %s: %.1f s of audio; %.1f s elapsed",
-            index, len(videos), path.stem, len(audio) / SAMPLE_RATE, time.perf_counter() - start,
+            index,
+            len(videos),
+            path.stem,
+            len(audio) / SAMPLE_RATE,
+            time.perf_counter() - start,
         )
     return report
 
@@ -450,5 +451,7 @@ def _warn_if_lengths_differ(path: pathlib.Path, audio_seconds: float, video_seco
     if abs(audio_seconds - video_seconds) > 0.5:
         logging.warning(
             "%s: audio lasts %.2f s but the video %.2f s; rows past the audio's end describe silence.",
-            path, audio_seconds, video_seconds,
+            path,
+            audio_seconds,
+            video_seconds,
         )

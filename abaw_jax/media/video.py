@@ -1,4 +1,5 @@
 """Media file facts shared by every reader of raw data: the one list of video and of image extensions, frame timing."""
+
 import os
 
 import av
@@ -19,8 +20,7 @@ def frame_timestamps(path: str | os.PathLike) -> tuple[np.ndarray, float]:
             raise ValueError(f"{path}: this file has no video stream.")
         stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 0)
-        times = sorted(float(p.pts * stream.time_base) for p in container.demux(stream)
-                       if p.size and p.pts is not None)
+        times = sorted(float(p.pts * stream.time_base) for p in container.demux(stream) if p.size and p.pts is not None)
     times = np.asarray(times, np.float64)
     return (times - times[0] if len(times) else times), rate
 

@@ -11,6 +11,7 @@ fine-tuning model), with a linear `head` when `num_classes > 0`. As in the offic
 pretrained encoder's final `norm` and its decoder are left out, and `fc_norm` / `head` keep a fresh
 (seeded) init when the source has none; every other encoder weight must be present with its shape.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,19 +31,26 @@ from abaw_jax.models.vit import VIT_SIZES, ViTConfig
 from abaw_jax.runtime.pipeline_dirs import STAGE_FILE
 
 # What an encoder path may be given, for errors about a folder that is none of them.
-EXPECTED_SOURCES = ("a pretraining or fine-tuning workdir (its export/encoder), a params folder with model.json, an "
-                    "official MAE / timm .pth or .safetensors, or a transformers folder with config.json")
+EXPECTED_SOURCES = (
+    "a pretraining or fine-tuning workdir (its export/encoder), a params folder with model.json, an "
+    "official MAE / timm .pth or .safetensors, or a transformers folder with config.json"
+)
 # Files each job writes in its workdir (jobs/*.py), by which a workdir without an encoder is recognised when it
 # has no stage.json (a job run on its own rather than by the pipeline).
-_WORKDIR_MARKERS = (("fusion", os.path.join(FUSION_EXPORT_DIR, FUSION_EXPORT_JSON)), ("fusion", "scores.json"),
-                    ("evaluate", "results.json"), ("finetune", "best.json"), ("mae_pretrain", "reconstructions"))
+_WORKDIR_MARKERS = (
+    ("fusion", os.path.join(FUSION_EXPORT_DIR, FUSION_EXPORT_JSON)),
+    ("fusion", "scores.json"),
+    ("evaluate", "results.json"),
+    ("finetune", "best.json"),
+    ("mae_pretrain", "reconstructions"),
+)
 _WORKDIR_KINDS = {
     "fusion": "a fusion workdir: its export/ holds TMF ensemble members trained on per-frame features, not a ViT "
-              "encoder",
+    "encoder",
     "extract_features": "a feature-extraction workdir: per-frame features of frozen encoders, not an encoder",
     "evaluate": "an evaluation workdir: tuned post-processing and submission files, not an encoder",
     "pipeline": "a pipeline workdir: give one of its stage folders, {path}/mae (the pretrained encoder) or "
-                "{path}/finetune_<task> (a fine-tuned one)",
+    "{path}/finetune_<task> (a fine-tuned one)",
 }
 
 # Keys a pretrained source may have that a fine-tuning model does not use.
@@ -68,15 +76,23 @@ class LoadedEncoder:
 
     def description(self) -> dict[str, Any]:
         """JSON-ready: what a feature set or checkpoint records about the encoder it used."""
-        return {"source": self.source, "kind": self.kind, "sha256": self.sha256,
-                "config": dataclasses.asdict(self.config), "fresh_keys": list(self.fresh_keys)}
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "config": dataclasses.asdict(self.config),
+            "fresh_keys": list(self.fresh_keys),
+        }
 
 
 def _hash_path(path: str) -> str:
     """SHA-256 of a file, or of every file under a folder (names and contents, in sorted order)."""
     digest = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+    files = (
+        [path]
+        if os.path.isfile(path)
+        else sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+    )
     for file in files:
         digest.update(os.path.relpath(file, path).encode() if file != path else b"")
         with open(file, "rb") as f:
@@ -97,12 +113,21 @@ def _config_from_state(state: tw.StateDict, num_heads: int | None) -> ViTConfig:
     if num_heads is None:
         sizes = [s for s in VIT_SIZES.values() if s["width"] == width]
         if not sizes:
-            raise EncoderLoadError(f"width {width} is not a standard ViT size ({sorted(VIT_SIZES)}); the number "
-                                   "of attention heads cannot be read from the weights")
+            raise EncoderLoadError(
+                f"width {width} is not a standard ViT size ({sorted(VIT_SIZES)}); the number "
+                "of attention heads cannot be read from the weights"
+            )
         num_heads = sizes[0]["num_heads"]
     grid = int(round((tokens - 1) ** 0.5))
-    return ViTConfig(image_size=grid * patch, patch_size=patch, channels=channels, width=width, depth=depth,
-                     num_heads=num_heads, mlp_dim=mlp_dim)
+    return ViTConfig(
+        image_size=grid * patch,
+        patch_size=patch,
+        channels=channels,
+        width=width,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+    )
 
 
 def resolve_source(path: str) -> str:
@@ -148,8 +173,10 @@ def _read_source(path: str) -> tuple[tw.StateDict, int | None, str]:
             raise EncoderLoadError(f"{path} is {_WORKDIR_KINDS[kind].format(path=path)}; expected {EXPECTED_SOURCES}")
         if kind in ("mae_pretrain", "finetune") or os.path.isdir(os.path.join(path, "checkpoints")):
             run = "a fine-tuning" if kind == "finetune" else "a pretraining"
-            raise EncoderLoadError(f"{path} is {run} workdir without export/encoder: the run has not finished; "
-                                   "rerun its command with the same --workdir to complete it")
+            raise EncoderLoadError(
+                f"{path} is {run} workdir without export/encoder: the run has not finished; "
+                "rerun its command with the same --workdir to complete it"
+            )
         raise EncoderLoadError(f"{path}: expected {EXPECTED_SOURCES}")
     if not os.path.exists(path):
         raise EncoderLoadError(f"{path}: no such file or directory")
@@ -162,15 +189,21 @@ def _read_source(path: str) -> tuple[tw.StateDict, int | None, str]:
     return state, None, "official"
 
 
-def load_encoder(path: str, *, num_classes: int = 0, drop_path_rate: float = 0.0, seed: int = 0,
-                 pos_embed_trainable: bool = True) -> LoadedEncoder:
+def load_encoder(
+    path: str, *, num_classes: int = 0, drop_path_rate: float = 0.0, seed: int = 0, pos_embed_trainable: bool = True
+) -> LoadedEncoder:
     """A `pool='gap'` ViT (with a `num_classes` head when > 0) initialised from the encoder at `path`."""
     # Hash and record the encoder files only: a workdir's logs and checkpoints change between runs.
     path = resolve_source(path)
     state, heads, kind = _read_source(path)
     shape = _config_from_state(state, heads)
-    config = dataclasses.replace(shape, pool="gap", num_classes=num_classes, drop_path_rate=drop_path_rate,
-                                 pos_embed_trainable=pos_embed_trainable)
+    config = dataclasses.replace(
+        shape,
+        pool="gap",
+        num_classes=num_classes,
+        drop_path_rate=drop_path_rate,
+        pos_embed_trainable=pos_embed_trainable,
+    )
     if num_classes == 0:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     elif "head.weight" in state and state["head.weight"].shape[0] != num_classes:
@@ -182,7 +215,14 @@ def load_encoder(path: str, *, num_classes: int = 0, drop_path_rate: float = 0.0
         raise EncoderLoadError(f"{path}: {e}") from e
     absent = [k for k in report["missing"] if not _FRESH.match(k)]
     if absent or report["unexpected"]:
-        raise EncoderLoadError(f"{path}: not a complete ViT encoder; missing {absent}, unexpected "
-                               f"{report['unexpected']}")
-    return LoadedEncoder(params=params, config=config, source=path, kind=kind, sha256=_hash_path(path),
-                         fresh_keys=tuple(report["missing"]))
+        raise EncoderLoadError(
+            f"{path}: not a complete ViT encoder; missing {absent}, unexpected {report['unexpected']}"
+        )
+    return LoadedEncoder(
+        params=params,
+        config=config,
+        source=path,
+        kind=kind,
+        sha256=_hash_path(path),
+        fresh_keys=tuple(report["missing"]),
+    )

@@ -6,6 +6,7 @@ loss are a few percent and are left out); a training step is 3x the forward pass
 computes two matmuls per forward matmul). For ViT-B/16 at mask ratio 0.75 this gives about 19.6 GFLOP
 forward and 58.7 GFLOP per training image.
 """
+
 from __future__ import annotations
 
 import jax
@@ -53,8 +54,7 @@ def mae_flops_per_image(config: MAEConfig) -> dict[str, int]:
         "patch_embed": 2 * enc.num_patches * enc.patch_dim * enc.width,
         "encoder": enc.depth * _block_flops(encoder_tokens, enc.width, enc.mlp_dim),
         "decoder_embed": 2 * encoder_tokens * enc.width * config.decoder_width,
-        "decoder": config.decoder_depth * _block_flops(decoder_tokens, config.decoder_width,
-                                                       config.decoder_mlp_dim),
+        "decoder": config.decoder_depth * _block_flops(decoder_tokens, config.decoder_width, config.decoder_mlp_dim),
         "decoder_pred": 2 * decoder_tokens * config.decoder_width * enc.patch_dim,
     }
     forward = sum(parts.values())
@@ -71,7 +71,9 @@ def device_peak_flops(device: jax.Device) -> float | None:
 def vit_flops_per_image(config: ViTConfig) -> dict[str, int]:
     """FLOPs per image of a ViT forward pass (all patches, the cls token, the head if any) and of a training
     step (3x), with the conventions above."""
-    forward = (2 * config.num_patches * config.patch_dim * config.width
-               + config.depth * _block_flops(1 + config.num_patches, config.width, config.mlp_dim)
-               + 2 * config.width * config.num_classes)
+    forward = (
+        2 * config.num_patches * config.patch_dim * config.width
+        + config.depth * _block_flops(1 + config.num_patches, config.width, config.mlp_dim)
+        + 2 * config.width * config.num_classes
+    )
     return {"forward": forward, "train": 3 * forward}

@@ -33,6 +33,7 @@ Collections: `params` and `batch_stats` (`mean`, `var`).
 +-1/sqrt(fan_in), attention in-projection Xavier-uniform with zero biases, output projection bias zero,
 and every encoder layer a copy of the first (`nn.TransformerEncoder` deep-copies its layer).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,9 +43,9 @@ import os
 from typing import Any
 
 import flax.linen as nn
-from flax import serialization
 import jax
 import jax.numpy as jnp
+from flax import serialization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,17 +139,25 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: jax.Array, attention_mask: jax.Array, train: bool) -> jax.Array:
         c = self.config
         attention = nn.MultiHeadDotProductAttention(
-            num_heads=c.num_heads, dropout_rate=c.dropout, broadcast_dropout=False,
-            kernel_init=_in_projection(c.width), bias_init=nn.initializers.zeros,
-            out_kernel_init=torch_uniform(c.width), out_bias_init=nn.initializers.zeros, name="attention")
+            num_heads=c.num_heads,
+            dropout_rate=c.dropout,
+            broadcast_dropout=False,
+            kernel_init=_in_projection(c.width),
+            bias_init=nn.initializers.zeros,
+            out_kernel_init=torch_uniform(c.width),
+            out_bias_init=nn.initializers.zeros,
+            name="attention",
+        )
         y = attention(x, x, mask=attention_mask, deterministic=not train)
         x = nn.LayerNorm(epsilon=c.layer_norm_eps, use_fast_variance=False, name="norm1")(
-            x + nn.Dropout(c.dropout)(y, deterministic=not train))
+            x + nn.Dropout(c.dropout)(y, deterministic=not train)
+        )
         y = _dense(c.mlp_dim, c.width, "linear1")(x)
         y = nn.Dropout(c.dropout)(nn.relu(y), deterministic=not train)
         y = _dense(c.width, c.mlp_dim, "linear2")(y)
         return nn.LayerNorm(epsilon=c.layer_norm_eps, use_fast_variance=False, name="norm2")(
-            x + nn.Dropout(c.dropout)(y, deterministic=not train))
+            x + nn.Dropout(c.dropout)(y, deterministic=not train)
+        )
 
 
 class TMF(nn.Module):
@@ -200,9 +209,19 @@ def output_activation(kind: str, outputs: jax.Array) -> jax.Array:
     return outputs
 
 
-def ensemble_predict(params: Any, batch_stats: Any, feature_mean: jax.Array, feature_std: jax.Array,
-                     features: jax.Array, face: jax.Array, rows: jax.Array, mask: jax.Array, *, model: TMF,
-                     kind: str) -> jax.Array:
+def ensemble_predict(
+    params: Any,
+    batch_stats: Any,
+    feature_mean: jax.Array,
+    feature_std: jax.Array,
+    features: jax.Array,
+    face: jax.Array,
+    rows: jax.Array,
+    mask: jax.Array,
+    *,
+    model: TMF,
+    kind: str,
+) -> jax.Array:
     """(M, W, L, C) activated outputs of every member (stacked params, means and stds (M, D)) on the windows
     rows/mask (W, L) of per-frame `features` (R, D) and `face` (R,): the one way windowed inference is done
     (the fusion job's evaluation and the predictor both jit this)."""
@@ -250,13 +269,25 @@ class EnsembleExport:
 def save_ensemble(directory: str, export: EnsembleExport) -> None:
     """Writes `export.json` (everything but the arrays) and `ensemble.msgpack` (flax serialization) atomically."""
     os.makedirs(directory, exist_ok=True)
-    arrays = {"params": export.params, "batch_stats": export.batch_stats, "feature_mean": export.feature_mean,
-              "feature_std": export.feature_std}
-    description = {"format_version": EXPORT_FORMAT, "task": export.task, "model": dataclasses.asdict(export.config),
-                   "members": list(export.members), "feature_sets": [[n, d] for n, d in export.feature_sets.items()],
-                   "clip_len": export.clip_len, "eval_stride": export.eval_stride}
-    for name, data, mode in ((EXPORT_ARRAYS, serialization.msgpack_serialize(jax.device_get(arrays)), "wb"),
-                             (EXPORT_JSON, json.dumps(description, indent=1) + "\n", "w")):
+    arrays = {
+        "params": export.params,
+        "batch_stats": export.batch_stats,
+        "feature_mean": export.feature_mean,
+        "feature_std": export.feature_std,
+    }
+    description = {
+        "format_version": EXPORT_FORMAT,
+        "task": export.task,
+        "model": dataclasses.asdict(export.config),
+        "members": list(export.members),
+        "feature_sets": [[n, d] for n, d in export.feature_sets.items()],
+        "clip_len": export.clip_len,
+        "eval_stride": export.eval_stride,
+    }
+    for name, data, mode in (
+        (EXPORT_ARRAYS, serialization.msgpack_serialize(jax.device_get(arrays)), "wb"),
+        (EXPORT_JSON, json.dumps(description, indent=1) + "\n", "w"),
+    ):
         path = os.path.join(directory, name)
         with open(path + ".tmp", mode) as f:
             f.write(data)
@@ -275,8 +306,12 @@ def load_ensemble(directory: str) -> EnsembleExport:
         raise ValueError(f"{directory}: not a fusion ensemble export ({e})") from e
     if description.get("format_version") != EXPORT_FORMAT:
         raise ValueError(f"{path}: format_version {description.get('format_version')!r}, expected {EXPORT_FORMAT}")
-    return EnsembleExport(task=description["task"], config=TMFConfig(**description["model"]),
-                          members=tuple(description["members"]),
-                          feature_sets={n: int(d) for n, d in description["feature_sets"]},
-                          clip_len=int(description["clip_len"]), eval_stride=int(description["eval_stride"]),
-                          **arrays)
+    return EnsembleExport(
+        task=description["task"],
+        config=TMFConfig(**description["model"]),
+        members=tuple(description["members"]),
+        feature_sets={n: int(d) for n, d in description["feature_sets"]},
+        clip_len=int(description["clip_len"]),
+        eval_stride=int(description["eval_stride"]),
+        **arrays,
+    )

@@ -7,6 +7,7 @@ every patch's pixels in (row in patch, column in patch, channel) order. The loss
 per patch, averaged over removed patches only, with each target patch optionally normalised by its own
 mean and unbiased variance (`norm_pix_loss`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from abaw_jax.models.vit import (LAYER_NORM_EPS, VIT_SIZES, ViT, ViTConfig, _dense_init, _token_init,
-                                 fixed_sincos_init, make_blocks)
+from abaw_jax.models.vit import (
+    LAYER_NORM_EPS,
+    VIT_SIZES,
+    ViT,
+    ViTConfig,
+    _dense_init,
+    _token_init,
+    fixed_sincos_init,
+    make_blocks,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +50,14 @@ MAE_DECODERS: dict[str, dict[str, int]] = {
 }
 
 
-def mae_config(size: str = "base", *, image_size: int = 224, patch_size: int = 16, mask_ratio: float = 0.75,
-               norm_pix_loss: bool = True) -> MAEConfig:
+def mae_config(
+    size: str = "base",
+    *,
+    image_size: int = 224,
+    patch_size: int = 16,
+    mask_ratio: float = 0.75,
+    norm_pix_loss: bool = True,
+) -> MAEConfig:
     """Named MAE sizes: 'tiny' (CPU tests), 'base' (ViT-B/16, the default), 'large' (ViT-L/16)."""
     if size not in VIT_SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(VIT_SIZES)}")
@@ -99,8 +114,9 @@ def _permute_tokens_bwd(residuals, grad):
 permute_tokens.defvjp(_permute_tokens_fwd, _permute_tokens_bwd)
 
 
-def reconstruction_loss(pred: jax.Array, images: jax.Array, mask: jax.Array, patch_size: int,
-                        norm_pix_loss: bool) -> jax.Array:
+def reconstruction_loss(
+    pred: jax.Array, images: jax.Array, mask: jax.Array, patch_size: int, norm_pix_loss: bool
+) -> jax.Array:
     target = patchify(images.astype(jnp.float32), patch_size)
     if norm_pix_loss:
         mean = target.mean(axis=-1, keepdims=True)
@@ -136,19 +152,29 @@ class MAE(nn.Module):
         self.encoder = ViT(cfg.encoder, dtype=self.dtype, remat=self.remat, attention=self.attention)
         self.decoder_embed = nn.Dense(cfg.decoder_width, dtype=self.dtype, kernel_init=_dense_init)
         self.mask_token = self.param("mask_token", _token_init, (1, 1, cfg.decoder_width))
-        self.decoder_pos_embed = self.param("decoder_pos_embed",
-                                            fixed_sincos_init(cfg.decoder_width, cfg.encoder.grid_size),
-                                            (1, cfg.encoder.num_patches + 1, cfg.decoder_width))
-        self.decoder_blocks = make_blocks(cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp_dim,
-                                          "decoder_blocks", self.dtype, self.remat, self.attention)
+        self.decoder_pos_embed = self.param(
+            "decoder_pos_embed",
+            fixed_sincos_init(cfg.decoder_width, cfg.encoder.grid_size),
+            (1, cfg.encoder.num_patches + 1, cfg.decoder_width),
+        )
+        self.decoder_blocks = make_blocks(
+            cfg.decoder_depth,
+            cfg.decoder_heads,
+            cfg.decoder_mlp_dim,
+            "decoder_blocks",
+            self.dtype,
+            self.remat,
+            self.attention,
+        )
         self.decoder_norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype)
         self.decoder_pred = nn.Dense(cfg.encoder.patch_dim, dtype=self.dtype, kernel_init=_dense_init)
 
     def decode(self, latent: jax.Array, ids_shuffle: jax.Array, ids_restore: jax.Array) -> jax.Array:
         x = self.decoder_embed(latent)
         batch, num_patches = ids_restore.shape
-        mask_tokens = jnp.broadcast_to(self.mask_token.astype(x.dtype),
-                                       (batch, num_patches + 1 - x.shape[1], x.shape[-1]))
+        mask_tokens = jnp.broadcast_to(
+            self.mask_token.astype(x.dtype), (batch, num_patches + 1 - x.shape[1], x.shape[-1])
+        )
         patches = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
         patches = permute_tokens(patches, ids_restore, ids_shuffle)
         x = jnp.concatenate([x[:, :1], patches], axis=1)
@@ -162,7 +188,7 @@ class MAE(nn.Module):
         cfg = self.config
         tokens = self.encoder.embed_patches(images)
         ids_shuffle, mask, ids_restore = random_masking(noise, cfg.num_keep)
-        tokens = permute_tokens(tokens, ids_shuffle[:, :cfg.num_keep], ids_restore)
+        tokens = permute_tokens(tokens, ids_shuffle[:, : cfg.num_keep], ids_restore)
         latent, hidden = self.encoder.encode(tokens)
         latent = self.encoder.norm(latent)
         pred = self.decode(latent, ids_shuffle, ids_restore)

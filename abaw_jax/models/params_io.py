@@ -9,6 +9,7 @@ A directory written by `save_params` is enough to rebuild the module and its par
 so a checkpoint that does not match its own description fails loudly instead of loading half a model.
 The pretraining job exports the encoder this way; `python -m abaw_jax.convert_weights` reads and writes it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -123,14 +124,17 @@ def load_model_config(directory: str) -> ModelConfig:
     path = os.path.join(directory, MODEL_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no model description; is {directory} a save_params directory?")
-    expected = (f'the {{"format_version": {FORMAT_VERSION}, "kind": ..., "config": ...}} object save_params writes; '
-                "restore the file from the run that exported it, or export the weights again")
+    expected = (
+        f'the {{"format_version": {FORMAT_VERSION}, "kind": ..., "config": ...}} object save_params writes; '
+        "restore the file from the run that exported it, or export the weights again"
+    )
     try:
         with open(path, encoding="utf-8") as f:
             description = json.load(f)
     except json.JSONDecodeError as e:
-        raise ParamsFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); expected "
-                              f"{expected}") from e
+        raise ParamsFileError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); expected {expected}"
+        ) from e
     except UnicodeDecodeError as e:
         raise ParamsFileError(f"{path}: not UTF-8 text (byte {e.start}); expected {expected}") from e
     if not isinstance(description, dict):
@@ -156,7 +160,9 @@ def load_params(directory: str) -> tuple[dict[str, Any], ModelConfig]:
     try:
         params = ocp.StandardCheckpointer().restore(params_path, target)
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged or mismatched files
-        raise ParamsFileError(f"{params_path}: cannot restore the parameters of the model in {MODEL_FILE} "
-                              f"({orbax_reads.root_cause(e)}); is the folder complete and written for that "
-                              "model?") from e
+        raise ParamsFileError(
+            f"{params_path}: cannot restore the parameters of the model in {MODEL_FILE} "
+            f"({orbax_reads.root_cause(e)}); is the folder complete and written for that "
+            "model?"
+        ) from e
     return params, config

@@ -8,6 +8,7 @@ plus a layout change (Linear weights transposed, the patch conv kernel permuted 
 Official checkpoints come in three kinds, all handled: encoder-only (no `decoder*`/`mask_token` keys),
 full MAE with decoder, and fine-tuned (`fc_norm.*` and `head.*` instead of `norm.*`).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -61,16 +62,19 @@ def check_weight_file(path: str) -> None:
     if not head:
         raise WeightFileError(f"{path}: the file is empty; expected PyTorch or safetensors weights")
     if head == _LFS_POINTER:
-        raise WeightFileError(f"{path}: a git-lfs pointer, not the weights; fetch them with `git lfs pull` "
-                              "in that repository")
+        raise WeightFileError(
+            f"{path}: a git-lfs pointer, not the weights; fetch them with `git lfs pull` in that repository"
+        )
 
 
 def check_finite(state: StateDict, path: str) -> StateDict:
     """Raises WeightFileError naming the tensors that hold NaN or infinity."""
     bad = [k for k, v in state.items() if not np.all(np.isfinite(v))]
     if bad:
-        raise WeightFileError(f"{path}: {len(bad)} tensor(s) hold NaN or infinity ({', '.join(sorted(bad)[:5])}"
-                              f"{', ...' if len(bad) > 5 else ''}); the checkpoint is broken")
+        raise WeightFileError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or infinity ({', '.join(sorted(bad)[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); the checkpoint is broken"
+        )
     return state
 
 
@@ -86,16 +90,20 @@ def load_torch_checkpoint(path: str) -> StateDict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types (pickle, zip, EOF) for a damaged file
         reason = " ".join(str(e).split()).split(". ")[0][:200]  # torch's advice after that does not apply
-        raise WeightFileError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {reason}); "
-                              "is it complete, and a .pth/.bin state dict?") from e
+        raise WeightFileError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {reason}); "
+            "is it complete, and a .pth/.bin state dict?"
+        ) from e
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
     expected = "a state dict of tensors, or one under 'model'"
     if not isinstance(state, Mapping) or not state:
         raise WeightFileError(f"{path}: expected {expected}, found {type(checkpoint).__name__}")
     not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
-        raise WeightFileError(f"{path}: expected {expected}, found entries that are not tensors "
-                              f"({', '.join(not_tensors[:5])}); top-level keys: {sorted(map(str, checkpoint))[:8]}")
+        raise WeightFileError(
+            f"{path}: expected {expected}, found entries that are not tensors "
+            f"({', '.join(not_tensors[:5])}); top-level keys: {sorted(map(str, checkpoint))[:8]}"
+        )
     return check_finite({k: v.detach().float().numpy() for k, v in state.items()}, path)
 
 
@@ -118,8 +126,9 @@ def read_state_dict(path: str, source: str) -> StateDict:
             return hf_to_official(read_safetensors(safetensors_file))
         bin_file = os.path.join(path, "pytorch_model.bin")
         if not os.path.exists(bin_file):
-            raise FileNotFoundError(f"{path}: a transformers model folder needs model.safetensors or "
-                                    "pytorch_model.bin, found neither")
+            raise FileNotFoundError(
+                f"{path}: a transformers model folder needs model.safetensors or pytorch_model.bin, found neither"
+            )
         path = bin_file
     return hf_to_official(load_torch_checkpoint(path))
 
@@ -211,12 +220,15 @@ def _to_flax_layout(flax_path: tuple[str, ...], value: np.ndarray) -> np.ndarray
 def flax_to_official(params: Mapping[str, Any]) -> StateDict:
     """Flax MAE or ViT parameters -> official key layout (numpy, PyTorch tensor layouts)."""
     flat = traverse_util.flatten_dict(params)
-    return {_official_name(path): np.ascontiguousarray(_to_torch_layout(path, np.asarray(v, np.float32)))
-            for path, v in flat.items()}
+    return {
+        _official_name(path): np.ascontiguousarray(_to_torch_layout(path, np.asarray(v, np.float32)))
+        for path, v in flat.items()
+    }
 
 
-def official_to_flax(state: Mapping[str, np.ndarray], template: Mapping[str, Any], *,
-                     strict: bool = True) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def official_to_flax(
+    state: Mapping[str, np.ndarray], template: Mapping[str, Any], *, strict: bool = True
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Fills a Flax parameter tree shaped like `template` from an official-layout state dict.
 
     `template` gives the expected paths and shapes (from `model.init` or `jax.eval_shape`). With
@@ -239,8 +251,9 @@ def official_to_flax(state: Mapping[str, np.ndarray], template: Mapping[str, Any
             continue
         value = _to_flax_layout(path, np.asarray(state[name], np.float32))
         if value.shape != want:
-            wrong_shape.append(f"{name}: checkpoint {tuple(np.asarray(state[name]).shape)} "
-                               f"-> {value.shape}, model expects {want}")
+            wrong_shape.append(
+                f"{name}: checkpoint {tuple(np.asarray(state[name]).shape)} -> {value.shape}, model expects {want}"
+            )
         filled[path] = value
     problems = []
     if wrong_shape:
@@ -253,6 +266,8 @@ def official_to_flax(state: Mapping[str, np.ndarray], template: Mapping[str, Any
         raise WeightMismatchError("checkpoint does not fit the model; " + " | ".join(problems))
     abstract = [name for name in missing if isinstance(flat_template[expected[name]], jax.ShapeDtypeStruct)]
     if abstract:
-        raise WeightMismatchError("missing from the checkpoint and no initial value to keep (pass concrete "
-                                  "initial parameters as template): " + ", ".join(abstract))
+        raise WeightMismatchError(
+            "missing from the checkpoint and no initial value to keep (pass concrete "
+            "initial parameters as template): " + ", ".join(abstract)
+        )
     return traverse_util.unflatten_dict(filled), {"missing": missing, "unexpected": unexpected}

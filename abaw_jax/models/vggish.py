@@ -25,6 +25,7 @@ as `pproc.pca_matrix` / `pproc.pca_means`) and the PCA parameters file (`vggish_
 TF release's `vggish_pca_params.npz`; keys `pca_eigen_vectors` [128, 128] and `pca_means` [128]). Conv
 kernels go from torch's (out, in, h, w) to Flax's (h, w, in, out) and Linear weights are transposed.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,10 +59,16 @@ _MIN_BATCH = 16  # see VGGishEmbedder
 
 # (Flax name, torchvggish module, output channels or units); None marks a 2x2 max pool.
 _CONVS = (
-    ("conv1", "features.0", 64), None,
-    ("conv2", "features.3", 128), None,
-    ("conv3_1", "features.6", 256), ("conv3_2", "features.8", 256), None,
-    ("conv4_1", "features.11", 512), ("conv4_2", "features.13", 512), None,
+    ("conv1", "features.0", 64),
+    None,
+    ("conv2", "features.3", 128),
+    None,
+    ("conv3_1", "features.6", 256),
+    ("conv3_2", "features.8", 256),
+    None,
+    ("conv4_1", "features.11", 512),
+    ("conv4_2", "features.13", 512),
+    None,
 )
 _DENSES = (("fc1_1", "embeddings.0", 4096), ("fc1_2", "embeddings.2", 4096), ("fc2", "embeddings.4", EMBEDDING_SIZE))
 _TORCH_NAMES = {flax: torch for flax, torch, _ in (*filter(None, _CONVS), *_DENSES)}
@@ -69,6 +76,7 @@ _PCA_KEYS = {"release": ("pca_eigen_vectors", "pca_means"), "module": ("pproc.pc
 
 
 # --- Front end -------------------------------------------------------------------------------------------
+
 
 def hertz_to_mel(hertz: np.ndarray | float) -> np.ndarray:
     """The HTK mel scale, 1127 ln(1 + f / 700)."""
@@ -99,8 +107,10 @@ def log_mel_spectrogram(audio: np.ndarray, frames_per_block: int = 8192) -> np.n
     window = np.hanning(WINDOW_SAMPLES + 1)[:-1]
     weights = mel_matrix()
     # Blocks bound the memory of long tracks (a 512-point complex spectrum per 10 ms).
-    blocks = [np.abs(np.fft.rfft(frames[i : i + frames_per_block] * window, FFT_LENGTH)) @ weights
-              for i in range(0, len(frames), frames_per_block)]
+    blocks = [
+        np.abs(np.fft.rfft(frames[i : i + frames_per_block] * window, FFT_LENGTH)) @ weights
+        for i in range(0, len(frames), frames_per_block)
+    ]
     return np.log(np.concatenate(blocks) + LOG_OFFSET)
 
 
@@ -112,15 +122,16 @@ def num_examples(num_samples: int, hop_frames: int = EXAMPLE_HOP_FRAMES, pad_end
     return 0 if num_samples < EXAMPLE_SAMPLES else 1 + (num_samples - EXAMPLE_SAMPLES) // hop
 
 
-def waveform_to_examples(audio: np.ndarray, *, hop_frames: int = EXAMPLE_HOP_FRAMES,
-                         pad_end: bool = False) -> np.ndarray:
+def waveform_to_examples(
+    audio: np.ndarray, *, hop_frames: int = EXAMPLE_HOP_FRAMES, pad_end: bool = False
+) -> np.ndarray:
     """[num_examples, 96, 64] float32 log-mel examples of a 16 kHz mono waveform, one every `hop_frames` x 10 ms.
 
     The result is a read-only strided view of the log-mel frames, so overlapping examples (a hop under 96
-    frames) take no extra memory. With `pad_end=False` this is the release's framing: incomplete examples at the end are dropped and a
-    waveform shorter than one example (15600 samples) is a ValueError. With `pad_end=True` the waveform is
-    zero-padded at the end so that every sample lies in an example: a short waveform gives exactly one
-    example, its log-mel frames past the audio are those of silence, log(0.01).
+    frames) take no extra memory. With `pad_end=False` this is the release's framing: incomplete examples at
+    the end are dropped and a waveform shorter than one example (15600 samples) is a ValueError. With
+    `pad_end=True` the waveform is zero-padded at the end so that every sample lies in an example: a short
+    waveform gives exactly one example, its log-mel frames past the audio are those of silence, log(0.01).
     """
     audio = np.asarray(audio)
     if audio.ndim != 1:
@@ -129,8 +140,10 @@ def waveform_to_examples(audio: np.ndarray, *, hop_frames: int = EXAMPLE_HOP_FRA
         raise ValueError(f"hop_frames must be at least 1, got {hop_frames}")
     count = num_examples(len(audio), hop_frames, pad_end)
     if count == 0:
-        raise ValueError(f"a waveform of {len(audio)} samples is shorter than one VGGish example "
-                         f"({EXAMPLE_SAMPLES} samples, {EXAMPLE_SAMPLES / SAMPLE_RATE} s); pad_end=True zero-pads it")
+        raise ValueError(
+            f"a waveform of {len(audio)} samples is shorter than one VGGish example "
+            f"({EXAMPLE_SAMPLES} samples, {EXAMPLE_SAMPLES / SAMPLE_RATE} s); pad_end=True zero-pads it"
+        )
     needed = (count - 1) * hop_frames * HOP_SAMPLES + EXAMPLE_SAMPLES
     logmel = log_mel_spectrogram(np.pad(audio, (0, max(0, needed - len(audio))))[:needed])
     windows = np.lib.stride_tricks.sliding_window_view(logmel.astype(np.float32), EXAMPLE_FRAMES, axis=0)
@@ -144,6 +157,7 @@ def example_centres(count: int, hop_frames: int = EXAMPLE_HOP_FRAMES) -> np.ndar
 
 
 # --- Network and post-processing -------------------------------------------------------------------------
+
 
 class VGGish(nn.Module):
     """[batch, 96, 64] log-mel examples (time, band) -> [batch, 128] embeddings."""
@@ -198,8 +212,9 @@ class VGGishEmbedder:
         self.batch_size = batch_size
 
     @classmethod
-    def from_files(cls, weights: str | os.PathLike, pca: str | os.PathLike | None = None,
-                   batch_size: int = 64) -> VGGishEmbedder:
+    def from_files(
+        cls, weights: str | os.PathLike, pca: str | os.PathLike | None = None, batch_size: int = 64
+    ) -> VGGishEmbedder:
         """Reads the torchvggish state dict and, given, the PCA file (else the state dict's own PCA, if any:
         post-processing happens exactly when a PCA is found)."""
         params, embedded_pca = load_weights(weights)
@@ -228,6 +243,7 @@ class VGGishEmbedder:
 
 # --- Weights ---------------------------------------------------------------------------------------------
 
+
 def torch_state_shapes() -> dict[str, tuple[int, ...]]:
     """torchvggish state-dict keys of the network and their shapes (torch layouts)."""
     template = jax.eval_shape(VGGish().init, jax.random.key(0), jnp.zeros((1, EXAMPLE_FRAMES, NUM_BANDS)))
@@ -251,8 +267,11 @@ def params_from_torch(state: Mapping[str, np.ndarray], source: str = "state dict
     problems = []
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: found {tuple(np.shape(state[k]))}, expected {expected[k]}"
-             for k in expected if k in state and tuple(np.shape(state[k])) != expected[k]]
+    wrong = [
+        f"{k}: found {tuple(np.shape(state[k]))}, expected {expected[k]}"
+        for k in expected
+        if k in state and tuple(np.shape(state[k])) != expected[k]
+    ]
     if missing:
         problems.append("missing: " + ", ".join(missing))
     if unexpected:
@@ -277,8 +296,10 @@ def load_weights(path: str | os.PathLike) -> tuple[dict, PCAParams | None]:
     except WeightMismatchError:
         raise
     except Exception as error:  # torch.load raises many types for files that are not checkpoints
-        raise WeightMismatchError(f"{path}: not a readable PyTorch state dict ({type(error).__name__}: "
-                                  f"{str(error).splitlines()[0] if str(error) else ''})") from error
+        raise WeightMismatchError(
+            f"{path}: not a readable PyTorch state dict ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
     pca = None
     if any(k.startswith("pproc.") for k in state):
         pca = _pca_from(state, _PCA_KEYS["module"], str(path))
@@ -295,8 +316,10 @@ def load_pca(path: str | os.PathLike) -> PCAParams:
         else:
             values = _load_torch_arrays(path)
     except Exception as error:
-        raise WeightMismatchError(f"{path}: not a readable PCA parameters file ({type(error).__name__}: "
-                                  f"{str(error).splitlines()[0] if str(error) else ''})") from error
+        raise WeightMismatchError(
+            f"{path}: not a readable PCA parameters file ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
     if not isinstance(values, Mapping):
         raise WeightMismatchError(f"{path}: expected a dict of PCA arrays, found {type(values).__name__}")
     keys = _PCA_KEYS["module"] if _PCA_KEYS["module"][0] in values else _PCA_KEYS["release"]

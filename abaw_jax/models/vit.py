@@ -13,6 +13,7 @@ Two pooling heads, as in the official code:
 Attention runs through XLA by default, or through cuDNN's fused flash attention (`attention='cudnn'`,
 NVIDIA GPUs) with the tokens padded to the kernels' tile and masked; both compute the same function.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,8 +88,9 @@ def sincos_pos_embed_2d(width: int, grid_size: int, cls_token: bool = True) -> n
     if width % 4:
         raise ValueError(f"sin-cos position embeddings need width divisible by 4, got {width}")
     omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4.0))
-    rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64),
-                             indexing="ij")
+    rows, cols = np.meshgrid(
+        np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64), indexing="ij"
+    )
 
     def embed_1d(positions: np.ndarray) -> np.ndarray:
         angles = np.einsum("m,d->md", positions.reshape(-1), omega)
@@ -125,19 +127,24 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "x
     if implementation == "xla":
         return jax.nn.dot_product_attention(q, k, v)
     if implementation != "cudnn":
-        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
-                         f"got {implementation!r}")
+        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
     return padded_attention(q, k, v, multiple=64, implementation="cudnn")
 
 
-def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, multiple: int,
-                     implementation: str | None) -> jax.Array:
+def padded_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, multiple: int, implementation: str | None
+) -> jax.Array:
     batch, tokens = q.shape[:2]
     padding = ((0, 0), (0, -tokens % multiple), (0, 0), (0, 0))
     lengths = jnp.full((batch,), tokens, jnp.int32)
-    out = jax.nn.dot_product_attention(jnp.pad(q, padding), jnp.pad(k, padding), jnp.pad(v, padding),
-                                       query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                                       implementation=implementation)
+    out = jax.nn.dot_product_attention(
+        jnp.pad(q, padding),
+        jnp.pad(k, padding),
+        jnp.pad(v, padding),
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
     return out[:, :tokens]
 
 
@@ -154,7 +161,8 @@ class Attention(nn.Module):
         q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.num_heads, head_dim), 3, axis=2)
         out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.implementation)
         return nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init, name="proj")(
-            out.reshape(batch, length, width))
+            out.reshape(batch, length, width)
+        )
 
 
 class Mlp(nn.Module):
@@ -187,8 +195,16 @@ class Block(nn.Module):
         return x + drop_path(Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(y))
 
 
-def make_blocks(count: int, num_heads: int, mlp_dim: int, prefix: str, dtype: jnp.dtype, remat: bool,
-                attention_impl: str, drop_path_rates: list[float] | None = None) -> list[Block]:
+def make_blocks(
+    count: int,
+    num_heads: int,
+    mlp_dim: int,
+    prefix: str,
+    dtype: jnp.dtype,
+    remat: bool,
+    attention_impl: str,
+    drop_path_rates: list[float] | None = None,
+) -> list[Block]:
     """Blocks named `{prefix}_{i}`; `remat` recomputes each block's activations in the backward pass."""
     block_cls = nn.remat(Block, static_argnums=(2,)) if remat else Block
     rates = drop_path_rates or [0.0] * count
@@ -205,15 +221,23 @@ class ViT(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.patch_embed = nn.Conv(cfg.width, (cfg.patch_size, cfg.patch_size), strides=cfg.patch_size,
-                                   padding="VALID", dtype=self.dtype, kernel_init=_patch_init)
+        self.patch_embed = nn.Conv(
+            cfg.width,
+            (cfg.patch_size, cfg.patch_size),
+            strides=cfg.patch_size,
+            padding="VALID",
+            dtype=self.dtype,
+            kernel_init=_patch_init,
+        )
         self.cls_token = self.param("cls_token", _token_init, (1, 1, cfg.width))
-        self.pos_embed = self.param("pos_embed", fixed_sincos_init(cfg.width, cfg.grid_size),
-                                    (1, cfg.num_patches + 1, cfg.width))
+        self.pos_embed = self.param(
+            "pos_embed", fixed_sincos_init(cfg.width, cfg.grid_size), (1, cfg.num_patches + 1, cfg.width)
+        )
         # Stochastic depth grows linearly with depth, as in the official fine-tuning recipe.
         rates = [float(r) for r in np.linspace(0.0, cfg.drop_path_rate, cfg.depth)]
-        self.blocks = make_blocks(cfg.depth, cfg.num_heads, cfg.mlp_dim, "blocks", self.dtype, self.remat,
-                                  self.attention, rates)
+        self.blocks = make_blocks(
+            cfg.depth, cfg.num_heads, cfg.mlp_dim, "blocks", self.dtype, self.remat, self.attention, rates
+        )
         if cfg.pool == "token":
             self.norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype)
         else:
@@ -229,8 +253,10 @@ class ViT(nn.Module):
         """Patch tokens plus their position embeddings, (batch, num_patches, width), no cls token."""
         cfg = self.config
         if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.channels):
-            raise ValueError(f"expected images of shape (batch, {cfg.image_size}, {cfg.image_size}, "
-                             f"{cfg.channels}), got {images.shape}")
+            raise ValueError(
+                f"expected images of shape (batch, {cfg.image_size}, {cfg.image_size}, "
+                f"{cfg.channels}), got {images.shape}"
+            )
         tokens = self.patch_embed(images.astype(self.dtype))
         tokens = tokens.reshape(tokens.shape[0], -1, cfg.width)
         return tokens + self.position_table()[:, 1:].astype(self.dtype)

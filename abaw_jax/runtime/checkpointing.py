@@ -13,6 +13,7 @@ truncated or missing file, e.g. after a full disk or a copy cut short) is logged
 A save that fails (full disk, lost permissions), synchronously or in the background, raises one
 `JobError` naming the step, the directory and the cause.
 """
+
 from __future__ import annotations
 
 import glob
@@ -37,8 +38,11 @@ class CheckpointMismatchError(ExplainedError, ValueError):
 
 def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
     if isinstance(stored, dict) and isinstance(current, dict):
-        return [d for key in sorted(set(stored) | set(current))
-                for d in _differences(stored.get(key), current.get(key), f"{prefix}{key}.")]
+        return [
+            d
+            for key in sorted(set(stored) | set(current))
+            for d in _differences(stored.get(key), current.get(key), f"{prefix}{key}.")
+        ]
     return [] if stored == current else [f"{prefix.rstrip('.')}: checkpoint {stored!r}, this run {current!r}"]
 
 
@@ -50,9 +54,9 @@ class Checkpointer:
         self.model_description = json.loads(json.dumps(model_description))
         self.with_data = with_data
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "data", "model") if with_data else
-                                              ("state", "model"))
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "model") if with_data else ("state", "model")
+        )
         self._pending_step: int | None = None
 
     def latest_step(self) -> int | None:
@@ -80,19 +84,25 @@ class Checkpointer:
         stopped by SIGTERM (`workdir.stop_on_sigterm`), naming the checkpoint a rerun resumes from."""
         if jax.process_count() > 1:
             # The other processes did not get the signal: a collective save would wait for them forever.
-            raise JobError(f"stopped by SIGTERM at step {step}; the last checkpoint (step {last_saved}) is in "
-                           f"{self.directory}: rerun the same command to resume from it")
+            raise JobError(
+                f"stopped by SIGTERM at step {step}; the last checkpoint (step {last_saved}) is in "
+                f"{self.directory}: rerun the same command to resume from it"
+            )
         if last_saved != step:
             self.save(step, state, data_iterator)
         self.wait()
-        raise JobError(f"stopped by SIGTERM at step {step}; saved checkpoint step {step} in {self.directory}: "
-                       "rerun the same command to resume")
+        raise JobError(
+            f"stopped by SIGTERM at step {step}; saved checkpoint step {step} in {self.directory}: "
+            "rerun the same command to resume"
+        )
 
     def _save_error(self, step: int, error: BaseException) -> JobError:
         intact = [s for s in self.all_steps() if s != step]
         kept = f"the newest intact checkpoint is step {intact[-1]}" if intact else "no earlier checkpoint exists"
-        return JobError(f"could not save checkpoint step {step} in {self.directory}: {orbax_reads.root_cause(error)}. "
-                        f"Free disk space or fix the permissions, then rerun to resume; {kept}.")
+        return JobError(
+            f"could not save checkpoint step {step} in {self.directory}: {orbax_reads.root_cause(error)}. "
+            f"Free disk space or fix the permissions, then rerun to resume; {kept}."
+        )
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
         """Restores into `abstract_state` (ShapeDtypeStructs with shardings) and `data_iterator` in place."""
@@ -101,15 +111,18 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"{self.directory} holds a checkpoint (step {step}) of a different model ("
                 + "; ".join(_differences(stored, self.model_description))
-                + "). Use a fresh --workdir, or the config that wrote the checkpoint.")
+                + "). Use a fresh --workdir, or the config that wrote the checkpoint."
+            )
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if self.with_data:
             layout = self._data_layout_differences(step, data_iterator)
             if layout:
                 raise CheckpointMismatchError(
                     f"{self.directory} holds a checkpoint (step {step}) written with another data layout ("
-                    + "; ".join(layout) + "). Resume with the same batch_size, data.worker_count, number of "
-                    "processes and data, or use a fresh --workdir.")
+                    + "; ".join(layout)
+                    + "). Resume with the same batch_size, data.worker_count, number of "
+                    "processes and data, or use a fresh --workdir."
+                )
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
@@ -128,9 +141,11 @@ class Checkpointer:
             current = json.loads(data_iterator.get_state())
         except (OSError, ValueError):
             return []  # a damaged file: the restore reports it
-        return [f"{key}: checkpoint {stored[key]!r}, this run {current[key]!r}"
-                for key in ("worker_count", "sampler", "data_source")
-                if key in stored and key in current and stored[key] != current[key]]
+        return [
+            f"{key}: checkpoint {stored[key]!r}, this run {current[key]!r}"
+            for key in ("worker_count", "sampler", "data_source")
+            if key in stored and key in current and stored[key] != current[key]
+        ]
 
     def restore_latest(self, abstract_state: Any, data_iterator: Any = None) -> tuple[int, Any] | tuple[None, None]:
         """(step, state) of the newest checkpoint that restores completely, or (None, None) if there is none.
@@ -158,8 +173,9 @@ class Checkpointer:
             return step, state
         if damaged:
             listed = "; ".join(f"step {s}: {r}" for s, r in damaged)
-            raise JobError(f"no intact checkpoint in {self.directory} ({listed}). Move that directory away to "
-                           "start from scratch.")
+            raise JobError(
+                f"no intact checkpoint in {self.directory} ({listed}). Move that directory away to start from scratch."
+            )
         return None, None
 
     def _move_aside(self, step: int, reason: str) -> None:

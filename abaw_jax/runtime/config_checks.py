@@ -14,6 +14,7 @@ A job validates its config before doing any work, one line per constraint:
 
 Keys are dotted paths into the ConfigDict; each check returns the value it checked.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,9 @@ def integer(config: Any, key: str, *, minimum: int | None = None, maximum: int |
     return got
 
 
-def number(config: Any, key: str, *, minimum: float | None = None, maximum: float | None = None,
-           exclusive: bool = False) -> float:
+def number(
+    config: Any, key: str, *, minimum: float | None = None, maximum: float | None = None, exclusive: bool = False
+) -> float:
     """A finite int or float within the bounds (excluding them when `exclusive`)."""
     got = value(config, key)
     low, high = (">", "<") if exclusive else (">=", "<=")

@@ -30,6 +30,7 @@ Any other exception is a bug: its traceback is printed as usual. For a bug repor
 a known error too is printed with `--verbosity=1` (or higher) or the environment variable
 `ABAW_JAX_TRACEBACK=1`.
 """
+
 from __future__ import annotations
 
 import os

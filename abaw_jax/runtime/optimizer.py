@@ -5,6 +5,7 @@ of a ViT parameter, weight decay included (as PyTorch's per-group lr does), by `
 layer_id)`: layer id 0 for `patch_embed`, `cls_token` and `pos_embed`, k + 1 for `blocks_k`, depth + 1
 (scale 1) for everything after the blocks (`fc_norm`, `norm`, `head`).
 """
+
 from __future__ import annotations
 
 import re
@@ -65,12 +66,20 @@ def scale_by_tree(scales: Any) -> optax.GradientTransformation:
 def learning_rate_schedule(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to `peak_lr`, then a cosine to 0 at `total_steps` (updated every step)."""
     warmup_steps = min(warmup_steps, total_steps)
-    return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, max(total_steps, warmup_steps + 1),
-                                              end_value=0.0)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak_lr, warmup_steps, max(total_steps, warmup_steps + 1), end_value=0.0
+    )
 
 
-def make_optimizer(schedule: optax.Schedule, *, b1: float, b2: float, weight_decay: float,
-                   grad_clip: float = 0.0, lr_scales: Any = None) -> optax.GradientTransformation:
+def make_optimizer(
+    schedule: optax.Schedule,
+    *,
+    b1: float,
+    b2: float,
+    weight_decay: float,
+    grad_clip: float = 0.0,
+    lr_scales: Any = None,
+) -> optax.GradientTransformation:
     """AdamW (decay masked by `weight_decay_mask`), optional global-norm clipping, and optional per-parameter
     lr scales (e.g. `layer_decay_scales(params, depth, 0.65)`) applied to the final update."""
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []

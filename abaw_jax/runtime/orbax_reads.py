@@ -2,6 +2,7 @@
 
 Used by `runtime.checkpointing` (training state) and `models.params_io` (exported parameters).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,11 @@ def silence_orphaned_reads() -> None:
 
     def orphaned(error: BaseException | None, source: object = None) -> bool:
         message = str(error)
-        return (message == "Event loop is closed" or message.startswith("Encountered error while reading array")
-                or getattr(source, "__qualname__", "") == "_read_array_index_and_device_put")
+        return (
+            message == "Event loop is closed"
+            or message.startswith("Encountered error while reading array")
+            or getattr(source, "__qualname__", "") == "_read_array_index_and_device_put"
+        )
 
     previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
     previous_excepthook = sys.excepthook

@@ -13,6 +13,7 @@ Each stage folder holds the stage job's own files plus `stage.json` (`STAGE_FILE
 the stage's settings, their fingerprint and whether the stage finished. Readers of a pipeline workdir (the
 report, the bundle export, `predict`) take a `PipelineDirs` rather than building paths themselves.
 """
+
 from __future__ import annotations
 
 import dataclasses

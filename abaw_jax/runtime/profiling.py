@@ -5,6 +5,7 @@ per instruction; `categorize` assigns it a category from its kind, the computati
 Flax module path in its `op_name` metadata; `summarize_trace` adds up a `jax.profiler` perfetto trace's op
 events by category. `benchmarks/mae_profile.py` uses them on the MAE step; the categories fit any ViT job.
 """
+
 from __future__ import annotations
 
 import collections
@@ -12,8 +13,17 @@ import gzip
 import json
 import re
 
-CATEGORIES = ("matmul", "attention", "layernorm", "gelu/elementwise", "masking", "optimizer", "loss", "transfers",
-              "other")
+CATEGORIES = (
+    "matmul",
+    "attention",
+    "layernorm",
+    "gelu/elementwise",
+    "masking",
+    "optimizer",
+    "loss",
+    "transfers",
+    "other",
+)
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([\w\-]+)\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
@@ -42,8 +52,12 @@ def hlo_instructions(hlo_text: str) -> dict[str, dict[str, object]]:
         op_name = _OP_NAME.search(line)
         target = _TARGET.search(line)
         calls = _CALLS.search(line)
-        instructions[name] = {"opcode": opcode, "op_name": op_name.group(1) if op_name else "",
-                              "target": target.group(1) if target else "", "calls": calls.group(1) if calls else ""}
+        instructions[name] = {
+            "opcode": opcode,
+            "op_name": op_name.group(1) if op_name else "",
+            "target": target.group(1) if target else "",
+            "calls": calls.group(1) if calls else "",
+        }
     for info in instructions.values():
         info["inner"] = set(computations.get(info.pop("calls"), ()))
     return instructions
@@ -75,8 +89,7 @@ def categorize(info: dict[str, object]) -> str:
     return "other"
 
 
-def summarize_trace(trace_path: str, instructions: dict[str, dict[str, object]], steps: int
-                    ) -> dict[str, float]:
+def summarize_trace(trace_path: str, instructions: dict[str, dict[str, object]], steps: int) -> dict[str, float]:
     """Seconds per step per category from a perfetto trace of `steps` steps."""
     with gzip.open(trace_path, "rt") as f:
         data = json.load(f)

@@ -5,6 +5,7 @@ split parameters and optimizer state). The batch is split over both. A parameter
 along its largest dimension that the axis size divides; everything else is replicated. With `fsdp=1`
 this is plain data parallelism.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 

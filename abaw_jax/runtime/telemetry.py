@@ -4,6 +4,7 @@ Throughput is reported the way big_vision and MaxText do: images/s per device, T
 analytic FLOP count, MFU against the device's peak when known, and an ETA. The clock starts after the
 first step finishes, so compilation never enters the steady-state figures.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def format_duration(seconds: float) -> str:
 class Throughput:
     """Steady-state rates between log points; `start` is called once the first (compiling) step is done."""
 
-    def __init__(self, images_per_step: int, flops_per_image: float, num_devices: int,
-                 peak_flops_per_device: float | None):
+    def __init__(
+        self, images_per_step: int, flops_per_image: float, num_devices: int, peak_flops_per_device: float | None
+    ):
         self.images_per_step = images_per_step
         self.flops_per_image = flops_per_image
         self.num_devices = num_devices
@@ -136,7 +138,8 @@ def configure_console(workdir: str, verbose: bool = False) -> str | None:
         flags.FLAGS.stderrthreshold = "warning"
     # Library warnings (multiprocessing start methods, deprecations) are for the log, not the console.
     warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: logging.info(
-        "%s:%d: %s: %s", filename, lineno, category.__name__, message)
+        "%s:%d: %s: %s", filename, lineno, category.__name__, message
+    )
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()

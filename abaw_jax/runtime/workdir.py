@@ -12,6 +12,7 @@ a log line naming it; a lock held by a live process stops the run with a `JobErr
 PID. A lock from another host cannot be checked from here: the error says so and which file to delete once
 that run is known to be over. The lock is released when the block exits, also on an error.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,9 +60,11 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def _describe(holder: dict) -> str:
-    return (f"host {holder.get('host')} PID {holder.get('pid')} (since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('time', 0)))}: "
-            f"{holder.get('command', '?')})")
+    return (
+        f"host {holder.get('host')} PID {holder.get('pid')} (since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('time', 0)))}: "
+        f"{holder.get('command', '?')})"
+    )
 
 
 @contextlib.contextmanager
@@ -72,8 +75,13 @@ def lock(directory: str | os.PathLike, *, enabled: bool = True) -> Iterator[None
         return
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_FILENAME)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
-          "time": time.time(), "command": " ".join(sys.argv)[:300]}
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "start": process_start(os.getpid()),
+        "time": time.time(),
+        "command": " ".join(sys.argv)[:300],
+    }
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -82,14 +90,20 @@ def lock(directory: str | os.PathLike, *, enabled: bool = True) -> Iterator[None
             if holder is None:
                 continue  # removed (or being written) meanwhile: try again
             if holder.get("pid") == me["pid"] and holder.get("host") == me["host"] and path in _held:
-                raise JobError(f"{directory} is in use by {_describe(holder)}: this very process already holds "
-                               "it (a job started twice in one process?)")
+                raise JobError(
+                    f"{directory} is in use by {_describe(holder)}: this very process already holds "
+                    "it (a job started twice in one process?)"
+                )
             if holder.get("host") != me["host"]:
-                raise JobError(f"{directory} is in use by {_describe(holder)}, another host. If that run is "
-                               f"over, delete {path} and rerun.") from None
+                raise JobError(
+                    f"{directory} is in use by {_describe(holder)}, another host. If that run is "
+                    f"over, delete {path} and rerun."
+                ) from None
             if _alive(int(holder.get("pid", -1)), holder.get("start")):
-                raise JobError(f"{directory} is in use by {_describe(holder)}. Wait for it to finish, stop it, "
-                               "or use another --workdir.") from None
+                raise JobError(
+                    f"{directory} is in use by {_describe(holder)}. Wait for it to finish, stop it, "
+                    "or use another --workdir."
+                ) from None
             log(f"Taking over the lock {path} of {_describe(holder)}, which is no longer running")
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
