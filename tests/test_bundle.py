@@ -4,6 +4,7 @@ The reference for the predictor is what the pipeline itself wrote: evaluate's `f
 scores and labels of its submitted test tracks) and the submission file, computed from the feature store and the
 fusion job's predictions; the predictor recomputes everything from the release's crops and the video's audio.
 """
+
 import json
 import os
 import pathlib
@@ -11,15 +12,15 @@ import shutil
 
 import numpy as np
 import pytest
+from test_audio import _tiny_encoder
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, features
 from abaw_jax.eval import scene_router
-from abaw_jax.media import audio
+from abaw_jax.media import align, audio
 from abaw_jax.models import fusion
 from abaw_jax.predictor import bundle as bundle_lib
 from abaw_jax.predictor import predictor as predictor_lib
-from test_audio import _tiny_encoder
 
 TASK_KEYS = ("au", "expr", "va")
 
@@ -45,20 +46,25 @@ def test_bundle_is_self_contained_and_records_what_the_stages_chose(micro_dirs, 
     description = json.loads((root / bundle_lib.BUNDLE_JSON).read_text())
     assert description["format_version"] == bundle_lib.FORMAT_VERSION
     assert description["crop"] == bundle_lib.DEFAULT_CROP
-    manifests = {key: json.loads((pathlib.Path(dirs.features) / key / features.MANIFEST).read_text())
-                 for key in TASK_KEYS}
+    assert description["crop"]["template"] == align.TEMPLATE_NAME and description["crop"]["size"] == 112
+    np.testing.assert_allclose(description["crop"]["template_points"], align.template(112), atol=1e-4)
+    manifests = {
+        key: json.loads((pathlib.Path(dirs.features) / key / features.MANIFEST).read_text()) for key in TASK_KEYS
+    }
     for key, manifest in manifests.items():
         assert description["visual_sets"][key]["sha256"] == manifest["encoder"]["sha256"]
         assert description["visual_sets"][key]["image_size"] == manifest["encoder"]["config"]["image_size"]
-    assert description["audio_sets"] == {"logmel_mfcc": {"kind": "logmel_mfcc", "n_mels": 64, "n_mfcc": 20,
-                                                         "window": 1024}}
+    assert description["audio_sets"] == {
+        "logmel_mfcc": {"kind": "logmel_mfcc", "n_mels": 64, "n_mfcc": 20, "window": 1024}
+    }
     loaded = bundle_lib.load_bundle(root)
     for key in TASK_KEYS:
         results = json.loads(pathlib.Path(dirs.evaluate(key), "results.json").read_text())
         post = loaded.tasks[key].post
         assert post.sigma == results["tuning"]["sigma"]
-        assert post.thresholds == (None if results["tuning"]["thresholds"] is None
-                                   else tuple(results["tuning"]["thresholds"]))
+        assert post.thresholds == (
+            None if results["tuning"]["thresholds"] is None else tuple(results["tuning"]["thresholds"])
+        )
         assert post.bias == (None if results["tuning"]["bias"] is None else tuple(results["tuning"]["bias"]))
         scores = json.loads(pathlib.Path(dirs.fusion(key), "scores.json").read_text())
         ensemble = loaded.tasks[key].ensemble
@@ -69,15 +75,18 @@ def test_bundle_is_self_contained_and_records_what_the_stages_chose(micro_dirs, 
     # measured on the Validation_Set videos no task trains on, recomputed here from the feature store.
     router = description["scene_router"]
     annotations = pathlib.Path(micro_release) / "annotations"
-    split = lambda name: {p.stem for key in TASK_KEYS
-                          for p in (affwild2.find_task_dir(annotations, key) / name).glob("*.txt")}
+    split = lambda name: {
+        p.stem for key in TASK_KEYS for p in (affwild2.find_task_dir(annotations, key) / name).glob("*.txt")
+    }
     train, held_out = split("Train_Set"), split("Validation_Set") - split("Train_Set")
     listed = affwild2.read_video_list(pathlib.Path(micro_release) / "reaction_videos.txt")
     assert router["train_videos"] == len(train) and router["validation_videos"] == len(held_out) > 0
     assert router["train_reaction_videos"] == sum(affwild2.is_listed(v, listed) for v in train) > 0
     feature_set = features.open_set(pathlib.Path(dirs.features) / router["feature_set"], router["feature_set"])
-    correct = [loaded.router.predict(scene_router.video_statistics(*feature_set.load(v)))[0]
-               == affwild2.is_listed(v, listed) for v in sorted(held_out)]
+    correct = [
+        loaded.router.predict(scene_router.video_statistics(*feature_set.load(v)))[0] == affwild2.is_listed(v, listed)
+        for v in sorted(held_out)
+    ]
     assert router["validation_accuracy"] == pytest.approx(np.mean(correct))
 
 
@@ -91,6 +100,12 @@ def test_load_bundle_errors_name_the_folder(micro_dirs, tmp_path):
     (copy / bundle_lib.BUNDLE_JSON).write_text(json.dumps(description))
     with pytest.raises(bundle_lib.BundleError, match="format_version 99"):
         bundle_lib.load_bundle(copy)
+    # Crops aligned on another template than this code's: the models would see unlike crops.
+    description["format_version"] = bundle_lib.FORMAT_VERSION
+    description["crop"]["template_points"][2] = [56.0, 60.0]
+    (copy / bundle_lib.BUNDLE_JSON).write_text(json.dumps(description))
+    with pytest.raises(bundle_lib.BundleError, match="aligned on template 'arcface_112'"):
+        bundle_lib.load_bundle(copy)
 
 
 def test_evaluate_final_outputs_are_the_submission(micro_dirs, micro_release):
@@ -100,8 +115,7 @@ def test_evaluate_final_outputs_are_the_submission(micro_dirs, micro_release):
         task = tasks.get_task(key)
         final = np.load(pathlib.Path(micro_dirs.evaluate(key), "final", f"{track}.npz"))
         lines = (pathlib.Path(micro_dirs.evaluate(key)) / "submissions" / f"{task.name}.txt").read_text().split()
-        rows = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]
-                         if line.startswith(f"{track}/")])
+        rows = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:] if line.startswith(f"{track}/")])
         assert rows.shape[0] == len(final["labels"])
         np.testing.assert_allclose(rows.reshape(final["labels"].shape), final["labels"], atol=1e-3)
 
@@ -121,8 +135,9 @@ def test_predictor_on_release_crops_reproduces_evaluate(micro_dirs, micro_releas
         np.testing.assert_array_equal(out.face, final["face"])
         np.testing.assert_allclose(out.tasks[key].scores, final["scores"], atol=1e-4, rtol=0)
         # Labels: identical (a tie at a threshold within float noise would be the only excuse; there is none here).
-        np.testing.assert_array_equal(out.tasks[key].labels, final["labels"]) if key != "va" else \
-            np.testing.assert_allclose(out.tasks[key].labels, final["labels"], atol=1e-4)
+        np.testing.assert_array_equal(
+            out.tasks[key].labels, final["labels"]
+        ) if key != "va" else np.testing.assert_allclose(out.tasks[key].labels, final["labels"], atol=1e-4)
 
 
 def test_ensemble_export_round_trip(micro_dirs, tmp_path):

@@ -11,6 +11,7 @@
   test_set/ground_truth/<task folder>/<name>.txt   labels of the test videos, for end-to-end scoring
   reaction_videos.txt                          source videos of the "reaction" scene type
   generation.json, README.md                   arguments, seed, per-video metadata and these rules
+  face_landmarks.npz                           the five landmarks drawn in every frame, per annotation name
 
 Generation rules.
 
@@ -33,14 +34,18 @@ Labels from the state (an AU is active when its smooth intensity exceeds 0.5):
   arousal     tanh(1.6 (0.30 AU1 + 0.30 AU2 + 0.25 AU4 + 0.20 AU7 + 0.15 AU6 + 0.25 AU25
               + 0.45 AU26 - 0.45)) + N(0, 0.02), clipped to [-1, 1]
 
-Rendering. A frontal face drawn with anti-aliased primitives and blurred, shaded like a real face
-(dark brows and eye band, lighter cheeks and nose bridge, darker mouth) so OpenCV's Haar frontal-face
-cascade finds it. AUs move visible geometry: AU1 inner brow up, AU2 outer brow up, AU4 brows down and
-together, AU6 cheeks up and eyes narrowed, AU7 lids tightened, AU10 upper lip up with nasolabial
-folds, AU12 lip corners up and out, AU15 lip corners down, AU23 lips tightened (thinner, narrower),
-AU24 lips pressed (thin), AU25 lips parted, AU26 jaw dropped (longer face, wider opening). Identity
-(skin tone, hair colour, face width and length, eye spacing) varies per person; the head drifts and
-sways slowly. Crops are the square face box (1.45 face widths, centred on the face) resized.
+Rendering. A frontal head and shoulders drawn with anti-aliased primitives and blurred, shaded like a
+real face (skin darker towards the outline, eye sockets, brows, a lit nose bridge with nostrils, lips,
+ears, hair) so that the CenterFace detector (`media.face_detector`) finds it, and OpenCV's Haar
+frontal-face cascade too. AUs move visible geometry: AU1 inner brow up, AU2 outer brow up, AU4 brows
+down and together, AU6 cheeks up and eyes narrowed, AU7 lids tightened, AU10 upper lip up with
+nasolabial folds, AU12 lip corners up and out, AU15 lip corners down, AU23 lips tightened (thinner,
+narrower), AU24 lips pressed (thin), AU25 lips parted, AU26 jaw dropped (longer face, wider opening,
+teeth showing). Identity (skin tone, hair colour, face width and length, eye spacing) varies per
+person; the head drifts, sways and tilts (in-plane roll, std 6 degrees) slowly. The renderer knows
+where it drew each face's eyes, nose tip and mouth corners: crops are `media.align.align_face` of the
+frame at those five landmarks (the same alignment `crop_faces` and `predict` apply to the detector's
+landmarks), and `face_landmarks.npz` keeps them, {annotation name: (frames, 5, 2) x, y pixels}.
 
 Scenes. "reaction" videos: a dark room lit by a bluish screen, with a bright screen rectangle behind
 the person and a cool cast on the face; expressions mostly happiness and surprise. "other" videos:
@@ -77,6 +82,7 @@ from scipy import ndimage
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2
+from abaw_jax.media import align
 
 SCENES = ("reaction", "other")
 # Target-expression probabilities, in tasks.EXPR.label_names order.
@@ -105,7 +111,13 @@ _RENDER_JITTER = 0.12
 _VA_NOISE = 0.02
 _FPS = 30
 _SAMPLE_RATE = 16000
-_CROP_BOX = 1.45  # crop side in face widths
+_ROLL_STD = 6.0  # degrees of in-plane head tilt (std of a slow walk)
+_BLUR_SIGMA = 0.8  # pixels: a camera's softness
+# Sensor noise, std in 8-bit levels: with it the aligned crops (faces enlarged about 1.5x) keep the texture of a real
+# crop (Laplacian variance median 66 and at least 24, against median 19 with noise 2.5 and blur 1.2; build_face_shards
+# drops crops under 20 as blurry), and CenterFace finds as many faces.
+_NOISE_STD = 6.0
+LANDMARKS_FILE = "face_landmarks.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,15 +265,23 @@ def render_face(
     intensity: np.ndarray,
     identity: Identity,
     tint: np.ndarray,
-) -> None:
-    """Draws a face of `width` pixels centred at `center` (x, y) on a float BGR canvas, in place."""
+    roll: float = 0.0,
+) -> np.ndarray:
+    """Draws a face of `width` pixels centred at `center` (x, y), turned `roll` degrees clockwise in the image, on a
+    float BGR canvas, in place; returns its five landmarks (x, y pixels; left eye, right eye, nose tip, left and
+    right mouth corner, as seen in the image)."""
     s = {name: float(np.clip(intensity[i], 0.0, 1.0)) for name, i in _AU_INDEX.items()}
     cx, cy = center
     shift, aa = 4, cv2.LINE_AA
     scale = 1 << shift
+    cos, sin = np.cos(np.radians(roll)), np.sin(np.radians(roll))
+
+    def at(x, y):
+        return cx + (x * cos - y * sin) * width, cy + (x * sin + y * cos) * width
 
     def pt(x, y):
-        return (int(round((cx + x * width) * scale)), int(round((cy + y * width) * scale)))
+        px_, py_ = at(x, y)
+        return (int(round(px_ * scale)), int(round(py_ * scale)))
 
     def ax(a, b):
         return (int(round(a * width * scale)), int(round(b * width * scale)))
@@ -272,44 +292,51 @@ def render_face(
     def col(c, f=1.0):
         return tuple(float(min(1.0, v * f * t)) for v, t in zip(c, tint))
 
+    def ellipse(x, y, a, b, colour, start=0, end=360):
+        cv2.ellipse(canvas, pt(x, y), ax(a, b), roll, start, end, colour, -1, aa, shift)
+
     skin, hair = identity.skin, identity.hair
+    # Clothing colour from the identity, not a new random draw: every other draw of the seed stays where it was.
+    cloth = tuple(float(0.25 + 0.5 * c) for c in (hair[2] * 2, skin[0], hair[0] * 3))
     jaw = 0.10 * s["AU26"]
     half_len = identity.face_length
-    cv2.ellipse(canvas, pt(0, -0.12), ax(0.56, half_len + 0.06), 0, 0, 360, col(hair), -1, aa, shift)
-    cv2.rectangle(canvas, pt(-0.22, 0.4), pt(0.22, 1.4), col(skin, 0.75), -1, aa, shift)
-    cv2.ellipse(
-        canvas, pt(0, 0.02 + jaw / 2), ax(0.46, half_len + jaw / 2), 0, 0, 360, col(skin), -1, aa, shift
+    # Shoulders and neck: a head on a body is what a face detector trained on photographs expects.
+    ellipse(0, 1.45, 1.05, 0.55, col(cloth))
+    cv2.fillPoly(
+        canvas,
+        [np.array([pt(-0.2, 0.3), pt(0.2, 0.3), pt(0.22, 1.0), pt(-0.22, 1.0)], np.int32)],
+        col(skin, 0.78),
+        aa,
+        shift,
     )
-    cv2.ellipse(canvas, pt(0, 0.08 - half_len), ax(0.46, 0.16), 0, 180, 360, col(hair), -1, aa, shift)
+    ellipse(0, -0.12, 0.55, half_len + 0.08, col(hair))
+    for sx in (-1, 1):
+        ellipse(sx * 0.45, 0.0, 0.07, 0.12, col(skin, 0.85))
+    # Shaded skin: darker towards the outline, as light falls on a rounded face.
+    for f, shade in ((1.0, 0.7), (0.94, 0.8), (0.86, 0.9), (0.74, 0.98), (0.6, 1.04)):
+        ellipse(0, 0.02 + jaw / 2, 0.46 * f, (half_len + jaw / 2) * (0.4 + 0.6 * f), col(skin, shade))
+    ellipse(0, 0.08 - half_len, 0.47, 0.17, col(hair), 180, 360)
     cheek_up = 0.06 * s["AU6"]
     for sx in (-1, 1):
-        cv2.ellipse(
-            canvas,
-            pt(sx * 0.24, 0.16 - cheek_up),
-            ax(0.13 + 0.03 * s["AU6"], 0.10),
-            0,
-            0,
-            360,
-            col(skin, 1.18),
-            -1,
-            aa,
-            shift,
-        )
-    cv2.ellipse(canvas, pt(0, 0.02), ax(0.06, 0.16), 0, 0, 360, col(skin, 1.18), -1, aa, shift)
-    cv2.ellipse(canvas, pt(0, 0.17), ax(0.09, 0.04), 0, 0, 360, col(skin, 0.55), -1, aa, shift)
+        ellipse(sx * 0.24, 0.16 - cheek_up, 0.12 + 0.03 * s["AU6"], 0.09, col(skin, 1.06))
     squint = 0.5 * s["AU6"] + 0.6 * s["AU7"]
     widen = 0.5 * max(s["AU1"], s["AU2"])
-    lid = max(0.012, 0.045 * (1 + widen - 0.8 * squint))
+    lid = max(0.012, 0.042 * (1 + widen - 0.8 * squint))
     inner_up = 0.07 * s["AU1"] - 0.05 * s["AU4"]
     outer_up = 0.07 * s["AU2"] - 0.02 * s["AU4"]
     pull = 0.03 * s["AU4"]
-    sclera = tuple(0.5 * c + 0.4 for c in skin)  # dimmer than pure white keeps the eye band dark
     for sx in (-1, 1):
         ex = sx * identity.eye_spacing
-        cv2.ellipse(canvas, pt(ex, -0.10), ax(0.13, 0.08), 0, 0, 360, col(skin, 0.65), -1, aa, shift)
-        cv2.ellipse(canvas, pt(ex, -0.10), ax(0.075, lid), 0, 0, 360, col(sclera), -1, aa, shift)
-        iris = int(round(min(0.04, lid + 0.005) * width * scale))
-        cv2.circle(canvas, pt(ex, -0.10), iris, col((0.10, 0.08, 0.06)), -1, aa, shift)
+        ellipse(ex, -0.12, 0.13, 0.085, col(skin, 0.72))
+        # A near-white sclera reads as a cartoon eye to CenterFace (mean neutral-face score 0.66, 0.73 with this).
+        ellipse(ex, -0.10, 0.07, lid, col(tuple(0.45 * c + 0.22 for c in skin)))
+        iris = int(round(min(0.033, lid) * width * scale))
+        cv2.circle(canvas, pt(ex, -0.10), iris, col((0.18, 0.22, 0.28)), -1, aa, shift)
+        cv2.circle(canvas, pt(ex, -0.10), max(1, iris // 2), col((0.03, 0.03, 0.03)), -1, aa, shift)
+        upper_lid = np.array(
+            [pt(ex + sx * 0.075 * x, -0.10 - lid * (1 - x * x) ** 0.5) for x in np.linspace(-1, 1, 7)], np.int32
+        )
+        cv2.polylines(canvas, [upper_lid], False, col((0.08, 0.07, 0.07)), px(0.012), aa, shift)
         brow = np.array(
             [
                 pt(sx * (0.07 + pull), -0.22 - inner_up),
@@ -318,29 +345,33 @@ def render_face(
             ],
             np.int32,
         )
-        cv2.polylines(canvas, [brow], False, col(hair, 0.6), px(0.045), aa, shift)
+        cv2.polylines(canvas, [brow], False, col(hair, 0.6), px(0.04), aa, shift)
         if s["AU10"] > 0.05:
             cv2.line(
-                canvas,
-                pt(sx * 0.10, 0.14),
-                pt(sx * 0.18, 0.30),
-                col(skin, 1 - 0.3 * s["AU10"]),
-                px(0.02),
-                aa,
-                shift,
+                canvas, pt(sx * 0.10, 0.14), pt(sx * 0.18, 0.30), col(skin, 1 - 0.3 * s["AU10"]), px(0.02), aa, shift
             )
-    _render_mouth(canvas, s, jaw, pt, px, col, skin)
+    # Nose: a lit bridge, shaded sides, a rounded tip and two nostrils.
+    cv2.line(canvas, pt(0, -0.06), pt(0, 0.07), col(skin, 1.1), px(0.035), aa, shift)
+    for sx in (-1, 1):
+        cv2.line(canvas, pt(sx * 0.045, -0.04), pt(sx * 0.06, 0.09), col(skin, 0.85), px(0.02), aa, shift)
+    ellipse(0, 0.10, 0.065, 0.04, col(skin, 1.07))
+    for sx in (-1, 1):
+        ellipse(sx * 0.035, 0.135, 0.022, 0.011, col(skin, 0.4))
+    mouth = _render_mouth(canvas, s, jaw, pt, px, col, skin)
+    points = [(-identity.eye_spacing, -0.10), (identity.eye_spacing, -0.10), (0.0, 0.10), *mouth]
+    return np.array([at(x, y) for x, y in points])
 
 
-def _render_mouth(canvas, s, jaw, pt, px, col, skin) -> None:
+def _render_mouth(canvas, s, jaw, pt, px, col, skin) -> list[tuple[float, float]]:
+    """Draws the lips; returns the two mouth corners in face coordinates."""
     shift, aa = 4, cv2.LINE_AA
-    my = 0.33 + jaw / 2
+    my = 0.30 + jaw / 2
     corner_up = 0.07 * s["AU12"] - 0.07 * s["AU15"]
     half = 0.16 + 0.04 * s["AU12"] - 0.04 * s["AU23"] - 0.02 * s["AU24"]
     lip = 0.035 * (1 - 0.6 * s["AU23"]) * (1 - 0.5 * s["AU24"])
     upper = -0.04 * s["AU10"]
     gap = 0.07 * s["AU25"] + 0.16 * s["AU26"]
-    lip_colour = col((skin[0] * 0.55, skin[1] * 0.55, skin[2] * 0.95))
+    lip_colour = col((skin[0] * 0.5, skin[1] * 0.5, skin[2] * 0.9))
     xs = np.linspace(-1.0, 1.0, 9)
     top = [pt(x * half, my + upper - gap / 2 - lip - corner_up * x * x) for x in xs]
     bottom = [pt(x * half, my + gap / 2 + lip - corner_up * x * x + 0.02 * (1 - x * x)) for x in xs[::-1]]
@@ -348,17 +379,17 @@ def _render_mouth(canvas, s, jaw, pt, px, col, skin) -> None:
     if gap > 0.01:
         inner_top = [pt(x * half * 0.85, my + upper / 2 - gap / 2 - corner_up * x * x) for x in xs]
         inner_bottom = [pt(x * half * 0.85, my + gap / 2 - corner_up * x * x) for x in xs[::-1]]
-        cv2.fillPoly(
-            canvas, [np.array(inner_top + inner_bottom, np.int32)], col((0.12, 0.08, 0.10)), aa, shift
-        )
+        cv2.fillPoly(canvas, [np.array(inner_top + inner_bottom, np.int32)], col((0.18, 0.12, 0.22)), aa, shift)
+        teeth = [pt(x * half * 0.85, my + upper / 2 - gap / 2 - corner_up * x * x + 0.35 * gap) for x in xs[::-1]]
+        cv2.fillPoly(canvas, [np.array(inner_top + teeth, np.int32)], col((0.75, 0.78, 0.8)), aa, shift)
     else:
         line = np.array([pt(x * half, my - corner_up * x * x) for x in xs], np.int32)
         cv2.polylines(canvas, [line], False, col(skin, 0.4), px(0.014), aa, shift)
+    corner_y = my + upper / 2 - corner_up
+    return [(-half, corner_y), (half, corner_y)]
 
 
-def render_occluder(
-    canvas: np.ndarray, center: tuple[float, float], width: float, rng: np.random.Generator
-) -> None:
+def render_occluder(canvas: np.ndarray, center: tuple[float, float], width: float, rng: np.random.Generator) -> None:
     """An object in front of the face (a raised phone or cup) that hides the eyes and nose."""
     cx, cy = center
     colour = tuple(float(c) for c in rng.uniform(0.15, 0.45, 3))
@@ -393,9 +424,7 @@ def scene_background(rng: np.random.Generator, scene: str, height: int, width: i
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def synthesize_audio(
-    arousal: np.ndarray, fps: float, sample_rate: int, rng: np.random.Generator
-) -> np.ndarray:
+def synthesize_audio(arousal: np.ndarray, fps: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """Mono float32 audio whose pitch and loudness follow per-frame arousal in [-1, 1]."""
     num_samples = int(round(len(arousal) * sample_rate / fps))
     t = np.arange(num_samples) / sample_rate
@@ -479,14 +508,7 @@ def plan_videos(
             )
             people.append(_make_person(rng, name, split, person_tasks, scene, num_frames))
         specs.append(
-            VideoSpec(
-                index=i,
-                video=video,
-                scene=scene,
-                num_frames=num_frames,
-                is_test=is_test,
-                people=tuple(people),
-            )
+            VideoSpec(index=i, video=video, scene=scene, num_frames=num_frames, is_test=is_test, people=tuple(people))
         )
     return specs
 
@@ -502,21 +524,20 @@ def _annotation_text(task: str, person: Person) -> str:
 
 
 def _layout(num_people: int, width: int, height: int) -> list[tuple[float, float, float]]:
-    """(centre x, centre y, face width) per person; a pair sits side by side."""
+    """(centre x, centre y, face width) per person; a pair sits side by side.
+
+    Faces are about a quarter of the frame height wide: CenterFace finds these drawn faces most surely at 40-65 px
+    (its score falls for larger ones, which show how little detail a drawing has)."""
     if num_people == 1:
-        return [(0.5 * width, 0.47 * height, 0.40 * height)]
-    return [(0.26 * width, 0.47 * height, 0.36 * height), (0.74 * width, 0.47 * height, 0.36 * height)]
+        return [(0.5 * width, 0.45 * height, 0.26 * height)]
+    return [(0.26 * width, 0.45 * height, 0.235 * height), (0.74 * width, 0.45 * height, 0.235 * height)]
 
 
 def render_video(
-    spec: VideoSpec,
-    out_dir: pathlib.Path,
-    seed: int,
-    frame_size: tuple[int, int],
-    crop_size: int,
-    jpeg_quality: int,
-) -> int:
-    """Writes the mp4 and the crops of one video; returns the number of crops written."""
+    spec: VideoSpec, out_dir: pathlib.Path, seed: int, frame_size: tuple[int, int], crop_size: int, jpeg_quality: int
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Writes the mp4 and the crops of one video; returns the number of crops written and each person's drawn
+    landmarks by annotation name, (frames, 5, 2) pixels."""
     width, height = frame_size
     rng = np.random.default_rng([seed, spec.index, 1])
     background = scene_background(rng, spec.scene, height, width)
@@ -528,10 +549,12 @@ def render_video(
             _smooth_walk(rng, n, 15, 0.04 * w),
             _smooth_walk(rng, n, 15, 0.03 * w),
             1.0 + _smooth_walk(rng, n, 25, 0.04),
+            _smooth_walk(rng, n, 30, _ROLL_STD),
         )
         for (_, _, w) in slots
     ]
     jitter = [p.intensity + rng.normal(0, _RENDER_JITTER, p.intensity.shape) for p in spec.people]
+    landmarks = np.zeros((len(spec.people), n, 5, 2), np.float32)
     crop_dirs = []
     for person in spec.people:
         d = out_dir / "cropped_aligned" / person.name
@@ -539,7 +562,7 @@ def render_video(
         crop_dirs.append(d)
     arousal = np.mean([valence_arousal_from_aus(p.intensity)[:, 1] for p in spec.people], axis=0)
     audio = synthesize_audio(arousal, _FPS, _SAMPLE_RATE, rng)
-    noise_bank = rng.normal(0, 2.5 / 255, (height + 16, width + 16, 3)).astype(np.float32)
+    noise_bank = rng.normal(0, _NOISE_STD / 255, (height + 16, width + 16, 3)).astype(np.float32)
     container = av.open(str(out_dir / "videos" / f"{spec.video}.mp4"), "w")
     try:
         vstream = container.add_stream("mpeg4", rate=_FPS)
@@ -550,22 +573,20 @@ def render_video(
         num_crops = 0
         for k in range(n):
             canvas = background.copy()
-            boxes = []
             for j, person in enumerate(spec.people):
                 x0, y0, w0 = slots[j]
-                dx, dy, zoom = motion[j][0][k], motion[j][1][k], motion[j][2][k]
+                dx, dy, zoom, roll = (walk[k] for walk in motion[j])
                 center, face_w = (x0 + dx, y0 + dy), w0 * zoom
-                render_face(canvas, center, face_w, jitter[j][k], person.identity, tint)
+                landmarks[j, k] = render_face(canvas, center, face_w, jitter[j][k], person.identity, tint, roll)
                 if not person.has_crop[k]:
                     render_occluder(canvas, center, face_w, rng)
-                boxes.append((center[0], center[1] - 0.03 * face_w, _CROP_BOX * face_w))
-            canvas = cv2.GaussianBlur(canvas, (0, 0), 0.8)
+            canvas = cv2.GaussianBlur(canvas, (0, 0), _BLUR_SIGMA)
             oy, ox = rng.integers(0, 16, 2)
             canvas += noise_bank[oy : oy + height, ox : ox + width]
             frame = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
             for j, person in enumerate(spec.people):
                 if person.has_crop[k]:
-                    crop = _crop(frame, boxes[j], crop_size)
+                    crop = align.align_face(frame, landmarks[j, k], crop_size)
                     _, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
                     (crop_dirs[j] / f"{k + 1:05d}.jpg").write_bytes(data.tobytes())
                     num_crops += 1
@@ -575,9 +596,7 @@ def render_video(
             container.mux(packet)
         chunk = 1024
         for start in range(0, len(audio), chunk):
-            aframe = av.AudioFrame.from_ndarray(
-                audio[None, start : start + chunk], format="fltp", layout="mono"
-            )
+            aframe = av.AudioFrame.from_ndarray(audio[None, start : start + chunk], format="fltp", layout="mono")
             aframe.sample_rate, aframe.pts = _SAMPLE_RATE, start
             for packet in astream.encode(aframe):
                 container.mux(packet)
@@ -585,14 +604,7 @@ def render_video(
             container.mux(packet)
     finally:
         container.close()
-    return num_crops
-
-
-def _crop(frame: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
-    cx, cy, side = box
-    scale = size / side
-    matrix = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]])
-    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    return num_crops, {person.name: landmarks[j] for j, person in enumerate(spec.people)}
 
 
 def _write_annotations(specs: Sequence[VideoSpec], out_dir: pathlib.Path) -> list[str]:
@@ -621,14 +633,10 @@ def _write_test_set(specs: Sequence[VideoSpec], out_dir: pathlib.Path) -> list[s
     test_names = []
     for task in tasks.TASK_NAMES:
         people = [(spec, p) for spec in specs if spec.is_test for p in spec.people if task in p.tasks]
-        (lists_dir / tasks.TASKS[task].test_list_file).write_text(
-            "".join(f"{p.name}\n" for _, p in people)
-        )
+        (lists_dir / tasks.TASKS[task].test_list_file).write_text("".join(f"{p.name}\n" for _, p in people))
         rows = [tasks.TASKS[task].submission_header]
         rows += [
-            f"{p.name}/{k:05d}.jpg,{placeholder[task]}"
-            for spec, p in people
-            for k in range(1, spec.num_frames + 1)
+            f"{p.name}/{k:05d}.jpg,{placeholder[task]}" for spec, p in people for k in range(1, spec.num_frames + 1)
         ]
         (examples_dir / tasks.TASKS[task].example_file).write_text("\n".join(rows) + "\n")
         test_names += [p.name for _, p in people if p.name not in test_names]
@@ -650,10 +658,7 @@ def _write_metadata(specs: Sequence[VideoSpec], out_dir: pathlib.Path, arguments
         for s in specs
     ]
     (out_dir / "generation.json").write_text(
-        json.dumps(
-            {"arguments": arguments, "fps": _FPS, "audio_sample_rate": _SAMPLE_RATE, "videos": videos},
-            indent=1,
-        )
+        json.dumps({"arguments": arguments, "fps": _FPS, "audio_sample_rate": _SAMPLE_RATE, "videos": videos}, indent=1)
         + "\n"
     )
     (out_dir / "README.md").write_text(
@@ -711,9 +716,11 @@ def generate(
         jpeg_quality=jpeg_quality,
     )
     _write_metadata(specs, out_dir, arguments)
-    num_crops = 0
+    num_crops, landmarks = 0, {}
     for i, spec in enumerate(specs):
-        num_crops += render_video(spec, out_dir, seed, frame_size, crop_size, jpeg_quality)
+        crops, drawn = render_video(spec, out_dir, seed, frame_size, crop_size, jpeg_quality)
+        num_crops += crops
+        landmarks.update(drawn)
         logging.info(
             "synthetic Aff-Wild2: video %d/%d (%s, %s, %d frames), %d crops so far, %.1f s",
             i + 1,
@@ -724,6 +731,7 @@ def generate(
             num_crops,
             time.perf_counter() - start,
         )
+    np.savez_compressed(out_dir / LANDMARKS_FILE, **landmarks)
     return GenerationSummary(
         out_dir=out_dir,
         seed=seed,

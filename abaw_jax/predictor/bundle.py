@@ -9,9 +9,12 @@
     <bundle>/scene_router.npz            the scene router (`eval.scene_router`): mean, scale, weights, bias
 
 bundle.json:
-  crop: how a face box becomes a crop: square of side `margin` * box width centred on the box centre moved down
-    by `center_dy` box widths, resized to `size` px, JPEG-encoded at `jpeg_quality` (the release's crops are
-    JPEGs: the predictor decodes its crops with the pipeline's decoder, `mae_pipeline.decode_resize`).
+  crop: how a face becomes a crop, JPEG-encoded at `jpeg_quality` (the release's crops are JPEGs: the predictor
+    decodes its crops with the pipeline's decoder, `mae_pipeline.decode_resize`). A face with five landmarks is
+    aligned with `media.align.align_face` at `size` px onto the five-point `template` (its name, and its points at
+    `size` in `template_points`); a box without landmarks (Haar) is cut as a square of side `margin` * box width
+    centred on the box centre moved down by `center_dy` box widths, resized to `size` px. Bundles without
+    `template` (made before alignment) cut every face as that square.
   visual_sets: {name: {encoder: relative folder, image_size, storage_dtype}}; features are the encoder's pooled
     `fc_norm` output of the ImageNet-normalised crop, rounded to storage_dtype like the feature store's.
   audio_sets: {name: the `media.audio.make_featurizer` arguments that made the set}: {kind, n_mels, n_mfcc,
@@ -23,6 +26,7 @@ bundle.json:
 
 Everything is copied: the bundle does not point into the pipeline's stage folders.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,7 +42,7 @@ import numpy as np
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, features, release
 from abaw_jax.eval import postprocess, scene_router
-from abaw_jax.media import audio
+from abaw_jax.media import align, audio
 from abaw_jax.models import fusion
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs
 from abaw_jax.runtime.telemetry import log
@@ -46,11 +50,20 @@ from abaw_jax.runtime.telemetry import log
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 ROUTER_FILE = "scene_router.npz"
-# The crop geometry that makes OpenCV's Haar boxes give crops like the release's (the synthetic release's are squares
-# of 1.45 face widths centred on the face, 112 px): a grid search over margin and shift on 41 frames of 4 synthetic
-# videos put the least mean absolute pixel difference (8.3 of 255, against 23 for crop_faces' default 1.25) at a
-# square of 1.1 Haar box widths, its centre moved up 0.04 box widths.
-DEFAULT_CROP = {"margin": 1.1, "center_dy": -0.04, "size": 112, "jpeg_quality": 95}
+_CROP_SIZE = 112
+# Faces with landmarks are aligned as the release's crops are. For Haar boxes (no landmarks), the square most like
+# those aligned crops: a grid search over margin and shift on the 22 frames (of every 6th in 4 one-face synthetic
+# videos) where Haar found the face put the least mean absolute pixel difference (14.9 of 255, against 30 for the
+# square tuned before the release's crops were aligned) at 0.9 box widths, centre moved up 0.06 widths; the rest is
+# the face's tilt, which only landmarks undo.
+DEFAULT_CROP = {
+    "template": align.TEMPLATE_NAME,
+    "template_points": align.template(_CROP_SIZE).round(4).tolist(),
+    "size": _CROP_SIZE,
+    "margin": 0.9,
+    "center_dy": -0.06,
+    "jpeg_quality": 95,
+}
 
 
 class BundleError(ValueError):
@@ -92,8 +105,9 @@ def _read_json(path: pathlib.Path) -> dict:
         raise BundleError(f"{path}: cannot read ({e})") from e
 
 
-def export_bundle(dirs: PipelineDirs, out_dir: str, *, tasks: Sequence[str], data_config,
-                  crop: dict[str, Any] | None = None) -> None:
+def export_bundle(
+    dirs: PipelineDirs, out_dir: str, *, tasks: Sequence[str], data_config, crop: dict[str, Any] | None = None
+) -> None:
     """Writes the bundle of the pipeline in `dirs` for `tasks` (au, expr, va) into `out_dir` (replaced).
 
     Reads each task's fusion export and evaluate results, the feature store's manifests (which encoder and audio
@@ -116,8 +130,9 @@ def export_bundle(dirs: PipelineDirs, out_dir: str, *, tasks: Sequence[str], dat
         post = postprocess.PostProcess.from_json(results["postprocess"])
         missing = [m for m in post.members if m not in ensemble.members]
         if missing:
-            raise BundleError(f"evaluate_{task_key} combines members {missing} that {fusion_dir} lacks "
-                              f"({list(ensemble.members)})")
+            raise BundleError(
+                f"evaluate_{task_key} combines members {missing} that {fusion_dir} lacks ({list(ensemble.members)})"
+            )
         for name, dim in ensemble.feature_sets.items():
             if name in visual or name in audio_sets:
                 continue
@@ -131,8 +146,14 @@ def export_bundle(dirs: PipelineDirs, out_dir: str, *, tasks: Sequence[str], dat
         shutil.copytree(fusion_dir, staging / f"fusion_{task_key}")
         task_entries[task_key] = {"task": ensemble.task, "fusion": f"fusion_{task_key}", "postprocess": post.to_json()}
     router_entry = _export_router(store_dir, list(visual), data_config, staging / ROUTER_FILE)
-    description = {"format_version": FORMAT_VERSION, "crop": dict(crop or DEFAULT_CROP), "visual_sets": visual,
-                   "audio_sets": audio_sets, "tasks": task_entries, "scene_router": router_entry}
+    description = {
+        "format_version": FORMAT_VERSION,
+        "crop": dict(crop or DEFAULT_CROP),
+        "visual_sets": visual,
+        "audio_sets": audio_sets,
+        "tasks": task_entries,
+        "scene_router": router_entry,
+    }
     (staging / BUNDLE_JSON).write_text(json.dumps(description, indent=1) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
@@ -142,11 +163,17 @@ def _copy_encoder(feature_set: features.VisualSet, target: pathlib.Path) -> dict
     encoder = feature_set.manifest.get("encoder", {})
     source = pathlib.Path(encoder.get("source", ""))
     if not encoder.get("source") or not source.is_dir():
-        raise BundleError(f"{feature_set.directory}/{features.MANIFEST}: its encoder source {str(source)!r} is not "
-                          "a folder (the bundle copies the encoder that made the features)")
+        raise BundleError(
+            f"{feature_set.directory}/{features.MANIFEST}: its encoder source {str(source)!r} is not "
+            "a folder (the bundle copies the encoder that made the features)"
+        )
     shutil.copytree(source, target)
-    return {"encoder": str(target.relative_to(target.parent.parent)), "image_size": encoder["config"]["image_size"],
-            "storage_dtype": feature_set.manifest["dtype"], "sha256": encoder.get("sha256")}
+    return {
+        "encoder": str(target.relative_to(target.parent.parent)),
+        "image_size": encoder["config"]["image_size"],
+        "storage_dtype": feature_set.manifest["dtype"],
+        "sha256": encoder.get("sha256"),
+    }
 
 
 def _audio_settings(feature_set: features.AudioSet, target: pathlib.Path) -> dict[str, Any]:
@@ -158,16 +185,23 @@ def _audio_settings(feature_set: features.AudioSet, target: pathlib.Path) -> dic
     relative = lambda path: str(path.relative_to(target.parent.parent))
     if kind in audio.SPECTRAL_KINDS:
         featurizer = audio.make_featurizer(kind)
-        return {"kind": kind, **{key: int(first.get(key, getattr(featurizer, key)))
-                                 for key in ("n_mels", "n_mfcc", "window")}}
+        return {
+            "kind": kind,
+            **{key: int(first.get(key, getattr(featurizer, key))) for key in ("n_mels", "n_mfcc", "window")},
+        }
     if kind in audio.ENCODER_KINDS:
         source = pathlib.Path(first.get("model_dir") or "")
         if not (source / "config.json").is_file():
-            raise BundleError(f"{described[0]}: its {kind} model folder {str(source)!r} is gone (the bundle copies "
-                              "the model that made the features)")
+            raise BundleError(
+                f"{described[0]}: its {kind} model folder {str(source)!r} is gone (the bundle copies "
+                "the model that made the features)"
+            )
         shutil.copytree(source, target)
-        return {"kind": kind, "model_dir": relative(target),
-                "layer": None if first.get("layer", "last") == "last" else int(first["layer"])}
+        return {
+            "kind": kind,
+            "model_dir": relative(target),
+            "layer": None if first.get("layer", "last") == "last" else int(first["layer"]),
+        }
     if kind == audio.VGGISH_KIND:
         settings = {"kind": kind, "vggish_hop": float(first["example_hop_seconds"]), "vggish_pca": None}
         target.mkdir(parents=True)
@@ -175,8 +209,10 @@ def _audio_settings(feature_set: features.AudioSet, target: pathlib.Path) -> dic
             if key == "vggish_pca" and not file:
                 continue
             if not file or not pathlib.Path(file).is_file():
-                raise BundleError(f"{described[0]}: its VGGish file {file!r} is gone (the bundle copies the "
-                                  "weights that made the features)")
+                raise BundleError(
+                    f"{described[0]}: its VGGish file {file!r} is gone (the bundle copies the "
+                    "weights that made the features)"
+                )
             shutil.copy2(file, target / pathlib.Path(file).name)
             settings[key] = relative(target / pathlib.Path(file).name)
         return settings
@@ -198,14 +234,17 @@ def _export_router(store_dir: pathlib.Path, visual: list[str], data_config, targ
     stats = np.stack([scene_router.video_statistics(*feature_set.load(t)) for t in videos])
     truth = np.array([affwild2.is_listed(t, listed) for t in videos])
     try:
-        router, fit = scene_router.fit_and_validate(stats, truth, np.isin(videos, list(train)),
-                                                    np.isin(videos, list(validation)))
+        router, fit = scene_router.fit_and_validate(
+            stats, truth, np.isin(videos, list(train)), np.isin(videos, list(validation))
+        )
     except ValueError as e:
         raise BundleError(f"scene router on the Train_Set tracks of {store_dir / name}: {e}") from e
     router.save(target)
-    log(f"Scene router for new videos ({name!r}): fit on {fit['train_videos']} Train_Set videos "
+    log(
+        f"Scene router for new videos ({name!r}): fit on {fit['train_videos']} Train_Set videos "
         f"({fit['train_reaction_videos']} reaction), accuracy {fit['validation_accuracy']:.3f} on "
-        f"{fit['validation_videos']} Validation_Set videos")
+        f"{fit['validation_videos']} Validation_Set videos"
+    )
     return {"file": ROUTER_FILE, "feature_set": name, **fit}
 
 
@@ -216,6 +255,20 @@ def _split_files(paths: release.ReleasePaths, task: str, split: str) -> list[pat
         return []
 
 
+def _check_template(crop: dict[str, Any], where: pathlib.Path) -> None:
+    """A bundle's models saw crops aligned on its template: refuse one that this code's alignment cannot reproduce."""
+    if "template" not in crop:
+        return
+    points = np.asarray(crop.get("template_points", []), np.float64)
+    ours = align.template(int(crop["size"]))
+    if crop["template"] != align.TEMPLATE_NAME or points.shape != ours.shape or np.abs(points - ours).max() > 1e-3:
+        raise BundleError(
+            f"{where}: its crops are aligned on template {crop['template']!r} {points.tolist()}, but "
+            f"this abaw_jax aligns on {align.TEMPLATE_NAME!r} {ours.round(4).tolist()} at {crop['size']} "
+            "px; predictions would see crops unlike the models' training crops"
+        )
+
+
 def load_bundle(path: str | os.PathLike) -> Bundle:
     """Reads a bundle folder, or the bundle of a pipeline workdir (`<path>/predictor`)."""
     path = pathlib.Path(path)
@@ -223,12 +276,16 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if not (path / BUNDLE_JSON).exists() and (in_workdir / BUNDLE_JSON).exists():
         path = in_workdir
     if not (path / BUNDLE_JSON).exists():
-        raise BundleError(f"{path}: neither a predictor bundle ({BUNDLE_JSON}) nor a pipeline workdir with "
-                          f"predictor/{BUNDLE_JSON}")
+        raise BundleError(
+            f"{path}: neither a predictor bundle ({BUNDLE_JSON}) nor a pipeline workdir with predictor/{BUNDLE_JSON}"
+        )
     description = _read_json(path / BUNDLE_JSON)
     if description.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path / BUNDLE_JSON}: format_version {description.get('format_version')!r}, this "
-                          f"abaw_jax reads {FORMAT_VERSION}")
+        raise BundleError(
+            f"{path / BUNDLE_JSON}: format_version {description.get('format_version')!r}, this "
+            f"abaw_jax reads {FORMAT_VERSION}"
+        )
+    _check_template(description["crop"], path / BUNDLE_JSON)
     models = {}
     for key, entry in description["tasks"].items():
         try:
@@ -240,5 +297,6 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if description.get("scene_router"):
         router = scene_router.SceneRouter.load(path / description["scene_router"]["file"])
         router_set = description["scene_router"]["feature_set"]
-    return Bundle(path, description["crop"], description["visual_sets"], description["audio_sets"], models, router,
-                  router_set)
+    return Bundle(
+        path, description["crop"], description["visual_sets"], description["audio_sets"], models, router, router_set
+    )

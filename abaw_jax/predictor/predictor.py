@@ -1,17 +1,21 @@
 """One face track -> per-frame features -> every member's outputs -> post-processed outputs per task.
 
 The same functions as the pipeline at each step, so the predictor reproduces evaluate's final outputs on a release
-track: crops decode with `mae_pipeline.decode_resize` and go through the encoder's pooled feature (the feature
-store's `extract_step`), rounded to the store's dtype; audio features come from `media.audio`'s featurizer;
-members run over `clips.windowed_outputs` windows with `models.fusion.ensemble_predict`; `eval.postprocess`
-fills, smooths, routes and combines. Encoders and members run jitted on fixed-size batches (one compile each).
+track: faces are cut as the release's crops are (`crop_face`: `media.align.align_face` on the detector's five
+landmarks, the bundle's square crop of a box without them), crops decode with `mae_pipeline.decode_resize` and go
+through the encoder's pooled feature (the feature store's `extract_step`), rounded to the store's dtype; audio
+features come from `media.audio`'s featurizer; members run over `clips.windowed_outputs` windows with
+`models.fusion.ensemble_predict`; `eval.postprocess` fills, smooths, routes and combines. Encoders and members run
+jitted on fixed-size batches (one compile each).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 from collections.abc import Mapping
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +23,7 @@ import numpy as np
 from abaw_jax import tasks
 from abaw_jax.data import clips, mae_pipeline
 from abaw_jax.eval import postprocess, scene_router
+from abaw_jax.media import align, faces
 from abaw_jax.models import encoders, fusion
 from abaw_jax.models.vit import ViT
 from abaw_jax.predictor.bundle import Bundle
@@ -43,9 +48,24 @@ class TrackPrediction:
     notes: list[str]
 
 
+def crop_face(frame: np.ndarray, box: faces.Box, crop: Mapping) -> bytes:
+    """A bundle's crop (`Bundle.crop`) of one face as JPEG bytes: aligned on the box's landmarks when the bundle
+    aligns and the detector gave them, else the square of `margin` box widths, centre moved down `center_dy` widths."""
+    if "template" in crop and box.landmarks is not None:
+        image = align.align_face(frame, np.asarray(box.landmarks), int(crop["size"]))
+    else:
+        shifted = faces.Box(box.x, box.y + crop["center_dy"] * box.w, box.w, box.h, box.score)
+        image = faces.square_crop(frame, shifted, margin=crop["margin"], size=int(crop["size"]))
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(crop["jpeg_quality"])])
+    if not ok:
+        raise RuntimeError("OpenCV could not JPEG-encode a face crop")
+    return data.tobytes()
+
+
 def _encode(params, images_uint8, *, model: ViT):
-    return model.apply({"params": params}, mae_pipeline.normalize_images(images_uint8), method=ViT.features
-                       ).astype(jnp.float32)
+    return model.apply({"params": params}, mae_pipeline.normalize_images(images_uint8), method=ViT.features).astype(
+        jnp.float32
+    )
 
 
 class Predictor:
@@ -58,33 +78,46 @@ class Predictor:
         for name, entry in bundle.visual_sets.items():
             loaded = encoders.load_encoder(str(bundle.encoder_dir(name)))
             fn = jax.jit(functools.partial(_encode, model=ViT(loaded.config, attention=attention)))
-            self._encoders[name] = (loaded.params, fn, int(entry["image_size"]), np.dtype(entry["storage_dtype"]),
-                                    loaded.config.width)
+            self._encoders[name] = (
+                loaded.params,
+                fn,
+                int(entry["image_size"]),
+                np.dtype(entry["storage_dtype"]),
+                loaded.config.width,
+            )
         self._featurizers = {name: bundle.featurizer(name) for name in bundle.audio_sets}
         self._dims = {n: d for m in bundle.tasks.values() for n, d in m.ensemble.feature_sets.items()}
         self._members = {}
         for key, model in bundle.tasks.items():
             ensemble = model.ensemble
-            fn = jax.jit(functools.partial(fusion.ensemble_predict, model=fusion.TMF(ensemble.config),
-                                           kind=tasks.get_task(ensemble.task).kind))
+            fn = jax.jit(
+                functools.partial(
+                    fusion.ensemble_predict, model=fusion.TMF(ensemble.config), kind=tasks.get_task(ensemble.task).kind
+                )
+            )
             self._members[key] = fn
 
     # ----------------------------------------------------------------------------------------- features
+
+    def crop_face(self, frame: np.ndarray, box: faces.Box) -> bytes:
+        """The bundle's JPEG crop of `box` in `frame` (module-level `crop_face`)."""
+        return crop_face(frame, box, self.bundle.crop)
 
     def visual_features(self, name: str, jpegs: list[bytes]) -> np.ndarray:
         """(n, dim) pooled encoder features of JPEG crops, rounded to the feature store's dtype."""
         params, fn, size, dtype, width = self._encoders[name]
         out = np.zeros((len(jpegs), width), np.float32)
         for start in range(0, len(jpegs), self.batch_size):
-            chunk = jpegs[start:start + self.batch_size]
+            chunk = jpegs[start : start + self.batch_size]
             pixels = np.zeros((self.batch_size, size, size, 3), np.uint8)
             for i, data in enumerate(chunk):
                 pixels[i] = mae_pipeline.decode_resize(data, image_size=size)
-            out[start:start + len(chunk)] = np.asarray(fn(params, pixels))[:len(chunk)]
+            out[start : start + len(chunk)] = np.asarray(fn(params, pixels))[: len(chunk)]
         return out.astype(dtype).astype(np.float32)
 
-    def track_features(self, crops: Mapping[int, bytes], num_frames: int, waveform: np.ndarray | None, fps: float
-                       ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    def track_features(
+        self, crops: Mapping[int, bytes], num_frames: int, waveform: np.ndarray | None, fps: float
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
         """({set: (N, dim)}, face (N,), notes) for frames 1..N: crops by 1-based frame, 16 kHz mono audio or None."""
         frames = np.array(sorted(k for k in crops if 1 <= k <= num_frames), np.int64)
         face = np.zeros(num_frames, bool)
@@ -99,8 +132,10 @@ class Predictor:
         for name, featurizer in self._featurizers.items():
             if waveform is None:
                 values[name] = np.zeros((num_frames, self._dims[name]), np.float32)
-                notes.append(f"no audio stream: the {name} features are zeros, unlike anything the members trained "
-                             "on (outputs lean on the faces alone)")
+                notes.append(
+                    f"no audio stream: the {name} features are zeros, unlike anything the members trained "
+                    "on (outputs lean on the faces alone)"
+                )
             else:
                 values[name] = np.asarray(featurizer(waveform, num_frames, fps), np.float32)
         if not face.any():
@@ -129,14 +164,30 @@ class Predictor:
         x, present = jnp.asarray(x), jnp.asarray(face)
 
         def apply(rows, mask):
-            return fn(ensemble.params, ensemble.batch_stats, ensemble.feature_mean, ensemble.feature_std, x, present,
-                      rows, mask)
+            return fn(
+                ensemble.params,
+                ensemble.batch_stats,
+                ensemble.feature_mean,
+                ensemble.feature_std,
+                x,
+                present,
+                rows,
+                mask,
+            )
 
-        return clips.windowed_outputs(apply, track, track.names, ensemble.clip_len, ensemble.eval_stride,
-                                      self.window_batch)
+        return clips.windowed_outputs(
+            apply, track, track.names, ensemble.clip_len, ensemble.eval_stride, self.window_batch
+        )
 
-    def predict(self, crops: Mapping[int, bytes], num_frames: int, waveform: np.ndarray | None, fps: float, *,
-                scene: str = "auto") -> TrackPrediction:
+    def predict(
+        self,
+        crops: Mapping[int, bytes],
+        num_frames: int,
+        waveform: np.ndarray | None,
+        fps: float,
+        *,
+        scene: str = "auto",
+    ) -> TrackPrediction:
         values, face, notes = self.track_features(crops, num_frames, waveform, fps)
         is_reaction, source = self.scene(values, face, scene)
         outputs = {}
