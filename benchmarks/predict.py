@@ -7,7 +7,7 @@ model size, a predictor bundle with random weights in the documented layout (`pr
 encoder, 8 TMF members per task (the paper's sizes) over encoder + log-mel/MFCC features, tuned-looking
 post-processing (sigma 2, vote, scene router off). Then times, in one run:
   decode         : OpenCV decoding every frame alone (the baseline: nothing can be faster than reading the video);
-  decode+detect  : decoding and Haar detection + tracking (`predict.read_frames`);
+  decode+detect  : decoding and face detection (predict's default detector) + tracking (`predict.read_frames`);
   end to end     : `predict.predict_video` (decode, detect, crop, audio, encoder, members, post-processing, CSV and
                    PNG), after one warm-up call on the same video so compilation is excluded.
 The ratio column is end-to-end frames/s over the video's 30 fps: "x real time" (the goal on a GPU with ViT-B:
@@ -106,7 +106,8 @@ def main(argv):
         count = sum(1 for _ in faces.iter_video_frames(video))
         decode = count / (time.perf_counter() - start)
         start = time.perf_counter()
-        predict.read_frames(video, faces.HaarDetector(), [], 0)
+        detector = faces.make_detector()  # predict's default: CenterFace (Haar, with a warning, without weights)
+        predict.read_frames(video, detector, [], 0)
         detect = count / (time.perf_counter() - start)
         print(f"device {jax.devices()[0].device_kind}, {count} frames of {video.name}, encoder batch {batch}")
         print("| model | decode frames/s | decode+detect frames/s | end to end frames/s | x real time (30 fps) |")
@@ -115,9 +116,9 @@ def main(argv):
             write_bundle(tmp / size, ENCODERS[size])
             predictor = predictor_lib.Predictor(bundle_lib.load_bundle(tmp / size), batch_size=batch)
             options = dict(scene="other", draw_video=False, min_track_frames=5, log_every=0)
-            predict.predict_video(video, predictor, faces.HaarDetector(), tmp / "out", **options)  # compiles
+            predict.predict_video(video, predictor, detector, tmp / "out", **options)  # compiles
             start = time.perf_counter()
-            summary = predict.predict_video(video, predictor, faces.HaarDetector(), tmp / "out", **options)
+            summary = predict.predict_video(video, predictor, detector, tmp / "out", **options)
             rate = summary["frames"] / (time.perf_counter() - start)
             print(f"| {size} | {decode:.0f} | {detect:.0f} | {rate:.1f} | {rate / 30:.2f}x |", flush=True)
 
