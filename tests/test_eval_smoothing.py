@@ -90,7 +90,6 @@ def test_grid_convolution_on_the_stream_layout_matches_scipy():
 # Runs in a child process so that its peak memory is its own; the parent kills it past the bound, so the old code
 # (which grew past 8 GB at sigma 250) fails the test instead of swapping the machine.
 _LARGE_SIGMA_CHILD = """
-import resource, sys
 import numpy as np
 from scipy import ndimage
 from abaw_jax.eval import coverage, smoothing
@@ -102,9 +101,10 @@ for sigma in (250.0, 300.0):
     for v, array in enumerate(arrays):
         expected = ndimage.gaussian_filter1d(array.astype(np.float64), sigma, axis=0, mode="reflect", truncate=4.0)
         np.testing.assert_allclose(out[v, :len(array)], expected, atol=1e-6, rtol=0)
-print("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
-MEMORY_BOUND_MB = 3000  # about 270 MB measured; the old code passed 8 GB
+# About 270 MB measured; the old code passed 8 GB. The parent samples the child's RSS: the child's own ru_maxrss
+# is no measure, since Linux keeps the parent's high-water mark across fork and exec.
+MEMORY_BOUND_MB = 1500
 
 
 def test_sigmas_far_longer_than_the_videos_match_scipy_in_bounded_memory():
@@ -121,10 +121,9 @@ def test_sigmas_far_longer_than_the_videos_match_scipy_in_bounded_memory():
         if peak_mb > MEMORY_BOUND_MB:
             child.kill()
         time.sleep(0.05)
-    stdout, stderr = child.communicate()
+    _, stderr = child.communicate()
     assert peak_mb <= MEMORY_BOUND_MB, f"the smoothing child grew past {MEMORY_BOUND_MB} MB"
     assert child.returncode == 0, stderr
-    assert float(stdout.split()[-1]) <= MEMORY_BOUND_MB
 
 
 def test_kernels_are_folded_to_the_longest_video():
