@@ -579,19 +579,8 @@ def extract_audio_sets(
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Extracts the visual sets `config.sets` and the audio sets `config.audio` into the store in `workdir`,
-    holding its session."""
+    holding its session. Settings, encoders and the release are checked first: a mistake creates no workdir."""
     sets, kinds = validate_config(config)
-    with workdir_lib.session(workdir) as stop_requested:
-        _run(config, workdir, sets, kinds, stop_requested)
-
-
-def _run(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    sets: tuple[str, ...],
-    kinds: tuple[str, ...],
-    stop_requested: Callable[[], bool],
-) -> None:
     for name in sets:
         _encoder_source(name, config.encoders[name])  # a wrong path stops now, not after hours of other sets
     try:
@@ -600,6 +589,19 @@ def _run(
     except FileNotFoundError as e:
         raise JobError(str(e)) from e
     tracks = collect_tracks(paths)
+    with workdir_lib.session(workdir) as stop_requested:
+        _run(config, workdir, sets, kinds, paths, tracks, stop_requested)
+
+
+def _run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    sets: tuple[str, ...],
+    kinds: tuple[str, ...],
+    paths: release.ReleasePaths,
+    tracks: dict[str, Track],
+    stop_requested: Callable[[], bool],
+) -> None:
     log(
         f"{len(tracks)} tracks, {sum(len(t.frames) for t in tracks.values()):,} crops in {paths.crops}; "
         f"visual sets {list(sets)}, audio sets {list(kinds)} -> {workdir}"
