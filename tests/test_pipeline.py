@@ -128,9 +128,9 @@ def test_each_key_is_either_cosmetic_or_reruns_its_stage(tmp_path):
             for parent in parents:
                 node = node[parent]
             node[leaf] = "changed"
-            assert pipeline._up_to_date(record, changed, inputs, cosmetic, root) == (key in cosmetic), (stage.name, key)
+            assert pipeline._up_to_date(record, changed, inputs, cosmetic) == (key in cosmetic), (stage.name, key)
         for name in inputs:
-            assert not pipeline._up_to_date(record, settings, {**inputs, name: "g"}, cosmetic, root)
+            assert not pipeline._up_to_date(record, settings, {**inputs, name: "g"}, cosmetic)
 
 
 def test_moved_workdir_with_cosmetic_changes_skips_every_stage(micro_pipeline, tmp_path, capsys):

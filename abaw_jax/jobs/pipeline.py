@@ -267,26 +267,27 @@ def _up_to_date(
     settings: Mapping[str, Any],
     inputs: Mapping[str, str],
     cosmetic_keys: Collection[str],
-    root: str,
 ) -> bool:
     """Whether `record` is a run of these result settings on these inputs (finished or not)."""
     if record is None:
         return False
-    recorded = portable(record.get("config", {}), root)  # records written before paths were portable
-    return result_settings(recorded, cosmetic_keys) == result_settings(settings, cosmetic_keys) and record.get(
-        "inputs"
-    ) == dict(inputs)
+    return result_settings(record.get("config", {}), cosmetic_keys) == result_settings(
+        settings, cosmetic_keys
+    ) and record.get("inputs") == dict(inputs)
 
 
-def read_stage_file(directory: str) -> dict[str, Any] | None:
+def read_stage_file(directory: str, root: str) -> dict[str, Any] | None:
+    """The stage record in `directory`, its paths made portable against the workdir `root` (records written
+    before paths were portable hold absolute ones)."""
     path = os.path.join(directory, STAGE_FILE)
     if not os.path.exists(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            record = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise JobError(f"{path}: unreadable stage record ({e}); delete that stage folder to rerun it") from None
+    return {**record, "config": portable(record.get("config", {}), root)}
 
 
 def _write_json(path: str, value: Mapping[str, Any]) -> None:
@@ -374,15 +375,15 @@ def _prepare(
     settings = stage.settings(root)
     inputs = {os.path.basename(d): current[os.path.basename(d)] for d in stage.inputs}
     previous_dir = stage.directory + PREVIOUS_SUFFIX
-    old = read_stage_file(stage.directory)
-    previous = read_stage_file(previous_dir)
+    old = read_stage_file(stage.directory, root)
+    previous = read_stage_file(previous_dir, root)
     _sync(f"read {stage.name}")  # every process decides on the same records before the leader moves folders
     if old is None and os.path.isdir(stage.directory) and os.listdir(stage.directory):
         raise JobError(
             f"{stage.directory} exists but was not made by this pipeline (no {STAGE_FILE}); "
             "move it away or choose another --workdir"
         )
-    here = _up_to_date(old, settings, inputs, cosmetic, root)
+    here = _up_to_date(old, settings, inputs, cosmetic)
     if here and old.get("complete"):
         cosmetic_changes = changed_keys(old.get("config", {}), settings)
         note = (
@@ -399,7 +400,7 @@ def _prepare(
         not here
         and previous is not None
         and previous.get("complete")
-        and _up_to_date(previous, settings, inputs, cosmetic, root)
+        and _up_to_date(previous, settings, inputs, cosmetic)
     ):
         log(f"== {header}: {previous_dir} holds a finished run with these settings; restoring it")
         if leader:
