@@ -18,7 +18,13 @@ decay 0.05), dropout on, in one process on the same machine:
   so this is each member's AdamW). BatchNorm cannot update running statistics under vmap, so its modules are
   switched to batch statistics only (`replace_all_batch_norm_modules_`): slightly less work than ours;
 - `torch_compile`: the eager member-after-member loop with each member's forward+backward through
-  `torch.compile`.
+  `torch.compile`;
+- `torch_compile_graphs`: the same with `torch.compile(mode="reduce-overhead")`, which replays each member's
+  forward and backward as CUDA graphs (GPU only: skipped with a note on a CPU host).
+
+Every PyTorch baseline runs on the device ours runs on (CUDA when PyTorch sees a GPU), with TF32 matmuls and
+convolutions allowed as XLA's default f32 precision on GPUs allows them, and every step of every implementation
+ends when the device has finished it (`block_until_ready` / `torch.cuda.synchronize`).
 
 The figures are clips/s summed over members (members x batch / step time), best of `--rounds` rounds of
 `--steps` steps after `--warmup` untimed steps; implementations alternate within each round so a shared
@@ -31,6 +37,8 @@ import functools
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle torch threads must not spin on JAX's cores
+# PyTorch shares the GPU with JAX in this process, so JAX allocates on demand instead of taking 75% upfront.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import json
 import platform
@@ -55,13 +63,24 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per implementation and ro
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timing rounds.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation happens here).")
 _IMPLS = flags.DEFINE_list(
-    "impls", ["jax_vmap", "jax_map", "torch_eager", "torch_func_vmap", "torch_compile"], "Implementations to time."
+    "impls",
+    ["jax_vmap", "jax_map", "torch_eager", "torch_func_vmap", "torch_compile", "torch_compile_graphs"],
+    "Implementations to time (torch_compile_graphs only where PyTorch sees a GPU).",
 )
 _SCALING = flags.DEFINE_list("scaling", [], "Member counts at which to time jax_vmap and torch_eager too.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
 
 LR, WD = 1e-4, 0.05
 FRAMES = 20_000  # resident frame array the JAX step gathers clips from
+TORCH_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# XLA's default f32 dot on NVIDIA GPUs uses TF32 tensor cores; PyTorch's default does not.
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+
+
+def _torch_sync() -> None:
+    if TORCH_DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _config() -> fusion.TMFConfig:
@@ -109,30 +128,36 @@ def jax_step(members: int, member_loop: str = "vmap") -> Callable[[], None]:
 def _torch_batch(generator: torch.Generator):
     x = torch.randn(_BATCH.value, _CLIP_LEN.value, _DIM.value, generator=generator)
     labels = torch.randint(0, 8, (_BATCH.value, _CLIP_LEN.value), generator=generator)
-    return x, torch.ones(_BATCH.value, _CLIP_LEN.value, dtype=torch.bool), labels
+    face = torch.ones(_BATCH.value, _CLIP_LEN.value, dtype=torch.bool)
+    return x.to(TORCH_DEVICE), face.to(TORCH_DEVICE), labels.to(TORCH_DEVICE)
 
 
-def torch_sequential(members: int, compiled: bool) -> Callable[[], None]:
+def torch_sequential(members: int, compile_mode: str | None) -> Callable[[], None]:
+    """Members trained one after another; `compile_mode` None is eager, else `torch.compile`'s mode."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    models = [TorchTMF(_config()).train() for _ in range(members)]
+    models = [TorchTMF(_config()).to(TORCH_DEVICE).train() for _ in range(members)]
     optimizers = [torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=WD) for m in models]
     batches = [_torch_batch(generator) for _ in range(members)]
-    weights = torch.ones(8)
+    weights = torch.ones(8, device=TORCH_DEVICE)
 
     def loss_of(model, x, face, labels):
         out = model(x, face)
         return torch.nn.functional.cross_entropy(out.reshape(-1, 8), labels.reshape(-1), weight=weights)
 
-    losses = [
-        torch.compile(functools.partial(loss_of, m)) if compiled else functools.partial(loss_of, m) for m in models
-    ]
+    losses = [functools.partial(loss_of, m) for m in models]
+    if compile_mode:
+        losses = [torch.compile(loss_fn, mode=compile_mode) for loss_fn in losses]
+    graphs = compile_mode == "reduce-overhead"
 
     def run():
         for loss_fn, optimizer, (x, face, labels) in zip(losses, optimizers, batches):
+            if graphs:  # a new training iteration: the graphs' previous outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             optimizer.zero_grad(set_to_none=True)
             loss_fn(x, face, labels).backward()
             optimizer.step()
+        _torch_sync()
 
     return run
 
@@ -140,7 +165,7 @@ def torch_sequential(members: int, compiled: bool) -> Callable[[], None]:
 def torch_func_vmap(members: int) -> Callable[[], None]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    models = [TorchTMF(_config()).train() for _ in range(members)]
+    models = [TorchTMF(_config()).to(TORCH_DEVICE).train() for _ in range(members)]
     for m in models:
         torch.func.replace_all_batch_norm_modules_(m)
     params, buffers = torch.func.stack_module_state(models)
@@ -148,7 +173,7 @@ def torch_func_vmap(members: int) -> Callable[[], None]:
     torch.func.replace_all_batch_norm_modules_(base)
     optimizer = torch.optim.AdamW(list(params.values()), lr=LR, weight_decay=WD)
     x, face, labels = (torch.stack(t) for t in zip(*[_torch_batch(generator) for _ in range(members)]))
-    weights = torch.ones(8)
+    weights = torch.ones(8, device=TORCH_DEVICE)
 
     def loss_of(p, b, x, face, labels):
         out = torch.func.functional_call(base, (p, b), (x, face))
@@ -161,6 +186,7 @@ def torch_func_vmap(members: int) -> Callable[[], None]:
         for name, p in params.items():
             p.grad = grads[name]
         optimizer.step()
+        _torch_sync()
 
     return run
 
@@ -185,8 +211,9 @@ def build(name: str, members: int) -> Callable[[], None]:
     return {
         "jax_vmap": lambda: jax_step(members, "vmap"),
         "jax_map": lambda: jax_step(members, "map"),
-        "torch_eager": lambda: torch_sequential(members, compiled=False),
-        "torch_compile": lambda: torch_sequential(members, compiled=True),
+        "torch_eager": lambda: torch_sequential(members, None),
+        "torch_compile": lambda: torch_sequential(members, "default"),
+        "torch_compile_graphs": lambda: torch_sequential(members, "reduce-overhead"),
         "torch_func_vmap": lambda: torch_func_vmap(members),
     }[name]()
 
@@ -194,12 +221,22 @@ def build(name: str, members: int) -> Callable[[], None]:
 def main(argv: Sequence[str]) -> None:
     del argv
     members = _MEMBERS.value
+    torch_device = f"cpu, {torch.get_num_threads()} threads"
+    if TORCH_DEVICE.type == "cuda":
+        torch_device = torch.cuda.get_device_name()
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} on "
-        f"{jax.devices()[0].device_kind}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"{jax.devices()[0].device_kind}, torch {torch.__version__} on {torch_device}; "
         f"{members} members x {_BATCH.value} clips x {_CLIP_LEN.value} frames x {_DIM.value} features"
     )
-    results = time_impls({name: build(name, members) for name in _IMPLS.value})
+    platform_name = jax.devices()[0].platform
+    if {"gpu": "cuda", "cpu": "cpu"}.get(platform_name, TORCH_DEVICE.type) != TORCH_DEVICE.type:
+        raise SystemExit(f"error: JAX runs on {platform_name} but PyTorch on {TORCH_DEVICE.type}: not one device")
+    impls = list(_IMPLS.value)
+    if "torch_compile_graphs" in impls and TORCH_DEVICE.type != "cuda":
+        impls.remove("torch_compile_graphs")
+        print("note: torch_compile_graphs skipped: CUDA graphs (mode='reduce-overhead') need a CUDA device")
+    results = time_impls({name: build(name, members) for name in impls})
     clips = members * _BATCH.value
     rate = {n: clips / min(r["rounds"]) for n, r in results.items()}
     baseline = rate.get("torch_eager")
@@ -230,7 +267,21 @@ def main(argv: Sequence[str]) -> None:
             )
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-            json.dump({"results": results, "clips_per_s": rate, "scaling": scaling}, f, indent=1)
+            json.dump(
+                {
+                    "members": members,
+                    "batch": _BATCH.value,
+                    "clip_len": _CLIP_LEN.value,
+                    "dim": _DIM.value,
+                    "device": jax.devices()[0].device_kind,
+                    "torch_device": torch_device,
+                    "results": results,
+                    "clips_per_s": rate,
+                    "scaling": scaling,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

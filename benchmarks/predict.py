@@ -35,6 +35,7 @@ from abaw_jax.predictor import predictor as predictor_lib
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "base"], "Model sizes: tiny, base.")
 _FRAMES = flags.DEFINE_integer("frames", 300, "Frames of the synthetic video.")
 _BATCH = flags.DEFINE_integer("encoder_batch", 0, "Crops per encoder call (0: 64 on CPU, 256 on accelerators).")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
 
 ENCODERS = {
     "tiny": ViTConfig(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="gap"),
@@ -112,6 +113,7 @@ def main(argv):
         print(f"device {jax.devices()[0].device_kind}, {count} frames of {video.name}, encoder batch {batch}")
         print("| model | decode frames/s | decode+detect frames/s | end to end frames/s | x real time (30 fps) |")
         print("|---|---|---|---|---|")
+        rows = []
         for size in _SIZES.value:
             write_bundle(tmp / size, ENCODERS[size])
             predictor = predictor_lib.Predictor(bundle_lib.load_bundle(tmp / size), batch_size=batch)
@@ -121,6 +123,21 @@ def main(argv):
             summary = predict.predict_video(video, predictor, detector, tmp / "out", **options)
             rate = summary["frames"] / (time.perf_counter() - start)
             print(f"| {size} | {decode:.0f} | {detect:.0f} | {rate:.1f} | {rate / 30:.2f}x |", flush=True)
+            rows.append({"size": size, "frames_per_s": rate, "x_real_time": rate / 30})
+    if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
+            json.dump(
+                {
+                    "device": jax.devices()[0].device_kind,
+                    "frames": count,
+                    "encoder_batch": batch,
+                    "decode_frames_per_s": decode,
+                    "decode_detect_frames_per_s": detect,
+                    "results": rows,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

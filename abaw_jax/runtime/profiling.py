@@ -3,12 +3,15 @@
 `hlo_instructions` reads a compiled module's text (`jit(f).lower(...).compile().as_text()`) into one record
 per instruction; `categorize` assigns it a category from its kind, the computation a fusion calls and the
 Flax module path in its `op_name` metadata; `summarize_trace` adds up a `jax.profiler` perfetto trace's op
-events by category. `benchmarks/mae_profile.py` uses them on the MAE step; the categories fit any ViT job.
+events by category: the device's kernel events where the trace has them (GPU streams, each kernel naming its
+HLO instruction in `args.hlo_op`), else the host runtime's op events (a CPU backend).
+`benchmarks/mae_profile.py` uses them on the MAE step; the categories fit any ViT job.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import json
 import re
@@ -32,6 +35,11 @@ _TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _NORMS = re.compile(r"/(norm1|norm2|norm|fc_norm|decoder_norm)/")
 _MASKING = re.compile(r"random_masking|permute_tokens|argsort|sort|gather|scatter|take_along_axis")
 _TRANSFER_EVENTS = re.compile(r"memcpy|MemcpyH2D|MemcpyD2H|TransferToDevice|TransferFromDevice", re.I)
+# cuBLAS/cuBLASLt kernel names (`sm90_xmma_gemm_*`, Hopper's `nvjet_*`) and XLA's GEMM custom-call targets.
+_GEMM = re.compile(r"gemm|matmul|nvjet|xmma", re.I)
+_DERIVED_LINES = frozenset(
+    ("XLA Modules", "XLA Ops", "XLA TraceMe", "Steps", "Framework Ops", "Framework Name Scope", "Source code")
+)
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, dict[str, object]]:
@@ -76,7 +84,7 @@ def categorize(info: dict[str, object]) -> str:
     in_attention = "/attn/" in op_name and "/qkv/" not in op_name and "/proj/" not in op_name
     if in_attention:
         return "attention"
-    if ops & {"dot", "convolution"} or "gemm" in target or "matmul" in target.lower():
+    if ops & {"dot", "convolution"} or _GEMM.search(target):
         return "matmul"
     if _NORMS.search(op_name):
         return "layernorm"
@@ -89,19 +97,79 @@ def categorize(info: dict[str, object]) -> str:
     return "other"
 
 
-def summarize_trace(trace_path: str, instructions: dict[str, dict[str, object]], steps: int) -> dict[str, float]:
-    """Seconds per step per category from a perfetto trace of `steps` steps."""
+@dataclasses.dataclass
+class TraceSummary:
+    """Op time per step by category, and where in the trace it was read."""
+
+    seconds_per_step: dict[str, float]
+    # "device": the accelerator's kernel events (GPU streams, or a TPU's "XLA Ops" line); "host": the CPU
+    # runtime's thunk events, which on a CPU backend are the ops themselves.
+    source: str
+    # Op time (included in seconds_per_step) whose event names no instruction of the compiled module: kernels
+    # of another module, memsets, or an HLO name the module text lacks. Large values mean a stale module.
+    unmatched_seconds_per_step: float
+
+
+def _trace_events(trace_path: str) -> list[dict]:
     with gzip.open(trace_path, "rt") as f:
         data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    seconds: dict[str, float] = collections.Counter()
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def _device_op_events(events: list[dict]) -> list[dict]:
+    """The accelerator's kernel events: complete events of `/device:*` processes on their stream lines.
+
+    On a GPU the host's thunk events name only the launches (with command buffers, one `call` per CUDA graph:
+    microseconds against the graph's milliseconds of kernels), so the op time is on the device's lines.
+    Profiler-derived lines ("XLA Ops", "XLA Modules", "Steps") repeat the same time, so the raw stream lines are
+    read when present and "XLA Ops" only where there are none (TPU traces).
+    """
+    processes, threads = {}, {}
     for event in events:
-        if event.get("ph") != "X":
-            continue
+        if event.get("ph") == "M" and event.get("name") == "process_name":
+            processes[event.get("pid")] = str((event.get("args") or {}).get("name", ""))
+        elif event.get("ph") == "M" and event.get("name") == "thread_name":
+            threads[(event.get("pid"), event.get("tid"))] = str((event.get("args") or {}).get("name", ""))
+    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    on_device = [e for e in events if e.get("ph") == "X" and e.get("pid") in device_pids]
+    line = lambda e: threads.get((e.get("pid"), e.get("tid")), "")
+    streams = [e for e in on_device if line(e) not in _DERIVED_LINES]
+    return streams or [e for e in on_device if line(e) == "XLA Ops"]
+
+
+def summarize_trace(trace_path: str, instructions: dict[str, dict[str, object]], steps: int) -> TraceSummary:
+    """Op seconds per step per category from a `jax.profiler` perfetto trace of `steps` steps.
+
+    Device kernel events are attributed through their `hlo_op` argument (the HLO instruction that launched
+    them); a kernel whose instruction the module text lacks is categorised from its `tf_op` (the op_name
+    metadata) and kernel name. Without device events (a CPU backend), the host's thunk events are the ops.
+    """
+    seconds: dict[str, float] = collections.Counter()
+    unmatched = 0.0
+    device_events = _device_op_events(events := _trace_events(trace_path))
+    for event in device_events:
         args = event.get("args") or {}
-        name = str(args.get("hlo_op") or event.get("name", ""))
-        if _TRANSFER_EVENTS.search(event.get("name", "")):
-            seconds["transfers"] += event.get("dur", 0) * 1e-6
-        elif name in instructions:
-            seconds[categorize(instructions[name])] += event.get("dur", 0) * 1e-6
-    return {c: seconds.get(c, 0.0) / steps for c in CATEGORIES}
+        duration = event.get("dur", 0) * 1e-6
+        name = str(event.get("name", ""))
+        op = str(args.get("hlo_op", ""))
+        if _TRANSFER_EVENTS.search(name):
+            seconds["transfers"] += duration
+        elif op in instructions:
+            seconds[categorize(instructions[op])] += duration
+        else:
+            unmatched += duration
+            info = {"opcode": "", "op_name": str(args.get("tf_op", "")), "target": name, "inner": set()}
+            seconds[categorize(info)] += duration
+    if not device_events:
+        for event in events:
+            if event.get("ph") != "X":
+                continue
+            args = event.get("args") or {}
+            name = str(args.get("hlo_op") or event.get("name", ""))
+            if _TRANSFER_EVENTS.search(event.get("name", "")):
+                seconds["transfers"] += event.get("dur", 0) * 1e-6
+            elif name in instructions:
+                seconds[categorize(instructions[name])] += event.get("dur", 0) * 1e-6
+    return TraceSummary(
+        {c: seconds.get(c, 0.0) / steps for c in CATEGORIES}, "device" if device_events else "host", unmatched / steps
+    )
