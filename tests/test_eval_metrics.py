@@ -108,3 +108,25 @@ def test_task_scores_dispatch_on_task_kind():
         metrics.task_scores("EXPR", scores, classes, mask)[1],
         metrics.label_scores("EXPR", scores.argmax(-1), classes, mask)[1],
     )
+
+
+def test_unannotated_aus_are_masked_and_classes_limit_the_mean():
+    """An AU label of -1 is left out of its F1 (never a 0); `classes` averages only the source's labels."""
+    rng = np.random.default_rng(5)
+    probs = rng.uniform(size=(60, 12)).astype(np.float32)
+    labels = (rng.uniform(size=(60, 12)) < 0.4).astype(np.int8)
+    labels[:, 10:] = -1
+    labels[rng.uniform(size=(60, 12)) < 0.1] = -1
+    mask = rng.uniform(size=60) < 0.9
+    ours = per_class("AU", probs, labels, mask, 0.5)
+    for k in range(10):
+        keep = mask & (labels[:, k] >= 0)
+        assert ours[k] == pytest.approx(f1_score(labels[keep, k], probs[keep, k] >= 0.5, zero_division=0), abs=1e-6)
+    assert (ours[10:] == 0).all()
+    metric, _ = metrics.task_scores("AU", probs, labels, mask, 0.5, classes=tuple(range(10)))
+    assert float(metric) == pytest.approx(ours[:10].mean(), rel=1e-6)
+    expr = rng.integers(0, 7, size=60)
+    scores = rng.normal(size=(60, 8)).astype(np.float32)
+    metric, per = metrics.task_scores("EXPR", scores, expr, np.ones(60, bool), classes=range(7))
+    reference = f1_score(expr, scores.argmax(-1), labels=range(7), average="macro", zero_division=0)
+    assert float(metric) == pytest.approx(reference, rel=1e-6) and per.shape == (8,)

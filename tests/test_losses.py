@@ -82,3 +82,29 @@ def test_models_import_nothing_from_evaluation():
             )
             upward += [f"{path.name}:{node.lineno}" for name in names if name.startswith("abaw_jax.eval")]
     assert upward == []
+
+
+def test_au_loss_masks_unannotated_aus_per_label():
+    """AU labels of -1 (an AU the source does not code) leave the loss, whatever the logits; never read as 0."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(20, 12)).astype(np.float32)
+    labels = (rng.uniform(size=(20, 12)) < 0.4).astype(np.int8)
+    labels[:, 10:] = -1
+    labels[rng.uniform(size=(20, 12)) < 0.1] = -1
+    frame_mask = rng.uniform(size=20) < 0.8
+    w = rng.uniform(1, 3, size=12).astype(np.float32)
+    keep = frame_mask[:, None] & (labels >= 0)
+    per = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(w), reduction="none")(
+        torch.tensor(logits), torch.tensor(np.maximum(labels, 0), dtype=torch.float32)
+    ).numpy()
+    assert float(losses.au_loss(logits, labels, frame_mask, w)) == pytest.approx(per[keep].mean(), rel=1e-5)
+    changed = logits.copy()
+    changed[:, 10:] += 5.0
+    assert float(losses.au_loss(changed, labels, frame_mask, w)) == pytest.approx(per[keep].mean(), rel=1e-5)
+    zeros = np.where(labels < 0, 0, labels)
+    assert float(losses.au_loss(logits, zeros, frame_mask, w)) != pytest.approx(per[keep].mean(), rel=1e-3)
+    per_label_mask = keep.copy()
+    per_label_mask[:, 0] = False
+    assert float(losses.au_loss(logits, zeros, per_label_mask, w)) == pytest.approx(
+        per[per_label_mask].mean(), rel=1e-5
+    )

@@ -6,7 +6,8 @@
 
 Weights follow the seed team's code: `max count / count` over the training labels (for AUs the count
 of positives per AU, for expressions the count per class). Losses average over valid frames only; a
-batch with no valid frame gives 0 (and so a zero gradient), never NaN.
+batch with no valid frame gives 0 (and so a zero gradient), never NaN. The AU loss also masks single AU
+labels of -1 (an AU the training source does not code, `tasks.SOURCE_LABELS`): they never count as 0.
 
 They live beside `metrics`: like the metrics, they are masked-array functions over labels in the annotation
 encoding (VA's loss is 1 - the metric's CCC), and models stay below evaluation (no import runs back up).
@@ -44,11 +45,15 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def au_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array, pos_weight: jax.Array) -> jax.Array:
-    """Eq. 1: mean over valid frames and AUs of -(w y log s(x) + (1 - y) log(1 - s(x))); (..., 12) inputs."""
-    y = labels.astype(jnp.float32)
-    logits = logits.astype(jnp.float32)
+    """Eq. 1: mean over valid (frame, AU) pairs of -(w y log s(x) + (1 - y) log(1 - s(x))); (..., 12) inputs.
+
+    `mask` is per frame (...) or per AU (..., 12); AU labels of -1 are masked as well. With every AU of a frame
+    annotated this is the mean over valid frames of the mean over the 12 AUs.
+    """
+    y = labels.reshape(-1, labels.shape[-1]).astype(jnp.float32)
+    logits = logits.reshape(y.shape).astype(jnp.float32)
     per = -(pos_weight * y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits))
-    return _masked_mean(per.mean(axis=-1), mask)
+    return _masked_mean(per, metrics.annotated_mask(mask, labels))
 
 
 def expr_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array, class_weight: jax.Array) -> jax.Array:

@@ -7,13 +7,18 @@
 
 Inputs may have any leading shape (frames, or videos x frames); the last axis holds classes or
 channels. `mask` has the leading shape (or the full shape for per-label masks) and is True where a
-label is valid; masked frames never count. Degenerate cases have defined values, never NaN: an F1
-whose class has no true and no predicted positive is 0, and a CCC whose denominator is 0 (no valid
-frame, or prediction and truth both constant) is 0. `valid_count` lets a job refuse to report a
-metric over zero frames.
+label is valid; masked frames never count. An AU label of -1 (not annotated: a whole invalid row, or an AU
+the training source does not code, `tasks.SOURCE_LABELS`) is masked out too, never read as 0; `classes`
+limits a task metric's mean to the labels a source has (e.g. the 7 expressions of RAF-DB).
+
+Degenerate cases have defined values, never NaN: an F1 whose class has no true and no predicted positive
+is 0, and a CCC whose denominator is 0 (no valid frame, or prediction and truth both constant) is 0.
+`valid_count` lets a job refuse to report a metric over zero frames.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +39,13 @@ def _label_mask(mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jnp.broadcast_to(mask.reshape(-1, 1), (mask.size, shape[-1])).astype(jnp.float32)
 
 
+def annotated_mask(mask: jax.Array, labels: jax.Array) -> jax.Array:
+    """(frames, labels) float mask of binary labels: `mask` (per frame or per label) and the label is not -1."""
+    labels = jnp.asarray(labels)
+    annotated = _flat(labels, 1) >= 0
+    return _label_mask(mask, jnp.shape(labels)) * annotated.astype(jnp.float32)
+
+
 def f1_from_counts(tp: jax.Array, fp: jax.Array, fn: jax.Array) -> jax.Array:
     """F1 = 2tp / (2tp + fp + fn), 0 where the denominator is 0 (sklearn's zero_division=0)."""
     denominator = 2 * tp + fp + fn
@@ -41,11 +53,10 @@ def f1_from_counts(tp: jax.Array, fp: jax.Array, fn: jax.Array) -> jax.Array:
 
 
 def binary_f1(predictions: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Per-label F1 of 0/1 `predictions` against 0/1 `labels`, both (..., K): returns (K,)."""
-    shape = jnp.shape(labels)
+    """Per-label F1 of 0/1 `predictions` against 0/1 `labels` (-1: not annotated), both (..., K): returns (K,)."""
     pred = _flat(predictions, 1).astype(jnp.float32)
     true = _flat(labels, 1).astype(jnp.float32)
-    weight = _label_mask(mask, shape)
+    weight = annotated_mask(mask, labels)
     tp = jnp.sum(weight * pred * true, axis=0)
     fp = jnp.sum(weight * pred * (1 - true), axis=0)
     fn = jnp.sum(weight * (1 - pred) * true, axis=0)
@@ -89,9 +100,12 @@ def valid_count(mask: jax.Array) -> jax.Array:
 
 
 def label_scores(
-    task: str | tasks.Task, final: jax.Array, labels: jax.Array, mask: jax.Array
+    task: str | tasks.Task, final: jax.Array, labels: jax.Array, mask: jax.Array, classes: Sequence[int] | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """(task metric, per-class scores) of final per-frame labels: AU 0/1 per AU, EXPR class indices, VA values."""
+    """(task metric, per-class scores) of final per-frame labels: AU 0/1 per AU, EXPR class indices, VA values.
+
+    The metric is the mean of the per-class scores over `classes` (label indices; None: all of the task's).
+    """
     task = task if isinstance(task, tasks.Task) else tasks.get_task(task)
     if task.kind == "binary":
         per_class = binary_f1(final, labels, mask)
@@ -99,16 +113,23 @@ def label_scores(
         per_class = multiclass_f1(final, labels, mask, task.num_outputs)
     else:
         per_class = ccc(final, labels, mask)
-    return per_class.mean(), per_class
+    chosen = per_class if classes is None else per_class[jnp.asarray(tuple(classes), jnp.int32)]
+    return chosen.mean(), per_class
 
 
 def task_scores(
-    task: str | tasks.Task, outputs: jax.Array, labels: jax.Array, mask: jax.Array, thresholds: jax.Array | float = 0.5
+    task: str | tasks.Task,
+    outputs: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    thresholds: jax.Array | float = 0.5,
+    classes: Sequence[int] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(task metric, per-class scores) for a task's per-frame outputs.
 
     AU outputs are probabilities (thresholded per AU), EXPR outputs per-class scores (arg-max), VA outputs values;
-    labels are in the annotation files' encoding (AU 0/1 per AU, EXPR class index, VA two floats).
+    labels are in the annotation files' encoding (AU 0/1 per AU, EXPR class index, VA two floats); `classes` as in
+    `label_scores`.
     """
     task = task if isinstance(task, tasks.Task) else tasks.get_task(task)
     if task.kind == "binary":
@@ -117,4 +138,4 @@ def task_scores(
         final = jnp.argmax(outputs, axis=-1)
     else:
         final = outputs
-    return label_scores(task, final, labels, mask)
+    return label_scores(task, final, labels, mask, classes)
