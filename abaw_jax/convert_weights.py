@@ -6,7 +6,9 @@ PyTorch -> ours (`--direction=to_flax`):
         --input=mae_pretrain_vit_base.pth --model=encoder --size=base --output=/tmp/vit_b_encoder
 
   --source=official  a facebookresearch/mae `.pth` (`torch.load(p)['model']`): encoder-only, full MAE with
-                     decoder, or fine-tuned (`fc_norm.*`, `head.*`); timm ViT state dicts share this layout.
+                     decoder, or fine-tuned (`fc_norm.*`, `head.*`); timm ViT state dicts share this layout,
+                     and so do the face MAEs built on the MAE code (MAE-Face, FMAE). The state dict may be
+                     bare or under 'state_dict', its keys prefixed `module.` (DistributedDataParallel).
   --source=hf        a transformers `ViTMAEForPreTraining` / `ViTMAEModel` state dict: a `.bin`/`.pt` file
                      read with torch.load, or a model folder holding `model.safetensors` (read without torch)
                      or `pytorch_model.bin`. Nothing is downloaded.

@@ -52,7 +52,9 @@ def test_bad_sources_are_named(mae_dir, tmp_path):
     state = tw.flax_to_official(params["encoder"])
     del state["blocks.2.mlp.fc1.weight"]
     tw.save_official_checkpoint(state, str(tmp_path / "cut.pth"))
-    with pytest.raises(encoders.EncoderLoadError, match=r"missing \['blocks.2.mlp.fc1.weight'\]"):
+    with pytest.raises(
+        encoders.EncoderLoadError, match=r"cut\.pth: not a complete ViT encoder; missing blocks\.2\.mlp\.fc1\.weight$"
+    ):
         encoders.load_encoder(str(tmp_path / "cut.pth"))
     with pytest.raises(encoders.EncoderLoadError, match="no such file"):
         encoders.load_encoder(str(tmp_path / "nothing.pth"))

@@ -3,13 +3,19 @@
 `load_encoder(path)` accepts:
   - a pretraining workdir (its `export/encoder`), or any `params_io` folder (`model.json` + `params/`)
     of an MAE, a ViT encoder or a fine-tuned ViT;
-  - an official MAE / timm `.pth` (or `.bin`, `.safetensors`) state dict in the official key layout;
+  - a `.pth` (or `.bin`, `.safetensors`) in the official MAE / timm key layout: the facebookresearch MAE
+    release and the public face MAEs built on its code (MAE-Face, FMAE), pretrained (with or without the
+    decoder) or fine-tuned, the state dict bare or under 'model' / 'state_dict', keys possibly prefixed
+    `module.`;
   - a transformers ViTMAE model folder (`config.json` + `model.safetensors` or `pytorch_model.bin`).
 
 Whatever the source, the result is a `pool='gap'` ViT (mean of patch tokens + `fc_norm`, the official
 fine-tuning model), with a linear `head` when `num_classes > 0`. As in the official fine-tuning code, a
 pretrained encoder's final `norm` and its decoder are left out, and `fc_norm` / `head` keep a fresh
-(seeded) init when the source has none; every other encoder weight must be present with its shape.
+(seeded) init when the source has none; every other encoder weight must be present with its shape. The
+position table may lack the cls row (timm's `no_embed_class`; the cls token then gets none) or be for
+another grid (resampled bicubically to `image_size`, as timm's `resample_abs_pos_embed`); a file without
+one gets the MAE's fixed 2-D sin-cos table. What was adapted is listed in `LoadedEncoder.notes`.
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ import os
 import re
 from typing import Any
 
+import numpy as np
+
 from abaw_jax.data.features import MANIFEST as FEATURE_MANIFEST
 from abaw_jax.models import params_io
 from abaw_jax.models import torch_weights as tw
 from abaw_jax.models.fusion import EXPORT_DIR as FUSION_EXPORT_DIR
 from abaw_jax.models.fusion import EXPORT_JSON as FUSION_EXPORT_JSON
 from abaw_jax.models.mae import MAEConfig
-from abaw_jax.models.vit import VIT_SIZES, ViTConfig
+from abaw_jax.models.vit import VIT_SIZES, ViTConfig, sincos_pos_embed_2d
+from abaw_jax.runtime.errors import ExplainedError
 from abaw_jax.runtime.pipeline_dirs import STAGE_FILE
 
 # What an encoder path may be given, for errors about a folder that is none of them.
@@ -53,13 +62,20 @@ _WORKDIR_KINDS = {
     "{path}/finetune_<task> (a fine-tuned one)",
 }
 
-# Keys a pretrained source may have that a fine-tuning model does not use.
-_DROPPED = re.compile(r"^(norm\.|decoder|mask_token)")
+# The MAE decoder: pretraining only.
+_DECODER = re.compile(r"^(decoder|mask_token$)")
+# Classifier heads: timm's `head`, and those of other fine-tuning code (FMAE-IAT's `AU_head`, `ID_head`).
+_HEAD = re.compile(r"^(\w*head\w*)\.")
 # Keys a fine-tuning model may have that a pretrained source lacks (fresh init).
 _FRESH = re.compile(r"^(fc_norm\.|head\.)")
+# Attention heads by width, which the weights do not record: the standard ViT sizes of timm, the MAE and
+# MAE-Face (tiny, small, base, large, huge, giant, gigantic).
+_HEADS_BY_WIDTH = {s["width"]: s["num_heads"] for s in VIT_SIZES.values()} | {384: 6, 1280: 16, 1408: 16, 1664: 16}
+# The MAE's input size, for a file without a position table to read it from.
+_DEFAULT_IMAGE_SIZE = 224
 
 
-class EncoderLoadError(ValueError):
+class EncoderLoadError(ExplainedError, ValueError):
     """The path holds no encoder we can read, or one that does not fit what was asked."""
 
 
@@ -73,6 +89,9 @@ class LoadedEncoder:
     kind: str
     sha256: str
     fresh_keys: tuple[str, ...]
+    # What was left out of or adapted from the source, for the log; not part of `description()`, whose
+    # equality a resumed feature set checks, so rewording a note never invalidates one.
+    notes: tuple[str, ...] = ()
 
     def description(self) -> dict[str, Any]:
         """JSON-ready: what a feature set or checkpoint records about the encoder it used."""
@@ -101,25 +120,44 @@ def _hash_path(path: str) -> str:
     return digest.hexdigest()
 
 
-def _config_from_state(state: tw.StateDict, num_heads: int | None) -> ViTConfig:
-    """The ViT shape an official-layout state dict implies (heads from the standard sizes if not given)."""
+def _fit_state(
+    state: tw.StateDict, path: str, *, num_heads: int | None, num_classes: int, image_size: int | None
+) -> tuple[tw.StateDict, ViTConfig, list[str]]:
+    """The encoder part of an official-layout state dict, fitted to a `pool='gap'` model: (state, the ViT
+    shape it implies, notes on what was left out or adapted)."""
+    notes = []
+    decoder = sorted(k for k in state if _DECODER.match(k))
+    if decoder:
+        notes.append(f"left out the MAE decoder ({len(decoder)} tensors); fine-tuning starts from the encoder")
+    state = {k: v for k, v in state.items() if k not in decoder}
     try:
         width, channels, patch, _ = state["patch_embed.proj.weight"].shape
-        tokens = state["pos_embed"].shape[1]
         depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"^blocks\.(\d+)\.", k)))
         mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
     except (KeyError, ValueError) as e:
-        raise EncoderLoadError(f"not a ViT state dict in the official layout (missing {e})") from e
+        found = ", ".join(sorted(state)[:6]) + (", ..." if len(state) > 6 else "")
+        raise EncoderLoadError(
+            f"{path}: not a ViT encoder in the MAE / timm layout (no {str(e) or 'blocks.0.*'}; expected keys like "
+            f"patch_embed.proj.weight, cls_token, pos_embed, blocks.0.attn.qkv.weight; found {found})"
+        ) from None
     if num_heads is None:
-        sizes = [s for s in VIT_SIZES.values() if s["width"] == width]
-        if not sizes:
+        if width not in _HEADS_BY_WIDTH:
             raise EncoderLoadError(
-                f"width {width} is not a standard ViT size ({sorted(VIT_SIZES)}); the number "
-                "of attention heads cannot be read from the weights"
+                f"{path}: width {width} is not a standard ViT size ({sorted(_HEADS_BY_WIDTH)}); the number of "
+                "attention heads cannot be read from the weights"
             )
-        num_heads = sizes[0]["num_heads"]
-    grid = int(round((tokens - 1) ** 0.5))
-    return ViTConfig(
+        num_heads = _HEADS_BY_WIDTH[width]
+    state, heads_note = _fit_head(state, width, num_classes)
+    notes += heads_note
+    if "norm.weight" in state:
+        fc_norm = "the file's fc_norm" if "fc_norm.weight" in state else "a fresh fc_norm"
+        notes.append(
+            f"left out the final norm: the model pools the patch tokens into {fc_norm}, as the official "
+            "fine-tuning does"
+        )
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    state, grid, table_notes = _fit_pos_embed(state, path, width=width, patch=patch, image_size=image_size)
+    config = ViTConfig(
         image_size=grid * patch,
         patch_size=patch,
         channels=channels,
@@ -128,6 +166,75 @@ def _config_from_state(state: tw.StateDict, num_heads: int | None) -> ViTConfig:
         num_heads=num_heads,
         mlp_dim=mlp_dim,
     )
+    return state, config, notes + table_notes
+
+
+def _fit_head(state: tw.StateDict, width: int, num_classes: int) -> tuple[tw.StateDict, list[str]]:
+    """The state without the classifier heads that the model cannot use, and a note naming them.
+
+    Only `head.*` of a global-pool model (one with `fc_norm`) of the asked size is kept: a head trained on
+    the cls token's final norm does not fit pooled patch tokens."""
+    names = {match.group(1) for key in state if (match := _HEAD.match(key))}
+    heads = {name: tuple(np.shape(state.get(f"{name}.weight", ()))) for name in names}
+    keep = (
+        num_classes > 0
+        and "fc_norm.weight" in state
+        and heads.get("head") == (num_classes, width)
+        and "head.bias" in state
+    )
+    dropped = sorted(name for name in heads if not (keep and name == "head"))
+    if not dropped:
+        return state, []
+    described = ", ".join(f"{name} ({heads[name][0] if heads[name] else '?'} outputs)" for name in dropped)
+    reason = "no head asked" if num_classes == 0 else f"the task's {num_classes}-output head starts fresh"
+    state = {k: v for k, v in state.items() if not ((m := _HEAD.match(k)) and m.group(1) in dropped)}
+    return state, [f"left out the file's classifier heads {described}: {reason}"]
+
+
+def _fit_pos_embed(
+    state: tw.StateDict, path: str, *, width: int, patch: int, image_size: int | None
+) -> tuple[tw.StateDict, int, list[str]]:
+    """The state with a (1, 1 + grid**2, width) `pos_embed` for `image_size` (default: the file's own grid),
+    the grid, and notes on how the file's table was adapted."""
+    if image_size is not None and (image_size <= 0 or image_size % patch):
+        raise EncoderLoadError(f"{path}: image size {image_size} is not a positive multiple of the patch size {patch}")
+    table = state.get("pos_embed")
+    if table is None:
+        grid = (image_size or _DEFAULT_IMAGE_SIZE) // patch
+        note = (
+            f"the file has no pos_embed (a fixed table its code recomputes): using the MAE's fixed 2-D sin-cos "
+            f"table for {grid}x{grid} patches"
+        )
+        return {**state, "pos_embed": sincos_pos_embed_2d(width, grid)[None]}, grid, [note]
+    table = table[None] if table.ndim == 2 else table
+    tokens = table.shape[1] if table.ndim == 3 else 0
+    root, root_less_cls = round(tokens**0.5), round(max(tokens - 1, 0) ** 0.5)
+    if table.ndim != 3 or table.shape[0] != 1 or table.shape[2] != width or tokens < 1:
+        raise EncoderLoadError(
+            f"{path}: pos_embed: expected shape (1, tokens, {width}), found {tuple(state['pos_embed'].shape)}"
+        )
+    notes = []
+    if root * root == tokens:
+        notes.append("the position table has no cls row (timm's no_embed_class): the cls token gets no position")
+        table = np.concatenate([np.zeros((1, 1, width), np.float32), table], axis=1)
+        grid = root
+    elif root_less_cls * root_less_cls == tokens - 1:
+        grid = root_less_cls
+    else:
+        raise EncoderLoadError(
+            f"{path}: pos_embed has {tokens} positions; expected a square grid of patches, with or without one "
+            "cls position (grid**2 or 1 + grid**2)"
+        )
+    sincos = np.allclose(table[0, 1:], sincos_pos_embed_2d(width, grid)[1:], atol=1e-5)
+    kind = "fixed 2-D sin-cos" if sincos else "learned"
+    new_grid = grid if image_size is None else image_size // patch
+    if new_grid != grid:
+        table = tw.resample_pos_embed(table, new_grid)
+        notes.append(
+            f"resampled the {kind} position table bicubically from {grid}x{grid} to {new_grid}x{new_grid} patches "
+            f"({grid * patch} -> {new_grid * patch} pixels), as timm's resample_abs_pos_embed"
+        )
+    return {**state, "pos_embed": table}, new_grid, notes
 
 
 def resolve_source(path: str) -> str:
@@ -190,13 +297,20 @@ def _read_source(path: str) -> tuple[tw.StateDict, int | None, str]:
 
 
 def load_encoder(
-    path: str, *, num_classes: int = 0, drop_path_rate: float = 0.0, seed: int = 0, pos_embed_trainable: bool = True
+    path: str,
+    *,
+    num_classes: int = 0,
+    drop_path_rate: float = 0.0,
+    seed: int = 0,
+    pos_embed_trainable: bool = True,
+    image_size: int | None = None,
 ) -> LoadedEncoder:
-    """A `pool='gap'` ViT (with a `num_classes` head when > 0) initialised from the encoder at `path`."""
+    """A `pool='gap'` ViT (with a `num_classes` head when > 0) initialised from the encoder at `path`, for
+    `image_size` pixels (default: the encoder's own; another size resamples the position table)."""
     # Hash and record the encoder files only: a workdir's logs and checkpoints change between runs.
     path = resolve_source(path)
     state, heads, kind = _read_source(path)
-    shape = _config_from_state(state, heads)
+    state, shape, notes = _fit_state(state, path, num_heads=heads, num_classes=num_classes, image_size=image_size)
     config = dataclasses.replace(
         shape,
         pool="gap",
@@ -204,20 +318,16 @@ def load_encoder(
         drop_path_rate=drop_path_rate,
         pos_embed_trainable=pos_embed_trainable,
     )
-    if num_classes == 0:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    elif "head.weight" in state and state["head.weight"].shape[0] != num_classes:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}  # another task's head
-    state = {k: v for k, v in state.items() if not _DROPPED.match(k)}
     try:
         params, report = tw.official_to_flax(state, params_io.init_params(config, seed), strict=False)
     except tw.WeightMismatchError as e:
-        raise EncoderLoadError(f"{path}: {e}") from e
+        raise EncoderLoadError(f"{path}: {e} (the shapes the file's patch_embed and blocks.0 imply)") from e
     absent = [k for k in report["missing"] if not _FRESH.match(k)]
     if absent or report["unexpected"]:
-        raise EncoderLoadError(
-            f"{path}: not a complete ViT encoder; missing {absent}, unexpected {report['unexpected']}"
-        )
+        problems = [f"missing {', '.join(absent)}"] if absent else []
+        if report["unexpected"]:
+            problems.append(f"keys not in the MAE / timm ViT layout: {', '.join(report['unexpected'])}")
+        raise EncoderLoadError(f"{path}: not a complete ViT encoder; {'; '.join(problems)}")
     return LoadedEncoder(
         params=params,
         config=config,
@@ -225,4 +335,5 @@ def load_encoder(
         kind=kind,
         sha256=_hash_path(path),
         fresh_keys=tuple(report["missing"]),
+        notes=tuple(notes),
     )

@@ -13,6 +13,7 @@ The pretraining job exports the encoder this way; `python -m abaw_jax.convert_we
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -99,9 +100,16 @@ def abstract_params(config: ModelConfig) -> dict[str, Any]:
     return jax.eval_shape(build_model(config).init, jax.random.key(0), *example_inputs(config))["params"]
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_init(config: ModelConfig):
+    # One compilation per model shape, not per call: loading several encoders of one shape (feature sets,
+    # fine-tuning starts) would otherwise compile the same init each time.
+    return jax.jit(build_model(config).init)
+
+
 def init_params(config: ModelConfig, seed: int = 0) -> dict[str, Any]:
     """Freshly initialised parameters of the model `config` describes."""
-    return jax.jit(build_model(config).init)(jax.random.key(seed), *example_inputs(config))["params"]
+    return _compiled_init(config)(jax.random.key(seed), *example_inputs(config))["params"]
 
 
 def save_params(directory: str, params: Any, config: ModelConfig) -> None:

@@ -6,11 +6,14 @@ are exported to it. Mapping to Flax is a rename (`blocks.3.attn.qkv.weight` <-> 
 plus a layout change (Linear weights transposed, the patch conv kernel permuted (2, 3, 1, 0)).
 
 Official checkpoints come in three kinds, all handled: encoder-only (no `decoder*`/`mask_token` keys),
-full MAE with decoder, and fine-tuned (`fc_norm.*` and `head.*` instead of `norm.*`).
+full MAE with decoder, and fine-tuned (`fc_norm.*` and `head.*` instead of `norm.*`). A `.pth` holds the state
+dict bare or under 'model' (the official release, MAE-Face, FMAE) or 'state_dict', its keys possibly prefixed
+`module.` (saved from DistributedDataParallel) or `_orig_mod.` (from torch.compile).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import re
@@ -18,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -53,6 +57,14 @@ class WeightFileError(ExplainedError, ValueError):
 
 
 _LFS_POINTER = b"version https://git-lfs"
+# Where training scripts put the weights in a checkpoint that holds more (optimizer, epoch, args).
+_WRAPPERS = ("model", "state_dict")
+# Key prefixes that record how a model was wrapped when saved, not what it is.
+_SAVE_PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")
+# The official MAE training loop (`misc.save_model`) saves its argparse arguments beside the weights; a
+# Namespace unpickles to plain attributes and runs no code. Any other pickled object is refused.
+_SAFE_GLOBALS = [argparse.Namespace]
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 def check_weight_file(path: str) -> None:
@@ -79,22 +91,34 @@ def check_finite(state: StateDict, path: str) -> StateDict:
 
 
 def load_torch_checkpoint(path: str) -> StateDict:
-    """Reads a PyTorch state dict file as float32 numpy arrays: an official MAE `.pth` (state under
-    'model') or a bare state dict (timm, transformers `pytorch_model.bin`); keys are kept as they are."""
+    """Reads a PyTorch state dict file as float32 numpy arrays: an official MAE `.pth` (state under 'model'),
+    a training checkpoint with the state under 'state_dict', or a bare state dict (timm, transformers
+    `pytorch_model.bin`). Keys are kept as they are, less a `module.` / `_orig_mod.` save prefix."""
     try:
         import torch
     except ImportError as e:
         raise ImportError(f"reading {path} needs PyTorch: pip install torch==2.13.0") from e
     check_weight_file(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types (pickle, zip, EOF) for a damaged file
-        reason = " ".join(str(e).split()).split(". ")[0][:200]  # torch's advice after that does not apply
+        text = " ".join(str(e).split())
+        pickled = _UNSUPPORTED_GLOBAL.search(text)
+        if pickled:
+            raise WeightFileError(
+                f"{path}: holds a pickled {pickled.group(1)} besides tensors, which is not unpickled (that could "
+                "run code); expected a state dict of tensors, or one under 'model': save model.state_dict(), "
+                "not the model"
+            ) from e
+        reason = text.split(". ")[0][:200]  # torch's advice after that does not apply
         raise WeightFileError(
             f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {reason}); "
             "is it complete, and a .pth/.bin state dict?"
         ) from e
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
+    state = checkpoint
+    if isinstance(checkpoint, Mapping):
+        state = next((checkpoint[k] for k in _WRAPPERS if isinstance(checkpoint.get(k), Mapping)), checkpoint)
     expected = "a state dict of tensors, or one under 'model'"
     if not isinstance(state, Mapping) or not state:
         raise WeightFileError(f"{path}: expected {expected}, found {type(checkpoint).__name__}")
@@ -104,7 +128,10 @@ def load_torch_checkpoint(path: str) -> StateDict:
             f"{path}: expected {expected}, found entries that are not tensors "
             f"({', '.join(not_tensors[:5])}); top-level keys: {sorted(map(str, checkpoint))[:8]}"
         )
-    return check_finite({k: v.detach().float().numpy() for k, v in state.items()}, path)
+    arrays = {_SAVE_PREFIX.sub("", k): v.detach().float().numpy() for k, v in state.items()}
+    if len(arrays) != len(state):
+        raise WeightFileError(f"{path}: keys collide once the module./_orig_mod. save prefixes are removed")
+    return check_finite(arrays, path)
 
 
 def read_state_dict(path: str, source: str) -> StateDict:
@@ -251,9 +278,8 @@ def official_to_flax(
             continue
         value = _to_flax_layout(path, np.asarray(state[name], np.float32))
         if value.shape != want:
-            wrong_shape.append(
-                f"{name}: checkpoint {tuple(np.asarray(state[name]).shape)} -> {value.shape}, model expects {want}"
-            )
+            expected_shape = _to_torch_layout(path, np.empty(want, np.bool_)).shape
+            wrong_shape.append(f"{name}: expected {expected_shape}, found {tuple(np.shape(state[name]))}")
         filled[path] = value
     problems = []
     if wrong_shape:
@@ -271,3 +297,16 @@ def official_to_flax(
             "initial parameters as template): " + ", ".join(abstract)
         )
     return traverse_util.unflatten_dict(filled), {"missing": missing, "unexpected": unexpected}
+
+
+def resample_pos_embed(table: np.ndarray, grid: int) -> np.ndarray:
+    """A (1, 1 + g*g, width) position table for a square g x g patch grid, resampled to `grid` x `grid`: the
+    cls row kept, the patch rows resized bicubically with antialiasing, as timm's `resample_abs_pos_embed`
+    (which this matches to float32 rounding; jax's cubic is the same Keys kernel, a = -0.5, that torch uses
+    when antialiasing)."""
+    old = int(round((table.shape[1] - 1) ** 0.5))
+    width = table.shape[2]
+    patches = table[0, 1:].reshape(old, old, width)
+    resized = jax.image.resize(jnp.asarray(patches), (grid, grid, width), method="cubic", antialias=True)
+    rows = np.asarray(resized, np.float32).reshape(1, grid * grid, width)
+    return np.concatenate([table[:, :1], rows], axis=1)
