@@ -14,6 +14,7 @@ from abaw_jax.data.features import VisualSetWriter
 from abaw_jax.data.predictions import Predictions, PredictionWriter
 from abaw_jax.eval import simulate, submission
 from abaw_jax.jobs import evaluate
+from abaw_jax.report import bootstrap
 from abaw_jax.runtime.errors import JobError
 from conftest import load_config, set_values
 
@@ -93,6 +94,20 @@ def test_job_tunes_votes_and_writes_a_checked_submission(task, synthetic_affwild
     assert (tmp_path / "tables.md").read_text().count("|---") >= 4
     assert json.loads((tmp_path / "results.json").read_text())["task"] == task
     assert [pathlib.Path(p).suffix for p in results["plots"]] == [".png"]
+    # Smoothing alone and the tuned thresholds / biases on top of it are separate rows.
+    extra = {"AU": " + thresholds", "EXPR": " + biases", "VA": ""}[task]
+    assert {combined, combined + extra} <= set(ablation) and all(s.count("smoothing") <= 1 for s in ablation)
+    # per_video.json: every score's videos and statistics, which give the score again (sklearn/numpy above and
+    # metrics.label_scores compute the scores; bootstrap.point recomputes them from the statistics).
+    per_video = json.loads((tmp_path / "per_video.json").read_text())
+    scores = {f"tables/{m}/{stage}": tables[m][stage]["metric"] for m in tables for stage in ("before", "after")}
+    scores |= {f"ablation/{r['setting']}": r["metric"] for r in results["ablation"]}
+    scores["test_metric"] = results["test_metric"]
+    assert set(per_video) == set(scores)
+    for key, score in scores.items():
+        assert bootstrap.point(np.asarray(per_video[key]["statistics"])) == pytest.approx(score, abs=1e-5), key
+    assert per_video["test_metric"]["videos"] == test_tracks
+    assert sorted(per_video["tables/out-of-fold/after"]["videos"]) == sorted(labelled)
 
 
 def _copy_predictions(fusion_dir, tmp_path):

@@ -101,3 +101,48 @@ def test_sigma_grid_must_include_zero():
     padded, mask = coverage.pad_batch(outputs)
     with pytest.raises(ValueError, match="must include 0"):
         tuning.tune("VA", padded, coverage.pad_batch(labels)[0], coverage.pad_batch(valid)[0], mask, [1.0, 2.0])
+
+
+def _zero_tuned(task):
+    facts = tasks.get_task(task)
+    return tuning.Tuned(
+        task,
+        0.0,
+        np.full(12, 0.5, np.float32) if facts.kind == "binary" else None,
+        np.zeros(8, np.float32) if facts.kind == "multiclass" else None,
+        np.zeros(1),
+        np.zeros(1),
+        [],
+    )
+
+
+@pytest.mark.parametrize("method", ["vote", "soft"])
+@pytest.mark.parametrize("task", ["AU", "EXPR", "VA"])
+def test_zero_bias_and_sigma_zero_change_no_label(task, method):
+    rng = np.random.default_rng(5)
+    members = [_random_batch(task, seed=s, lengths=(30, 12, 25))[0] for s in range(4)]
+    padded = np.stack([coverage.pad_batch(m)[0] for m in members])  # (M, V, T, C)
+    mask = coverage.pad_batch(members[0])[1]
+    use = rng.uniform(size=padded.shape[:2]) < 0.7
+    use[0] = True  # every video has a voter; even voter counts make ties
+    plain = tuning.final_labels(task, padded, mask, use, None, method)
+    tuned = tuning.final_labels(task, padded, mask, use, _zero_tuned(task), method)
+    np.testing.assert_array_equal(tuned, plain)
+
+
+def test_expr_biases_act_on_the_mean_probability_and_each_vote():
+    rng = np.random.default_rng(6)
+    probs = rng.dirichlet(np.ones(8), size=(4, 2, 30)).astype(np.float32)
+    use = np.ones((4, 2), bool)
+    mask = np.ones((2, 30), bool)
+    tuned = _zero_tuned("EXPR")
+    tuned.bias = rng.uniform(-1, 1, 8).astype(np.float32)
+    log_mean = np.log(probs.mean(0)) + tuned.bias
+    soft = tuning.final_labels("EXPR", probs, mask, use, tuned, "soft")
+    np.testing.assert_array_equal(soft, log_mean.argmax(-1))
+    votes = (np.log(probs) + tuned.bias).argmax(-1)  # (M, V, T)
+    counts = np.stack([(votes == c).sum(0) for c in range(8)], -1)
+    tied = counts == counts.max(-1, keepdims=True)
+    expected = np.where(tied, log_mean, -np.inf).argmax(-1)
+    np.testing.assert_array_equal(tuning.final_labels("EXPR", probs, mask, use, tuned, "vote"), expected)
+    assert np.any(tied.sum(-1) > 1)  # ties were exercised

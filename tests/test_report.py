@@ -1,4 +1,5 @@
-"""The pipeline report: its tables hold exactly the stage files' numbers, its claims follow their sign, figures.
+"""The pipeline report: its tables hold exactly the stage files' numbers, its intervals and verdicts are the
+bootstrap of evaluate's per-video statistics, figures.
 
 The stage files are the real ones where a job writes them quickly: the evaluate job runs on simulated member
 predictions of the fixture release (with static predictions, and a visual-only variant for VA); the training
@@ -19,8 +20,10 @@ from PIL import Image
 from abaw_jax import tasks
 from abaw_jax.data import affwild2
 from abaw_jax.data.predictions import Predictions, PredictionWriter
-from abaw_jax.eval import reconstruction_grid, report, simulate
+from abaw_jax.eval import reconstruction_grid, simulate
 from abaw_jax.jobs import evaluate
+from abaw_jax.report import bootstrap, check, stage_files, writer
+from abaw_jax.report import tables as report_tables
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs
 from abaw_jax.runtime.telemetry import MetricWriter
 from conftest import load_config
@@ -43,16 +46,24 @@ def _evaluate_config(task, release_root, fusion_dir, static_dir):
 
 
 def _static_predictions(release_root, predictions: Predictions, directory, task):
-    """A fine-tuned encoder's per-frame outputs (member `static`) on Validation_Set, weaker than TMF."""
-    writer = PredictionWriter(directory, task)
+    """A fine-tuned encoder's per-frame outputs (member `static`) on Validation_Set and the test tracks, weaker
+    than TMF."""
+    prediction_writer = PredictionWriter(directory, task)
     rng = np.random.default_rng(1)
     task_dir = affwild2.find_task_dir(release_root / "annotations", task)
-    for track in predictions.tracks("Validation_Set"):
-        labels, valid = affwild2.parse_annotation_file(task_dir / "Validation_Set" / f"{track}.txt", task)
-        face = predictions.face_mask(track)
-        writer.add_track(track, "Validation_Set", face)
-        writer.write("static", track, simulate.simulate_outputs(task, labels, valid, face, rng, 0.3), "heldout")
-    writer.flush()
+    for split, role in (("Validation_Set", "heldout"), ("test", "test")):
+        for track in predictions.tracks(split):
+            path = (
+                task_dir / split / f"{track}.txt"
+                if split != "test"
+                else release_root / "test_set" / "ground_truth" / task_dir.name / f"{track}.txt"
+            )
+            labels, valid = affwild2.parse_annotation_file(path, task)
+            face = predictions.face_mask(track)
+            prediction_writer.add_track(track, split, face)
+            outputs = simulate.simulate_outputs(task, labels, valid, face, rng, 0.3)
+            prediction_writer.write("static", track, outputs, role)
+    prediction_writer.flush()
 
 
 def _fusion_files(directory: pathlib.Path, task: tasks.Task, predictions: Predictions, rng):
@@ -156,7 +167,7 @@ def _json(path):
 
 
 def _tables(markdown):
-    return {t.title: t for t in report.read_tables(markdown)}
+    return {t.title: t for t in report_tables.read_tables(markdown)}
 
 
 def _numbers(value):
@@ -193,19 +204,19 @@ def test_read_tables_parses_pipe_tables_under_their_headings():
             "| not | a table |",
         ]
     )
-    tables = report.read_tables(markdown)
+    tables = report_tables.read_tables(markdown)
     assert [(t.title, t.header, t.rows) for t in tables] == [
         ("First", ["a", "b c"], [["1", "x y"], ["2.5", "—"]]),
         ("Second", ["x"], []),
     ]
     assert tables[0].records() == [{"a": "1", "b c": "x y"}, {"a": "2.5", "b c": "—"}]
     with pytest.raises(ValueError, match=r"table 'T', line 4: 1 cells, the header has 2"):
-        report.read_tables("### T\n| a | b |\n|---|---|\n| 1 |\n")
+        report_tables.read_tables("### T\n| a | b |\n|---|---|\n| 1 |\n")
 
 
 def test_every_number_in_the_tables_is_the_one_in_its_stage_file(run_root, tmp_path):
     dirs = _copy(run_root, tmp_path)
-    text = report.write_report(dirs, tasks=["expr", "va"])
+    text = writer.write_report(dirs, tasks=["expr", "va"])
     assert (pathlib.Path(dirs.report) / "report.md").read_text() == text
     tables = _tables(text)
     for key in RUN_TASKS:
@@ -223,8 +234,9 @@ def test_every_number_in_the_tables_is_the_one_in_its_stage_file(run_root, tmp_p
                 row = results["tables"][record["member"]][stage]
                 assert int(record["tracks"]) == results["tables"][record["member"]]["tracks"]
                 assert int(record["frames"]) == row["frames"]
-                shown = [float(record[c]) for c in (*task.label_names, "Avg.", "Avg. (face frames)")]
+                shown = [float(record[c]) for c in (*task.label_names, report_tables.ALL_FRAMES, "Avg. (face frames)")]
                 assert shown == pytest.approx(row["per_class"] + [row["metric"], row["metric_face_frames"]], abs=5e-5)
+                _assert_interval(record[f"{report_tables.ALL_FRAMES} 95% CI"], row["metric"])
         scores = _json(pathlib.Path(dirs.fusion(key), "scores.json"))
         fusion = tables[next(t for t in tables if t.startswith(f"Fusion members ({task.name})"))]
         for record in fusion.records():
@@ -233,28 +245,35 @@ def test_every_number_in_the_tables_is_the_one_in_its_stage_file(run_root, tmp_p
             assert int(record["held-out tracks"]) == len(scores["members"][member]["heldout"])
             assert int(record["train tracks"]) == len(scores["members"][member]["train"])
             heldout = scores["heldout"].get(member)
-            assert (
-                record["held-out"] == "—"
-                if heldout is None
-                else float(record["held-out"]) == pytest.approx(heldout["metric"], abs=5e-5)
-            )
-            assert float(record["test"]) == pytest.approx(scores["test"][member]["metric"], abs=5e-5)
+            shown = record["held-out (face frames)"]
+            assert shown == "—" if heldout is None else float(shown) == pytest.approx(heldout["metric"], abs=5e-5)
+            assert float(record["test (face frames)"]) == pytest.approx(scores["test"][member]["metric"], abs=5e-5)
         ablation = tables[next(t for t in tables if t.startswith(f"Table 5 ({task.name})"))]
         columns = [("visual + audio", results)]
         if key == "va":
             columns.append(("visual only", _json(pathlib.Path(dirs.evaluate(key, "visual"), "results.json"))))
-        assert ablation.header == ["setting", "set", *[c for c, _ in columns]]
+        assert ablation.header == ["setting", "set", *[h for c, _ in columns for h in (c, f"{c} 95% CI")]]
         rows = {r["setting"]: r for r in ablation.records()}
         for column, source in columns:
             for row in source["ablation"]:
                 assert float(rows[row["setting"]][column]) == pytest.approx(row["metric"], abs=5e-5)
+                _assert_interval(rows[row["setting"]][f"{column} 95% CI"], row["metric"])
             submitted = rows["submission (ensemble as configured)"][column]
             assert float(submitted) == pytest.approx(source["test_metric"], abs=5e-5)
-        assert any(s.startswith("static fine-tuned encoder") for s in rows)  # the static predictions' row
+        # Smoothing and the tuned biases / thresholds are separate rows; TMF is also shown on the test tracks.
+        assert (
+            {"mean + smoothing"} <= set(rows)
+            if key == "va"
+            else {"vote + smoothing", "vote + smoothing + biases"} <= set(rows)
+        )
+        assert {"static fine-tuned encoder, per frame (Validation_Set)", "TMF official (test)"} <= set(rows)
         best = _json(pathlib.Path(dirs.finetune(key), "best.json"))
         (summary,) = [r for r in tables["Summary"].records() if r["task"] == task.name]
-        assert float(summary["fine-tuned encoder (eval set, best step)"]) == pytest.approx(best["metric"], abs=5e-5)
-        assert float(summary["test (submission)"]) == pytest.approx(results["test_metric"], abs=5e-5)
+        shown = summary["fine-tuned encoder (eval set, face frames; picked its step)"]
+        assert float(shown) == pytest.approx(best["metric"], abs=5e-5)
+        assert float(summary["test (submission, all annotated frames)"]) == pytest.approx(
+            results["test_metric"], abs=5e-5
+        )
     # No number in any table that is not in a stage file (the claims' `change` is a difference of two of them).
     sources = [p for p in pathlib.Path(dirs.root).rglob("*.json") if p.name != "stage.json"]
     sources += list(pathlib.Path(dirs.root).rglob("metrics.jsonl"))
@@ -266,83 +285,123 @@ def test_every_number_in_the_tables_is_the_one_in_its_stage_file(run_root, tmp_p
     for table in tables.values():
         for record in table.records():
             for column, cell in record.items():
-                derived = column in ("change", "wall time", "settings", "train tracks", "held-out tracks")
+                derived = column in ("change", "wall time", "settings", "train tracks", "held-out tracks", "videos")
                 if derived or not re.fullmatch(r"-?\d+(\.\d+)?", cell):
                     continue
                 assert np.abs(known - float(cell)).min() <= 5e-5, (table.title, column, cell)
-    assert report.check_report(dirs, text, tasks=["expr", "va"]) == []
+    assert check.check_report(dirs, text, tasks=["expr", "va"]) == []
+
+
+def _assert_interval(cell, score):
+    """A 95% CI cell of a score: a well-formed interval (check_report recomputes it from the statistics)."""
+    low, high = bootstrap.parse_interval(cell)
+    assert -1 <= low <= high <= 1, (cell, score)
 
 
 def _claim_rows(text):
     return {(r["claim"].split(" (")[0], r["task"]): r for r in _tables(text)["Claims"].records()}
 
 
-def _set_metric(results_path, setting, value):
-    results = _json(results_path)
+def _set_cell(dirs, key, variant, setting, statistics, videos):
+    """Table 5 cell `setting` of evaluate_<key>[_variant]: per-video statistics and the score they give."""
+    folder = pathlib.Path(dirs.evaluate(key, variant))
+    results, per_video = _json(folder / "results.json"), _json(folder / "per_video.json")
     (row,) = [r for r in results["ablation"] if r["setting"] == setting]
-    row["metric"] = value
-    results_path.write_text(json.dumps(results))
+    row["metric"] = bootstrap.point(statistics)
+    per_video[f"ablation/{setting}"] = {"videos": videos, "statistics": statistics.tolist()}
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "per_video.json").write_text(json.dumps(per_video))
 
 
-@pytest.mark.parametrize("gain", [0.25, -0.25, 0.0])
-def test_claims_hold_or_not_by_the_sign_of_their_two_scores(run_root, tmp_path, gain):
+def _cell_statistics(task, accuracy, rng, videos=8, frames=60):
+    """Per-video statistics of predictions right on about `accuracy` of the frames (VA: noise shrinking with it)."""
+    if task == "VA":
+        labels = rng.uniform(-1, 1, (videos, frames, 2))
+        final = np.clip(labels + (1 - accuracy) * rng.normal(size=labels.shape), -1, 1)
+    else:
+        labels = rng.integers(0, 8, (videos, frames))
+        final = np.where(rng.uniform(size=labels.shape) < accuracy, labels, rng.integers(0, 8, labels.shape))
+    return bootstrap.video_statistics(task, final, labels, np.ones((videos, frames), bool))
+
+
+@pytest.mark.parametrize("gain, expected", [(0.6, "holds"), (-0.6, "does not hold"), (0.0, "undecided")])
+def test_claims_are_decided_by_the_paired_interval_of_their_change(run_root, tmp_path, gain, expected):
     dirs = _copy(run_root, tmp_path)
-    expr = pathlib.Path(dirs.evaluate("expr"), "results.json")
-    va, va_visual = (pathlib.Path(dirs.evaluate("va", v), "results.json") for v in ("", "visual"))
-    # Each claim's "without" cell at 0.5, its "with" cell at 0.5 + gain.
-    static, tmf = "static fine-tuned encoder, per frame (Validation_Set)", "TMF official (Validation_Set)"
-    for path, pairs in (
-        (expr, [(static, tmf), ("vote + smoothing", "vote + SDD + smoothing")]),
-        (
-            va,
-            [
-                ("single member (mean of 6), post-processed", "mean + smoothing"),
-                ("mean + SDD", "mean + SDD + smoothing"),
-            ],
-        ),
-    ):
-        for without, with_ in pairs:
-            _set_metric(path, without, 0.5)
-            _set_metric(path, with_, 0.5 + gain)
-    _set_metric(va_visual, "mean + SDD + smoothing", 0.5)
-    text = report.write_report(dirs, tasks=["expr", "va"])
+    videos = [f"v{i}" for i in range(8)]
+    rng = np.random.default_rng(7)
+    low = {t: _cell_statistics(t, 0.3, rng) for t in ("EXPR", "VA")}
+    high = {t: low[t] if gain == 0 else _cell_statistics(t, 0.3 + abs(gain), rng) for t in ("EXPR", "VA")}
+    without, with_ = (low, high) if gain >= 0 else (high, low)
+    cells = [  # (task, variant, setting, statistics): each claim's "without" and "with" cell
+        ("expr", "", "static fine-tuned encoder, per frame (Validation_Set)", without["EXPR"]),
+        ("expr", "", "TMF official (Validation_Set)", with_["EXPR"]),
+        ("va", "", "single member (mean of 6), post-processed", without["VA"]),
+        ("va", "", "mean + smoothing", with_["VA"]),
+        ("va", "", "mean + SDD", without["VA"]),
+        ("va", "", "mean + SDD + smoothing", with_["VA"]),
+        ("va", "visual", "mean + SDD + smoothing", without["VA"]),
+    ]
+    for key, variant, setting, statistics in cells:
+        _set_cell(dirs, key, variant, setting, statistics, videos)
+    text = writer.write_report(dirs, tasks=["expr", "va"])
     claims = _claim_rows(text)
-    expected = "holds" if gain > 0 else "does not hold on this run"
     for claim in (
-        ("TMF helps", "EXPR"),
-        ("SDD helps EXPR", "EXPR"),
+        ("TMF helps on Validation_Set", "EXPR"),
         ("the ensemble helps", "VA"),
         ("smoothing helps", "VA"),
         ("audio helps VA", "VA"),
     ):
         row = claims[claim]
-        assert row["verdict"] == expected, claim
-        assert float(row["with score"]) - float(row["without score"]) == pytest.approx(gain, abs=2e-4)
-        assert row["change"] == f"{gain:+.4f}"
+        assert row["verdict"] == expected and row["videos"] == "8", (claim, row)
+        low_end, high_end = bootstrap.parse_interval(row["change 95% CI"])
+        change = float(row["with score"]) - float(row["without score"])
+        assert low_end <= change <= high_end
     assert claims[("audio helps VA", "VA")]["without"] == "mean + SDD + smoothing [visual only]"
-    assert report.check_report(dirs, text, tasks=["expr", "va"]) == []
+    assert (
+        claims[("audio helps VA", "VA")]["premise on this release"] == "built in (audio_arousal): holds by construction"
+    )
+    assert claims[("the ensemble helps", "VA")]["premise on this release"] == "not built in (person_styles off)"
+    assert check.check_report(dirs, text, tasks=["expr", "va"]) == []
+    # A verdict changed by hand, or one left at a sign-based "holds" on an undecided interval, fails the check.
+    row = claims[("smoothing helps", "VA")]
+    other = "undecided" if expected != "undecided" else "holds"
+    tampered = text.replace(f"| 8 | {expected} |", f"| 8 | {other} |", 1)
+    assert tampered != text
+    problems = check.check_report(dirs, tampered, tasks=["expr", "va"])
+    assert any("verdict" in p for p in problems), problems
+    assert row["verdict"] == expected
+
+
+def test_fewer_videos_than_the_minimum_are_too_few_to_decide(run_root, tmp_path):
+    dirs = _copy(run_root, tmp_path)
+    rng = np.random.default_rng(8)
+    videos = [f"v{i}" for i in range(bootstrap.MIN_VIDEOS - 1)]
+    _set_cell(dirs, "va", "", "mean + SDD", _cell_statistics("VA", 0.1, rng, len(videos)), videos)
+    _set_cell(dirs, "va", "", "mean + SDD + smoothing", _cell_statistics("VA", 0.95, rng, len(videos)), videos)
+    text = writer.write_report(dirs, tasks=["va"])
+    row = _claim_rows(text)[("smoothing helps", "VA")]
+    assert row["verdict"] == "too few videos to decide" and row["videos"] == str(bootstrap.MIN_VIDEOS - 1)
+    assert bootstrap.parse_interval(row["change 95% CI"])[0] > 0  # a clear gain, still not decided
+    assert f"fewer than {bootstrap.MIN_VIDEOS} videos" in text
+    assert check.check_report(dirs, text, tasks=["va"]) == []
 
 
 def test_sdd_claim_is_not_measurable_when_no_track_was_routed(run_root, tmp_path):
     dirs = _copy(run_root, tmp_path)
     va = pathlib.Path(dirs.evaluate("va"), "results.json")
-    _set_metric(va, "mean + smoothing", 0.5)
-    _set_metric(va, "mean + SDD + smoothing", 0.5)
     results = _json(va)
     for row in results["ablation"]:
         if "SDD" in row["setting"]:
             row["reaction_tracks"] = 0
     va.write_text(json.dumps(results))
-    text = report.write_report(dirs, tasks=["expr", "va"])
+    text = writer.write_report(dirs, tasks=["expr", "va"])
     claims = _claim_rows(text)
-    assert claims[("SDD helps VA", "VA")]["verdict"] == "not measurable: no reaction track in the set"
-    assert claims[("SDD helps EXPR", "EXPR")]["verdict"] in ("holds", "does not hold on this run")
-    assert report.check_report(dirs, text, tasks=["expr", "va"]) == []
-    claimed = text.replace(
-        "| +0.0000 | not measurable: no reaction track in the set |", "| +0.0000 | does not hold on this run |"
-    )
+    row = claims[("SDD helps VA", "VA")]
+    assert row["verdict"] == "not measurable: no reaction track in the set"
+    assert check.check_report(dirs, text, tasks=["expr", "va"]) == []
+    claimed = text.replace("| not measurable: no reaction track in the set |", "| holds |")
     assert claimed != text
-    assert any("SDD helps VA" in p and "verdict" in p for p in report.check_report(dirs, claimed, tasks=["expr", "va"]))
+    assert any("SDD helps VA" in p and "verdict" in p for p in check.check_report(dirs, claimed, tasks=["expr", "va"]))
 
 
 def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
@@ -355,12 +414,12 @@ def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
     results["ablation"] = [r for r in results["ablation"] if not r["setting"].startswith(("static", "TMF"))]
     results["test_metric"] = None  # a release without test labels
     path.write_text(json.dumps(results))
-    text = report.write_report(dirs, tasks=["va", "expr"])
+    text = writer.write_report(dirs, tasks=["va", "expr"])
     assert "- AU: not run (no rows for it)." in text
     assert "VA: no visual-only variant (evaluate_va_visual/results.json absent)" in text
     assert "EXPR: no static predictions in the ablation" in text
     assert "No MAE reconstructions" in text and "EXPR: no timelines" in text
-    assert "TMF helps (static fine-tuned encoder -> TMF), EXPR: not checked: no static predictions" in text
+    assert "TMF helps on Validation_Set (static fine-tuned encoder -> TMF), EXPR: not checked: no static" in text
     assert "audio helps VA (visual only -> visual + audio), VA: not checked: no visual-only variant" in text
     tables = _tables(text)
     assert not any(t.startswith(("Table 1", "Tuning (AU)", "Table 5 (AU)")) for t in tables)
@@ -368,15 +427,16 @@ def test_missing_optional_parts_are_reported_as_missing(run_root, tmp_path):
         "setting",
         "set",
         "visual + audio",
+        "visual + audio 95% CI",
     ]
     claims = _claim_rows(text)
-    assert ("TMF helps", "VA") in claims and ("TMF helps", "EXPR") not in claims
+    assert ("TMF helps on test", "VA") in claims and ("TMF helps on Validation_Set", "EXPR") not in claims
     (summary,) = [r for r in tables["Summary"].records() if r["task"] == "EXPR"]
-    assert summary["test (submission)"] == "—"
+    assert summary["test (submission, all annotated frames)"] == "—"
     expr_rows = [r["setting"] for r in tables[next(t for t in tables if t.startswith("Table 5 (EXPR)"))].records()]
     assert "submission (ensemble as configured)" not in expr_rows and "vote + SDD + smoothing" in expr_rows
     assert not (pathlib.Path(dirs.report) / "figures" / "mae_reconstructions.png").exists()
-    assert report.check_report(dirs, text, tasks=["expr", "va"]) == []
+    assert check.check_report(dirs, text, tasks=["expr", "va"]) == []
     # Stage files: settings and wall time where stage.json exists, the rest said to lack it.
     stages = {r["stage"]: r for r in tables["Stage settings"].records()}
     assert stages["mae"]["wall time"] == "2m05s" and "model.size=tiny" in stages["mae"]["settings"]
@@ -389,23 +449,23 @@ def test_a_missing_or_broken_required_file_is_a_clear_error(run_root, tmp_path):
     dirs = _copy(run_root, tmp_path)
     scores = pathlib.Path(dirs.fusion("va"), "scores.json")
     scores.unlink()
-    with pytest.raises(report.ReportError, match=re.escape(f"{scores}: missing; the report needs it")):
-        report.write_report(dirs, tasks=["va"])
-    with pytest.raises(report.ReportError, match=r"non-empty subset of \['au', 'expr', 'va'\], got \['exp'\]"):
-        report.write_report(dirs, tasks=["exp"])
+    with pytest.raises(stage_files.ReportError, match=re.escape(f"{scores}: missing; the report needs it")):
+        writer.write_report(dirs, tasks=["va"])
+    with pytest.raises(stage_files.ReportError, match=r"non-empty subset of \['au', 'expr', 'va'\], got \['exp'\]"):
+        writer.write_report(dirs, tasks=["exp"])
     metrics = pathlib.Path(dirs.finetune("expr"), "metrics.jsonl")
     metrics.write_text(metrics.read_text() + '{"step": 5, "loss": \n')
-    with pytest.raises(report.ReportError, match=re.escape(f"{metrics}: line 7: not valid JSON")):
-        report.write_report(dirs, tasks=["expr"])
+    with pytest.raises(stage_files.ReportError, match=re.escape(f"{metrics}: line 7: not valid JSON")):
+        writer.write_report(dirs, tasks=["expr"])
     results = pathlib.Path(dirs.evaluate("va"), "results.json")
     results.write_text(json.dumps({k: v for k, v in _json(results).items() if k != "tables"}))
-    with pytest.raises(report.ReportError, match=re.escape(f"{results}: no 'tables'")):
-        report.write_report(dirs, tasks=["va"])
+    with pytest.raises(stage_files.ReportError, match=re.escape(f"{results}: no 'tables'")):
+        writer.write_report(dirs, tasks=["va"])
 
 
 def test_figures_exist_and_are_valid_pngs(run_root, tmp_path):
     dirs = _copy(run_root, tmp_path)
-    text = report.write_report(dirs, tasks=["expr", "va"])
+    text = writer.write_report(dirs, tasks=["expr", "va"])
     linked = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
     figures = pathlib.Path(dirs.report) / "figures"
     assert sorted(linked) == sorted(f"figures/{p.name}" for p in figures.iterdir())
@@ -427,8 +487,8 @@ def test_figures_exist_and_are_valid_pngs(run_root, tmp_path):
 
 def test_check_report_finds_a_changed_number_in_each_kind_of_table(run_root, tmp_path):
     dirs = _copy(run_root, tmp_path)
-    text = report.write_report(dirs, tasks=["expr", "va"])
-    tables = report.read_tables(text)
+    text = writer.write_report(dirs, tasks=["expr", "va"])
+    tables = report_tables.read_tables(text)
     kinds = ("Summary", "Training", "Table 2 (EXPR)", "Tuning (VA)", "Fusion members (VA)", "Table 5 (VA)", "Claims")
     for kind in kinds:
         table = next(t for t in tables if t.title.startswith(kind))
@@ -439,11 +499,24 @@ def test_check_report_finds_a_changed_number_in_each_kind_of_table(run_root, tmp
         changed[column] = f"{float(row[column]) + 0.01:.4f}"
         tampered = text.replace(old_line, "| " + " | ".join(changed) + " |", 1)
         assert tampered != text
-        problems = report.check_report(dirs, tampered, tasks=["expr", "va"])
+        problems = check.check_report(dirs, tampered, tasks=["expr", "va"])
         assert problems and any(table.header[column] in p for p in problems), (kind, problems)
-    flipped = text.replace("| holds |", "| does not hold on this run |", 1)
-    assert any("verdict" in p for p in report.check_report(dirs, flipped, tasks=["expr", "va"]))
+    claims = next(t for t in tables if t.title == "Claims")
+    for row in claims.rows:  # every verdict, changed to another one, fails the check
+        verdict = claims.header.index("verdict")
+        changed = row.copy()
+        changed[verdict] = "holds" if row[verdict] != "holds" else "undecided"
+        flipped = text.replace("| " + " | ".join(row) + " |", "| " + " | ".join(changed) + " |", 1)
+        assert flipped != text
+        assert any("verdict" in p for p in check.check_report(dirs, flipped, tasks=["expr", "va"])), row
+    interval = claims.header.index("change 95% CI")
+    row = next(r for r in claims.rows if bootstrap.parse_interval(r[interval]))
+    low, high = bootstrap.parse_interval(row[interval])
+    changed = row.copy()
+    changed[interval] = bootstrap.format_interval(low - 0.01, high)
+    widened = text.replace("| " + " | ".join(row) + " |", "| " + " | ".join(changed) + " |", 1)
+    assert any("change 95% CI" in p for p in check.check_report(dirs, widened, tasks=["expr", "va"]))
     assert any(
         "no table" in p
-        for p in report.check_report(dirs, text.replace("### Summary", "### Other"), tasks=["expr", "va"])
+        for p in check.check_report(dirs, text.replace("### Summary", "### Other"), tasks=["expr", "va"])
     )

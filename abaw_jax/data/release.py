@@ -15,8 +15,9 @@ licensed release in their own ways:
   test_ground_truth  <root>/test_set/ground_truth   only the synthetic release has one; optional
 
 An empty `root` means the embedded synthetic release, generated once into the cache
-(`$ABAW_JAX_CACHE`, default ~/.cache/abaw_jax) from `synthetic_videos`, `synthetic_frames_per_video`
-and `synthetic_seed`.
+(`$ABAW_JAX_CACHE`, default ~/.cache/abaw_jax) from `synthetic_videos`, `synthetic_frames_per_video`,
+`synthetic_seed` and `synthetic_preset` (empty: the default generator; else a `synthetic.PRESETS` name, whose
+test videos and premises the release takes, e.g. `claims`, the claims study's).
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ _OPTIONAL = ("videos", "reaction_list", "test_ground_truth")
 
 
 def synthetic_root(
-    cache_dir: str | os.PathLike | None, *, num_videos: int, frames_per_video: int, seed: int
+    cache_dir: str | os.PathLike | None, *, num_videos: int, frames_per_video: int, seed: int, preset: str = ""
 ) -> pathlib.Path:
     """The cache folder of one synthetic release (its `release/` and whatever is built from it)."""
     folder = pathlib.Path(cache_dir) if cache_dir else cache.cache_dir()
-    return folder / f"synthetic_v{num_videos}_f{frames_per_video}_s{seed}"
+    return folder / f"synthetic_{preset + '_' if preset else ''}v{num_videos}_f{frames_per_video}_s{seed}"
 
 
 @contextlib.contextmanager
@@ -65,24 +66,38 @@ def build_lock(root: pathlib.Path) -> Iterator[None]:
 
 
 def synthetic_release(
-    cache_dir: str | os.PathLike | None = None, *, num_videos: int = 16, frames_per_video: int = 300, seed: int = 0
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    num_videos: int = 16,
+    frames_per_video: int = 300,
+    seed: int = 0,
+    preset: str = "",
 ) -> pathlib.Path:
     """The root of a synthetic release in the cache, generated (from scratch) unless a complete one is there.
 
+    `preset` (a `synthetic.PRESETS` name) gives the test videos and premises; the sizes are the arguments'.
     Runs sharing the cache wait for each other's generation (`build_lock`)."""
-    root = synthetic_root(cache_dir, num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
+    options = synthetic.preset_arguments(preset) if preset else {}
+    options.update(num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
+    root = synthetic_root(cache_dir, num_videos=num_videos, frames_per_video=frames_per_video, seed=seed, preset=preset)
     release = root / "release"
     if not (release / _COMPLETE).exists():
         with build_lock(root):
             if not (release / _COMPLETE).exists():
                 print(f"Generating the synthetic Aff-Wild2 release in {release} (once)", flush=True)
-                synthetic.generate(release, num_videos=num_videos, frames_per_video=frames_per_video, seed=seed)
+                synthetic.generate(release, **options)
                 (release / _COMPLETE).write_text("")
     return release
 
 
-def data_config(*, num_videos: int = 16, frames_per_video: int = 300, seed: int = 0) -> ml_collections.ConfigDict:
-    """The `config.data` section of a downstream job (see the module docstring)."""
+def data_config(
+    *, num_videos: int = 16, frames_per_video: int = 300, seed: int = 0, preset: str = ""
+) -> ml_collections.ConfigDict:
+    """The `config.data` section of a downstream job (see the module docstring); a `preset` (a
+    `synthetic.PRESETS` name) sets the synthetic release's sizes to the preset's."""
+    if preset:
+        sizes = synthetic.preset_arguments(preset)
+        num_videos, frames_per_video = sizes["num_videos"], sizes["frames_per_video"]
     config = ml_collections.ConfigDict()
     config.root = ""
     for part in _DEFAULT_PARTS:
@@ -91,6 +106,7 @@ def data_config(*, num_videos: int = 16, frames_per_video: int = 300, seed: int 
     config.synthetic_videos = num_videos
     config.synthetic_frames_per_video = frames_per_video
     config.synthetic_seed = seed
+    config.synthetic_preset = preset
     return config
 
 
@@ -131,6 +147,7 @@ def resolve(data: ml_collections.ConfigDict) -> ReleasePaths:
             num_videos=data.synthetic_videos,
             frames_per_video=data.synthetic_frames_per_video,
             seed=data.synthetic_seed,
+            preset=data.synthetic_preset,
         )
         if synthetic_default
         else pathlib.Path(data.root)

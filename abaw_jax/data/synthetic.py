@@ -102,6 +102,8 @@ _EXPRESSION_AUS = {
 }
 # "Other" switches on one or two of these, which alone match no rule.
 _OTHER_AUS = ("AU1", "AU2", "AU7", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+# Premises.reaction_mapping: the label a reaction video gives each class of the rules (Fear 3 <-> Surprise 6).
+_REACTION_EXPRESSIONS = np.array([0, 1, 2, 6, 4, 5, 3, 7])
 
 _AU_INDEX = {name: i for i, name in enumerate(tasks.AU.label_names)}
 _ACTIVE_THRESHOLD = 0.5
@@ -118,6 +120,89 @@ _BLUR_SIGMA = 0.8  # pixels: a camera's softness
 # drops crops under 20 as blurry), and CenterFace finds as many faces.
 _NOISE_STD = 6.0
 LANDMARKS_FILE = "face_landmarks.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Premises:
+    """What the generator builds into the data for each of the paper's claims that the report checks.
+
+    Each switch on builds in the premise under which the claim should hold; off is its control. `Premises()` is
+    the default generator (the embedded release, byte for byte), `PRESETS` holds the claims study's releases.
+    The switches other than reaction_priors draw from random streams of their own (one per switch and video),
+    so turning one on or off changes nothing else in the release; reaction_priors changes which expressions a
+    reaction video's people draw, and with them the later draws of that video (identities, task gaps, invalid
+    runs), never a video's scene, length, split or name.
+
+    temporal_context (default on; claims "TMF helps", "smoothing helps"): on, each person's AU state moves
+      smoothly between expression segments (the module docstring), so a frame's labels are predictable from
+      its neighbours beyond what its own noisy face shows. Off, the same per-frame states are shuffled in time
+      within each person (labels and faces shuffled together, the face still shows the state plus its
+      per-frame jitter): no context beyond the frame carries information about its labels, so smoothing or a
+      temporal model can only average in unrelated frames. TMF still fuses three encoders' features and audio;
+      that part of its gain is not removed.
+    audio_arousal (default on; claim "audio helps VA"): on, the audio's pitch and loudness follow the arousal
+      label (module docstring, "Audio"). Off, they follow the arousal of an independent trajectory of the
+      same scene (the same kind of sound, no information about the labels).
+    reaction_priors (default on; claim "SDD helps EXPR and VA"): on, reaction videos draw their target
+      expressions from `EXPRESSION_PRIORS["reaction"]` (mostly happiness and surprise), other videos from
+      `EXPRESSION_PRIORS["other"]`. Off, every video draws from the "other" priors: reaction videos keep their
+      look (dark room, screen, cool cast) but not their own label distribution.
+    reaction_mapping (default off; claim "SDD helps EXPR and VA"): on, reaction videos map the face to labels
+      their own way: an expression the rules call Fear is labelled Surprise and one they call Surprise is
+      labelled Fear (a startled viewer with lowered brows is surprised by the screen, a wide-eyed one without
+      them afraid), and valence gains 0.5 AU25 + 0.5 AU26 + 0.3 AU2 inside the tanh (an open mouth and raised
+      brows read as delight). AU labels and arousal keep the common mapping. A member trained on every video
+      must learn the scene from its look to get these right; the reaction member sees only reaction videos.
+      Off, every video uses the module docstring's mapping.
+    person_styles (default off; claim "the ensemble helps"): on, each person's face shows their AU state
+      through their own style: per AU a gain in [0.5, 1.5] and an offset in [-0.15, 0.15] (the face shows
+      offset + gain * state, clipped to [0, 1], before the per-frame jitter), while the labels come from the
+      state. Members trained on different folds then see different styles and disagree on the unseen people,
+      which is what averaging members removes. Off, every face shows its state as it is. Member diversity
+      also comes from training (initialisation, folds, dropout), which no switch of the data removes, so
+      the ensemble may help in the control too.
+    """
+
+    temporal_context: bool = True
+    audio_arousal: bool = True
+    reaction_priors: bool = True
+    reaction_mapping: bool = False
+    person_styles: bool = False
+
+    @classmethod
+    def every(cls, on: bool) -> Premises:
+        """Every premise on (the claims study's release) or every one off (its control)."""
+        return cls(**{field.name: on for field in dataclasses.fields(cls)})
+
+    def changes(self) -> dict[str, bool]:
+        """The switches that differ from the default generator's, {name: value}."""
+        default = Premises()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named synthetic release: `generate`'s sizes and premises."""
+
+    num_videos: int
+    frames_per_video: int
+    num_test_videos: int
+    premises: Premises
+
+
+# The claims study (configs/abaw.py:claims): many short videos, so that a bootstrap over videos can decide a claim.
+# 64 annotated videos (16 of them pairs: 80 tracks, 12-27 per task in Validation_Set for seeds 0-4, about half of
+# them reaction videos) and 16 test videos (20 tracks; 15-20 per task for seeds 0-4 after the task gaps, at least
+# 12 as tests/test_synthetic_claims.py checks), 90 frames (3 s) each: 7,200 frames, about the default release's.
+PRESETS = {
+    "default": Preset(num_videos=16, frames_per_video=300, num_test_videos=2, premises=Premises()),
+    "claims": Preset(num_videos=64, frames_per_video=90, num_test_videos=16, premises=Premises.every(True)),
+    "claims_control": Preset(num_videos=64, frames_per_video=90, num_test_videos=16, premises=Premises.every(False)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +228,7 @@ class Person:
     expr: np.ndarray  # (T,) int, -1 invalid
     va: np.ndarray  # (T, 2) float, -5 invalid
     has_crop: np.ndarray  # (T,) bool
+    face: np.ndarray  # (T, 12) the AU state the face shows before the per-frame jitter (Premises.person_styles)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +258,9 @@ class GenerationSummary:
     seconds: float
 
 
-def expression_from_aus(active: np.ndarray) -> np.ndarray:
-    """Expression class per frame from boolean AU activations (..., 12), by the module's rules."""
+def expression_from_aus(active: np.ndarray, *, reaction: bool = False) -> np.ndarray:
+    """Expression class per frame from boolean AU activations (..., 12), by the module's rules; `reaction`: by
+    the reaction videos' own mapping (`Premises.reaction_mapping`: Fear and Surprise trade places)."""
     a = {name: active[..., i] for name, i in _AU_INDEX.items()}
     rules = (
         (4, a["AU6"] & a["AU12"]),
@@ -187,11 +274,12 @@ def expression_from_aus(active: np.ndarray) -> np.ndarray:
     expr = np.full(active.shape[:-1], 7, np.int64)
     for label, hit in reversed(rules):
         expr = np.where(hit, label, expr)
-    return expr
+    return _REACTION_EXPRESSIONS[expr] if reaction else expr
 
 
-def valence_arousal_from_aus(intensity: np.ndarray) -> np.ndarray:
-    """Noise-free (valence, arousal) per frame from AU intensities (..., 12) in [0, 1]."""
+def valence_arousal_from_aus(intensity: np.ndarray, *, reaction: bool = False) -> np.ndarray:
+    """Noise-free (valence, arousal) per frame from AU intensities (..., 12) in [0, 1]; `reaction`: by the
+    reaction videos' own mapping (`Premises.reaction_mapping`: valence gains 0.5 AU25 + 0.5 AU26 + 0.3 AU2)."""
     s = {name: intensity[..., i] for name, i in _AU_INDEX.items()}
     valence = (
         0.55 * s["AU12"]
@@ -203,6 +291,8 @@ def valence_arousal_from_aus(intensity: np.ndarray) -> np.ndarray:
         - 0.15 * s["AU24"]
         + 0.05
     )
+    if reaction:
+        valence = valence + 0.5 * s["AU25"] + 0.5 * s["AU26"] + 0.3 * s["AU2"]
     arousal = (
         0.30 * s["AU1"]
         + 0.30 * s["AU2"]
@@ -460,14 +550,39 @@ def _invalid_run(rng: np.random.Generator, num_frames: int) -> slice:
     return slice(start, start + length)
 
 
+def _label_scene(scene: str, premises: Premises) -> str:
+    """The scene whose expression priors a video of `scene` draws from."""
+    return scene if premises.reaction_priors else "other"
+
+
 def _make_person(
-    rng: np.random.Generator, name: str, split: str, task_names: tuple[str, ...], scene: str, num_frames: int
+    rng: np.random.Generator,
+    name: str,
+    split: str,
+    task_names: tuple[str, ...],
+    scene: str,
+    num_frames: int,
+    premises: Premises,
+    shuffle_rng: np.random.Generator,
+    style_rng: np.random.Generator,
 ) -> Person:
-    intensity = sample_au_trajectory(rng, num_frames, scene)
+    """One person. The premises' draws come from their own streams (`shuffle_rng` for temporal_context off,
+    `style_rng` for person_styles), so the draws of `rng` (all the default generator draws) stay where they are."""
+    intensity = sample_au_trajectory(rng, num_frames, _label_scene(scene, premises))
+    if not premises.temporal_context:
+        intensity = intensity[shuffle_rng.permutation(num_frames)]
+    reaction = premises.reaction_mapping and scene == "reaction"
     active = intensity > _ACTIVE_THRESHOLD
     au = active.astype(np.int64)
-    expr = expression_from_aus(active)
-    va = np.clip(valence_arousal_from_aus(intensity) + rng.normal(0, _VA_NOISE, (num_frames, 2)), -1, 1)
+    expr = expression_from_aus(active, reaction=reaction)
+    va = np.clip(
+        valence_arousal_from_aus(intensity, reaction=reaction) + rng.normal(0, _VA_NOISE, (num_frames, 2)), -1, 1
+    )
+    face = intensity
+    if premises.person_styles:
+        gain = style_rng.uniform(0.5, 1.5, intensity.shape[1])
+        offset = style_rng.uniform(-0.15, 0.15, intensity.shape[1])
+        face = np.clip(offset + gain * intensity, 0.0, 1.0)
     au[_invalid_run(rng, num_frames)] = -1
     expr[_invalid_run(rng, num_frames)] = -1
     va[_invalid_run(rng, num_frames)] = -5.0
@@ -481,17 +596,24 @@ def _make_person(
         expr=expr,
         va=va,
         has_crop=_missing_crops(rng, num_frames),
+        face=face,
     )
 
 
 def plan_videos(
-    num_videos: int, frames_per_video: int, num_test_videos: int, seed: int, frame_size: tuple[int, int]
+    num_videos: int,
+    frames_per_video: int,
+    num_test_videos: int,
+    seed: int,
+    frame_size: tuple[int, int],
+    premises: Premises = Premises(),
 ) -> list[VideoSpec]:
-    """All labels and rendering inputs, deterministic from `seed`."""
+    """All labels and rendering inputs, deterministic from `seed` (and `premises`)."""
     width, height = frame_size
     specs = []
     for i in range(num_videos + num_test_videos):
         rng = np.random.default_rng([seed, i])
+        shuffle_rng, style_rng = np.random.default_rng([seed, i, 2]), np.random.default_rng([seed, i, 4])
         video = f"{i + 1}-30-{width}x{height}" if i % 2 == 0 else str(100 + i)
         scene = SCENES[int(rng.random() < 0.5)]
         if i < 2:
@@ -506,7 +628,9 @@ def plan_videos(
             person_tasks = tuple(
                 t for t in tasks.TASK_NAMES if not (t == "AU" and gap < 0.2) and not (t == "VA" and gap > 0.8)
             )
-            people.append(_make_person(rng, name, split, person_tasks, scene, num_frames))
+            people.append(
+                _make_person(rng, name, split, person_tasks, scene, num_frames, premises, shuffle_rng, style_rng)
+            )
         specs.append(
             VideoSpec(index=i, video=video, scene=scene, num_frames=num_frames, is_test=is_test, people=tuple(people))
         )
@@ -534,7 +658,13 @@ def _layout(num_people: int, width: int, height: int) -> list[tuple[float, float
 
 
 def render_video(
-    spec: VideoSpec, out_dir: pathlib.Path, seed: int, frame_size: tuple[int, int], crop_size: int, jpeg_quality: int
+    spec: VideoSpec,
+    out_dir: pathlib.Path,
+    seed: int,
+    frame_size: tuple[int, int],
+    crop_size: int,
+    jpeg_quality: int,
+    premises: Premises = Premises(),
 ) -> tuple[int, dict[str, np.ndarray]]:
     """Writes the mp4 and the crops of one video; returns the number of crops written and each person's drawn
     landmarks by annotation name, (frames, 5, 2) pixels."""
@@ -553,7 +683,7 @@ def render_video(
         )
         for (_, _, w) in slots
     ]
-    jitter = [p.intensity + rng.normal(0, _RENDER_JITTER, p.intensity.shape) for p in spec.people]
+    jitter = [p.face + rng.normal(0, _RENDER_JITTER, p.face.shape) for p in spec.people]
     landmarks = np.zeros((len(spec.people), n, 5, 2), np.float32)
     crop_dirs = []
     for person in spec.people:
@@ -561,6 +691,8 @@ def render_video(
         d.mkdir(parents=True, exist_ok=True)
         crop_dirs.append(d)
     arousal = np.mean([valence_arousal_from_aus(p.intensity)[:, 1] for p in spec.people], axis=0)
+    if not premises.audio_arousal:
+        arousal = audio_arousal_control(seed, spec, premises)
     audio = synthesize_audio(arousal, _FPS, _SAMPLE_RATE, rng)
     noise_bank = rng.normal(0, _NOISE_STD / 255, (height + 16, width + 16, 3)).astype(np.float32)
     container = av.open(str(out_dir / "videos" / f"{spec.video}.mp4"), "w")
@@ -607,6 +739,18 @@ def render_video(
     return num_crops, {person.name: landmarks[j] for j, person in enumerate(spec.people)}
 
 
+def audio_arousal_control(seed: int, spec: VideoSpec, premises: Premises) -> np.ndarray:
+    """The arousal the audio follows when `premises.audio_arousal` is off: that of an independent trajectory of the
+    video's scene, one per person, averaged as a pair's real arousal is."""
+    trajectories = [
+        sample_au_trajectory(
+            np.random.default_rng([seed, spec.index, 3, j]), spec.num_frames, _label_scene(spec.scene, premises)
+        )
+        for j in range(len(spec.people))
+    ]
+    return np.mean([valence_arousal_from_aus(t)[:, 1] for t in trajectories], axis=0)
+
+
 def _write_annotations(specs: Sequence[VideoSpec], out_dir: pathlib.Path) -> list[str]:
     names = []
     for spec in specs:
@@ -643,7 +787,7 @@ def _write_test_set(specs: Sequence[VideoSpec], out_dir: pathlib.Path) -> list[s
     return test_names
 
 
-def _write_metadata(specs: Sequence[VideoSpec], out_dir: pathlib.Path, arguments: dict) -> None:
+def _write_metadata(specs: Sequence[VideoSpec], out_dir: pathlib.Path, arguments: dict, premises: Premises) -> None:
     videos = [
         {
             "video": s.video,
@@ -661,9 +805,12 @@ def _write_metadata(specs: Sequence[VideoSpec], out_dir: pathlib.Path, arguments
         json.dumps({"arguments": arguments, "fps": _FPS, "audio_sample_rate": _SAMPLE_RATE, "videos": videos}, indent=1)
         + "\n"
     )
+    # The default release's README is the module docstring alone (its bytes stay as they were); one with other
+    # premises adds what each switch does.
+    rules = __doc__.strip() + (f"\n\nPremises.\n{Premises.__doc__}" if premises.changes() else "")
     (out_dir / "README.md").write_text(
         "# Synthetic Aff-Wild2\n\nGenerated by `abaw_jax.data.synthetic.generate` with "
-        f"`{json.dumps(arguments)}`.\n\n```\n{__doc__.strip()}\n```\n"
+        f"`{json.dumps(arguments)}`.\n\n```\n{rules}\n```\n"
     )
 
 
@@ -677,6 +824,7 @@ def generate(
     frame_size: tuple[int, int] = (320, 240),
     crop_size: int = 112,
     jpeg_quality: int = 90,
+    premises: Premises = Premises(),
 ) -> GenerationSummary:
     """Writes a synthetic Aff-Wild2 release to `out_dir` (see the module docstring for the rules).
 
@@ -689,6 +837,8 @@ def generate(
       frame_size: (width, height) of the raw videos.
       crop_size: side of the square `cropped_aligned` JPEGs.
       jpeg_quality: JPEG quality of the crops.
+      premises: which of the paper's claims' premises are built in (`Premises`; `PRESETS` names the claims
+        study's releases, `preset_arguments`).
 
     Returns:
       A summary with the names written and counts.
@@ -701,7 +851,7 @@ def generate(
     start = time.perf_counter()
     out_dir = pathlib.Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-    specs = plan_videos(num_videos, frames_per_video, num_test_videos, seed, frame_size)
+    specs = plan_videos(num_videos, frames_per_video, num_test_videos, seed, frame_size, premises)
     annotation_names = _write_annotations(specs, out_dir)
     test_names = _write_test_set(specs, out_dir)
     reaction = [s.video for s in specs if s.scene == "reaction"]
@@ -715,10 +865,12 @@ def generate(
         crop_size=crop_size,
         jpeg_quality=jpeg_quality,
     )
-    _write_metadata(specs, out_dir, arguments)
+    if premises.changes():
+        arguments["premises"] = dataclasses.asdict(premises)
+    _write_metadata(specs, out_dir, arguments, premises)
     num_crops, landmarks = 0, {}
     for i, spec in enumerate(specs):
-        crops, drawn = render_video(spec, out_dir, seed, frame_size, crop_size, jpeg_quality)
+        crops, drawn = render_video(spec, out_dir, seed, frame_size, crop_size, jpeg_quality, premises)
         num_crops += crops
         landmarks.update(drawn)
         logging.info(
@@ -743,3 +895,10 @@ def generate(
         num_crops=num_crops,
         seconds=time.perf_counter() - start,
     )
+
+
+def preset_arguments(name: str) -> dict:
+    """`generate`'s keyword arguments of the release `PRESETS[name]` (all but `out_dir` and `seed`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown synthetic release preset {name!r}; the presets are {sorted(PRESETS)}")
+    return {field.name: getattr(PRESETS[name], field.name) for field in dataclasses.fields(Preset)}

@@ -11,6 +11,11 @@ each video (scene routing: reaction videos use the `reaction` member, the others
   VA    mean of the members' values, clipped to [-1, 1].
   soft  (AU, EXPR) mean of the members' probabilities, then the threshold or the arg-max.
 
+EXPR class biases (tuned post-processing, `eval.tuning`) act where an arg-max is taken, on log-probabilities:
+each member votes arg-max(log p_m + bias), soft takes arg-max(log mean_m p_m + bias), and a vote's tie goes to
+the tied class with the highest log mean_m p_m + bias. Probabilities are averaged, never log-probabilities, so
+a zero bias gives exactly the rules above.
+
 The results are final labels: AU (V, T, 12) int32 0/1, EXPR (V, T) int32 class, VA (V, T, 2) float32.
 """
 
@@ -40,9 +45,17 @@ def _member_sum(values, use: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("task", "method"))
 def combine(
-    task: str, outputs: jax.Array, use: jax.Array, thresholds: jax.Array | float = 0.5, method: str = "vote"
+    task: str,
+    outputs: jax.Array,
+    use: jax.Array,
+    thresholds: jax.Array | float = 0.5,
+    method: str = "vote",
+    bias: jax.Array | None = None,
 ) -> jax.Array:
-    """Final per-frame labels from members' outputs (M, V, T, C); `use` (M, V) bool picks members per video."""
+    """Final per-frame labels from members' outputs (M, V, T, C); `use` (M, V) bool picks members per video.
+
+    `bias` (C,): EXPR class biases on log-probabilities (None: none), applied as the module docstring says.
+    """
     kind = tasks.get_task(task).kind
     outputs = outputs.astype(jnp.float32)
     count = jnp.maximum(use.astype(jnp.float32).sum(0), 1.0)[:, None, None]
@@ -57,10 +70,12 @@ def combine(
         ones = _member_sum(lambda m: (outputs[m] >= thresholds).astype(jnp.float32), use)
         zeros = _member_sum(lambda m: (outputs[m] < thresholds).astype(jnp.float32), use)
         return jnp.where(ones > zeros, 1, jnp.where(zeros > ones, 0, by_mean)).astype(jnp.int32)
+    biased = (lambda p: p) if bias is None else (lambda p: jnp.log(jnp.maximum(p, 1e-12)) + bias)
+    mean = biased(mean)
     if method == "soft":
         return jnp.argmax(mean, axis=-1).astype(jnp.int32)
     num_classes = outputs.shape[-1]
-    votes = _member_sum(lambda m: jax.nn.one_hot(jnp.argmax(outputs[m], axis=-1), num_classes), use)
+    votes = _member_sum(lambda m: jax.nn.one_hot(jnp.argmax(biased(outputs[m]), axis=-1), num_classes), use)
     tied = votes == votes.max(axis=-1, keepdims=True)
     return jnp.argmax(jnp.where(tied, mean, -jnp.inf), axis=-1).astype(jnp.int32)
 

@@ -247,17 +247,6 @@ class Tuned:
         }
 
 
-def apply(task: str, outputs: jax.Array, mask: jax.Array, tuned: Tuned) -> jax.Array:
-    """Outputs (V, T, C) post-processed as tuned: smoothed, then EXPR biased (log-probabilities)."""
-    return _biased(smoothing.gaussian_smooth(outputs, mask, tuned.sigma), tuned)
-
-
-def _biased(smoothed: jax.Array, tuned: Tuned) -> jax.Array:
-    if tuned.bias is None:
-        return smoothed
-    return jnp.log(jnp.maximum(smoothed, 1e-12)) + jnp.asarray(tuned.bias, jnp.float32)
-
-
 def final_outputs(
     task: str,
     outputs: np.ndarray,
@@ -271,25 +260,28 @@ def final_outputs(
     are) and combined (`ensemble.combine`) over the members `use` (M, V) picks.
 
     Scores are the mean of the picked members' smoothed outputs, before EXPR biases and AU thresholds (VA: the
-    final values, clipped to [-1, 1]). Works through `videos_per_step` videos at a time, so the temporaries of
+    final values, clipped to [-1, 1]); the biases act inside `ensemble.combine` (on the mean probabilities, not
+    on averaged log-probabilities). Works through `videos_per_step` videos at a time, so the temporaries of
     smoothing M members stay small (one pass over the whole of Aff-Wild2 at once would allocate several GB per
     intermediate); each member is smoothed once for both results.
     """
     thresholds = 0.5 if tuned is None or tuned.thresholds is None else np.asarray(tuned.thresholds)
+    bias = None if tuned is None or tuned.bias is None else jnp.asarray(tuned.bias, jnp.float32)
     num_members, num_videos = outputs.shape[:2]
     scores, labels = [], []
     for start in range(0, num_videos, videos_per_step):
         part = slice(start, start + videos_per_step)
-        smoothed = biased = outputs[:, part]
+        smoothed = outputs[:, part]
         if tuned is not None:
             flat = smoothed.reshape((-1,) + smoothed.shape[2:])
             smoothed = smoothing.gaussian_smooth(
                 flat, np.tile(np.asarray(mask)[part], (num_members, 1)), tuned.sigma
             ).reshape(smoothed.shape)
-            biased = _biased(smoothed, tuned)
         weight = jnp.asarray(use[:, part], jnp.float32)[:, :, None, None]
         scores.append(np.asarray((weight * smoothed).sum(0) / jnp.maximum(weight.sum(0), 1.0)))
-        labels.append(np.asarray(ensemble.combine(task, biased, jnp.asarray(use[:, part]), thresholds, method)))
+        labels.append(
+            np.asarray(ensemble.combine(task, smoothed, jnp.asarray(use[:, part]), thresholds, method, bias=bias))
+        )
     scores = np.concatenate(scores).astype(np.float32)
     if tasks.get_task(task).kind == "continuous":
         scores = np.clip(scores, -1.0, 1.0)

@@ -6,14 +6,18 @@ One pass, in order:
   2. assemble the out-of-fold predictions (each labelled track from the fold member that held it out) and tune
      the post-processing on them (`eval.tuning`: sigma, then AU thresholds or EXPR class biases);
   3. score each member on its own held-out tracks before and after post-processing (the paper's Tables 1-3);
-  4. an ablation in the layout of the paper's Table 5 (single member vs vote, SDD routing, smoothing, static
-     per-frame predictions vs TMF), on the test tracks when the release has their labels (the synthetic one),
-     else on Validation_Set (where the whole and fold members trained on most videos: optimistic);
+  4. an ablation in the layout of the paper's Table 5 (single member vs vote, SDD routing, smoothing alone, then
+     the tuned AU thresholds / EXPR biases on top, static per-frame predictions vs TMF on Validation_Set and on
+     the test tracks), on the test tracks when the release has their labels (the synthetic one), else on
+     Validation_Set (where the whole and fold members trained on most videos: optimistic);
   5. the submission file for the test list, checked against the example file, and its test metric when the
      release has test labels; timeline plots of a few validation tracks.
-Writes `tables.md`, `results.json`, `submissions/<TASK>.txt`, `plots/<track>.png` and `final/<track>.npz` (the
-submitted test tracks' post-processed scores and labels, `eval.postprocess`, for comparing with the predictor) in
-the workdir; `results.json["postprocess"]` holds the tuned post-processing as the predictor bundle reads it.
+Writes `tables.md`, `results.json`, `per_video.json`, `submissions/<TASK>.txt`, `plots/<track>.png` and
+`final/<track>.npz` (the submitted test tracks' post-processed scores and labels, `eval.postprocess`, for comparing
+with the predictor) in the workdir (names: `runtime.artefacts`); `results.json["postprocess"]` holds the tuned
+post-processing as the predictor bundle reads it. `per_video.json` holds, for every score of `results.json`
+(`tables/<member>/<before|after>`, `ablation/<setting>`, `test_metric`), the scored videos and their sufficient
+statistics (`report.bootstrap.video_statistics`), from which the report bootstraps intervals over videos.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from abaw_jax import tasks
 from abaw_jax.data import affwild2, features, release
 from abaw_jax.data.predictions import Predictions, PredictionsError
 from abaw_jax.eval import coverage, ensemble, metrics, plots, postprocess, scene_router, submission, tuning
+from abaw_jax.report import bootstrap
 from abaw_jax.runtime import workdir as workdir_lib
+from abaw_jax.runtime.artefacts import FINAL_DIR, PER_VIDEO_FILE, PREDICTIONS_DIR, RESULTS_FILE, TABLES_FILE
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 SCENE_ROUTINGS = ("list", "router", "none")
-FINAL_DIR = "final"
+STATIC_MEMBER = "static"  # the member name of the static predictions (extract_features.STATIC_MEMBER)
 # Settings that change the figures drawn or the memory used, never a score or a submission.
 COSMETIC_KEYS = ("num_plots", "tuning.chunk", "data.cache_dir")
 
@@ -105,7 +111,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
 def _predictions_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
     if config.predictions_dir:
         return pathlib.Path(config.predictions_dir)
-    directory = pathlib.Path(config.fusion_workdir) / "predictions"
+    directory = pathlib.Path(config.fusion_workdir) / PREDICTIONS_DIR
     if not (directory / "manifest.json").exists():
         hint = (
             (
@@ -178,6 +184,13 @@ def _member_finals(task: tasks.Task, data: Tracks, tuned: tuning.Tuned | None) -
             for m in range(data.outputs.shape[0])
         ]
     )
+
+
+def _per_video(task: tasks.Task, final: np.ndarray, data: Tracks, tracks: np.ndarray) -> dict:
+    """The scored videos (the chosen tracks (V,) of `data`) and their sufficient statistics, for per_video.json."""
+    counted = data.valid & data.mask & tracks[:, None]
+    statistics = bootstrap.video_statistics(task.name, np.asarray(final), data.labels, counted)[tracks]
+    return {"videos": [n for n, t in zip(data.names, tracks) if t], "statistics": statistics.tolist()}
 
 
 def _scores_row(task: tasks.Task, final: np.ndarray, data: Tracks, tracks: np.ndarray) -> dict:
@@ -320,7 +333,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     # 3. Tables 1-3: each member on its own held-out tracks, and the out-of-fold assembly.
     finals = {stage: _member_finals(task, data, post) for stage, post in (("before", None), ("after", tuned))}
     every = np.arange(len(labelled))
-    per_member = {}
+    per_member, per_video = {}, {}
     for member in [config.official_member] + fold_members:
         held_out = np.array([predictions.role(member, t) == "heldout" for t in labelled])
         if not held_out.any():
@@ -329,11 +342,16 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
             "tracks": int(held_out.sum()),
             **{stage: _scores_row(task, finals[stage][index[member]], data, held_out) for stage in finals},
         }
+        for stage in finals:
+            per_video[f"tables/{member}/{stage}"] = _per_video(task, finals[stage][index[member]], data, held_out)
     oof_finals = {stage: finals[stage][np.array(oof_member), every] for stage in finals}
+    all_labelled = np.ones(len(labelled), bool)
     per_member["out-of-fold"] = {
         "tracks": len(labelled),
-        **{stage: _scores_row(task, oof_finals[stage], data, np.ones(len(labelled), bool)) for stage in finals},
+        **{stage: _scores_row(task, oof_finals[stage], data, all_labelled) for stage in finals},
     }
+    for stage in finals:
+        per_video[f"tables/out-of-fold/{stage}"] = _per_video(task, oof_finals[stage], data, all_labelled)
 
     # Scene routing for every track (labelled and test).
     router_flags, router_report = ({}, None)
@@ -352,9 +370,13 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
         else data.select([n for n in labelled if predictions.split(n) == "Validation_Set"] or labelled)
     )
     ablation_set = "test (synthetic labels)" if truth_files else "Validation_Set (members trained on some of it)"
-    ablation = _ablation(config, task, ablation_data, members, general, paths, router_flags, tuned)
+    ablation = _ablation(config, task, ablation_data, members, general, paths, router_flags, tuned, per_video)
     if config.static_predictions:
-        ablation += _static_rows(config, task, predictions, data, index, tuned)
+        validation = [n for n in labelled if predictions.split(n) == "Validation_Set"]
+        ablation += _static_rows(config, task, data, validation, "Validation_Set", index, per_video)
+        static = Predictions(config.static_predictions)
+        if truth_files and all(static.role(STATIC_MEMBER, n) is not None for n in test_list):
+            ablation += _static_rows(config, task, test, list(test_list), "test", index, per_video)
 
     # 5. Submission, its check and its test metric; plots.
     post = postprocess.PostProcess.from_tuned(
@@ -376,6 +398,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
     test_metric = None
     if truth_files:
         test_metric, _ = _score(task, jnp.asarray(final), test.labels, test.valid & test.mask)
+        per_video["test_metric"] = _per_video(task, final, test, np.ones(len(test_list), bool))
         log(f"synthetic test {task.metric_name}: {test_metric:.4f}")
     plotted = _plots(task, data, oof_finals["after"], workdir, config.num_plots, predictions)
 
@@ -396,8 +419,9 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: tasks.T
         "final": str(workdir / FINAL_DIR),
     }
     text = _tables_markdown(task, tuning_rows, per_member, ablation_set, ablation, router_report, test_metric)
-    (workdir / "tables.md").write_text(text, encoding="utf-8")
-    (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (workdir / TABLES_FILE).write_text(text, encoding="utf-8")
+    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (workdir / PER_VIDEO_FILE).write_text(json.dumps(per_video) + "\n", encoding="utf-8")
     print(text, flush=True)
     return results
 
@@ -458,65 +482,80 @@ def _routing(config, members: Sequence[str], general: Sequence[str], is_reaction
     )
 
 
-def _ablation(config, task: tasks.Task, data: Tracks, members, general, paths, router_flags, tuned) -> list[dict]:
-    """Table-5 rows: what each part of the method adds on `data`."""
+def _post_variants(tuned: tuning.Tuned) -> list[tuple[str, tuning.Tuned | None]]:
+    """(setting suffix, post-processing) of the ablation: none, the tuned sigma alone, and the sigma with the tuned
+    AU thresholds / EXPR biases (when tuning chose any), so that smoothing and thresholds show separately."""
+    variants = [("", None), (" + smoothing", dataclasses.replace(tuned, thresholds=None, bias=None))]
+    if tuned.thresholds is not None:
+        variants.append((" + smoothing + thresholds", tuned))
+    elif tuned.bias is not None:
+        variants.append((" + smoothing + biases", tuned))
+    return variants
+
+
+def _ablation(
+    config, task: tasks.Task, data: Tracks, members, general, paths, router_flags, tuned, per_video: dict
+) -> list[dict]:
+    """Table-5 rows: what each part of the method adds on `data`; each row's per-video statistics go into
+    `per_video` under `ablation/<setting>`."""
     no_sdd = np.array([[m in general] * len(data.names) for m in members])
     rows = []
-    own = _member_finals(task, data, tuned)
     every = np.ones(len(data.names), bool)
+    own = _member_finals(task, data, tuned)
     singles = [_scores_row(task, own[members.index(m)], data, every)["metric"] for m in general]
-    rows.append(
-        {"setting": f"single member (mean of {len(general)}), post-processed", "metric": float(np.mean(singles))}
-    )
+    single = f"single member (mean of {len(general)}), post-processed"
+    rows.append({"setting": single, "metric": float(np.mean(singles))})
+    # A mean of scores: each member's statistics are kept (K, V, C, S), and a resample averages their metrics.
+    parts = [_per_video(task, own[members.index(m)], data, every) for m in general]
+    per_video[f"ablation/{single}"] = {**parts[0], "statistics": [p["statistics"] for p in parts]}
     method, other = config.ensemble.method, "soft" if config.ensemble.method == "vote" else "vote"
     routed = config.scene_routing != "none"
-    variants = [(method, False, None), (method, False, tuned)]
+    posts = _post_variants(tuned)
+    variants = [(method, False, suffix, post) for suffix, post in posts]
     if routed:
         is_reaction = _reaction_flags(config, paths, data.names, router_flags)
         sdd = _routing(config, members, general, is_reaction)
-        variants += [(method, True, None), (method, True, tuned)]
+        variants += [(method, True, suffix, post) for suffix, post in posts]
     if task.kind != "continuous":  # VA has one way to combine: the mean
-        variants.append((other, routed, tuned))
-    for how, with_sdd, post in variants:
+        variants.append((other, routed, *posts[-1]))
+    for how, with_sdd, suffix, post in variants:
         use = sdd if with_sdd else no_sdd
         final = _final(task, data, use, post, how)
         metric, _ = _score(task, final, data.labels, data.valid & data.mask)
         name = "mean" if task.kind == "continuous" else how
-        row = {"setting": f"{name}{' + SDD' if with_sdd else ''}{' + smoothing' if post else ''}", "metric": metric}
+        row = {"setting": f"{name}{' + SDD' if with_sdd else ''}{suffix}", "metric": metric}
         if with_sdd:  # SDD changes nothing on a set without reaction tracks; the report says so
             row["reaction_tracks"] = int(np.sum(is_reaction))
         rows.append(row)
+        per_video[f"ablation/{row['setting']}"] = _per_video(task, final, data, every)
     return rows
 
 
 def _static_rows(
-    config, task: tasks.Task, predictions: Predictions, data: Tracks, index: dict, tuned: tuning.Tuned
+    config, task: tasks.Task, data: Tracks, names: list[str], set_name: str, index: dict, per_video: dict
 ) -> list[dict]:
-    """Static fine-tuned per-frame predictions vs the TMF official member, both on Validation_Set."""
+    """Static fine-tuned per-frame predictions vs the TMF official member, both raw, on the tracks `names` of
+    `data` (Validation_Set, or the test tracks when they have labels); statistics into `per_video`."""
     static = Predictions(config.static_predictions)
-    static.require_members(["static"])
-    names = [n for n in data.names if predictions.split(n) == "Validation_Set"]
-    absent = [n for n in names if static.role("static", n) is None]
+    static.require_members([STATIC_MEMBER])
+    absent = [n for n in names if static.role(STATIC_MEMBER, n) is None]
     if absent:
         raise JobError(
             f"config.static_predictions={config.static_predictions}: member 'static' has no predictions "
-            f"for Validation_Set tracks {absent[:5]}"
+            f"for {set_name} tracks {absent[:5]}"
         )
     subset = data.select(names)
     static_data = dataclasses.replace(subset, outputs=_load(static, ["static"], names, task, None).outputs)
     every = np.ones(len(names), bool)
-    return [
-        {
-            "setting": "static fine-tuned encoder, per frame (Validation_Set)",
-            "metric": _scores_row(task, _member_finals(task, static_data, None)[0], static_data, every)["metric"],
-        },
-        {
-            "setting": f"TMF {config.official_member} (Validation_Set)",
-            "metric": _scores_row(
-                task, _member_finals(task, subset, None)[index[config.official_member]], subset, every
-            )["metric"],
-        },
-    ]
+    rows = []
+    for setting, source, member in (
+        (f"static fine-tuned encoder, per frame ({set_name})", static_data, 0),
+        (f"TMF {config.official_member} ({set_name})", subset, index[config.official_member]),
+    ):
+        final = _member_finals(task, source, None)[member]
+        rows.append({"setting": setting, "metric": _scores_row(task, final, source, every)["metric"]})
+        per_video[f"ablation/{setting}"] = _per_video(task, final, source, every)
+    return rows
 
 
 def _plots(

@@ -42,13 +42,13 @@ from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, VIT_SIZES, ViT, ViTCo
 from abaw_jax.runtime import checkpointing, optimizer, sharding, telemetry, train_state
 from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime import workdir as workdir_lib
+from abaw_jax.runtime.artefacts import BEST_FILE, FINETUNE_EXPORT
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 from abaw_jax.runtime.train_state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TINY_PRETRAIN_WORKDIR = "/tmp/abaw_mae_tiny"
-BEST_FILE = "best.json"
 # Settings that change how the job runs or reports, never what it trains (eval_every is not one: it decides
 # which step is kept as best).
 COSMETIC_KEYS = (
@@ -375,7 +375,7 @@ def _export(params: Any, cfg: ViTConfig, task: tasks.Task, best: dict[str, Any],
             "metric_name": task.metric_name,
             **{k: best[k] for k in ("step", "metric", "per_class")},
         }
-        with open(os.path.join(export_dir, "finetune.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(export_dir, FINETUNE_EXPORT), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         log(
             f"Exported the fine-tuned encoder (step {best['step']}, {task.metric_name} {best['metric']:.4f}): "

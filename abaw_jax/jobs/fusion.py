@@ -59,6 +59,7 @@ from abaw_jax.models import fusion
 from abaw_jax.runtime import checkpointing, telemetry, train_state
 from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime import workdir as workdir_lib
+from abaw_jax.runtime.artefacts import PREDICTIONS_DIR, SCORES_FILE
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
@@ -779,9 +780,9 @@ def _report(
     if not write:
         return result
     pathlib.Path(workdir, "tables.txt").write_text(text + "\n", encoding="utf-8")
-    pathlib.Path(workdir, "scores.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    pathlib.Path(workdir, SCORES_FILE).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
-    writer = predictions.PredictionWriter(os.path.join(workdir, "predictions"), task)
+    writer = predictions.PredictionWriter(os.path.join(workdir, PREDICTIONS_DIR), task)
     for i, track in enumerate(data.tracks.names):
         start, n = int(data.tracks.offset[i]), int(data.tracks.length[i])
         writer.add_track(track, data.splits[track], data.face[start : start + n])

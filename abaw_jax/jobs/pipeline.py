@@ -33,8 +33,9 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from abaw_jax.data import release
-from abaw_jax.eval import ensemble, report
+from abaw_jax.eval import ensemble
 from abaw_jax.predictor import bundle
+from abaw_jax.report import writer as report
 from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import ExplainedError, JobError
@@ -42,7 +43,7 @@ from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat
 from abaw_jax.runtime.telemetry import format_duration, log
 
 # Bumped when what the report / bundle steps write changes, so finished runs redo them.
-_STEP_VERSIONS = {"report": 2, "predictor": 2}
+_STEP_VERSIONS = {"report": 3, "predictor": 2}
 WORKDIR_MARK = "$WORKDIR"
 PREVIOUS_SUFFIX = ".previous"
 _STAGE_CONFIG_TEMPLATE = '''"""Settings of pipeline stage {name!r}, written by configs/abaw.py's pipeline
@@ -276,9 +277,28 @@ def _up_to_date(
     ) and record.get("inputs") == dict(inputs)
 
 
+# Settings added after stage records were first written, with the value that does what runs before them did:
+# a record without one reads as run with that value, so upgrading the package reruns no finished stage.
+ADDED_SETTINGS = {("data", "synthetic_preset"): ""}
+
+
+def _with_added_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    config = dict(config)
+    for (*parents, leaf), value in ADDED_SETTINGS.items():
+        section = config
+        for name in parents:
+            if not isinstance(section.get(name), Mapping):
+                break
+            section[name] = section = dict(section[name])
+        else:
+            section.setdefault(leaf, value)
+    return config
+
+
 def read_stage_file(directory: str, root: str) -> dict[str, Any] | None:
     """The stage record in `directory`, its paths made portable against the workdir `root` (records written
-    before paths were portable hold absolute ones)."""
+    before paths were portable hold absolute ones) and settings added since it was written filled in
+    (`ADDED_SETTINGS`)."""
     path = os.path.join(directory, STAGE_FILE)
     if not os.path.exists(path):
         return None
@@ -287,7 +307,7 @@ def read_stage_file(directory: str, root: str) -> dict[str, Any] | None:
             record = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise JobError(f"{path}: unreadable stage record ({e}); delete that stage folder to rerun it") from None
-    return {**record, "config": portable(record.get("config", {}), root)}
+    return {**record, "config": _with_added_settings(portable(record.get("config", {}), root))}
 
 
 def _write_json(path: str, value: Mapping[str, Any]) -> None:
@@ -354,7 +374,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, jobs: Mapping[str, S
             log(f"== {header}: finished in {format_duration(record['seconds'])}")
 
     log(summary(records, time.perf_counter() - start))
-    report_file = os.path.join(dirs.report, "report.md")
+    report_file = os.path.join(dirs.report, report.REPORT_FILE)
     if os.path.exists(report_file):
         log(
             f"Report: {report_file}\nPredictor: {dirs.predictor} "

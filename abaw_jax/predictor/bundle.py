@@ -44,6 +44,7 @@ from abaw_jax.data import affwild2, features, release
 from abaw_jax.eval import postprocess, scene_router
 from abaw_jax.media import align, audio
 from abaw_jax.models import fusion
+from abaw_jax.runtime.artefacts import RESULTS_FILE
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs
 from abaw_jax.runtime.telemetry import log
 
@@ -124,9 +125,9 @@ def export_bundle(
             ensemble = fusion.load_ensemble(str(fusion_dir))
         except ValueError as e:
             raise BundleError(f"task {task_key}: {e}") from e
-        results = _read_json(pathlib.Path(dirs.evaluate(task_key)) / "results.json")
+        results = _read_json(pathlib.Path(dirs.evaluate(task_key)) / RESULTS_FILE)
         if "postprocess" not in results:
-            raise BundleError(f"{dirs.evaluate(task_key)}/results.json has no 'postprocess' entry (rerun evaluate)")
+            raise BundleError(f"{dirs.evaluate(task_key)}/{RESULTS_FILE} has no 'postprocess' entry (rerun evaluate)")
         post = postprocess.PostProcess.from_json(results["postprocess"])
         missing = [m for m in post.members if m not in ensemble.members]
         if missing:
