@@ -227,9 +227,20 @@ def _check_members(fusion: ml_collections.ConfigDict, fusion_key: str, evaluate_
         )
 
 
+# Settings added after stage records were first written, with the value that does what runs before them did: at
+# that value a setting compares equal to its absence, so upgrading the package reruns no finished stage.
+ADDED_SETTINGS = {"data.synthetic_preset": ""}
+
+
+def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """{dotted key: value} of `settings`, without the added settings at their old behaviour's value."""
+    flat = flat_settings(dict(settings))
+    return {k: v for k, v in flat.items() if k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]}
+
+
 def result_settings(settings: Mapping[str, Any], cosmetic_keys: Collection[str]) -> dict[str, Any]:
     """{dotted key: value} of the settings that decide a stage's results (all but `cosmetic_keys`)."""
-    return {k: v for k, v in flat_settings(dict(settings)).items() if k not in cosmetic_keys}
+    return {k: v for k, v in _comparable(settings).items() if k not in cosmetic_keys}
 
 
 def fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, str], cosmetic_keys: Collection[str] = ()) -> str:
@@ -239,7 +250,7 @@ def fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, str], cosmetic
 
 def changed_keys(old: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
     """'key: old -> new' for every setting that differs between a recorded run's config and `settings`."""
-    before, after = flat_settings(dict(old)), flat_settings(dict(settings))
+    before, after = _comparable(old), _comparable(settings)
     return [
         f"{k}: {before.get(k, '(absent)')!r} -> {after.get(k, '(absent)')!r}"
         for k in sorted(set(before) | set(after))
@@ -277,28 +288,9 @@ def _up_to_date(
     ) and record.get("inputs") == dict(inputs)
 
 
-# Settings added after stage records were first written, with the value that does what runs before them did:
-# a record without one reads as run with that value, so upgrading the package reruns no finished stage.
-ADDED_SETTINGS = {("data", "synthetic_preset"): ""}
-
-
-def _with_added_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    config = dict(config)
-    for (*parents, leaf), value in ADDED_SETTINGS.items():
-        section = config
-        for name in parents:
-            if not isinstance(section.get(name), Mapping):
-                break
-            section[name] = section = dict(section[name])
-        else:
-            section.setdefault(leaf, value)
-    return config
-
-
 def read_stage_file(directory: str, root: str) -> dict[str, Any] | None:
     """The stage record in `directory`, its paths made portable against the workdir `root` (records written
-    before paths were portable hold absolute ones) and settings added since it was written filled in
-    (`ADDED_SETTINGS`)."""
+    before paths were portable hold absolute ones)."""
     path = os.path.join(directory, STAGE_FILE)
     if not os.path.exists(path):
         return None
@@ -307,7 +299,7 @@ def read_stage_file(directory: str, root: str) -> dict[str, Any] | None:
             record = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise JobError(f"{path}: unreadable stage record ({e}); delete that stage folder to rerun it") from None
-    return {**record, "config": _with_added_settings(portable(record.get("config", {}), root))}
+    return {**record, "config": portable(record.get("config", {}), root)}
 
 
 def _write_json(path: str, value: Mapping[str, Any]) -> None:
