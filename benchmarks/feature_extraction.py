@@ -5,19 +5,24 @@ timm's ViT in PyTorch on the same frames.
 
 Writes --frames JPEG face crops of 112 x 112 px (quality 90, like Aff-Wild2's crops) to a temporary folder,
 then for each model size times, in one run:
-  decode  : reading and decoding the files alone (`data.mae_pipeline.decode_resize` to the model's input size
-            on `--threads` host threads), the ceiling either path can reach;
-  ours    : the feature-extraction job's path: `extract_features.decoded_batches` (file reads and decodes on
-            the threads, a few batches ahead) feeding the job's jitted step (`jit_extract_step`: the
-            batch sharded over all devices, ImageNet normalisation on device, `ViT.features`), features
-            fetched to the host each batch while the next one runs;
-  timm    : `timm` VisionTransformer(global_pool='avg', fc_norm=True) with the same weights: the same
-            reads and decodes on the same threads (the next batch decoding while the forward runs), uint8
-            -> normalised float tensor, `forward_features` + average pooling + `fc_norm` under
-            `torch.inference_mode()` (bf16 autocast when --dtype resolves to bfloat16).
+  decode  : reading and decoding the files alone on `--threads` host threads, at the stored size
+            (`data.device_images.decode_stored`, what both paths do on the host: the ceiling either path can
+            reach), and, for comparison, with the host resize to the model's input the job used before
+            (`data.mae_pipeline.decode_resize`, OpenCV bicubic);
+  ours    : the feature-extraction job's path: `extract_features.decoded_batches` (file reads and decodes at
+            the stored size on the threads, a few batches ahead) feeding the job's jitted step
+            (`jit_extract_step`: the batch sharded over all devices, bicubic resize and ImageNet normalisation
+            on device (`device_images.prepare_images`), `ViT.features`), features fetched to the host each
+            batch while the next one runs;
+  timm    : `timm` VisionTransformer(global_pool='avg', fc_norm=True) with the same weights: the same reads
+            and decodes on the same threads (the next batch decoding while the forward runs), the uint8
+            batch resized on the PyTorch device by `torch.nn.functional.interpolate` (bicubic; antialiased
+            when downscaling, the rule `device_images` follows), normalised, `forward_features` + average
+            pooling + `fc_norm` under `torch.inference_mode()` (bf16 autocast when --dtype resolves to
+            bfloat16).
 Both paths include the same JPEG decode cost. Each path runs once over all frames after a one-batch
 warm-up (compilation excluded); frames/s = frames / wall seconds. The table also gives the largest
-difference between the two paths' features (same weights, same pixels).
+difference between the two paths' features (same weights, same pixels up to rounding).
 
 Sizes: `tiny` is the tiny preset's model (width 192, 4 blocks, 64 px, patch 8); `base` is ViT-B/16 at
 224 px (17.6 GFLOP per frame). Defaults: on CPU 512 tiny / 64 base frames, batch 64 / 16, fp32; on an
@@ -35,7 +40,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from abaw_jax.data import mae_pipeline
+from abaw_jax.data import device_images, mae_pipeline
 from abaw_jax.jobs import extract_features
 from abaw_jax.models import params_io, torch_weights
 from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
@@ -73,10 +78,24 @@ def vit_config(size: str) -> ViTConfig:
     return ViTConfig(**VIT_SIZES[size], **_GEOMETRY[size], pool="gap")
 
 
-def time_decode(paths, image_size, pool) -> Result:
+STORED_SIZE = 112  # Aff-Wild2's crops
+
+
+def decode_stored(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    pixels, boxes = device_images.empty_batch(1, STORED_SIZE)
+    return pixels[0], device_images.decode_stored(path.read_bytes(), pixels[0])
+
+
+def time_decode(paths, pool) -> Result:
+    start = time.perf_counter()
+    list(pool.map(decode_stored, paths))
+    return Result("decode only", len(paths), time.perf_counter() - start)
+
+
+def time_decode_resize(paths, image_size, pool) -> Result:
     start = time.perf_counter()
     list(pool.map(lambda p: mae_pipeline.decode_resize(p.read_bytes(), image_size=image_size), paths))
-    return Result("decode only", len(paths), time.perf_counter() - start)
+    return Result("decode + host resize", len(paths), time.perf_counter() - start)
 
 
 def time_ours(paths, config, params, batch, dtype, pool) -> Result:
@@ -91,10 +110,10 @@ def time_ours(paths, config, params, batch, dtype, pool) -> Result:
 
     def run(count):
         out, in_flight = [], None
-        for pixels, valid, _ in extract_features.decoded_batches(
-            paths.__getitem__, count, global_batch=batch, image_size=config.image_size, pool=pool, prefetch=4
+        for *local, _ in extract_features.decoded_batches(
+            paths.__getitem__, count, global_batch=batch, buffer_size=STORED_SIZE, pool=pool, prefetch=4
         ):
-            outputs = step(params, sharding.global_batch(pixels, mesh), sharding.global_batch(valid, mesh))
+            outputs = step(params, *(sharding.global_batch(value, mesh) for value in local))
             if in_flight is not None:
                 out.append(jax.device_get(in_flight[0]))
             in_flight = outputs
@@ -133,20 +152,23 @@ def time_timm(paths, config, params, batch, dtype, pool) -> Result:
     std = torch.tensor(mae_pipeline.IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
     def decode(chunk):
-        return [
-            pool.submit(lambda p: mae_pipeline.decode_resize(p.read_bytes(), image_size=config.image_size), p)
-            for p in chunk
-        ]
+        return [pool.submit(decode_stored, p) for p in chunk]
+
+    # The crops fill their buffers here (all 112 px), so the whole buffer is the box.
+    antialias = config.image_size < STORED_SIZE
 
     def run(paths):
         out = []
         chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
         pending = decode(chunks[0])
         for index in range(len(chunks)):
-            pixels = np.stack([f.result() for f in pending])
+            pixels = np.stack([f.result()[0] for f in pending])
             if index + 1 < len(chunks):
                 pending = decode(chunks[index + 1])
-            x = (torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float() - mean) / std
+            x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float()
+            size = (config.image_size, config.image_size)
+            x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
+            x = (x.clamp(0, 255).round() - mean) / std
             with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16"):
                 tokens = model.forward_features(x)
                 feature = model.fc_norm(tokens[:, model.num_prefix_tokens :].mean(dim=1))
@@ -181,22 +203,24 @@ def main(argv):
                 path.write_bytes(faces[i % len(faces)])
                 paths.append(path)
             params = params_io.init_params(config, seed=0)
-            decode = time_decode(paths, config.image_size, pool)
+            decode = time_decode(paths, pool)
+            decode_resize = time_decode_resize(paths, config.image_size, pool)
             ours = time_ours(paths, config, params, batch, dtype, pool)
             timm_result = time_timm(paths, config, params, batch, dtype, pool)
             diff = float(np.abs(ours.features - timm_result.features).max())
-            rows.append((size, config, frames, batch, decode, ours, timm_result, diff))
+            rows.append((size, config, frames, batch, decode, decode_resize, ours, timm_result, diff))
             for path in paths:
                 path.unlink()
 
     print(
-        "\n| model | frames | batch | decode only (frames/s) | abaw_jax (frames/s) | timm (frames/s) "
-        "| abaw_jax / timm | max abs feature diff |"
+        "\n| model | frames | batch | decode only, 112 px (frames/s) | decode + host resize (frames/s) "
+        "| abaw_jax (frames/s) | timm (frames/s) | abaw_jax / timm | max abs feature diff |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for size, config, frames, batch, decode, ours, timm_result, diff in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, config, frames, batch, decode, decode_resize, ours, timm_result, diff in rows:
         print(
             f"| ViT-{size} {config.image_size}px/{config.patch_size} | {frames} | {batch} | {decode.rate:,.0f} "
+            f"| {decode_resize.rate:,.0f} "
             f"| {ours.rate:,.1f} | {timm_result.rate:,.1f} | {ours.rate / timm_result.rate:.2f}x | {diff:.1e} |"
         )
 

@@ -3,10 +3,13 @@ r"""One fine-tuning step (forward, backward, AdamW with layer decay): the job's 
     python -m benchmarks.finetune_step --size=base --batch=8 --steps=2 --rounds=3 --warmup=1
 
 runs, in one process on the default JAX device and the matching PyTorch device (CUDA if present, else CPU):
-- `jax`: `jobs.finetune.train_step` (the job's own step: ImageNet normalisation on device, ViT with drop path,
-  gap + fc_norm + head, the task loss, AdamW with layer-wise lr decay through `runtime.optimizer`), jitted
-  with the state donated, on a random uint8 batch already on the device;
-- `torch`: timm's `VisionTransformer` (global_pool='avg', the same depth/width/drop path) with the same
+- `jax`: `jobs.finetune.train_step` (the job's own step: the RandomResizedCrop resize and flip of each crop and
+  ImageNet normalisation on device (`data.device_images`), ViT with drop path, gap + fc_norm + head, the task
+  loss, AdamW with layer-wise lr decay through `runtime.optimizer`), jitted with the state donated, on a random
+  uint8 batch at the crops' stored size (`--stored_size`, 112 px like Aff-Wild2's) with boxes and flips drawn
+  as the loader draws them, already on the device;
+- `torch`: timm's `VisionTransformer` (global_pool='avg', the same depth/width/drop path) on a uint8 batch at
+  the model's input size (a PyTorch pipeline augments on the host, so its step has no resize), the same
   normalisation, head and loss (EXPR: cross-entropy weighted per class, as `eval.losses` eq. 2), and
   `torch.optim.AdamW` over timm's `param_groups_layer_decay` groups (lr x lr_scale per group).
 Both use betas (0.9, 0.999), weight decay 0.05 off 1-d parameters and tokens, layer decay 0.65, drop path 0.1.
@@ -34,6 +37,7 @@ import optax
 from absl import app, flags
 
 from abaw_jax import tasks
+from abaw_jax.data import device_images
 from abaw_jax.jobs import finetune
 from abaw_jax.models import params_io
 from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
@@ -48,12 +52,24 @@ _PATCH = flags.DEFINE_integer("patch", 16, "Patch size.")
 _STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per implementation and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps first (compilation happens here).")
+_STORED_SIZE = flags.DEFINE_integer("stored_size", 112, "Side of the stored crops the JAX step resizes.")
 
 LR, BETAS, WEIGHT_DECAY, LAYER_DECAY, DROP_PATH = 1e-4, (0.9, 0.999), 0.05, 0.65, 0.1
 TASK = tasks.EXPR
 
 
-def jax_step(config: ViTConfig, images: np.ndarray, labels: np.ndarray, weights: np.ndarray):
+def jax_batch(batch: int, stored_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Crops at their stored size with RandomResizedCrop boxes and flips, as `frame_pipeline`'s loader gives them."""
+    crop = np.array([0, 0, stored_size, stored_size])
+    draws = [device_images.sample_crop(crop, rng, (0.2, 1.0), (3 / 4, 4 / 3), 0.5) for _ in range(batch)]
+    return {
+        "image": rng.integers(0, 256, (batch, stored_size, stored_size, 3), dtype=np.uint8),
+        "box": np.stack([box for box, _ in draws]),
+        "flip": np.array([flip for _, flip in draws]),
+    }
+
+
+def jax_step(config: ViTConfig, crops: dict[str, np.ndarray], labels: np.ndarray, weights: np.ndarray):
     params = params_io.init_params(config)
     schedule = optax.constant_schedule(LR)
     tx = optimizer.make_optimizer(
@@ -81,7 +97,7 @@ def jax_step(config: ViTConfig, images: np.ndarray, labels: np.ndarray, weights:
         ),
         donate_argnums=0,
     )
-    batch = jax.device_put({"image": images, "label": labels, "mask": np.ones(len(labels), bool)})
+    batch = jax.device_put({**crops, "label": labels, "mask": np.ones(len(labels), bool)})
     holder = {"state": state, "loss": None}
 
     def step():
@@ -158,7 +174,8 @@ def main(argv: Sequence[str]) -> None:
     images = rng.integers(0, 256, (_BATCH.value, config.image_size, config.image_size, 3), dtype=np.uint8)
     labels = rng.integers(0, TASK.num_outputs, _BATCH.value).astype(np.int32)
     weights = rng.uniform(1, 4, TASK.num_outputs).astype(np.float32)
-    runners = {"jax": jax_step(config, images, labels, weights), "torch": torch_step(config, images, labels, weights)}
+    crops = jax_batch(_BATCH.value, _STORED_SIZE.value, rng)
+    runners = {"jax": jax_step(config, crops, labels, weights), "torch": torch_step(config, images, labels, weights)}
     for step, sync in runners.values():
         for _ in range(_WARMUP.value):
             step()
@@ -177,9 +194,9 @@ def main(argv: Sequence[str]) -> None:
         for name, t in times.items()
     }
     print(
-        f"\nFine-tune step, ViT-{_SIZE.value}/{_PATCH.value} at {config.image_size} px, batch {_BATCH.value}, fp32, "
-        f"EXPR loss; {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores)\n"
+        f"\nFine-tune step, ViT-{_SIZE.value}/{_PATCH.value} at {config.image_size} px (jax: from {_STORED_SIZE.value} "
+        f"px crops), batch {_BATCH.value}, fp32, EXPR loss; {jax.devices()[0].device_kind} "
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores)\n"
     )
     print("| implementation | img/s (best round) | img/s (median) |")
     print("|---|---:|---:|")

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from abaw_jax import tasks
-from abaw_jax.data import affwild2, features, mae_pipeline, predictions, release
+from abaw_jax.data import affwild2, device_images, features, predictions, release
 from abaw_jax.jobs import extract_features
 from abaw_jax.media import audio
 from abaw_jax.models import params_io
@@ -124,13 +124,12 @@ def extracted(synthetic_affwild2, tmp_path_factory):
 
 
 def decoded(crops: pathlib.Path, track: str, frames) -> np.ndarray:
-    """The crops as the job decodes them, normalised in numpy (float32 NHWC)."""
-    pixels = np.stack(
-        [mae_pipeline.decode_resize((crops / track / f"{k:05d}.jpg").read_bytes(), image_size=32) for k in frames]
-    )
-    return ((pixels / 255.0 - np.array(mae_pipeline.IMAGENET_MEAN)) / np.array(mae_pipeline.IMAGENET_STD)).astype(
-        np.float32
-    )
+    """The crops as the job's step sees them (float32 NHWC): decoded at their stored size, resized and normalised
+    by `device_images.prepare_images` (checked against PIL and PyTorch in tests/test_device_images.py)."""
+    pixels, boxes = device_images.empty_batch(len(frames), 112)
+    for row, k in enumerate(frames):
+        boxes[row] = device_images.decode_stored((crops / track / f"{k:05d}.jpg").read_bytes(), pixels[row])
+    return np.asarray(device_images.prepare_images(pixels, boxes, image_size=32))
 
 
 def expected_frames(root: pathlib.Path, crops: pathlib.Path, track: str) -> int:

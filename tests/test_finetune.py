@@ -20,7 +20,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from abaw_jax import tasks
-from abaw_jax.data import frame_pipeline, mae_pipeline
+from abaw_jax.data import device_images, frame_pipeline
 from abaw_jax.jobs import finetune
 from abaw_jax.models import params_io
 from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
@@ -101,11 +101,9 @@ def _exported_outputs(workdir: pathlib.Path, frames: frame_pipeline.LabelledFram
     """Head outputs of the exported model on every evaluation frame, computed outside the job."""
     params, config = params_io.load_params(str(workdir / "export" / "encoder"))
     model = ViT(config)
-    loader = frame_pipeline.make_eval_loader(
-        frames, global_batch_size=len(frames), image_size=IMAGE_SIZE, worker_count=0
-    )
-    images = next(iter(loader))["image"]
-    return np.asarray(jax.jit(model.apply)({"params": params}, mae_pipeline.normalize_images(images)))
+    batch = next(iter(frame_pipeline.make_eval_loader(frames, global_batch_size=len(frames), worker_count=0)))
+    x = device_images.prepare_images(batch["image"], batch["box"], image_size=IMAGE_SIZE)
+    return np.asarray(jax.jit(model.apply)({"params": params}, x))
 
 
 def _ccc(x: np.ndarray, y: np.ndarray) -> float:

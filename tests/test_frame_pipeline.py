@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from abaw_jax import tasks
-from abaw_jax.data import affwild2, frame_pipeline, mae_pipeline
+from abaw_jax.data import affwild2, device_images, frame_pipeline, mae_pipeline
 
 NO_SHARDING = grain.sharding.NoSharding()
 
@@ -53,10 +53,15 @@ def test_training_batches_hold_every_valid_frame_and_no_invalid_one(synthetic_af
     valid = train.valid_only()
     # One global batch of exactly the valid frames: the first epoch, so each valid frame once.
     loader = frame_pipeline.make_train_loader(
-        train, global_batch_size=len(valid), image_size=16, seed=0, worker_count=0, shard_options=NO_SHARDING
+        train, global_batch_size=len(valid), seed=0, worker_count=0, shard_options=NO_SHARDING
     )
     batch = next(iter(loader))
-    assert batch["image"].shape == (len(valid), 16, 16, 3) and batch["image"].dtype == np.uint8
+    side = device_images.stored_size(valid.paths)
+    assert batch["image"].shape == (len(valid), side, side, 3) and batch["image"].dtype == np.uint8
+    # Every box lies inside its crop (the synthetic crops fill the buffer) and both flips occur.
+    top, left, height, width = batch["box"].T
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= side).all() and (left + width <= side).all()
+    assert (height > 0).all() and (width > 0).all() and 0 < batch["flip"].sum() < len(valid)
     assert batch["mask"].all()
     labels = batch["label"].reshape(len(valid), -1)
     assert not (labels == tasks.get_task(task).invalid_marker).any()
@@ -65,11 +70,11 @@ def test_training_batches_hold_every_valid_frame_and_no_invalid_one(synthetic_af
 
 
 @pytest.mark.parametrize("worker_count", [0, 2])
-def test_eval_batches_are_every_frame_once_resized_and_padded(synthetic_affwild2, worker_count):
+def test_eval_batches_are_every_frame_once_at_stored_size_and_padded(synthetic_affwild2, worker_count):
     _, evaluation = _frames(synthetic_affwild2, "EXPR")
     batch_size = 64
     loader = frame_pipeline.make_eval_loader(
-        evaluation, global_batch_size=batch_size, image_size=24, worker_count=worker_count, shard_options=NO_SHARDING
+        evaluation, global_batch_size=batch_size, worker_count=worker_count, shard_options=NO_SHARDING
     )
     batches = list(loader)
     assert len(batches) == frame_pipeline.num_eval_batches(len(evaluation), batch_size, worker_count)
@@ -78,19 +83,22 @@ def test_eval_batches_are_every_frame_once_resized_and_padded(synthetic_affwild2
     if worker_count == 0:
         np.testing.assert_array_equal(index, np.arange(len(index)))
     order = np.argsort(index)
-    images, labels, masks = (np.concatenate([b[k] for b in batches])[order] for k in ("image", "label", "mask"))
+    images, boxes, labels, masks = (
+        np.concatenate([b[k] for b in batches])[order] for k in ("image", "box", "label", "mask")
+    )
     count = len(evaluation)
     assert len(images) >= count and not masks[count:].any()
     np.testing.assert_array_equal(masks[:count], evaluation.valid)
     np.testing.assert_array_equal(labels[:count], evaluation.labels)
     for i in (0, count // 2, count - 1):
-        expected = mae_pipeline.decode_resize(pathlib.Path(evaluation.paths[i]).read_bytes(), image_size=24)
-        np.testing.assert_array_equal(images[i], expected)
+        expected = mae_pipeline.decode_rgb(pathlib.Path(evaluation.paths[i]).read_bytes())
+        np.testing.assert_array_equal(images[i], expected)  # the stored crop, decoded and nothing else
+        np.testing.assert_array_equal(boxes[i], [0, 0, *expected.shape[:2]])
 
 
 def test_eval_process_slices_assemble_the_single_process_batches(synthetic_affwild2):
     _, evaluation = _frames(synthetic_affwild2, "VA")
-    kwargs = dict(global_batch_size=32, image_size=16, worker_count=0)
+    kwargs = dict(global_batch_size=32, worker_count=0)
     single = list(frame_pipeline.make_eval_loader(evaluation, shard_options=NO_SHARDING, **kwargs))
     shards = [
         list(
@@ -102,7 +110,7 @@ def test_eval_process_slices_assemble_the_single_process_batches(synthetic_affwi
     ]
     assert len(shards[0]) == len(shards[1]) == len(single)
     for t, batch in enumerate(single):
-        for key in ("image", "label", "mask", "index"):
+        for key in ("image", "box", "label", "mask", "index"):
             np.testing.assert_array_equal(np.concatenate([shards[0][t][key], shards[1][t][key]]), batch[key])
 
 
@@ -123,12 +131,7 @@ def test_corrupt_eval_crop_is_masked_and_counted(synthetic_affwild2, tmp_path, c
     batch = next(
         iter(
             frame_pipeline.make_eval_loader(
-                frames,
-                global_batch_size=6,
-                image_size=16,
-                worker_count=0,
-                shard_options=NO_SHARDING,
-                skipped_records_dir=tmp_path,
+                frames, global_batch_size=6, worker_count=0, shard_options=NO_SHARDING, skipped_records_dir=tmp_path
             )
         )
     )
@@ -150,13 +153,7 @@ def test_training_skips_and_counts_a_crop_cut_short_with_an_end_marker(synthetic
         frames.frames,
     )
     loader = frame_pipeline.make_train_loader(
-        frames,
-        global_batch_size=4,
-        image_size=16,
-        seed=0,
-        worker_count=0,
-        shard_options=NO_SHARDING,
-        skipped_records_dir=tmp_path,
+        frames, global_batch_size=4, seed=0, worker_count=0, shard_options=NO_SHARDING, skipped_records_dir=tmp_path
     )
     batches = iter(loader)
     next(batches), next(batches)  # 8 reads of 5 frames: every frame, the broken one included, read at least once
@@ -181,7 +178,7 @@ def test_image_folder_per_class_reads_names_and_indices(synthetic_affwild2, tmp_
     batch = next(
         iter(
             frame_pipeline.make_train_loader(
-                frames, global_batch_size=10, image_size=16, seed=0, worker_count=0, shard_options=NO_SHARDING
+                frames, global_batch_size=10, seed=0, worker_count=0, shard_options=NO_SHARDING
             )
         )
     )
@@ -198,3 +195,19 @@ def test_image_folder_errors_name_what_is_wrong(synthetic_affwild2, tmp_path):
         frame_pipeline.image_folder_frames(tmp_path / "empty")
     with pytest.raises(ValueError, match="expression labels"):
         frame_pipeline.image_folder_frames(tmp_path / "unknown", "AU")
+
+
+def test_training_draws_the_host_augmentation_box_and_flip(synthetic_affwild2):
+    train, _ = _frames(synthetic_affwild2, "AU")
+    path = pathlib.Path(train.valid_only().paths[0])
+    side = device_images.stored_size([path])
+    draw = frame_pipeline.DecodeAndDrawCrop(side, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_prob=0.5)
+    record = {"image": path.read_bytes(), "label": train.labels[0], "mask": np.True_, "id": str(path)}
+    for seed in range(20):
+        out = draw.random_map(record, np.random.default_rng(seed))
+        # The same generator through the host augmentation's own draws: box first, then one uniform for the flip.
+        rng = np.random.default_rng(seed)
+        box = mae_pipeline.random_resized_crop_box(side, side, rng, (0.2, 1.0), (3 / 4, 4 / 3))
+        np.testing.assert_array_equal(out["box"], box)
+        assert out["flip"] == (rng.random() < 0.5)
+        np.testing.assert_array_equal(out["image"], mae_pipeline.decode_rgb(record["image"]))

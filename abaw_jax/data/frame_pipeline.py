@@ -1,12 +1,13 @@
 """Labelled face crops of one task for fine-tuning: frame lists, grain loaders for training and evaluation.
 
     train, evaluation = frame_pipeline.affwild2_frames(annotations, crops, "EXPR", split="official")
-    loader = frame_pipeline.make_train_loader(train, global_batch_size=512, image_size=224, seed=0,
-                                              worker_count=8)
-    batch = next(iter(loader))   # {"image": uint8 [b, S, S, 3], "label": ..., "mask": bool [b]}
-    for batch in frame_pipeline.make_eval_loader(evaluation, global_batch_size=512, image_size=224,
-                                                 worker_count=8):
-        ...                      # every frame once, plus "index" int64 [b]: its row in `evaluation`
+    loader = frame_pipeline.make_train_loader(train, global_batch_size=512, seed=0, worker_count=8)
+    batch = next(iter(loader))   # {"image": uint8 [b, B, B, 3], "box": float32 [b, 4], "flip": bool [b],
+                                 #  "label": ..., "mask": bool [b]}
+    x = device_images.prepare_images(batch["image"], batch["box"], batch["flip"], image_size=224)  # on device
+    for batch in frame_pipeline.make_eval_loader(evaluation, global_batch_size=512, worker_count=8):
+        ...                      # every frame once: "image", "box", "label", "mask" and "index" int64 [b],
+                                 # its row in `evaluation`
 
 Labels per frame: AU int32 [12] in {0, 1}, EXPR int32 class index, VA float32 [2]; `mask` is False for a
 frame whose label is invalid (-1 / -5), a padding row or a corrupt crop. Training reads valid frames only
@@ -17,10 +18,13 @@ grain workers each batch their own share of the records, so with workers use `in
 
 Both loaders are sharded per JAX process like the MAE loader (`mae_pipeline.ProcessContiguousSampler`):
 process p reads the p-th contiguous slice of every global batch, so the assembled global batch t is batch t
-of a single-process run. Training: RandomResizedCrop + flip at the encoder's image size (the MAE pipeline's
-decode, box sampling and flip; corrupt crops skipped and counted in `skipped_records_dir`), repeating
-forever and checkpointable. Evaluation: a deterministic bicubic resize of the whole crop; a corrupt crop is
-counted the same way and its frame masked.
+of a single-process run. Images travel at their stored size B (`data.device_images`: the host only decodes;
+resize and normalisation run on the device, in the step, through `device_images.prepare_images`). Training:
+RandomResizedCrop + flip, the box and the flip drawn per record on the host as the MAE pipeline draws them, the
+crop resized to the encoder's image size and flipped on the device (corrupt crops skipped and counted in
+`skipped_records_dir`), repeating forever and checkpointable. Evaluation: the box of the whole crop, the same
+device resize that feature extraction and `predict` use; a corrupt crop is counted the same way and its frame
+masked.
 
 Sources. Aff-Wild2 through `affwild2.load_task`: the official Train_Set / Validation_Set, or a video-level
 fold `fold1`..`fold5` of `affwild2.kfold_splits` over both (the `_left`/`_right` halves of a video stay
@@ -40,7 +44,7 @@ import grain
 import numpy as np
 
 from abaw_jax import tasks
-from abaw_jax.data import affwild2, mae_pipeline
+from abaw_jax.data import affwild2, device_images, mae_pipeline
 from abaw_jax.data.face_shards import list_image_files
 from abaw_jax.media.jpeg import CorruptImageError
 from abaw_jax.media.video import IMAGE_EXTENSIONS
@@ -230,34 +234,73 @@ class FrameSource:
         }
 
 
-@dataclasses.dataclass(frozen=True)
-class ResizeForEval(grain.transforms.Map):
-    """Record -> {"image": uint8 [S, S, 3], "label", "mask", "index"}; a padding row or corrupt crop gives zeros and
-    mask False (a corrupt one is also logged and counted, as the training loader does)."""
+def _decoded(element: dict[str, Any], buffer_size: int, skipped_records_dir: str | None) -> tuple[np.ndarray, ...]:
+    """(uint8 [B, B, 3] buffer, float32 [4] box, decoded) of a record (`device_images.decode_stored`); a padding
+    row or a corrupt crop (logged and counted) gives a zero buffer, a whole-buffer box and False."""
+    mae_pipeline.use_one_opencv_thread()
+    mae_pipeline.exit_with_parent()
+    buffer, boxes = device_images.empty_batch(1, buffer_size)
+    if element["image"] is None:
+        return buffer[0], boxes[0], False
+    try:
+        return buffer[0], device_images.decode_stored(element["image"], buffer[0]), True
+    except CorruptImageError as e:
+        mae_pipeline.log_skipped_record(skipped_records_dir, mae_pipeline.record_id(element), str(e))
+        return buffer[0], boxes[0], False
 
-    image_size: int
+
+@dataclasses.dataclass(frozen=True)
+class DecodeForEval(grain.transforms.Map):
+    """Record -> {"image": uint8 [B, B, 3], "box": float32 [4], "label", "mask", "index"}: the crop at its stored
+    size in a buffer of `buffer_size` px (`device_images`), the resize happening on the device; a padding row or
+    a corrupt crop gives zeros and mask False (a corrupt one is also logged and counted, as in training)."""
+
+    buffer_size: int
     skipped_records_dir: str | None = None
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
-        mae_pipeline.use_one_opencv_thread()
-        mae_pipeline.exit_with_parent()
-        image, mask = np.zeros((self.image_size, self.image_size, 3), np.uint8), element["mask"]
-        if element["image"] is not None:
-            try:
-                image = mae_pipeline.decode_resize(element["image"], image_size=self.image_size)
-            except CorruptImageError as e:
-                mae_pipeline.log_skipped_record(self.skipped_records_dir, mae_pipeline.record_id(element), str(e))
-                mask = np.False_
-        return {"image": image, "label": element["label"], "mask": mask, "index": element["index"]}
+        image, box, decoded = _decoded(element, self.buffer_size, self.skipped_records_dir)
+        mask = np.bool_(element["mask"] and decoded)
+        return {"image": image, "box": box, "label": element["label"], "mask": mask, "index": element["index"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeAndDrawCrop(grain.transforms.RandomMap):
+    """Record -> {"image": uint8 [B, B, 3], "box": float32 [4], "flip": bool, "label", "mask"}, or None for a
+    corrupt crop (logged, counted, then dropped): the RandomResizedCrop box and the flip are drawn here as the
+    host augmentation draws them (`device_images.sample_crop`), the crop is resized and flipped on the device."""
+
+    buffer_size: int
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    skipped_records_dir: str | None = None
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+        image, box, decoded = _decoded(element, self.buffer_size, self.skipped_records_dir)
+        if not decoded:
+            return None
+        box, flip = device_images.sample_crop(box, rng, self.scale, self.ratio, self.flip_prob)
+        return {"image": image, "box": box, "flip": np.bool_(flip), **{key: element[key] for key in BATCH_KEYS}}
+
+
+def default_buffer_size(frames: LabelledFrames, buffer_size: int | None) -> int:
+    """`buffer_size`, or when None the stored size of the first readable crop (`device_images.stored_size`)."""
+    if buffer_size is not None:
+        return buffer_size
+    try:
+        return device_images.stored_size(frames.paths)
+    except CorruptImageError as e:
+        raise ValueError(f"{frames.task} frames: {e}") from None
 
 
 def make_train_loader(
     frames: LabelledFrames,
     *,
     global_batch_size: int,
-    image_size: int,
     seed: int,
     worker_count: int,
+    buffer_size: int | None = None,
     worker_buffer_size: int = 2,
     scale: tuple[float, float] = (0.2, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -265,26 +308,39 @@ def make_train_loader(
     skipped_records_dir: str | os.PathLike | None = None,
     shard_options: grain.sharding.ShardOptions | None = None,
 ) -> grain.DataLoader:
-    """Augmented batches of the valid frames, shuffled, repeating forever (see the module docstring)."""
+    """Batches of the valid frames at their stored size with a crop box and a flip each, shuffled, repeating
+    forever (see the module docstring); `buffer_size` defaults to the first valid frame's stored size."""
     valid = frames.valid_only()
     if len(valid) < global_batch_size:
         raise ValueError(
             f"{len(valid)} valid training frames of {frames.task}, fewer than one batch of {global_batch_size}"
         )
-    return mae_pipeline.make_mae_loader(
-        FrameSource(valid),
-        global_batch_size=global_batch_size,
-        image_size=image_size,
-        seed=seed,
-        num_epochs=None,
+    shard_options, local_batch_size = mae_pipeline.batch_layout(global_batch_size, shard_options, skipped_records_dir)
+    sampler = mae_pipeline.ProcessContiguousSampler(
+        grain.samplers.IndexSampler(
+            num_records=len(valid), shard_options=grain.sharding.NoSharding(), shuffle=True, num_epochs=None, seed=seed
+        ),
+        local_batch_size=local_batch_size,
+        shard_count=shard_options.shard_count,
+    )
+    operations = [
+        DecodeAndDrawCrop(
+            default_buffer_size(valid, buffer_size),
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            flip_prob=flip_prob,
+            skipped_records_dir=None if skipped_records_dir is None else os.fspath(skipped_records_dir),
+        ),
+        mae_pipeline.DropSkipped(),
+        grain.transforms.Batch(batch_size=local_batch_size, drop_remainder=True),
+    ]
+    return grain.DataLoader(
+        data_source=FrameSource(valid),
+        sampler=sampler,
+        operations=operations,
         worker_count=worker_count,
         worker_buffer_size=worker_buffer_size,
         shard_options=shard_options,
-        scale=scale,
-        ratio=ratio,
-        flip_prob=flip_prob,
-        skipped_records_dir=skipped_records_dir,
-        keep_keys=BATCH_KEYS,
     )
 
 
@@ -299,14 +355,15 @@ def make_eval_loader(
     frames: LabelledFrames,
     *,
     global_batch_size: int,
-    image_size: int,
     worker_count: int,
+    buffer_size: int | None = None,
     worker_buffer_size: int = 2,
     skipped_records_dir: str | os.PathLike | None = None,
     shard_options: grain.sharding.ShardOptions | None = None,
 ) -> grain.DataLoader:
-    """Every frame once, resized, with its `index`; the global batches cover `num_eval_batches` x batch rows,
-    the rows with index >= len(frames) padding with mask False (see the module docstring for the order)."""
+    """Every frame once at its stored size with its box and `index`; the global batches cover `num_eval_batches`
+    x batch rows, the rows with index >= len(frames) padding with mask False (see the module docstring for the
+    order); `buffer_size` defaults to the first frame's stored size."""
     shard_options, local_batch_size = mae_pipeline.batch_layout(global_batch_size, shard_options, skipped_records_dir)
     length = num_eval_batches(len(frames), global_batch_size, worker_count) * global_batch_size
     sampler = mae_pipeline.ProcessContiguousSampler(
@@ -317,7 +374,10 @@ def make_eval_loader(
         shard_count=shard_options.shard_count,
     )
     operations = [
-        ResizeForEval(image_size, None if skipped_records_dir is None else os.fspath(skipped_records_dir)),
+        DecodeForEval(
+            default_buffer_size(frames, buffer_size),
+            None if skipped_records_dir is None else os.fspath(skipped_records_dir),
+        ),
         grain.transforms.Batch(batch_size=local_batch_size, drop_remainder=True),
     ]
     return grain.DataLoader(

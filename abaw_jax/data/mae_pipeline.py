@@ -192,15 +192,13 @@ def decode_crop_resize(
 
 @dataclasses.dataclass(frozen=True)
 class CropFlipAugment(grain.transforms.RandomMap):
-    """Record {"image": bytes, "id": ..., *keep_keys} -> {"image": uint8 [S, S, 3], *keep_keys}, or None if
-    the image is corrupt. `keep_keys` pass through unchanged (the fine-tuning labels and masks)."""
+    """Record {"image": bytes, "id": ...} -> {"image": uint8 [S, S, 3]}, or None if the image is corrupt."""
 
     image_size: int
     scale: tuple[float, float] = (0.2, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_prob: float = 0.5
     skipped_records_dir: str | None = None
-    keep_keys: tuple[str, ...] = ()
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
         use_one_opencv_thread()
@@ -217,7 +215,7 @@ class CropFlipAugment(grain.transforms.RandomMap):
         except CorruptImageError as e:
             log_skipped_record(self.skipped_records_dir, record_id(element), str(e))
             return None
-        return {"image": image, **{key: element[key] for key in self.keep_keys}}
+        return {"image": image}
 
 
 def log_skipped_record(skipped_records_dir: str | None, record: str, reason: str) -> None:
@@ -285,10 +283,8 @@ def make_mae_loader(
     flip_prob: float = 0.5,
     skipped_records_dir: str | os.PathLike | None = None,
     read_options: grain.ReadOptions | None = None,
-    keep_keys: Sequence[str] = (),
 ) -> grain.DataLoader:
-    """A seeded, sharded, checkpointable loader of augmented MAE batches (see the module docstring); with
-    `keep_keys`, also the fine-tuning loader (those record fields are batched next to the images).
+    """A seeded, sharded, checkpointable loader of augmented MAE batches (see the module docstring).
 
     Args:
       source: random-access records {"image": encoded bytes, "id": bytes or str, ...}, e.g.
@@ -303,7 +299,6 @@ def make_mae_loader(
       scale, ratio, flip_prob: RandomResizedCrop area fraction and aspect ranges; flip probability.
       skipped_records_dir: if set, where every skipped corrupt record's id is appended.
       read_options: grain reading threads/buffer per process.
-      keep_keys: record fields batched unchanged next to "image" (fixed-shape numpy values).
     """
     shard_options, local_batch_size = batch_layout(global_batch_size, shard_options, skipped_records_dir)
     sampler = ProcessContiguousSampler(
@@ -324,7 +319,6 @@ def make_mae_loader(
             ratio=tuple(ratio),
             flip_prob=flip_prob,
             skipped_records_dir=None if skipped_records_dir is None else os.fspath(skipped_records_dir),
-            keep_keys=tuple(keep_keys),
         ),
         DropSkipped(),
         grain.transforms.Batch(batch_size=local_batch_size, drop_remainder=True),

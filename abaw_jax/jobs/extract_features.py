@@ -9,11 +9,12 @@ encoder's pooled, `fc_norm`-ed feature (`ViT.features`) and lands in `<workdir>/
 (WAV files in `<workdir>/wav/`). `data.features.FeatureStore` reads both.
 
 Loop: crops stream track after track in global batches of `config.batch_size` (the last one padded);
-host threads read and decode the JPEGs (`data.mae_pipeline.decode_resize`) a few batches ahead, each process
-decoding its contiguous slice of every global batch; one jitted step, the batch sharded over all devices
-and the parameters replicated, normalises the uint8 images on device and returns the features (and the
-task head's outputs) replicated, so process 0 writes them. Dispatch is asynchronous: the device works on
-batch t while the host stores batch t-1 and decodes batch t+k.
+host threads read and decode the JPEGs at their stored size (`data.device_images.decode_stored`, nothing else
+on the host) a few batches ahead, each process decoding its contiguous slice of every global batch; one jitted
+step, the batch sharded over all devices and the parameters replicated, resizes the uint8 crops to the
+encoder's input and normalises them on device (`device_images.prepare_images`, the transform fine-tuning
+evaluated with) and returns the features (and the task head's outputs) replicated, so process 0 writes them.
+Dispatch is asynchronous: the device works on batch t while the host stores batch t-1 and decodes batch t+k.
 
 Frames: a track's array has `num_frames` rows, the largest of its annotation row counts over all tasks,
 its frame count in the test example files and its last crop index; frames without a crop, and frames
@@ -51,7 +52,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from abaw_jax import tasks
-from abaw_jax.data import affwild2, mae_pipeline, release
+from abaw_jax.data import affwild2, device_images, release
 from abaw_jax.data.features import FeatureStoreError, VisualSetWriter
 from abaw_jax.data.predictions import PredictionWriter
 from abaw_jax.media.jpeg import CorruptImageError
@@ -251,10 +252,11 @@ def load_set_encoder(name: str, path: str, task: tasks.Task | None) -> tuple[enc
 
 
 def extract_step(
-    params: Any, images_uint8: jax.Array, valid: jax.Array, *, model: ViT, task: tasks.Task | None
+    params: Any, images_uint8: jax.Array, boxes: jax.Array, valid: jax.Array, *, model: ViT, task: tasks.Task | None
 ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-    """(pooled features (B, width) f32, head outputs (B, C) f32 or None, valid (B,)) of a uint8 batch."""
-    x = mae_pipeline.normalize_images(images_uint8)
+    """(pooled features (B, width) f32, head outputs (B, C) f32 or None, valid (B,)) of a uint8 batch at its stored
+    size with its crop boxes (`device_images.prepare_images`)."""
+    x = device_images.prepare_images(images_uint8, boxes, image_size=model.config.image_size)
 
     def apply(module: ViT, x: jax.Array):
         feature = module.features(x)
@@ -270,7 +272,7 @@ def jit_extract_step(model: ViT, task: tasks.Task | None, mesh: Mesh):
     """`extract_step` jitted with replicated parameters, the batch split over the mesh, replicated outputs."""
     return jax.jit(
         functools.partial(extract_step, model=model, task=task),
-        in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh), sharding.batch_sharding(mesh)),
+        in_shardings=(sharding.replicated(mesh),) + (sharding.batch_sharding(mesh),) * 3,
         out_shardings=sharding.replicated(mesh),
     )
 
@@ -279,13 +281,14 @@ _DECODE_CHUNK = 16  # crops per decode task: fewer, larger tasks keep the submit
 
 
 def _decode_into(
-    pixels: np.ndarray, valid: np.ndarray, rows: range, paths: list[pathlib.Path], image_size: int
+    pixels: np.ndarray, boxes: np.ndarray, valid: np.ndarray, rows: range, paths: list[pathlib.Path]
 ) -> list[str]:
-    """Decodes `paths` into `pixels[rows]`, sets `valid[rows]`; returns a message per crop that failed."""
+    """Decodes `paths` into `pixels[rows]` at their stored size, sets `boxes[rows]` and `valid[rows]`; returns a
+    message per crop that failed."""
     failures = []
     for row, path in zip(rows, paths):
         try:
-            pixels[row] = mae_pipeline.decode_resize(path.read_bytes(), image_size=image_size)
+            boxes[row] = device_images.decode_stored(path.read_bytes(), pixels[row])
             valid[row] = True
         except (CorruptImageError, OSError) as e:
             failures.append(f"corrupt crop {path}: {e}; its frame is masked")
@@ -297,11 +300,12 @@ def decoded_batches(
     count: int,
     *,
     global_batch: int,
-    image_size: int,
+    buffer_size: int,
     pool: concurrent.futures.Executor,
     prefetch: int,
-) -> Iterator[tuple[np.ndarray, np.ndarray, range]]:
-    """(this process's uint8 slice, its valid flags, the global batch's item range) per global batch.
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, range]]:
+    """(this process's uint8 slice [b, B, B, 3] at buffer size B, its crop boxes, its valid flags, the global
+    batch's item range) per global batch (`device_images`: crops at their stored size).
 
     Items 0..count-1 are the crops `path_of(i)`; the rows of the last global batch past `count` are padding
     (zero images, not valid). Process p decodes rows p*b .. (p+1)*b - 1 of every global batch (b = global
@@ -314,32 +318,40 @@ def decoded_batches(
     pending: collections.deque = collections.deque()
 
     def submit(start: int) -> None:
-        pixels = np.zeros((local, image_size, image_size, 3), np.uint8)
+        pixels, boxes = device_images.empty_batch(local, buffer_size)
         valid = np.zeros(local, bool)
         mine = range(start + first, min(start + first + local, count))
         futures = [
             pool.submit(
                 _decode_into,
                 pixels,
+                boxes,
                 valid,
                 range(row, min(row + _DECODE_CHUNK, len(mine))),
                 [path_of(i) for i in mine[row : row + _DECODE_CHUNK]],
-                image_size,
             )
             for row in range(0, len(mine), _DECODE_CHUNK)
         ]
-        pending.append((pixels, valid, range(start, min(start + global_batch, count)), futures))
+        pending.append((pixels, boxes, valid, range(start, min(start + global_batch, count)), futures))
 
     for start in starts[:prefetch]:
         submit(start)
     for index in range(len(starts)):
         if index + prefetch < len(starts):
             submit(starts[index + prefetch])
-        pixels, valid, items, futures = pending.popleft()
+        pixels, boxes, valid, items, futures = pending.popleft()
         for future in futures:
             for message in future.result():
                 log(message)
-        yield pixels, valid, items
+        yield pixels, boxes, valid, items
+
+
+def buffer_size_of(path_of: Callable[[int], pathlib.Path], count: int, default: int) -> int:
+    """The crops' stored size (`device_images.stored_size` over the first crops), or `default` when none reads."""
+    try:
+        return device_images.stored_size(path_of(i) for i in range(count))
+    except CorruptImageError:
+        return default
 
 
 class _TrackBuffer:
@@ -487,13 +499,13 @@ def extract_visual_set(
         path_of,
         count,
         global_batch=config.batch_size,
-        image_size=cfg.image_size,
+        buffer_size=buffer_size_of(path_of, count, cfg.image_size),
         pool=pool,
         prefetch=config.prefetch_batches,
     )
-    for number, (wait_seconds, (pixels, valid, items)) in enumerate(_timed(batches), start=1):
+    for number, (wait_seconds, (*local, items)) in enumerate(_timed(batches), start=1):
         wait += wait_seconds
-        batch = sharding.global_batch(pixels, mesh), sharding.global_batch(valid, mesh)
+        batch = tuple(sharding.global_batch(value, mesh) for value in local)
         with jax.transfer_guard("disallow"):
             outputs = step(params, *batch)
         if in_flight is not None:

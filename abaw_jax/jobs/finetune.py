@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from abaw_jax import tasks
-from abaw_jax.data import frame_pipeline, mae_pipeline, release
+from abaw_jax.data import device_images, frame_pipeline, mae_pipeline, release
 from abaw_jax.eval import losses, metrics
 from abaw_jax.models import encoders, flops, params_io, torch_weights
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, VIT_SIZES, ViT, ViTConfig
@@ -83,7 +83,7 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    x = mae_pipeline.normalize_images(batch["image"])
+    x = device_images.prepare_images(batch["image"], batch["box"], batch["flip"], image_size=model.config.image_size)
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
@@ -98,7 +98,8 @@ def train_step(
 def eval_step(
     params: Any, batch: dict[str, jax.Array], *, model: ViT, task: tasks.Task
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    logits = model.apply({"params": params}, mae_pipeline.normalize_images(batch["image"]))
+    x = device_images.prepare_images(batch["image"], batch["box"], image_size=model.config.image_size)
+    logits = model.apply({"params": params}, x)
     return scores_from_logits(task, logits), batch["label"], batch["mask"], batch["index"]
 
 
@@ -326,7 +327,6 @@ def evaluate(
     loader = frame_pipeline.make_eval_loader(
         frames,
         global_batch_size=config.eval_batch_size,
-        image_size=config.model.image_size,
         worker_count=config.data.worker_count,
         worker_buffer_size=config.data.worker_buffer_size,
         skipped_records_dir=skipped_dir,
@@ -447,7 +447,6 @@ def _run(
     loader = frame_pipeline.make_train_loader(
         train_frames,
         global_batch_size=config.batch_size,
-        image_size=cfg.image_size,
         seed=config.seed,
         worker_count=config.data.worker_count,
         worker_buffer_size=config.data.worker_buffer_size,

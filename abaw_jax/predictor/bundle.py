@@ -10,11 +10,11 @@
 
 bundle.json:
   crop: how a face becomes a crop, JPEG-encoded at `jpeg_quality` (the release's crops are JPEGs: the predictor
-    decodes its crops with the pipeline's decoder, `mae_pipeline.decode_resize`). A face with five landmarks is
-    aligned with `media.align.align_face` at `size` px onto the five-point `template` (its name, and its points at
-    `size` in `template_points`); a box without landmarks (Haar) is cut as a square of side `margin` * box width
-    centred on the box centre moved down by `center_dy` box widths, resized to `size` px. Bundles without
-    `template` (made before alignment) cut every face as that square.
+    decodes its crops at their stored size and resizes them on the device, `data.device_images.prepare_images`).
+    A face with five landmarks is aligned with `media.align.align_face` at `size` px onto the five-point
+    `template` (its name, and its points at `size` in `template_points`); a box without landmarks (Haar) is cut
+    as a square of side `margin` * box width centred on the box centre moved down by `center_dy` box widths,
+    resized to `size` px. Bundles without `template` (made before alignment) cut every face as that square.
   visual_sets: {name: {encoder: relative folder, image_size, storage_dtype}}; features are the encoder's pooled
     `fc_norm` output of the ImageNet-normalised crop, rounded to storage_dtype like the feature store's.
   audio_sets: {name: the `media.audio.make_featurizer` arguments that made the set}: {kind, n_mels, n_mfcc,

@@ -2,7 +2,8 @@
 
 The same functions as the pipeline at each step, so the predictor reproduces evaluate's final outputs on a release
 track: faces are cut as the release's crops are (`crop_face`: `media.align.align_face` on the detector's five
-landmarks, the bundle's square crop of a box without them), crops decode with `mae_pipeline.decode_resize` and go
+landmarks, the bundle's square crop of a box without them), crops decode at their stored size on the host and are
+resized on the device (`data.device_images`, as feature extraction and fine-tuning's evaluation do) and go
 through the encoder's pooled feature (the feature store's `extract_step`), rounded to the store's dtype; audio
 features come from `media.audio`'s featurizer; members run over `clips.windowed_outputs` windows with
 `models.fusion.ensemble_predict`; `eval.postprocess` fills, smooths, routes and combines. Encoders and members run
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from abaw_jax import tasks
-from abaw_jax.data import clips, mae_pipeline
+from abaw_jax.data import clips, device_images
 from abaw_jax.eval import postprocess, scene_router
 from abaw_jax.media import align, faces
 from abaw_jax.models import encoders, fusion
@@ -62,10 +63,9 @@ def crop_face(frame: np.ndarray, box: faces.Box, crop: Mapping) -> bytes:
     return data.tobytes()
 
 
-def _encode(params, images_uint8, *, model: ViT):
-    return model.apply({"params": params}, mae_pipeline.normalize_images(images_uint8), method=ViT.features).astype(
-        jnp.float32
-    )
+def _encode(params, images_uint8, boxes, *, model: ViT):
+    x = device_images.prepare_images(images_uint8, boxes, image_size=model.config.image_size)
+    return model.apply({"params": params}, x, method=ViT.features).astype(jnp.float32)
 
 
 class Predictor:
@@ -78,13 +78,7 @@ class Predictor:
         for name, entry in bundle.visual_sets.items():
             loaded = encoders.load_encoder(str(bundle.encoder_dir(name)))
             fn = jax.jit(functools.partial(_encode, model=ViT(loaded.config, attention=attention)))
-            self._encoders[name] = (
-                loaded.params,
-                fn,
-                int(entry["image_size"]),
-                np.dtype(entry["storage_dtype"]),
-                loaded.config.width,
-            )
+            self._encoders[name] = (loaded.params, fn, np.dtype(entry["storage_dtype"]), loaded.config.width)
         self._featurizers = {name: bundle.featurizer(name) for name in bundle.audio_sets}
         self._dims = {n: d for m in bundle.tasks.values() for n, d in m.ensemble.feature_sets.items()}
         self._members = {}
@@ -105,14 +99,16 @@ class Predictor:
 
     def visual_features(self, name: str, jpegs: list[bytes]) -> np.ndarray:
         """(n, dim) pooled encoder features of JPEG crops, rounded to the feature store's dtype."""
-        params, fn, size, dtype, width = self._encoders[name]
+        params, fn, dtype, width = self._encoders[name]
         out = np.zeros((len(jpegs), width), np.float32)
+        # The bundle's crops all have its crop size; a crop of another size still fits (`device_images`).
+        buffer_size = int(self.bundle.crop["size"])
         for start in range(0, len(jpegs), self.batch_size):
             chunk = jpegs[start : start + self.batch_size]
-            pixels = np.zeros((self.batch_size, size, size, 3), np.uint8)
+            pixels, boxes = device_images.empty_batch(self.batch_size, buffer_size)
             for i, data in enumerate(chunk):
-                pixels[i] = mae_pipeline.decode_resize(data, image_size=size)
-            out[start : start + len(chunk)] = np.asarray(fn(params, pixels))[: len(chunk)]
+                boxes[i] = device_images.decode_stored(data, pixels[i])
+            out[start : start + len(chunk)] = np.asarray(fn(params, pixels, boxes))[: len(chunk)]
         return out.astype(dtype).astype(np.float32)
 
     def track_features(
@@ -125,7 +121,7 @@ class Predictor:
         values, notes = {}, []
         jpegs = [crops[int(k)] for k in frames]
         for name in self._encoders:
-            part = np.zeros((num_frames, self._encoders[name][4]), np.float32)
+            part = np.zeros((num_frames, self._encoders[name][3]), np.float32)
             if len(frames):
                 part[frames - 1] = self.visual_features(name, jpegs)
             values[name] = part
