@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
 import platform
@@ -35,6 +34,7 @@ from collections.abc import Callable, Sequence
 from absl import app, flags
 
 from abaw_jax.data.mae_pipeline import decode_rgb
+from benchmarks import json_out
 from benchmarks.data_pipeline import make_faces
 
 _WORKERS = flags.DEFINE_list("workers", ["1", "2", "4", "8", "16"], "Worker counts to time.")
@@ -42,8 +42,6 @@ _FRAMES = flags.DEFINE_integer("frames", 4096, "JPEGs decoded per round.")
 _SIDE = flags.DEFINE_integer("side", 112, "Side of the stored crops (px).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds per worker count (best is kept).")
 _MODES = flags.DEFINE_list("modes", ["threads", "processes"], "threads and/or processes.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
-
 _ENCODED: list[bytes] = []  # a process worker's copy of the JPEGs, set by its initializer
 
 
@@ -153,22 +151,18 @@ def main(argv: Sequence[str]) -> None:
             f"{mode}: {covered} workers on {cores} cores decode at {100 * efficiency[mode][covered]:.0f}% of linear "
             f"scaling ({rates[mode][covered]:,.0f} vs {covered} x {rates[mode][1]:,.0f} frames/s)"
         )
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "cores": cores,
-                    "frames": _FRAMES.value,
-                    "side": _SIDE.value,
-                    "load_average": os.getloadavg()[0],
-                    "frames_per_s": rates,
-                    "efficiency": efficiency,
-                    "measured": {m: {n: dataclasses.asdict(r) for n, r in by.items()} for m, by in measured.items()},
-                    "cores_covered_workers": covered,
-                },
-                f,
-                indent=1,
-            )
+    json_out.write(
+        {
+            "cores": cores,
+            "frames": _FRAMES.value,
+            "side": _SIDE.value,
+            "load_average": os.getloadavg()[0],
+            "frames_per_s": rates,
+            "efficiency": efficiency,
+            "measured": {m: {n: dataclasses.asdict(r) for n, r in by.items()} for m, by in measured.items()},
+            "cores_covered_workers": covered,
+        }
+    )
 
 
 if __name__ == "__main__":

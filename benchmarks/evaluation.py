@@ -24,7 +24,6 @@ the final ensemble metric are compared with the baseline's (printed with the lar
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import pathlib
 import time
@@ -36,13 +35,13 @@ from sklearn.metrics import f1_score
 
 from abaw_jax import tasks
 from abaw_jax.eval import metrics, tuning
+from benchmarks import json_out
 
 _FRAMES = flags.DEFINE_integer("frames", 3_000_000, "Annotated frames per task.")
 _VIDEOS = flags.DEFINE_integer("videos", 600, "Videos per task.")
 _MEMBERS = flags.DEFINE_integer("members", 7, "Ensemble members.")
 _BASELINE_VIDEOS = flags.DEFINE_integer("baseline_videos", 30, "Videos the baseline runs on (extrapolated).")
 _SEED = flags.DEFINE_integer("seed", 0, "Simulation seed.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
 
 CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "evaluate.py"
 
@@ -244,22 +243,18 @@ def main(argv):
     print()
     for line in agreement:
         print(line)
-    if _JSON_OUT.value:
-        keys = ("task", "frames", "first_s", "steady_s", "steady_cpu_s", "baseline_measured_s")
-        keys += ("baseline_extrapolated_s", "tuning_s", "tuning_cpu_s")
-        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "videos": _VIDEOS.value,
-                    "members": _MEMBERS.value,
-                    "baseline_videos": _BASELINE_VIDEOS.value,
-                    "tasks": [dict(zip(keys, row)) for row in rows],
-                    "total": dict(zip(keys[1:], total)),
-                    "agreement": agreement,
-                },
-                f,
-                indent=1,
-            )
+    keys = ("task", "frames", "first_s", "steady_s", "steady_cpu_s", "baseline_measured_s")
+    keys += ("baseline_extrapolated_s", "tuning_s", "tuning_cpu_s")
+    json_out.write(
+        {
+            "videos": _VIDEOS.value,
+            "members": _MEMBERS.value,
+            "baseline_videos": _BASELINE_VIDEOS.value,
+            "tasks": [dict(zip(keys, row)) for row in rows],
+            "total": dict(zip(keys[1:], total)),
+            "agreement": agreement,
+        }
+    )
 
 
 if __name__ == "__main__":

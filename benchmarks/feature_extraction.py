@@ -46,6 +46,7 @@ from abaw_jax.models import params_io, torch_weights
 from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
 from abaw_jax.runtime import sharding
 from abaw_jax.torch_compat import import_torchvision
+from benchmarks import json_out
 from benchmarks.data_pipeline import make_faces
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "base"], "Model sizes: tiny (64 px, patch 8) and/or base (224, 16).")
@@ -223,6 +224,26 @@ def main(argv):
             f"| {decode_resize.rate:,.0f} "
             f"| {ours.rate:,.1f} | {timm_result.rate:,.1f} | {ours.rate / timm_result.rate:.2f}x | {diff:.1e} |"
         )
+    json_out.write(
+        {
+            "device": jax.devices()[0].device_kind,
+            "dtype": dtype,
+            "threads": threads,
+            "results": [
+                {
+                    "size": size,
+                    "frames": frames,
+                    "batch": batch,
+                    "decode_frames_per_s": decode.rate,
+                    "decode_resize_frames_per_s": decode_resize.rate,
+                    "ours_frames_per_s": ours.rate,
+                    "timm_frames_per_s": timm_result.rate,
+                    "max_abs_feature_diff": diff,
+                }
+                for size, _, frames, batch, decode, decode_resize, ours, timm_result, diff in rows
+            ],
+        }
+    )
 
 
 if __name__ == "__main__":

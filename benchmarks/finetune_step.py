@@ -44,6 +44,7 @@ from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
 from abaw_jax.runtime import optimizer
 from abaw_jax.runtime.train_state import TrainState
 from abaw_jax.torch_compat import import_timm
+from benchmarks import json_out
 
 _SIZE = flags.DEFINE_enum("size", "base", ["tiny", "base"], "ViT size.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per step.")
@@ -203,6 +204,17 @@ def main(argv: Sequence[str]) -> None:
     for name, r in rate.items():
         print(f"| {name} | {r['best']:.2f} | {r['median']:.2f} |")
     print(f"\njax / torch (best rounds): {rate['jax']['best'] / rate['torch']['best']:.2f}x")
+    json_out.write(
+        {
+            "size": _SIZE.value,
+            "batch": _BATCH.value,
+            "image_size": config.image_size,
+            "stored_size": _STORED_SIZE.value,
+            "device": jax.devices()[0].device_kind,
+            "img_per_s": rate,
+            "jax_over_torch": rate["jax"]["best"] / rate["torch"]["best"],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle torch threads must n
 # PyTorch shares the GPU with JAX in this process, so JAX allocates on demand instead of taking 75% upfront.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import json
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +52,7 @@ from absl import app, flags
 from abaw_jax import tasks
 from abaw_jax.jobs import fusion as fusion_job
 from abaw_jax.models import fusion
+from benchmarks import json_out
 from benchmarks.torch_tmf import TorchTMF
 
 _MEMBERS = flags.DEFINE_integer("members", 8, "Ensemble members.")
@@ -68,8 +68,6 @@ _IMPLS = flags.DEFINE_list(
     "Implementations to time (torch_compile_graphs only where PyTorch sees a GPU).",
 )
 _SCALING = flags.DEFINE_list("scaling", [], "Member counts at which to time jax_vmap and torch_eager too.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
-
 LR, WD = 1e-4, 0.05
 FRAMES = 20_000  # resident frame array the JAX step gathers clips from
 TORCH_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -265,23 +263,19 @@ def main(argv: Sequence[str]) -> None:
                 + " | ".join(f"{per[n]:.1f}" for n in names)
                 + f" | {per['jax_map'] / per['torch_eager']:.2f}x |"
             )
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "members": members,
-                    "batch": _BATCH.value,
-                    "clip_len": _CLIP_LEN.value,
-                    "dim": _DIM.value,
-                    "device": jax.devices()[0].device_kind,
-                    "torch_device": torch_device,
-                    "results": results,
-                    "clips_per_s": rate,
-                    "scaling": scaling,
-                },
-                f,
-                indent=1,
-            )
+    json_out.write(
+        {
+            "members": members,
+            "batch": _BATCH.value,
+            "clip_len": _CLIP_LEN.value,
+            "dim": _DIM.value,
+            "device": jax.devices()[0].device_kind,
+            "torch_device": torch_device,
+            "results": results,
+            "clips_per_s": rate,
+            "scaling": scaling,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,6 @@ class Benchmark:
     gpu_cap_s: float
     toy_args: tuple[str, ...]
     toy_cap_s: float
-    # Writes --json_out; without it the headline is the last line of its output.
-    writes_json: bool = True
     headline: Headline | None = None
     torch_side: bool = False
 
@@ -112,6 +110,18 @@ def _evaluation(data: dict) -> str:
     )
 
 
+def _feature_extraction(data: dict) -> str:
+    return ", ".join(
+        f"ViT-{r['size']} {r['ours_frames_per_s']:,.1f} frames/s "
+        f"({r['ours_frames_per_s'] / r['timm_frames_per_s']:.2f}x timm; decode alone {r['decode_frames_per_s']:,.0f})"
+        for r in data["results"]
+    )
+
+
+def _finetune_step(data: dict) -> str:
+    return f"ViT-{data['size']} {data['img_per_s']['jax']['best']:,.1f} img/s ({data['jax_over_torch']:.2f}x timm)"
+
+
 def _predict(data: dict) -> str:
     rows = data["results"]
     return ", ".join(f"{r['size']} {r['frames_per_s']:,.1f} frames/s ({r['x_real_time']:.2f}x real time)" for r in rows)
@@ -146,10 +156,10 @@ BENCHMARKS = (
               ("--size=base", "--batch=256", "--dtype=bf16", "--attention=cudnn", "--steps=3", "--warmup=2"), 40,
               ("--size=tiny", "--image_size=32", "--batch=4", "--steps=1", "--warmup=1"), 120, headline=_mae_profile),
     Benchmark("feature_extraction", "feature_extraction", ("--sizes=base", "--frames=16384"), 55,
-              ("--sizes=tiny", "--frames=64", "--batch=32"), 180, writes_json=False),
+              ("--sizes=tiny", "--frames=64", "--batch=32"), 180, headline=_feature_extraction),
     Benchmark("finetune_step", "finetune_step", ("--size=base", "--batch=256", "--steps=5", "--rounds=2", "--warmup=2"),
               35, ("--size=tiny", "--image_size=32", "--patch=8", "--batch=4", "--steps=1", "--rounds=1",
-                   "--warmup=1"), 120, writes_json=False),
+                   "--warmup=1"), 120, headline=_finetune_step),
     Benchmark("fusion_ensemble", "fusion_ensemble", ("--members=8", "--steps=3", "--rounds=2", "--warmup=2"), 70,
               ("--members=2", "--batch=4", "--clip_len=16", "--dim=32", "--steps=1", "--rounds=1", "--warmup=1",
                "--impls=jax_vmap,torch_eager"), 120, headline=_fusion),
@@ -208,8 +218,7 @@ def run_benchmark(bench: Benchmark, toy: bool, out: pathlib.Path, cap_s: float) 
     log_path = out / f"{bench.name}.log"
     json_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", f"benchmarks.{bench.module}", *(bench.toy_args if toy else bench.gpu_args)]
-    if bench.writes_json:
-        command.append(f"--json_out={json_path}")
+    command.append(f"--json_out={json_path}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # what a killed benchmark printed stays in its log
     if bench.torch_side and _TORCH_PYTHONPATH.value is not None:
         env["PYTHONPATH"] = _TORCH_PYTHONPATH.value
@@ -226,7 +235,7 @@ def run_benchmark(bench: Benchmark, toy: bool, out: pathlib.Path, cap_s: float) 
         status = "timed out"
     elif returncode != 0:
         status = f"failed (exit {returncode})"
-    elif bench.writes_json and data is None:
+    elif data is None:
         status = "failed (no readable JSON)"
     else:
         status = "ok"

@@ -23,12 +23,12 @@ from ml_collections import config_flags
 from abaw_jax.jobs import mae_pretrain
 from abaw_jax.models import flops
 from abaw_jax.runtime import sharding
+from benchmarks import json_out
 from benchmarks.step_runner import jax_runner, timed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mae.py:tiny", "Job config.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 60, "Steps of the full job (the first log interval is warm-up).")
 _STEP_ITERS = flags.DEFINE_integer("step_iters", 20, "Timed iterations of the bare step.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
 
 
 def bare_step_rate(config) -> float:
@@ -83,26 +83,22 @@ def main(argv):
         )
     )
     print(f"job / step ratio: {job['img_per_s_per_device'] / step_per_device:.2f}")
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "size": config.model.size,
-                    "image_size": cfg.encoder.image_size,
-                    "batch": config.batch_size,
-                    "dtype": config.model.dtype,
-                    "devices": devices,
-                    "device": jax.devices()[0].device_kind,
-                    "worker_count": config.data.worker_count,
-                    "train_flops_per_image": flops_per_image,
-                    "peak_flops": peak,
-                    "step_img_per_s_per_device": step_per_device,
-                    "job": job,
-                    "job_over_step": job["img_per_s_per_device"] / step_per_device,
-                },
-                f,
-                indent=1,
-            )
+    json_out.write(
+        {
+            "size": config.model.size,
+            "image_size": cfg.encoder.image_size,
+            "batch": config.batch_size,
+            "dtype": config.model.dtype,
+            "devices": devices,
+            "device": jax.devices()[0].device_kind,
+            "worker_count": config.data.worker_count,
+            "train_flops_per_image": flops_per_image,
+            "peak_flops": peak,
+            "step_img_per_s_per_device": step_per_device,
+            "job": job,
+            "job_over_step": job["img_per_s_per_device"] / step_per_device,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -31,12 +31,11 @@ from abaw_jax.models import fusion, params_io
 from abaw_jax.models.vit import ViTConfig
 from abaw_jax.predictor import bundle as bundle_lib
 from abaw_jax.predictor import predictor as predictor_lib
+from benchmarks import json_out
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "base"], "Model sizes: tiny, base.")
 _FRAMES = flags.DEFINE_integer("frames", 300, "Frames of the synthetic video.")
 _BATCH = flags.DEFINE_integer("encoder_batch", 0, "Crops per encoder call (0: 64 on CPU, 256 on accelerators).")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
-
 ENCODERS = {
     "tiny": ViTConfig(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="gap"),
     "base": ViTConfig(image_size=224, patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, pool="gap"),
@@ -124,20 +123,16 @@ def main(argv):
             rate = summary["frames"] / (time.perf_counter() - start)
             print(f"| {size} | {decode:.0f} | {detect:.0f} | {rate:.1f} | {rate / 30:.2f}x |", flush=True)
             rows.append({"size": size, "frames_per_s": rate, "x_real_time": rate / 30})
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "device": jax.devices()[0].device_kind,
-                    "frames": count,
-                    "encoder_batch": batch,
-                    "decode_frames_per_s": decode,
-                    "decode_detect_frames_per_s": detect,
-                    "results": rows,
-                },
-                f,
-                indent=1,
-            )
+    json_out.write(
+        {
+            "device": jax.devices()[0].device_kind,
+            "frames": count,
+            "encoder_batch": batch,
+            "decode_frames_per_s": decode,
+            "decode_detect_frames_per_s": detect,
+            "results": rows,
+        }
+    )
 
 
 if __name__ == "__main__":
