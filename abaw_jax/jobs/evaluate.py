@@ -34,7 +34,7 @@ import numpy as np
 
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, features, release
-from abaw_jax.data.predictions import Predictions, PredictionsError
+from abaw_jax.data.predictions import STATIC_MEMBER, Predictions, PredictionsError
 from abaw_jax.eval import coverage, ensemble, metrics, plots, postprocess, scene_router, submission, tuning
 from abaw_jax.report import bootstrap
 from abaw_jax.runtime import workdir as workdir_lib
@@ -43,7 +43,6 @@ from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 SCENE_ROUTINGS = ("list", "router", "none")
-STATIC_MEMBER = "static"  # the member name of the static predictions (extract_features.STATIC_MEMBER)
 # Settings that change the figures drawn or the memory used, never a score or a submission.
 COSMETIC_KEYS = ("num_plots", "tuning.chunk", "data.cache_dir")
 
@@ -545,7 +544,7 @@ def _static_rows(
             f"for {set_name} tracks {absent[:5]}"
         )
     subset = data.select(names)
-    static_data = dataclasses.replace(subset, outputs=_load(static, ["static"], names, task, None).outputs)
+    static_data = dataclasses.replace(subset, outputs=_load(static, [STATIC_MEMBER], names, task, None).outputs)
     every = np.ones(len(names), bool)
     rows = []
     for setting, source, member in (

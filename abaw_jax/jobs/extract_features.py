@@ -54,19 +54,19 @@ from jax.sharding import Mesh
 from abaw_jax import tasks
 from abaw_jax.data import affwild2, device_images, release
 from abaw_jax.data.features import FeatureStoreError, VisualSetWriter
-from abaw_jax.data.predictions import PredictionWriter
+from abaw_jax.data.predictions import STATIC_MEMBER, PredictionWriter
 from abaw_jax.media.jpeg import CorruptImageError
 from abaw_jax.models import encoders
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, ViT
 from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime import sharding, telemetry
 from abaw_jax.runtime import workdir as workdir_lib
+from abaw_jax.runtime.artefacts import FINETUNE_EXPORT
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.telemetry import log
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 STORAGE_DTYPES = ("float16", "float32")
-STATIC_MEMBER = "static"
 WAV_DIR = "wav"
 PREDICTIONS_PREFIX = "predictions_"
 # Settings that change how fast features are computed, never their values.
@@ -236,7 +236,7 @@ def load_set_encoder(name: str, path: str, task: tasks.Task | None) -> tuple[enc
     """(the encoder of set `name`, whether it carries `task`'s trained head)."""
     source = _encoder_source(name, path)
     # The fine-tuning job's export says which task its head was trained for.
-    summary = pathlib.Path(source).parent / "finetune.json"
+    summary = pathlib.Path(source).parent / FINETUNE_EXPORT
     if task is not None and summary.is_file():
         trained = json.loads(summary.read_text(encoding="utf-8")).get("task")
         if trained and trained != task.name:

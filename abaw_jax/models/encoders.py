@@ -36,6 +36,7 @@ from abaw_jax.models.fusion import EXPORT_DIR as FUSION_EXPORT_DIR
 from abaw_jax.models.fusion import EXPORT_JSON as FUSION_EXPORT_JSON
 from abaw_jax.models.mae import MAEConfig
 from abaw_jax.models.vit import VIT_SIZES, ViTConfig, sincos_pos_embed_2d
+from abaw_jax.runtime.artefacts import BEST_FILE, RESULTS_FILE, SCORES_FILE
 from abaw_jax.runtime.errors import ExplainedError
 from abaw_jax.runtime.pipeline_dirs import STAGE_FILE
 
@@ -48,9 +49,9 @@ EXPECTED_SOURCES = (
 # has no stage.json (a job run on its own rather than by the pipeline).
 _WORKDIR_MARKERS = (
     ("fusion", os.path.join(FUSION_EXPORT_DIR, FUSION_EXPORT_JSON)),
-    ("fusion", "scores.json"),
-    ("evaluate", "results.json"),
-    ("finetune", "best.json"),
+    ("fusion", SCORES_FILE),
+    ("evaluate", RESULTS_FILE),
+    ("finetune", BEST_FILE),
     ("mae_pretrain", "reconstructions"),
 )
 _WORKDIR_KINDS = {

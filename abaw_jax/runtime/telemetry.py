@@ -15,6 +15,8 @@ from typing import Any
 
 from absl import flags, logging
 
+from abaw_jax.runtime.artefacts import METRICS_FILE
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -92,7 +94,7 @@ class MetricWriter:
         self._tensorboard = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
             from tensorboardX import SummaryWriter
 
             self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
