@@ -1,7 +1,8 @@
 """The benchmark suite in toy mode on the CPU, so that it cannot rot.
 
-CI runs two of its benchmarks at toy sizes (the step profile and the fusion ensemble: about 45 s on two idle
-cores); the whole toy suite takes several minutes on two cores (`python -m benchmarks.gpu_suite --sizes=toy`).
+CI runs six of its benchmarks at toy sizes (the step profile, the fusion ensemble, feature extraction, the
+fine-tuning step, evaluation and decode scaling: about 100 s on two idle cores); the whole toy suite takes several
+minutes on two cores (`python -m benchmarks.gpu_suite --sizes=toy`).
 """
 
 import json
@@ -73,3 +74,23 @@ def test_accelerator_caps_fit_in_nine_minutes():
     torch_side = [(name, args) for name, _, side, args in benchmarks if side]
     assert [name for name, _ in torch_side] == ["mae_step_torch"]
     assert all("jax" not in arg for _, args in torch_side for arg in args)
+
+
+def test_toy_suite_runs_the_frame_path_and_evaluation_benchmarks(tmp_path):
+    names = ["feature_extraction", "finetune_step", "evaluation", "decode_scaling"]
+    summary, stdout = _suite(tmp_path, "--sizes=toy", f"--only={','.join(names)}")
+    outcomes = {b["name"]: b for b in summary["benchmarks"]}
+    assert list(outcomes) == names
+    for name, outcome in outcomes.items():
+        assert outcome["status"] == "ok", (name, pathlib.Path(outcome["log"]).read_text()[-3000:])
+
+    features = json.loads((tmp_path / "feature_extraction.json").read_text())
+    (row,) = features["results"]
+    assert row["ours_frames_per_s"] > 0 and row["decode_frames_per_s"] > 0
+    # Our device-resize path and timm's on the same crops and weights: the same features.
+    assert row["max_abs_feature_diff"] < 1e-3
+    step = json.loads((tmp_path / "finetune_step.json").read_text())
+    assert step["img_per_s"]["jax"]["best"] > 0 and step["jax_over_torch"] > 0
+    assert "img/s" in outcomes["finetune_step"]["headline"] and "timm" in outcomes["feature_extraction"]["headline"]
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert {t["task"] for t in evaluation["tasks"]} == {"AU", "EXPR", "VA"}
