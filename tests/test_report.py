@@ -357,9 +357,7 @@ def test_claims_are_decided_by_the_paired_interval_of_their_change(run_root, tmp
         change = float(row["with score"]) - float(row["without score"])
         assert low_end <= change <= high_end
     assert claims[("audio helps VA", "VA")]["without"] == "mean + SDD + smoothing [visual only]"
-    assert (
-        claims[("audio helps VA", "VA")]["premise on this release"] == "built in (audio_arousal): holds by construction"
-    )
+    assert claims[("audio helps VA", "VA")]["premise on this release"] == "premise built in (audio_arousal)"
     assert claims[("the ensemble helps", "VA")]["premise on this release"] == "not built in (person_styles off)"
     assert check.check_report(dirs, text, tasks=["expr", "va"]) == []
     # A verdict changed by hand, or one left at a sign-based "holds" on an undecided interval, fails the check.
