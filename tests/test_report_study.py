@@ -21,10 +21,8 @@ def _run(tmp_path, name, rows):
 
 def test_verdicts_are_counted_and_changes_averaged_per_claim(tmp_path):
     on = [
-        _run(tmp_path, "on0", [("TMF helps", "VA", "+0.4000", "holds"), ("audio helps VA", "VA", "+0.2000", "holds")]),
-        _run(
-            tmp_path, "on1", [("TMF helps", "VA", "+0.2000", "holds"), ("audio helps VA", "VA", "-0.0100", "undecided")]
-        ),
+        _run(tmp_path, "on0", [("TMF helps", "VA", "+0.4000", "holds"), ("audio", "VA", "+0.2000", "holds")]),
+        _run(tmp_path, "on1", [("TMF helps", "VA", "+0.2000", "holds"), ("audio", "VA", "-0.0100", "undecided")]),
     ]
     off = [_run(tmp_path, "off0", [("TMF helps", "VA", "+0.0100", "undecided")])]
     lines = study.study_table(on, off).splitlines()
