@@ -1,5 +1,6 @@
 """The fine-tuning job on the synthetic release: it learns each task, scores only valid frames, resumes after a
-kill and stops with clear errors on bad input.
+kill and stops with clear errors on bad input; the other training sources' tiny presets learn their
+mini-releases and are scored on their own splits.
 
 The encoder is a random-init tiny ViT on 16x16 crops (cheaper than any pretraining; at this size the model
 learns the scene and coarse face cues that carry over to the validation people within 120 steps); with nothing
@@ -17,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import accuracy_score, f1_score
 
 from abaw_jax import tasks
-from abaw_jax.data import device_images, frame_pipeline
+from abaw_jax.data import affectnet, bp4d, device_images, frame_pipeline, rafdb, synthetic_sources
 from abaw_jax.jobs import finetune
 from abaw_jax.models import params_io
 from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig
@@ -102,7 +103,7 @@ def _exported_outputs(workdir: pathlib.Path, frames: frame_pipeline.LabelledFram
     params, config = params_io.load_params(str(workdir / "export" / "encoder"))
     model = ViT(config)
     batch = next(iter(frame_pipeline.make_eval_loader(frames, global_batch_size=len(frames), worker_count=0)))
-    x = device_images.prepare_images(batch["image"], batch["box"], image_size=IMAGE_SIZE)
+    x = device_images.prepare_images(batch["image"], batch["box"], image_size=config.image_size)
     return np.asarray(jax.jit(model.apply)({"params": params}, x))
 
 
@@ -250,7 +251,7 @@ def test_bad_input_stops_with_a_clear_error(encoder_dir, synthetic_affwild2, tmp
 
     (tmp_path / "pretrain" / "checkpoints").mkdir(parents=True)
     fails("pretrain is a pretraining workdir without export/encoder", encoder=tmp_path / "pretrain")
-    fails(r"takes 16x16 images, but config.model.image_size=64", **{"model.image_size": 64})
+    fails(r"config.encoder: .*image size 20 is not a positive multiple of the patch size 8", **{"model.image_size": 20})
     fails(r"is not a ViT-base .* set config.model.size", **{"model.size": "base"})
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "AU_Detection_Challenge").symlink_to(
@@ -273,5 +274,115 @@ def test_presets_validate():
     for preset in ("au", "expr", "va", "au_tiny", "expr_tiny", "va_tiny"):
         config = finetune_config.get_config(preset)
         assert config.job == "finetune" and config.task == preset.split("_")[0].upper()
+        assert config.data.source == "affwild2"
+    for key, mapping in tasks.SOURCE_LABELS.items():
+        for preset in (key, f"{key}_tiny"):
+            config = finetune_config.get_config(preset)
+            assert (config.task, config.data.source) == (mapping.task, key.split("_")[0])
+            assert finetune.validate_config(config).name == mapping.task
     with pytest.raises(ValueError, match="unknown preset"):
         finetune_config.get_config("expr_small")
+
+
+# The other training sources, each on its synthetic mini-release.
+SOURCE_READERS = {
+    "affectnet": lambda root, config, task: affectnet.train_and_evaluation_frames(root, root / "crops", task),
+    "rafdb": lambda root, config, task: rafdb.train_and_evaluation_frames(root),
+    "bp4d": lambda root, config, task: bp4d.train_and_evaluation_frames(root, root / "crops", config.data.source_fold),
+}
+
+
+def _source_scores(task: tasks.Task, classes: tuple[int, ...], outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-label scores of final outputs on `classes` with scikit-learn / numpy; AU labels of -1 left out per AU."""
+    if task.kind == "binary":
+        return np.array(
+            [f1_score(labels[labels[:, j] >= 0, j], outputs[labels[:, j] >= 0, j], zero_division=0) for j in classes]
+        )
+    if task.kind == "multiclass":
+        return f1_score(labels, outputs, labels=list(classes), average=None, zero_division=0)
+    return np.array([_ccc(outputs[:, i], labels[:, i]) for i in classes])
+
+
+@pytest.mark.parametrize("preset", ["affectnet_expr", "affectnet_va", "rafdb_expr"])
+def test_source_preset_beats_a_constant_predictor_on_its_own_split(preset, encoder_dir, tmp_path_factory, capsys):
+    """Each `<source>_tiny` preset as it stands (but for the random-init 16 px encoder, resampled to the preset's
+    size, and no layer decay: nothing is pretrained) trains on its mini-release and is scored on its own split."""
+    mapping = tasks.SOURCE_LABELS[preset]
+    task, source = tasks.get_task(mapping.task), preset.split("_")[0]
+    cache = tmp_path_factory.getbasetemp() / "source_releases"
+    config = finetune_config.get_config(f"{preset}_tiny")
+    set_values(
+        config, {"encoder": str(encoder_dir), "data.cache_dir": str(cache), "data.worker_count": 0, "layer_decay": 1.0}
+    )
+    workdir = tmp_path_factory.mktemp(f"finetune_{preset}")
+    finetune.run(config, str(workdir))
+    out = capsys.readouterr().out
+    size = config.model.image_size
+    assert f"position table bicubically from 2x2 to {size // 8}x{size // 8} patches (16 -> {size} pixels)" in out
+
+    summary = json.loads((workdir / "export" / "finetune.json").read_text())
+    evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if "eval_metric" in line]
+    assert summary["metric"] == pytest.approx(max(e["eval_metric"] for e in evals))
+    classes = mapping.covered
+    names = [task.label_names[i] for i in classes]
+    assert list(summary["per_class"]) == names
+    if len(classes) < task.num_outputs:
+        left_out = ", ".join(mapping.missing)
+        unit = "AUs" if task.kind == "binary" else "classes"
+        assert summary["metric_name"].endswith(f"(mean of {len(classes)} {unit}, without {left_out})")
+        assert f"{summary['metric_name']} {summary['metric']:.4f}" in out
+
+    root = synthetic_sources.cached_release(source, cache)
+    train, evaluation = SOURCE_READERS[source](root, config, task.name)
+    logits = _exported_outputs(workdir, evaluation)
+    labels = evaluation.labels
+    outputs = {"binary": (logits > 0).astype(int), "multiclass": logits.argmax(-1), "continuous": np.tanh(logits)}[
+        task.kind
+    ]
+    ours = _source_scores(task, classes, outputs, labels)
+    np.testing.assert_allclose([summary["per_class"][n] for n in names], ours, atol=1e-5)
+    assert summary["metric"] == pytest.approx(ours.mean(), abs=1e-5)
+    if task.kind == "multiclass":
+        assert summary["accuracy"] == pytest.approx(accuracy_score(labels, outputs))
+        best = next(e for e in evals if e["step"] == summary["step"])
+        assert best["eval_accuracy"] == pytest.approx(summary["accuracy"])
+        # The best constant class, chosen on the evaluation labels themselves.
+        baseline = max(
+            _source_scores(task, classes, np.full(len(labels), c), labels).mean() for c in range(task.num_outputs)
+        )
+    elif task.kind == "binary":
+        # Per AU the better of always 0 and always 1 on the evaluation labels (always 1 scores 2p / (1 + p)).
+        always = [_source_scores(task, classes, np.full(labels.shape, v), labels) for v in (0, 1)]
+        baseline = np.maximum(*always).mean()
+    else:  # any constant has CCC 0; the training mean, as an Aff-Wild2 VA constant predictor
+        constant = np.broadcast_to(train.labels.mean(0), labels.shape)
+        baseline = np.nan_to_num(_source_scores(task, classes, constant, labels)).mean()
+    assert ours.mean() > baseline + 0.05, (ours.mean(), baseline)
+
+
+@pytest.mark.parametrize(
+    "preset,overrides,key,message",
+    [
+        (
+            "rafdb_expr",
+            {"data.source": "raf"},
+            "data.source",
+            "must be one of ['affectnet', 'affwild2', 'bp4d', 'rafdb']",
+        ),
+        ("affectnet_va", {"task": "AU"}, "data.source", "=affectnet has no AU labels (it has EXPR, VA)"),
+        ("affectnet_expr", {"data.source_root": "{tmp}"}, "data.source_crops", "must name the crops of the affectnet"),
+        ("bp4d_au", {"data.source_root": "{tmp}"}, "data.source_crops", "must name the crops of the bp4d"),
+        ("bp4d_au", {"data.source_crops": "{tmp}"}, "data.source_crops", "is set but config.data.source_root is empty"),
+        ("bp4d_au", {"data.source_fold": 4}, "data.source_fold", "must be one of [1, 2, 3], got 4"),
+        ("rafdb_expr", {"data.source_root": "{tmp}/absent"}, "data.source_root", "absent does not exist"),
+        ("rafdb_expr", {"data.image_folders": "{tmp}"}, "data.image_folders", "not with config.data.source=rafdb"),
+        ("expr", {"data.source_root": "{tmp}"}, "data.source_root", "but config.data.source=affwild2 does not read it"),
+    ],
+)
+def test_bad_source_settings_are_refused_in_one_line_naming_the_key(preset, overrides, key, message, tmp_path):
+    config = finetune_config.get_config(f"{preset}_tiny")
+    set_values(config, {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in overrides.items()})
+    with pytest.raises(JobError) as caught:
+        finetune.validate_config(config)
+    text = str(caught.value)
+    assert "\n" not in text and f"config.{key}" in text and message in text, text

@@ -167,11 +167,11 @@ def _write_class_tree(root: pathlib.Path, crops: list[pathlib.Path], folders: di
             shutil.copy(crops[i], root / folder / f"{i}.jpg")
 
 
-def test_image_folder_per_class_reads_names_and_indices(synthetic_affwild2, tmp_path):
+def test_image_folder_per_class_reads_label_names(synthetic_affwild2, tmp_path):
     crops = sorted((synthetic_affwild2 / "cropped_aligned").rglob("*.jpg"))[:4]
-    _write_class_tree(tmp_path / "tree", crops, {"happiness": 2, "ANGER": 3, "7": 1, "0": 4})
+    _write_class_tree(tmp_path / "tree", crops, {"happiness": 2, "ANGER": 3, "Other": 1, "neutral": 4})
     frames = frame_pipeline.image_folder_frames(tmp_path / "tree")
-    expected = {"happiness": 4, "ANGER": 1, "7": 7, "0": 0}
+    expected = {"happiness": 4, "ANGER": 1, "Other": 7, "neutral": 0}
     assert len(frames) == 10 and frames.valid.all()
     for name, label in zip(frames.names, frames.labels):
         assert label == expected[name]
@@ -195,6 +195,19 @@ def test_image_folder_errors_name_what_is_wrong(synthetic_affwild2, tmp_path):
         frame_pipeline.image_folder_frames(tmp_path / "empty")
     with pytest.raises(ValueError, match="expression labels"):
         frame_pipeline.image_folder_frames(tmp_path / "unknown", "AU")
+
+
+def test_numbered_image_folders_are_refused_not_read_as_expr_indices(synthetic_affwild2, tmp_path):
+    # The shared AffectNet class-folder copies number folders by AffectNet code (1 = Happy): read as EXPR indices
+    # (1 = Anger) every image would be silently mislabelled.
+    crops = sorted((synthetic_affwild2 / "cropped_aligned").rglob("*.jpg"))[:1]
+    _write_class_tree(tmp_path / "affectnet_copy", crops, {"0": 1, "1": 1, "Sadness": 1})
+    with pytest.raises(ValueError) as caught:
+        frame_pipeline.image_folder_frames(tmp_path / "affectnet_copy")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "class folders ['0', '1'] are numbers" in message
+    assert "rename them to the EXPR labels ['Neutral', 'Anger'," in message
 
 
 def test_training_draws_the_host_augmentation_box_and_flip(synthetic_affwild2):

@@ -20,7 +20,8 @@ Images are whole pictures, so faces are cut once with `prepare_crops` (`python -
 `media.align.align_face` aligns them like the Aff-Wild2 crops, into `<crops>/<subDirectory_filePath stem>.jpg`.
 `labelled_frames` then lists the crops of a split with their labels mapped onto EXPR or VA by
 `tasks.SOURCE_LABELS` (images without a mapped label are left out). The widely shared class-folder
-re-distribution (`<root>/<class>/*.jpg`) is read by `frame_pipeline.image_folder_frames`.
+re-distribution (`<root>/<class>/*.jpg`) is read by `frame_pipeline.image_folder_frames` once its folders are
+named by EXPR label: it refuses numbered folders, whose AffectNet codes (1 = Happy) are not EXPR indices.
 
 Errors name the list file and line, what was expected and what was found (`affwild2.AnnotationError`).
 """

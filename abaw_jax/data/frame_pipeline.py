@@ -155,8 +155,9 @@ def affwild2_frames(
 def image_folder_frames(root: str | os.PathLike, task: str = "EXPR") -> LabelledFrames:
     """Images of `<root>/<class>/*` (`IMAGE_EXTENSIONS`) labelled by their class folder (EXPR only).
 
-    Class folders are the EXPR label names (any case) or indices 0..7; any other folder name is an error
-    that lists them, and so is a folder without images.
+    Class folders are the EXPR label names (any case); any other folder name is an error that lists them, and so
+    is a folder without images. Numbered folders are refused: shared copies number them by their own release's
+    codes (AffectNet 1 = Happy, RAF-DB 1 = Surprise, EXPR 1 = Anger), so no reading of a number is safe.
     """
     task_info = tasks.get_task(task)
     if task_info.kind != "multiclass":
@@ -167,13 +168,19 @@ def image_folder_frames(root: str | os.PathLike, task: str = "EXPR") -> Labelled
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} is not a folder")
     classes = {name.lower(): i for i, name in enumerate(task_info.label_names)}
-    classes.update({str(i): i for i in range(task_info.num_outputs)})
     folders = sorted(p for p in root.iterdir() if p.is_dir())
+    numbered = [p.name for p in folders if p.name.isdigit()]
+    if numbered:
+        raise ValueError(
+            f"{root}: class folders {numbered} are numbers, which mean different classes in different releases "
+            f"(AffectNet 1 = Happy, RAF-DB 1 = Surprise); rename them to the EXPR labels "
+            f"{list(task_info.label_names)}, or train on the release in its official layout (--config.data.source)"
+        )
     unknown = [p.name for p in folders if p.name.lower() not in classes]
     if unknown:
         raise ValueError(
             f"{root}: class folders {unknown} are not EXPR classes; expected the names "
-            f"{list(task_info.label_names)} (any case) or the indices 0..{task_info.num_outputs - 1}"
+            f"{list(task_info.label_names)} (any case)"
         )
     paths, labels, names = [], [], []
     for folder in folders:

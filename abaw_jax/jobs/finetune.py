@@ -9,15 +9,23 @@ decay, drop path, linear warmup then per-step cosine.
 Sharding follows the pretraining job: a (data, fsdp) mesh, each process reads its slice of the global
 batch (`data.frame_pipeline`), one jitted step with explicit shardings and a donated state, run under a
 transfer guard. Every `eval_every` steps (and at the end) the model scores every frame of the evaluation
-split: the task metric and its per-class breakdown are printed and appended to `metrics.jsonl`, and the
-parameters are kept in `best/` when the metric improves. Rerunning with the same workdir resumes
-parameters, optimizer state, step, RNG, data iterator and the best-so-far. At the end the best parameters
-are exported to `export/encoder` (params_io, with head), `export/encoder_official.*` (official layout) and
-`export/finetune.json` (task, output transform, best step and its scores).
+split: the task metric (for EXPR also the accuracy) and its per-class breakdown are printed and appended to
+`metrics.jsonl`, and the parameters are kept in `best/` when the metric improves.
+
+The frames are Aff-Wild2's (with extra EXPR image folders), or those of another release (`config.data.source`:
+AffectNet, RAF-DB or BP4D in its official layout, or its synthetic mini-release), trained on its training split
+and scored on its own evaluation split, the metric averaged over the labels the source has
+(`tasks.SOURCE_LABELS`: e.g. 7 of the 8 EXPR classes, 10 of the 12 AUs) and named so.
+
+Rerunning with the same workdir resumes parameters, optimizer state, step, RNG, data iterator and the
+best-so-far. At the end the best parameters are exported to `export/encoder` (params_io, with head),
+`export/encoder_official.*` (official layout) and `export/finetune.json` (task, output transform, metric name,
+best step and its scores).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -35,7 +43,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from abaw_jax import tasks
-from abaw_jax.data import device_images, frame_pipeline, mae_pipeline, release
+from abaw_jax.data import (
+    affectnet,
+    bp4d,
+    device_images,
+    frame_pipeline,
+    mae_pipeline,
+    rafdb,
+    release,
+    synthetic_sources,
+)
 from abaw_jax.eval import losses, metrics
 from abaw_jax.models import encoders, flops, params_io, torch_weights
 from abaw_jax.models.vit import ATTENTION_IMPLEMENTATIONS, VIT_SIZES, ViT, ViTConfig
@@ -48,6 +65,9 @@ from abaw_jax.runtime.telemetry import log
 from abaw_jax.runtime.train_state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Where the training frames come from: Aff-Wild2 (`config.data`'s release) or one other source (`data.affectnet`,
+# `data.rafdb`, `data.bp4d`), whose labels map onto the task by `tasks.SOURCE_LABELS`.
+SOURCES = ("affwild2", *synthetic_sources.SOURCES)
 TINY_PRETRAIN_WORKDIR = "/tmp/abaw_mae_tiny"
 # Settings that change how the job runs or reports, never what it trains (eval_every is not one: it decides
 # which step is kept as best).
@@ -154,8 +174,18 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
         raise JobError(f"config.data.crop_scale must be (low, high) with 0 < low <= high <= 1, got {scale}")
     if config.data.image_folders and task.kind != "multiclass":
         raise JobError(f"config.data.image_folders holds expression images; config.task={task.name} cannot use them")
-    if not config.data.affwild2_train and not config.data.image_folders:
-        raise JobError("config.data.affwild2_train=False needs config.data.image_folders: nothing to train on")
+    source = checks.choice(config, "data.source", SOURCES)
+    if source == "affwild2":
+        if not config.data.affwild2_train and not config.data.image_folders:
+            raise JobError("config.data.affwild2_train=False needs config.data.image_folders: nothing to train on")
+        for key in ("source_root", "source_crops"):
+            if config.data[key]:
+                raise JobError(
+                    f"config.data.{key} is set, but config.data.source=affwild2 does not read it; set "
+                    f"config.data.source to {'/'.join(SOURCES[1:])} (or use a preset such as affectnet_expr)"
+                )
+    else:
+        validate_source_config(config, task)
     weights = tuple(config.class_weights)
     if weights:
         if task.kind == "continuous":
@@ -168,6 +198,30 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
     for key in ("batch_size", "eval_batch_size"):
         check_batch_layout(config[key], jax.device_count(), jax.process_count(), key)
     return task
+
+
+def validate_source_config(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
+    """The settings of a training source other than Aff-Wild2 (`config.data.source`)."""
+    source = config.data.source
+    if f"{source}_{task.key}" not in tasks.SOURCE_LABELS:
+        offered = [s.task for s in tasks.SOURCE_LABELS.values() if s.key.startswith(source + "_")]
+        raise JobError(f"config.data.source={source} has no {task.name} labels (it has {', '.join(offered)})")
+    if config.data.image_folders:
+        raise JobError(f"config.data.image_folders adds Aff-Wild2 EXPR images; not with config.data.source={source}")
+    root = checks.path(config, "data.source_root", kind="dir", allow_empty=True)
+    crops = checks.path(config, "data.source_crops", kind="dir", allow_empty=True)
+    if crops and not root:
+        raise JobError(
+            "config.data.source_crops is set but config.data.source_root is empty (the mini-release brings its "
+            "own crops): set both or neither"
+        )
+    if root and not crops and synthetic_sources.CROPS[source]:
+        raise JobError(
+            f"config.data.source_crops must name the crops of the {source} release at {root} "
+            f"(python -m data_prep.prepare_sources --source={source} writes them)"
+        )
+    if source == "bp4d":
+        checks.choice(config, "data.source_fold", tuple(bp4d.FOLDS))
 
 
 def _encoder_path(config: ml_collections.ConfigDict) -> str:
@@ -188,11 +242,16 @@ def _encoder_path(config: ml_collections.ConfigDict) -> str:
 
 
 def load_model(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[encoders.LoadedEncoder, ViT]:
-    """The encoder named by the config with a fresh task head, checked against config.model."""
+    """The encoder named by the config with a fresh task head, checked against config.model.size, for
+    config.model.image_size pixels (another size than the encoder's resamples its position table)."""
     path = _encoder_path(config)
     try:
         encoder = encoders.load_encoder(
-            path, num_classes=task.num_outputs, drop_path_rate=config.drop_path, seed=config.seed
+            path,
+            num_classes=task.num_outputs,
+            drop_path_rate=config.drop_path,
+            seed=config.seed,
+            image_size=config.model.image_size,
         )
     except (encoders.EncoderLoadError, FileNotFoundError, ValueError) as e:
         raise JobError(f"config.encoder: {e}") from None
@@ -203,11 +262,6 @@ def load_model(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[enc
         raise JobError(
             f"config.encoder={path} is not a ViT-{config.model.size} ({size}): it has {found}; "
             "set config.model.size to match the encoder"
-        )
-    if cfg.image_size != config.model.image_size:
-        raise JobError(
-            f"config.encoder={path} takes {cfg.image_size}x{cfg.image_size} images, but "
-            f"config.model.image_size={config.model.image_size}"
         )
     attention = config.model.attention
     if attention == "auto":
@@ -220,10 +274,58 @@ def load_model(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[enc
     return encoder, ViT(cfg, dtype=DTYPES[config.model.dtype], remat=config.model.remat, attention=attention)
 
 
+def source_classes(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[int, ...]:
+    """Indices of the task labels the training source has, which its metric averages (Aff-Wild2: all)."""
+    if config.data.source == "affwild2":
+        return tuple(range(task.num_outputs))
+    return tasks.SOURCE_LABELS[f"{config.data.source}_{task.key}"].covered
+
+
+def metric_name(task: tasks.Task, classes: tuple[int, ...]) -> str:
+    """The task metric's name; when it averages fewer labels than the task has, it says how many and which not."""
+    if len(classes) == task.num_outputs:
+        return task.metric_name
+    unit = {"binary": "AUs", "multiclass": "classes", "continuous": "dimensions"}[task.kind]
+    left_out = ", ".join(n for i, n in enumerate(task.label_names) if i not in classes)
+    return f"{task.metric_name.split(' (')[0]} (mean of {len(classes)} {unit}, without {left_out})"
+
+
+def load_source_frames(
+    config: ml_collections.ConfigDict, task: tasks.Task
+) -> tuple[frame_pipeline.LabelledFrames, frame_pipeline.LabelledFrames, str]:
+    """(training frames, evaluation frames, a description) of AffectNet, RAF-DB or BP4D: the release at
+    config.data.source_root with its prepared crops at config.data.source_crops, or the cached mini-release."""
+    source = config.data.source
+    root = config.data.source_root or synthetic_sources.cached_release(source, config.data.cache_dir or None)
+    crops = config.data.source_crops
+    if not config.data.source_root and synthetic_sources.CROPS[source]:
+        crops = str(root / synthetic_sources.CROPS[source])
+    try:
+        if source == "affectnet":
+            train, evaluation = affectnet.train_and_evaluation_frames(root, crops, task.name)
+        elif source == "rafdb":
+            train, evaluation = rafdb.train_and_evaluation_frames(root, crops or None)
+        else:
+            train, evaluation = bp4d.train_and_evaluation_frames(root, crops, config.data.source_fold)
+    except (FileNotFoundError, ValueError) as e:
+        raise JobError(str(e)) from None
+    mapping = tasks.SOURCE_LABELS[f"{source}_{task.key}"]
+    missing = tasks.missing_labels_message(task, train.labels, train.valid, mapping.source)
+    if missing:
+        log(missing)
+    description = (
+        f"{int(train.valid.sum()):,} training frames and {len(evaluation):,} evaluation frames of {mapping.source} "
+        f"({root}; metric over {len(mapping.covered)} of {task.num_outputs} {task.name} labels)"
+    )
+    return train, evaluation, description
+
+
 def load_frames(
     config: ml_collections.ConfigDict, task: tasks.Task
 ) -> tuple[frame_pipeline.LabelledFrames, frame_pipeline.LabelledFrames, str]:
     """(training frames, evaluation frames, a description of both) from the release and image folders."""
+    if config.data.source != "affwild2":
+        return load_source_frames(config, task)
     try:
         paths = release.resolve(config.data)
         train, evaluation = frame_pipeline.affwild2_frames(
@@ -284,16 +386,22 @@ class BestParams:
     def metric(self) -> float:
         return -np.inf if self.record is None else self.record["metric"]
 
-    def offer(self, step: int, metric: float, per_class: dict[str, float], params: Any) -> bool:
-        """Keeps `params` when `metric` beats the best so far (collective: every process calls it)."""
-        if metric <= self.metric:
+    def offer(self, step: int, scores: Evaluation, params: Any) -> bool:
+        """Keeps `params` when `scores.metric` beats the best so far (collective: every process calls it)."""
+        if scores.metric <= self.metric:
             return False
         name = f"step_{step:07d}"
         if jax.process_index() == 0 and os.path.exists(os.path.join(self.directory, name)):
             shutil.rmtree(os.path.join(self.directory, name))
         multihost_utils.sync_global_devices("best dir ready")
         params_io.save_params(os.path.join(self.directory, name), jax.device_get(params), self._config)
-        self.record = {"step": step, "metric": metric, "per_class": per_class, "params": name}
+        self.record = {
+            "step": step,
+            "metric": scores.metric,
+            **scores.extra(),
+            "per_class": scores.per_class,
+            "params": name,
+        }
         if jax.process_index() == 0:
             with open(self._file + ".tmp", "w", encoding="utf-8") as f:
                 json.dump(self.record, f, indent=2)
@@ -314,6 +422,21 @@ class BestParams:
                 shutil.rmtree(os.path.join(self.directory, name))
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One evaluation: the task metric (what picks the best step), its per-label scores over the labels it
+    averages, the valid frames scored and, for expressions, the accuracy over them."""
+
+    metric: float
+    per_class: dict[str, float]
+    valid: int
+    accuracy: float | None
+
+    def extra(self) -> dict[str, float]:
+        """Scores recorded beside the metric (not used to pick the best step)."""
+        return {} if self.accuracy is None else {"accuracy": self.accuracy}
+
+
 def evaluate(
     eval_fn,
     params: Any,
@@ -322,8 +445,8 @@ def evaluate(
     mesh: Mesh,
     config: ml_collections.ConfigDict,
     skipped_dir: str,
-) -> tuple[float, np.ndarray, int]:
-    """(task metric, per-class scores, valid frames scored) over every frame of `frames`."""
+) -> Evaluation:
+    """The scores of every frame of `frames`, the metric averaged over the labels the training source has."""
     loader = frame_pipeline.make_eval_loader(
         frames,
         global_batch_size=config.eval_batch_size,
@@ -349,11 +472,20 @@ def evaluate(
             f"no evaluation frame with a valid label could be scored ({count} frames; corrupt "
             f"crops are listed in {skipped_dir})"
         )
-    metric, per_class = jax.device_get(metrics.task_scores(task, outputs, labels, masks))
-    return float(metric), np.asarray(per_class), valid
+    classes = source_classes(config, task)
+    metric, per_class = jax.device_get(metrics.task_scores(task, outputs, labels, masks, classes=classes))
+    accuracy = None
+    if task.kind == "multiclass":
+        accuracy = float(np.mean(outputs.argmax(-1)[masks] == labels[masks]))
+    return Evaluation(
+        metric=float(metric),
+        per_class={task.label_names[i]: float(per_class[i]) for i in classes},
+        valid=valid,
+        accuracy=accuracy,
+    )
 
 
-def _export(params: Any, cfg: ViTConfig, task: tasks.Task, best: dict[str, Any], workdir: str) -> None:
+def _export(params: Any, cfg: ViTConfig, task: tasks.Task, name: str, best: dict[str, Any], workdir: str) -> None:
     params = jax.device_get(params)
     export_dir = os.path.join(workdir, "export")
     if jax.process_index() == 0 and os.path.exists(export_dir):
@@ -372,13 +504,13 @@ def _export(params: Any, cfg: ViTConfig, task: tasks.Task, best: dict[str, Any],
                 "multiclass": "softmax(head) over classes",
                 "continuous": "tanh(head): valence, arousal",
             }[task.kind],
-            "metric_name": task.metric_name,
-            **{k: best[k] for k in ("step", "metric", "per_class")},
+            "metric_name": name,
+            **{k: v for k, v in best.items() if k != "params"},
         }
         with open(os.path.join(export_dir, FINETUNE_EXPORT), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         log(
-            f"Exported the fine-tuned encoder (step {best['step']}, {task.metric_name} {best['metric']:.4f}): "
+            f"Exported the fine-tuned encoder (step {best['step']}, {name} {best['metric']:.4f}): "
             + ", ".join([os.path.join(export_dir, "encoder")] + written)
         )
 
@@ -402,6 +534,7 @@ def _run(
     encoder, model = load_model(config, task)
     cfg = encoder.config
     weights = default_class_weights(config, task, train_frames)
+    name = metric_name(task, source_classes(config, task))
 
     steps_per_epoch = max(int(train_frames.valid.sum()) // config.batch_size, 1)
     total_steps = config.total_steps or steps_per_epoch * config.num_epochs
@@ -442,6 +575,8 @@ def _run(
         f"{num_devices} devices in {num_processes} processes, mesh {dict(mesh.shape)}, batch {config.batch_size}, "
         f"{total_steps} steps, peak lr {peak_lr:.3g}, layer decay {config.layer_decay}{weight_text}"
     )
+    for note in encoder.notes:
+        log(f"Encoder: {note}")
 
     skipped_dir = os.path.join(workdir, "skipped_records")
     loader = frame_pipeline.make_train_loader(
@@ -522,20 +657,21 @@ def _run(
                     log(telemetry.progress_line(step, total_steps, scalars))
                     writer.write(step, scalars)
             if evaluate_now:
-                metric, per_class, valid = evaluate(eval_fn, state.params, eval_frames, task, mesh, config, skipped_dir)
-                per_class_dict = {name: float(v) for name, v in zip(task.label_names, per_class)}
-                improved = best.offer(step, metric, per_class_dict, replicate(state.params))
+                scores = evaluate(eval_fn, state.params, eval_frames, task, mesh, config, skipped_dir)
+                improved = best.offer(step, scores, replicate(state.params))
                 log(
-                    f"eval step {step}: {task.metric_name} {metric:.4f} on {valid:,} frames"
-                    f"{' (best so far)' if improved else ''} | "
-                    + " ".join(f"{name} {v:.3f}" for name, v in per_class_dict.items())
+                    f"eval step {step}: {name} {scores.metric:.4f}"
+                    + "".join(f", {key} {v:.4f}" for key, v in scores.extra().items())
+                    + f" on {scores.valid:,} frames{' (best so far)' if improved else ''} | "
+                    + " ".join(f"{label} {v:.3f}" for label, v in scores.per_class.items())
                 )
                 writer.write(
                     step,
                     {
-                        "eval_metric": metric,
-                        "eval_valid_frames": valid,
-                        **{f"eval_{name}": v for name, v in per_class_dict.items()},
+                        "eval_metric": scores.metric,
+                        **{f"eval_{key}": v for key, v in scores.extra().items()},
+                        "eval_valid_frames": scores.valid,
+                        **{f"eval_{label}": v for label, v in scores.per_class.items()},
                     },
                 )
                 throughput.start(step)  # evaluation time is not training throughput
@@ -550,5 +686,5 @@ def _run(
         log(f"Skipped {len(skipped)} corrupt records (ids in {skipped_dir})")
     if best.record is None:
         raise JobError(f"no evaluation was run in {workdir} (total_steps={total_steps}); nothing to export")
-    _export(best.load(), cfg, task, best.record, workdir)
+    _export(best.load(), cfg, task, name, best.record, workdir)
     return state

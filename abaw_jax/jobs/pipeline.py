@@ -229,7 +229,13 @@ def _check_members(fusion: ml_collections.ConfigDict, fusion_key: str, evaluate_
 
 # Settings added after stage records were first written, with the value that does what runs before them did: at
 # that value a setting compares equal to its absence, so upgrading the package reruns no finished stage.
-ADDED_SETTINGS = {"data.synthetic_preset": ""}
+ADDED_SETTINGS = {
+    "data.synthetic_preset": "",
+    "data.source": "affwild2",
+    "data.source_root": "",
+    "data.source_crops": "",
+    "data.source_fold": 1,
+}
 
 
 def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
