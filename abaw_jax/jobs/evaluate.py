@@ -544,7 +544,11 @@ def _static_rows(
             f"for {set_name} tracks {absent[:5]}"
         )
     subset = data.select(names)
-    static_data = dataclasses.replace(subset, outputs=_load(static, [STATIC_MEMBER], names, task, None).outputs)
+    outputs = _load(static, [STATIC_MEMBER], names, task, None).outputs  # (1, V, T', C): T' is the longest of `names`
+    # `subset` keeps the frame axis of all of `data`'s tracks, which may be longer than any of `names`.
+    padding = [(0, 0)] * outputs.ndim
+    padding[2] = (0, subset.mask.shape[1] - outputs.shape[2])
+    static_data = dataclasses.replace(subset, outputs=np.pad(outputs, padding))
     every = np.ones(len(names), bool)
     rows = []
     for setting, source, member in (
