@@ -221,3 +221,31 @@ def test_static_per_frame_predictions_against_tmf(synthetic_affwild2, fusion, tm
     shutil.rmtree(tmp_path / "static" / "static")
     with pytest.raises(JobError, match="static"):
         evaluate.run(config, str(tmp_path / "out2"))
+
+
+def test_static_rows_on_tracks_shorter_than_the_longest_of_all(tmp_path):
+    """The scored set's tracks (here 'short', 10 frames) are padded to the frame axis of every loaded track (14):
+    the claims study's seeds 1 and 2 failed with a shape mismatch there."""
+    rng = np.random.default_rng(0)
+    lengths = {"short": 10, "long": 14}
+    writer = PredictionWriter(tmp_path / "static", "EXPR")
+    writer.add_track("short", "Validation_Set", np.ones(10, bool))
+    static_probs = rng.dirichlet(np.ones(8), 10).astype(np.float32)
+    writer.write("static", "short", static_probs, "heldout")
+    writer.flush()
+    tmf = np.zeros((1, 2, 14, 8), np.float32)
+    for v, name in enumerate(lengths):
+        tmf[0, v, : lengths[name]] = rng.dirichlet(np.ones(8), lengths[name])
+    mask = np.arange(14)[None] < np.array([10, 14])[:, None]
+    labels = rng.integers(0, 8, (2, 14)).astype(np.int32)
+    data = evaluate.Tracks(list(lengths), tmf, mask.copy(), mask, labels, mask.copy())
+    config = set_values(load_config("evaluate", "expr"), {"static_predictions": str(tmp_path / "static")})
+    per_video = {}
+    rows = evaluate._static_rows(config, tasks.EXPR, data, ["short"], "Validation_Set", {"official": 0}, per_video)
+    scores = {row["setting"]: row["metric"] for row in rows}
+    expected = f1_score(labels[0, :10], static_probs.argmax(-1), labels=range(8), average="macro", zero_division=0)
+    assert scores["static fine-tuned encoder, per frame (Validation_Set)"] == pytest.approx(expected, abs=1e-6)
+    tmf_expected = f1_score(
+        labels[0, :10], tmf[0, 0, :10].argmax(-1), labels=range(8), average="macro", zero_division=0
+    )
+    assert scores[f"TMF {config.official_member} (Validation_Set)"] == pytest.approx(tmf_expected, abs=1e-6)
