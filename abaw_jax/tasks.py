@@ -140,6 +140,7 @@ class SourceLabels:
 
     Attributes:
       key: the source-and-task name of presets and feature sets, e.g. "affectnet_expr".
+      paper_name: the encoder's name in the paper's Table 6, e.g. "affn_EXPR".
       source: the release, e.g. "AffectNet".
       task: the ABAW task name its labels train.
       codes: the source's label code -> its name in the source (AU number for AUs, class code for
@@ -148,6 +149,7 @@ class SourceLabels:
     """
 
     key: str
+    paper_name: str
     source: str
     task: str
     codes: Mapping[int, str]
@@ -205,16 +207,23 @@ SOURCE_LABELS: dict[str, SourceLabels] = {
     for s in (
         SourceLabels(
             key="affectnet_expr",
+            paper_name="affn_EXPR",
             source="AffectNet",
             task="EXPR",
             codes=_AFFECTNET_EXPRESSIONS,
             to_task=_by_name(EXPR, _AFFECTNET_EXPRESSIONS, {"Happy": "Happiness", "Sad": "Sadness"}),
         ),
         SourceLabels(
-            key="affectnet_va", source="AffectNet", task="VA", codes={0: "valence", 1: "arousal"}, to_task={0: 0, 1: 1}
+            key="affectnet_va",
+            paper_name="affn_VA",
+            source="AffectNet",
+            task="VA",
+            codes={0: "valence", 1: "arousal"},
+            to_task={0: 0, 1: 1},
         ),
         SourceLabels(
             key="rafdb_expr",
+            paper_name="raf_EXPR",
             source="RAF-DB",
             task="EXPR",
             codes=_RAFDB_EXPRESSIONS,
@@ -222,6 +231,7 @@ SOURCE_LABELS: dict[str, SourceLabels] = {
         ),
         SourceLabels(
             key="bp4d_au",
+            paper_name="BP4D_AU",
             source="BP4D",
             task="AU",
             codes={n: f"AU{n}" for n in _BP4D_AUS},

@@ -33,6 +33,16 @@ shortened stages (MAE 200 steps, fine-tuning 200 steps per task, fusion 10 epoch
 cores. Expect scores only somewhat above a constant predictor (the tiny encoder learns little in 200 steps);
 report.md says, claim by claim, which of the paper's effects show on this run.
 
+Table 6 (the paper's feature combinations; README "Table 6"): `--config.table6=all` or row numbers adds a fusion
+stage per task and row, `fusion_<task>_table6_<row>` (the task's own set + the row's sets, official member only);
+a set of another release (affectnet_va, affectnet_expr, rafdb_expr, bp4d_au) named there or in a fusion's
+visual_sets adds its fine-tuning stage `finetune_<set>` (config.finetune.<set>, from the same MAE encoder), and
+the audio sets need their model files in config.features.audio_models. `table6_tiny` (CPU): the `tiny` preset
+plus rows 3 and 4 on the synthetic mini-releases, with the untrained audio models of
+`python -m data_prep.make_stand_in_audio --out_dir=/tmp/abaw_stand_in_audio` (run that first).
+Measured: 25 minutes on 2 shared cores (the tiny preset's stages plus ~7 minutes for the four extra encoders and
+~2 for the six row fusions); report.md's Table 6 holds rows 3 and 4 for every task.
+
 `claims` and `claims_control` presets (CPU): the claims study, a test of this machinery (not of the paper's
 method): the pipeline at the tiny preset's sizes on a synthetic release built to decide the paper's claims,
 `data/synthetic.py`'s PRESETS["claims"]: 64 annotated videos and 16 test videos of about 90 frames (at least
@@ -67,7 +77,10 @@ import os
 import ml_collections
 
 from abaw_jax.data import release
+from abaw_jax.tasks import SOURCE_LABELS
 from abaw_jax.tasks import TASK_KEYS as TASKS
+
+STAND_IN_AUDIO_DIR = "/tmp/abaw_stand_in_audio"
 
 
 def _stage_config(name: str, preset: str) -> ml_collections.ConfigDict:
@@ -79,7 +92,7 @@ def _stage_config(name: str, preset: str) -> ml_collections.ConfigDict:
     return module.get_config(preset)
 
 
-PRESETS = ("", "tiny", "claims", "claims_control")
+PRESETS = ("", "tiny", "table6_tiny", "claims", "claims_control")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -98,8 +111,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     stage_preset = "tiny" if tiny else ""
     config.mae = _stage_config("mae", stage_preset)
+    # The tasks' own encoders, and those of the other releases (Table 6's affn_VA, ...): a source's stage runs
+    # only when a fusion stage or config.features.sets names its set.
     config.finetune = ml_collections.ConfigDict(
-        {t: _stage_config("finetune", t + ("_tiny" if tiny else "")) for t in TASKS}
+        {t: _stage_config("finetune", t + ("_tiny" if tiny else "")) for t in (*TASKS, *SOURCE_LABELS)}
     )
     config.features = _stage_config("extract_features", stage_preset)
     config.features.sets = TASKS
@@ -109,6 +124,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.evaluate = ml_collections.ConfigDict(
         {t: _stage_config("evaluate", t + ("_tiny" if tiny else "")) for t in TASKS}
     )
+    # Rows of the paper's Table 6 to run as an ablation ("1,3,6" or "all"; `abaw_jax/table6.py`): per task and
+    # row, the official fusion member on the task's own set + the row's visual and audio sets.
+    config.table6 = ""
 
     if tiny:
         # The 20-minute budget on 2 cores: shorter stages than the stand-alone tiny presets.
@@ -121,6 +139,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
             config.fusion[task].num_epochs = 10
     if preset.startswith("claims"):
         _claims_study(config, preset)
+    if preset == "table6_tiny":
+        # Rows 3 and 4: every source encoder, with and without Hubert. The untrained audio encoders of
+        # data_prep/make_stand_in_audio.py stand in for the published ones (all three, for --config.table6=all).
+        config.table6 = "3,4"
+        for kind in ("hubert", "wav2vec2"):
+            config.features.audio_models[kind] = f"{STAND_IN_AUDIO_DIR}/{kind}"
+        config.features.audio_models.vggish = f"{STAND_IN_AUDIO_DIR}/vggish.pth"
     return config
 
 

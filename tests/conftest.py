@@ -139,6 +139,22 @@ for _task in ("au", "expr", "va"):
     )
 
 
+# The encoders of other releases (Table 6's affn_VA, ...), run when a fusion stage names their sets.
+for _source in ("affectnet_expr", "affectnet_va", "rafdb_expr", "bp4d_au"):
+    MICRO_PIPELINE.update(
+        {
+            f"finetune.{_source}.model.image_size": 16,
+            f"finetune.{_source}.data.worker_count": 0,
+            f"finetune.{_source}.batch_size": 32,
+            f"finetune.{_source}.total_steps": 20,
+            f"finetune.{_source}.warmup_steps": 2,
+            f"finetune.{_source}.eval_every": 20,
+            f"finetune.{_source}.log_every": 10,
+            f"finetune.{_source}.checkpoint_every": 20,
+        }
+    )
+
+
 def set_values(config, values: dict):
     """Sets dotted keys ('fusion.expr.num_epochs') of a ConfigDict, as --config.key=value would."""
     for key, value in values.items():

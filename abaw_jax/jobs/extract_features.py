@@ -131,12 +131,22 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
     if kinds:
         from abaw_jax.media import audio as audio_lib  # librosa and av load only when audio is asked for
     for kind in kinds:
-        if kind in (*audio_lib.ENCODER_KINDS, audio_lib.VGGISH_KIND) and not config.audio_models.get(kind):
-            needs = "torchvggish's state dict (.pth)" if kind == audio_lib.VGGISH_KIND else "a transformers folder"
+        if kind not in (*audio_lib.ENCODER_KINDS, audio_lib.VGGISH_KIND):
+            continue
+        vggish = kind == audio_lib.VGGISH_KIND
+        if not config.audio_models.get(kind):
+            needs = "torchvggish's state dict (.pth)" if vggish else "a transformers folder"
             raise JobError(
                 f"config.audio names {kind!r}, whose model config.audio_models.{kind} is empty: set it "
                 f"to {needs} on this machine (nothing is downloaded)"
             )
+        try:
+            checks.path(config, f"audio_models.{kind}", kind="file" if vggish else "dir")
+        except JobError as e:
+            raise type(e)(
+                f"{e}; without the published model, `python -m data_prep.make_stand_in_audio --out_dir=<folder>` "
+                "writes an untrained stand-in (for CPU runs of the machinery, not for results)"
+            ) from None
     for name, task in config.head_tasks.items():
         if task:
             try:

@@ -25,13 +25,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from abaw_jax import table6
 from abaw_jax.data import release
 from abaw_jax.eval import ensemble
 from abaw_jax.predictor import bundle
@@ -41,6 +42,7 @@ from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import ExplainedError, JobError
 from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat_settings
 from abaw_jax.runtime.telemetry import format_duration, log
+from abaw_jax.tasks import SOURCE_LABELS
 
 # Bumped when what the report / bundle steps write changes, so finished runs redo them.
 _STEP_VERSIONS = {"report": 3, "predictor": 2}
@@ -149,17 +151,29 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
         stages.append(Stage(dirs.mae, (), "mae_pretrain", mae))
         encoder, encoder_inputs = dirs.mae, (dirs.mae,)
 
-    for task in tasks:
-        finetune = with_release(config.finetune[task])
+    fusions = _fusion_configs(config, tasks, ablation)
+    listed = checks.names(config.features, "sets", distinct=False)
+    named = {n for fusion in fusions.values() for n in checks.names(fusion, "visual_sets")}
+    sources = tuple(s for s in SOURCE_LABELS if s in listed or s in named)
+    for name in (*tasks, *sources):
+        finetune = with_release(config.finetune[name])
         finetune.encoder = encoder
-        stages.append(Stage(dirs.finetune(task), encoder_inputs, "finetune", finetune))
+        stages.append(Stage(dirs.finetune(name), encoder_inputs, "finetune", finetune))
 
     extract = with_release(config.features)
-    # The fine-tuned sets follow config.tasks; other sets (mae, affectnet_expr, ...) are kept as listed.
-    extract.sets = tuple(tasks) + tuple(s for s in extract.sets if s not in TASKS)
-    extract_inputs = [dirs.finetune(t) for t in tasks]
-    for task in tasks:
-        extract.encoders[task] = dirs.finetune(task)
+    # The fine-tuned sets follow config.tasks and the sets the fusion stages name; other sets (mae) are kept.
+    extract.sets = (*tasks, *sources, *(s for s in listed if s not in (*TASKS, *SOURCE_LABELS)))
+    audio = checks.names(config.features, "audio", distinct=False)
+    wanted = [
+        k
+        for k in table6.AUDIO_SETS
+        if k not in audio and any(k in checks.names(f, "audio_sets") for f in fusions.values())
+    ]
+    if wanted:
+        extract.audio = (*audio, *wanted)
+    extract_inputs = [dirs.finetune(n) for n in (*tasks, *sources)]
+    for name in (*tasks, *sources):
+        extract.encoders[name] = dirs.finetune(name)
     if "mae" in extract.sets:
         extract.encoders.mae = encoder
         extract_inputs += list(encoder_inputs)
@@ -167,22 +181,12 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
     if config.data.root:  # a real release: a part it lacks stops the run now, not after pretraining
         _check_release(extract)
 
+    for (task, variant), fusion in fusions.items():
+        fusion = with_release(fusion)
+        fusion.features_dir = dirs.features
+        _check_extracted(extract, fusion, f"fusion.{task}" + (f" ({variant})" if variant else ""))
+        stages.append(Stage(dirs.fusion(task, variant), (dirs.features,), "fusion", fusion))
     variants = {task: ("", "visual") if task in ablation else ("",) for task in tasks}
-    for task in tasks:
-        for key, extract_key in (("visual_sets", "sets"), ("audio_sets", "audio")):
-            extracted = checks.names(extract, extract_key, distinct=False)
-            absent = [n for n in checks.names(config.fusion[task], key) if n not in extracted]
-            if absent:
-                raise JobError(
-                    f"config.fusion.{task}.{key} names {absent}, which config.features.{extract_key}="
-                    f"{extract[extract_key]!r} does not extract"
-                )
-        for variant in variants[task]:
-            fusion = with_release(config.fusion[task])
-            fusion.features_dir = dirs.features
-            if variant == "visual":
-                fusion.audio_sets = ""
-            stages.append(Stage(dirs.fusion(task, variant), (dirs.features,), "fusion", fusion))
     for task in tasks:
         for variant in variants[task]:
             evaluate = with_release(config.evaluate[task])
@@ -197,7 +201,7 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
             stages.append(Stage(dirs.evaluate(task, variant), tuple(inputs), "evaluate", evaluate))
 
     ran = tuple(s.directory for s in stages)
-    method = tuple(s.directory for s in stages if not s.name.endswith("_visual"))
+    method = tuple(s.directory for s in stages if not s.name.endswith("_visual") and "_table6_" not in s.name)
     stages.append(Stage(dirs.report, ran, step=lambda: log(report.write_report(dirs, tasks=tasks))))
     stages.append(
         Stage(
@@ -207,6 +211,42 @@ def plan(config: ml_collections.ConfigDict, dirs: PipelineDirs) -> list[Stage]:
         )
     )
     return stages
+
+
+def _fusion_configs(
+    config: ml_collections.ConfigDict, tasks: Sequence[str], ablation: Collection[str]
+) -> dict[tuple[str, str], ml_collections.ConfigDict]:
+    """{(task, `PipelineDirs` variant): fusion settings} of every fusion stage: the method, the audio ablation
+    (visual sets only) and each Table 6 row of config.table6 (the row's sets, the official member only)."""
+    try:
+        rows = table6.parse_rows(config.table6)
+    except ValueError as e:
+        raise JobError(f"config.table6: {e}") from None
+    fusions = {}
+    for task in tasks:
+        fusions[task, ""] = _copy(config.fusion[task])
+        if task in ablation:
+            fusions[task, "visual"] = _copy(config.fusion[task])
+            fusions[task, "visual"].audio_sets = ""
+        for number in rows:
+            row = fusions[task, f"table6_{number}"] = _copy(config.fusion[task])
+            row.visual_sets = ",".join(table6.ROWS[number].visual_sets(task))
+            row.audio_sets = ",".join(table6.ROWS[number].audio)
+            # Table 6 scores each combination on the official Validation_Set: one member, trained on Train_Set.
+            row.members = "official"
+    return fusions
+
+
+def _check_extracted(extract: ml_collections.ConfigDict, fusion: ml_collections.ConfigDict, fusion_key: str) -> None:
+    """Stops before any training when a fusion stage names a set that stage 3 is not set to extract."""
+    for key, extract_key in (("visual_sets", "sets"), ("audio_sets", "audio")):
+        extracted = checks.names(extract, extract_key, distinct=False)
+        absent = [n for n in checks.names(fusion, key) if n not in extracted]
+        if absent:
+            raise JobError(
+                f"config.{fusion_key}.{key} names {absent}, which config.features.{extract_key}="
+                f"{extract[extract_key]!r} does not extract"
+            )
 
 
 def _check_release(extract: ml_collections.ConfigDict) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from abaw_jax import table6
 from abaw_jax import tasks as task_facts
 from abaw_jax.report import bootstrap
 from abaw_jax.report.claims import DIFFERENT_VIDEOS, NO_REACTION_TRACKS, NO_STATISTICS
@@ -276,6 +277,23 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
                         "last loss": mae_losses[-1]["loss"],
                     },
                 )
+    rows = [
+        (k, n) for n in table6.ROWS for k in task_keys(tasks) if pathlib.Path(dirs.fusion(k, f"table6_{n}")).is_dir()
+    ]
+    table_6 = table("Table 6:") if rows else None
+    if table_6:
+        records = {r["row"]: r for r in table_6.records()}
+        for key, number in rows:
+            task, folder = task_facts.get_task(key), pathlib.Path(dirs.fusion(key, f"table6_{number}"))
+            if str(number) not in records:
+                problems.append(f"Table 6: no row {number}")
+                continue
+            heldout = json.loads((folder / SCORES_FILE).read_text())["heldout"]
+            expected = {
+                task.name: heldout["official"]["metric"],
+                f"{task.name} paper": table6.ROWS[number].paper[task.name],
+            }
+            compare(f"Table 6 row {number}", records[str(number)], expected)
     return problems
 
 

@@ -20,6 +20,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+from abaw_jax import table6
 from abaw_jax import tasks as task_facts
 from abaw_jax.runtime.artefacts import BEST_FILE, METRICS_FILE, PER_VIDEO_FILE, RESULTS_FILE, SCORES_FILE
 from abaw_jax.runtime.errors import ExplainedError
@@ -127,8 +128,13 @@ def task_keys(tasks: Sequence[str]) -> list[str]:
 
 
 def stage_folders(dirs: PipelineDirs, keys: Sequence[str]) -> list[pathlib.Path]:
-    folders = [dirs.mae, *[dirs.finetune(t) for t in keys], dirs.features]
-    folders += [f(t, v) for f in (dirs.fusion, dirs.evaluate) for t in keys for v in ("", "visual")]
+    """Every stage folder a run of `keys` may have, in pipeline order (other releases' encoders and Table 6 rows
+    only where the run made them)."""
+    sources = [pathlib.Path(dirs.finetune(s)) for s in task_facts.SOURCE_LABELS]
+    rows = [pathlib.Path(dirs.fusion(t, f"table6_{n}")) for t in keys for n in table6.ROWS]
+    folders = [dirs.mae, *[dirs.finetune(t) for t in keys], *[f for f in sources if f.is_dir()], dirs.features]
+    folders += [dirs.fusion(t, v) for t in keys for v in ("", "visual")] + [f for f in rows if f.is_dir()]
+    folders += [dirs.evaluate(t, v) for t in keys for v in ("", "visual")]
     return [pathlib.Path(f) for f in folders]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from abaw_jax import tasks as task_facts
 from abaw_jax.data import synthetic
-from abaw_jax.report import claims, figures, stage_files, tables
+from abaw_jax.report import claims, feature_sets, figures, stage_files, tables
 from abaw_jax.runtime.artefacts import METRICS_FILE
 from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, PipelineDirs
 
@@ -104,6 +104,9 @@ def write_report(dirs: PipelineDirs, *, tasks: Sequence[str]) -> str:
     parts += [tables.tables_1_3(f) for f in all_files]
     parts.append("## Table 5: what each part of the method adds\n")
     parts += [tables.table5(f) for f in all_files]
+    section = feature_sets.table6_section(dirs, keys, stages)
+    if section:
+        parts.append(section)
     parts.append(claims.claims_section(all_files, not_run, synthetic_premises(stages)))
     parts.append(
         "## Figures\n\n"

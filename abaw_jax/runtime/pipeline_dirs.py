@@ -2,9 +2,11 @@
 
     <root>/mae/                       stage 1: MAE pretraining workdir
     <root>/finetune_<task>/           stage 2: fine-tuning workdir per task (au, expr, va)
+    <root>/finetune_<source set>/     stage 2 on another release, when a fusion uses its set (affectnet_va, ...)
     <root>/features/                  stage 3: the feature store (visual sets named after tasks + `mae`, audio)
     <root>/fusion_<task>/             stage 4: TMF ensemble on visual + audio features
     <root>/fusion_<task>_visual/      stage 4, ablation: the same ensemble on visual features only
+    <root>/fusion_<task>_table6_<k>/  stage 4, ablation: row k of the paper's Table 6 (official member only)
     <root>/evaluate_<task>[_visual]/  stage 5: tuning, tables, submission files of each ensemble
     <root>/report/                    report.md and its figures
     <root>/predictor/                 the predictor bundle that `python -m abaw_jax.predict` reads
@@ -20,11 +22,12 @@ import dataclasses
 import os
 from typing import Any
 
-from abaw_jax import tasks
+from abaw_jax import table6, tasks
 
 TASKS = tasks.TASK_KEYS
-# '' : visual + audio features (the method); 'visual': visual features only (the audio ablation).
-VARIANTS = ("", "visual")
+# '' : visual + audio features (the method); 'visual': visual features only (the audio ablation);
+# 'table6_<k>': the sets of row k of the paper's Table 6.
+VARIANTS = ("", "visual", *(f"table6_{k}" for k in table6.ROWS))
 STAGE_FILE = "stage.json"
 
 
@@ -46,8 +49,11 @@ class PipelineDirs:
     def mae(self) -> str:
         return os.path.join(self.root, "mae")
 
-    def finetune(self, task: str) -> str:
-        return os.path.join(self.root, f"finetune_{_suffix(task, '')}")
+    def finetune(self, name: str) -> str:
+        """Stage 2 of a task (au, expr, va) or of another release's encoder (`tasks.SOURCE_LABELS` key)."""
+        if name in tasks.SOURCE_LABELS:
+            return os.path.join(self.root, f"finetune_{name}")
+        return os.path.join(self.root, f"finetune_{_suffix(name, '')}")
 
     @property
     def features(self) -> str:
