@@ -13,8 +13,8 @@ Paper recipe (default presets `au`, `expr`, `va`), on a stage-3 feature store of
   (--config.visual_sets=mae,expr); audio: `logmel_mfcc` (or a wav2vec2/HuBERT set). The paper's Table 6
   combinations by set name, on a store that has them (README "Table 6"), e.g. its best VA / EXPR row:
   --config.visual_sets=va,affectnet_va,affectnet_expr,rafdb_expr,bp4d_au --config.audio_sets=hubert,vggish.
-  Expect the paper's Tables 1-3 per member (EXPR official F1 ~0.55 with their features). Writes <workdir>/predictions/ (stage 5
-  reads it), tables.txt, scores.json, metrics.jsonl, checkpoints/.
+  Expect the paper's Tables 1-3 per member (EXPR official F1 ~0.55 with their features). Writes
+  <workdir>/predictions/ (stage 5 reads it), tables.txt, scores.json, metrics.jsonl, checkpoints/.
 
 CPU presets (`au_tiny`, `expr_tiny`, `va_tiny`), on the tiny stage-3 store of the embedded synthetic release:
 
