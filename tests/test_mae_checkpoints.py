@@ -18,7 +18,7 @@ import pytest
 
 from abaw_jax.models import encoders
 from abaw_jax.models import torch_weights as tw
-from abaw_jax.models.vit import ViT, ViTConfig, sincos_pos_embed_2d
+from abaw_jax.models.vit import VIT_SIZES, ViT, ViTConfig, sincos_pos_embed_2d
 from abaw_jax.torch_compat import import_timm
 
 import_timm()  # torchvision, which timm imports, needs its op schemas first
@@ -39,6 +39,7 @@ def timm_vit(
     *,
     width: int = WIDTH,
     heads: int = 3,
+    depth: int = DEPTH,
     image: int = IMAGE,
     pool: str = "avg",
     num_classes: int = 0,
@@ -50,7 +51,7 @@ def timm_vit(
         img_size=image,
         patch_size=PATCH,
         embed_dim=width,
-        depth=DEPTH,
+        depth=depth,
         num_heads=heads,
         global_pool=pool,
         num_classes=num_classes,
@@ -274,6 +275,14 @@ def test_vit_small_width_reads_six_heads(tmp_path):
     loaded = encoders.load_encoder(str(tmp_path / "vit_small.pth"))
     assert (loaded.config.width, loaded.config.num_heads, loaded.config.mlp_dim) == (384, 6, 1536)
     assert_close(our_outputs(loaded, x)[0], timm_outputs(source, x)[0], "ViT-S features")
+
+
+def test_full_depth_vit_small_is_the_small_size_fine_tuning_asks_for(tmp_path):
+    """A 12-block ViT-S file reads as `VIT_SIZES['small']`, the size `--config.model.size=small` checks it against."""
+    torch.save({"model": state_of(timm_vit(6, width=384, heads=6, depth=12))}, tmp_path / "vit_small.pth")
+    loaded = encoders.load_encoder(str(tmp_path / "vit_small.pth"))
+    found = {k: getattr(loaded.config, k) for k in VIT_SIZES["small"]}
+    assert found == VIT_SIZES["small"]
 
 
 def _write(tmp_path, name: str, content) -> str:

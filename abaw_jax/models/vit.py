@@ -74,6 +74,8 @@ class ViTConfig:
 
 VIT_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(width=192, depth=4, num_heads=3, mlp_dim=768),
+    # ViT-S/16, the size of public face MAEs such as FMAE's and MAE-Face's small encoders.
+    "small": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
     "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
     "large": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
 }
