@@ -1,6 +1,6 @@
 """The fine-tuning job on the synthetic release: it learns each task, scores only valid frames, resumes after a
 kill and stops with clear errors on bad input; the other training sources' tiny presets learn their
-mini-releases and are scored on their own splits.
+mini-releases and are scored on their own splits and on Aff-Wild2's validation split.
 
 The encoder is a random-init tiny ViT on 16x16 crops (cheaper than any pretraining; at this size the model
 learns the scene and coarse face cues that carry over to the validation people within 120 steps); with nothing
@@ -303,16 +303,26 @@ def _source_scores(task: tasks.Task, classes: tuple[int, ...], outputs: np.ndarr
     return np.array([_ccc(outputs[:, i], labels[:, i]) for i in classes])
 
 
-@pytest.mark.parametrize("preset", ["affectnet_expr", "affectnet_va", "rafdb_expr"])
-def test_source_preset_beats_a_constant_predictor_on_its_own_split(preset, encoder_dir, tmp_path_factory, capsys):
+@pytest.mark.parametrize("preset", ["affectnet_expr", "affectnet_va", "rafdb_expr", "bp4d_au"])
+def test_source_preset_beats_a_constant_predictor_on_its_own_split(
+    preset, encoder_dir, synthetic_affwild2, tmp_path_factory, capsys
+):
     """Each `<source>_tiny` preset as it stands (but for the random-init 16 px encoder, resampled to the preset's
-    size, and no layer decay: nothing is pretrained) trains on its mini-release and is scored on its own split."""
+    size, and no layer decay: nothing is pretrained) trains on its mini-release and is scored on its own split,
+    and each evaluation also on the Aff-Wild2 validation split over the labels the source has."""
     mapping = tasks.SOURCE_LABELS[preset]
     task, source = tasks.get_task(mapping.task), preset.split("_")[0]
     cache = tmp_path_factory.getbasetemp() / "source_releases"
     config = finetune_config.get_config(f"{preset}_tiny")
     set_values(
-        config, {"encoder": str(encoder_dir), "data.cache_dir": str(cache), "data.worker_count": 0, "layer_decay": 1.0}
+        config,
+        {
+            "encoder": str(encoder_dir),
+            "data.cache_dir": str(cache),
+            "data.root": str(synthetic_affwild2),
+            "data.worker_count": 0,
+            "layer_decay": 1.0,
+        },
     )
     workdir = tmp_path_factory.mktemp(f"finetune_{preset}")
     finetune.run(config, str(workdir))
@@ -351,13 +361,49 @@ def test_source_preset_beats_a_constant_predictor_on_its_own_split(preset, encod
             _source_scores(task, classes, np.full(len(labels), c), labels).mean() for c in range(task.num_outputs)
         )
     elif task.kind == "binary":
-        # Per AU the better of always 0 and always 1 on the evaluation labels (always 1 scores 2p / (1 + p)).
+        # Every AU the source has is on and off in both splits, so none scores 0 for want of positives.
+        for frames in (train, evaluation):
+            assert all({0, 1} <= set(frames.labels[:, j]) for j in classes)
+        # Per AU the better of always 0 and always 1 on the evaluation labels (always 1 scores 2p / (1 + p)): at
+        # least the training majority per AU, whichever of the two that is.
         always = [_source_scores(task, classes, np.full(labels.shape, v), labels) for v in (0, 1)]
         baseline = np.maximum(*always).mean()
     else:  # any constant has CCC 0; the training mean, as an Aff-Wild2 VA constant predictor
         constant = np.broadcast_to(train.labels.mean(0), labels.shape)
         baseline = np.nan_to_num(_source_scores(task, classes, constant, labels)).mean()
     assert ours.mean() > baseline + 0.05, (ours.mean(), baseline)
+
+    # The Aff-Wild2 validation scores of the exported (best) step, recomputed from its outputs with scikit-learn.
+    _, affwild2 = frame_pipeline.affwild2_frames(
+        synthetic_affwild2 / "annotations", synthetic_affwild2 / "cropped_aligned", task.name
+    )
+    logits = _exported_outputs(workdir, affwild2)[affwild2.valid]
+    outputs = {"binary": (logits > 0).astype(int), "multiclass": logits.argmax(-1), "continuous": np.tanh(logits)}[
+        task.kind
+    ]
+    theirs = _source_scores(task, classes, outputs, affwild2.labels[affwild2.valid])
+    assert summary["affwild2_metric_name"] == f"Aff-Wild2 validation {summary['metric_name']}"
+    assert summary["affwild2_valid_frames"] == affwild2.valid.sum()
+    np.testing.assert_allclose([summary["affwild2_per_class"][n] for n in names], theirs, atol=1e-5)
+    assert summary["affwild2_metric"] == pytest.approx(theirs.mean(), abs=1e-5)
+    assert [e["eval_affwild2_metric"] for e in evals if e["step"] == summary["step"]] == [summary["affwild2_metric"]]
+    for e in evals:
+        line = f"eval step {e['step']}: {summary['metric_name']} {e['eval_metric']:.4f}"
+        assert line in out and f"| Aff-Wild2 validation {summary['metric_name']} {e['eval_affwild2_metric']:.4f}" in out
+    if task.kind == "multiclass":
+        assert summary["affwild2_accuracy"] == pytest.approx(
+            accuracy_score(affwild2.labels[affwild2.valid], outputs), abs=1e-6
+        )
+
+
+def test_affwild2_scores_of_another_source_can_be_skipped_and_name_their_switch(tmp_path):
+    config = finetune_config.get_config("rafdb_expr_tiny")
+    set_values(config, {"data.root": str(tmp_path / "absent")})
+    with pytest.raises(JobError, match=r"absent is not a folder \(.*config.data.affwild2_eval=False skips them\)"):
+        finetune.load_affwild2_evaluation(config, tasks.EXPR)
+    set_values(config, {"data.affwild2_eval": False})
+    assert finetune.load_affwild2_evaluation(config, tasks.EXPR) is None
+    assert finetune.load_affwild2_evaluation(finetune_config.get_config("expr_tiny"), tasks.EXPR) is None
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,11 @@ class and valence / arousal follow `synthetic.expression_from_aus` / `valence_ar
 codes come from those through `tasks.SOURCE_LABELS`. Still pictures are drawn class-balanced (each picture asks for
 a class and takes a pool state of that class). AffectNet's "Other" pictures carry the dropped codes 7-9 and one
 picture in twenty is a No-Face (background only, expression 10, valence and arousal -2); its landmarks are 68
-points whose eye rings, nose tip and mouth corners are the drawn ones. BP4D sessions are every sixth frame of
-an AU trajectory (several expressions in a short session); columns 25 and 26 hold 0 (BP4D does not code them:
-a reader must not read them), AU23 is 9 (not coded) on one frame in twenty, and one frame per session has nothing coded.
+points whose eye rings, nose tip and mouth corners are the drawn ones. A BP4D session holds a pool state of each
+expression in turn for four frames (with a little frame-to-frame jitter), so every AU BP4D codes is on and off in
+every fold; columns 25 and 26 hold 0 (BP4D does not code them: a reader must not read them), AU23 is 9 (not coded)
+on one frame in twenty, and one frame per session has nothing coded. The cache keeps each mini-release under its
+generator's version (`VERSIONS`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from abaw_jax.runtime import cache
 SOURCES = ("affectnet", "rafdb", "bp4d")
 # Where each mini-release keeps the crops its reader takes (None: RAF-DB's own Image/aligned).
 CROPS = {"affectnet": "crops", "rafdb": None, "bp4d": "crops"}
+# Raised when a generator changes what it draws: the cache folder is named by it, so an older mini-release in a
+# cache is never read as the current one.
+VERSIONS = {"affectnet": 1, "rafdb": 1, "bp4d": 2}
 _COMPLETE = ".complete"
 _POOL_FRAMES = 3000
 _JPEG_QUALITY = 95
@@ -49,6 +54,8 @@ _BLUR_SIGMA = 0.8
 # Subjects from each of the three fold parts, so every fold has training and test subjects.
 BP4D_SUBJECTS = ("F001", "M007", "M011", "F003", "F007", "F015")
 BP4D_TASKS = ("T1", "T6")
+_BP4D_HOLD = 4  # frames a BP4D session holds each expression state
+_BP4D_JITTER = 0.03  # frame-to-frame AU intensity noise around a held state
 
 
 def _state_pool(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -207,17 +214,23 @@ def generate_bp4d(
     mapping = tasks.get_source_labels("bp4d_au")
     occurrence_dir = out_dir / bp4d.OCCURRENCE_DIRS[0]
     occurrence_dir.mkdir(parents=True, exist_ok=True)
+    pool = _state_pool(np.random.default_rng([seed, 21, 3]))
+    classes = tasks.EXPR.num_outputs
     for s, subject in enumerate(BP4D_SUBJECTS):
         for t, task in enumerate(BP4D_TASKS):
             rng = np.random.default_rng([seed, 21, 3, s, t])
-            # Every sixth frame of a longer trajectory: a short session still passes through several expressions.
-            trajectory = synthetic.sample_au_trajectory(rng, 6 * frames_per_session, synthetic.SCENES[t % 2])
-            intensity = trajectory[::6]
+            # Class-balanced as the still pictures are: a session holds a pool state of each expression in turn for
+            # a few frames. A natural trajectory of a short session shows the rarer AUs (AU7, AU10, AU23, AU24) in
+            # a few sessions only, so a fold could test AUs it never shows, or train on a handful of positives.
+            first = int(rng.integers(classes))
+            held = [_pick_state(rng, pool, (first + k) % classes) for k in range(-(-frames_per_session // _BP4D_HOLD))]
+            intensity = np.repeat(held, _BP4D_HOLD, axis=0)[:frames_per_session]
+            intensity = np.clip(intensity + rng.normal(0, _BP4D_JITTER, intensity.shape), 0.0, 1.0)
             active = intensity > 0.5
-            first = int(rng.integers(1, 400))
+            start = int(rng.integers(1, 400))
             rows = [",".join(str(c) for c in range(100))]
             for k in range(frames_per_session):
-                frame = first + k
+                frame = start + k
                 values = np.full(100, bp4d.NOT_CODED, np.int64)
                 values[0] = frame
                 values[[25, 26]] = 0
@@ -254,7 +267,8 @@ def cached_release(source: str, cache_dir: str | os.PathLike | None = None, *, s
     read when no release is given. Runs sharing the cache wait for each other's generation."""
     if source not in SOURCES:
         raise ValueError(f"unknown synthetic source {source!r}; expected one of {SOURCES}")
-    folder = (pathlib.Path(cache_dir) if cache_dir else cache.cache_dir()) / f"synthetic_{source}_s{seed}"
+    base = pathlib.Path(cache_dir) if cache_dir else cache.cache_dir()
+    folder = base / f"synthetic_{source}_v{VERSIONS[source]}_s{seed}"
     root = folder / "release"
     if not (root / _COMPLETE).exists():
         with release.build_lock(folder):

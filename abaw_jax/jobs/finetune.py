@@ -15,12 +15,15 @@ split: the task metric (for EXPR also the accuracy) and its per-class breakdown 
 The frames are Aff-Wild2's (with extra EXPR image folders), or those of another release (`config.data.source`:
 AffectNet, RAF-DB or BP4D in its official layout, or its synthetic mini-release), trained on its training split
 and scored on its own evaluation split, the metric averaged over the labels the source has
-(`tasks.SOURCE_LABELS`: e.g. 7 of the 8 EXPR classes, 10 of the 12 AUs) and named so.
+(`tasks.SOURCE_LABELS`: e.g. 7 of the 8 EXPR classes, 10 of the 12 AUs) and named so. Each evaluation of such a
+run also scores the Aff-Wild2 validation split of `config.data`'s release (unless `config.data.affwild2_eval` is
+False) with the same metric over the same labels; it is logged as `eval_affwild2_*` and kept beside the best step's
+scores as `affwild2_*`, while the best step is still picked by the source's own metric.
 
 Rerunning with the same workdir resumes parameters, optimizer state, step, RNG, data iterator and the
 best-so-far. At the end the best parameters are exported to `export/encoder` (params_io, with head),
 `export/encoder_official.*` (official layout) and `export/finetune.json` (task, output transform, metric name,
-best step and its scores).
+best step and its scores, with the Aff-Wild2 validation scores of that step for another source).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ COSMETIC_KEYS = (
     "data.worker_count",
     "data.worker_buffer_size",
     "data.cache_dir",
+    "data.affwild2_eval",  # scores the model on Aff-Wild2 as well; the source's own metric picks the best step
 )
 
 
@@ -186,6 +190,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks.Task:
                 )
     else:
         validate_source_config(config, task)
+    checks.choice(config, "data.affwild2_eval", (True, False))
     weights = tuple(config.class_weights)
     if weights:
         if task.kind == "continuous":
@@ -320,6 +325,35 @@ def load_source_frames(
     return train, evaluation, description
 
 
+def affwild2_split(
+    config: ml_collections.ConfigDict, task: tasks.Task
+) -> tuple[release.ReleasePaths, frame_pipeline.LabelledFrames, frame_pipeline.LabelledFrames]:
+    """(the release, training frames, evaluation frames) of `config.data.split` of `config.data`'s Aff-Wild2."""
+    paths = release.resolve(config.data)
+    train, evaluation = frame_pipeline.affwild2_frames(
+        paths.annotations, paths.crops, task.name, split=config.data.split, fold_seed=config.data.fold_seed
+    )
+    return paths, train, evaluation
+
+
+def load_affwild2_evaluation(
+    config: ml_collections.ConfigDict, task: tasks.Task
+) -> tuple[frame_pipeline.LabelledFrames, str] | None:
+    """(the Aff-Wild2 evaluation frames, a description) that a run on another source is also scored on, or None
+    (an Aff-Wild2 run, or config.data.affwild2_eval=False)."""
+    if config.data.source == "affwild2" or not config.data.affwild2_eval:
+        return None
+    try:
+        paths, _, evaluation = affwild2_split(config, task)
+    except (FileNotFoundError, ValueError) as e:
+        raise JobError(f"{e} (the Aff-Wild2 validation scores; config.data.affwild2_eval=False skips them)") from None
+    description = (
+        f"also scored on {int(evaluation.valid.sum()):,} Aff-Wild2 evaluation frames ({config.data.split} split of "
+        f"{paths.root}{', the synthetic release' if paths.synthetic else ''})"
+    )
+    return evaluation, description
+
+
 def load_frames(
     config: ml_collections.ConfigDict, task: tasks.Task
 ) -> tuple[frame_pipeline.LabelledFrames, frame_pipeline.LabelledFrames, str]:
@@ -327,10 +361,7 @@ def load_frames(
     if config.data.source != "affwild2":
         return load_source_frames(config, task)
     try:
-        paths = release.resolve(config.data)
-        train, evaluation = frame_pipeline.affwild2_frames(
-            paths.annotations, paths.crops, task.name, split=config.data.split, fold_seed=config.data.fold_seed
-        )
+        paths, train, evaluation = affwild2_split(config, task)
         parts = [train] if config.data.affwild2_train else []
         folders = [f for f in config.data.image_folders.split(",") if f.strip()]
         parts += [frame_pipeline.image_folder_frames(f.strip(), task.name) for f in folders]
@@ -386,8 +417,9 @@ class BestParams:
     def metric(self) -> float:
         return -np.inf if self.record is None else self.record["metric"]
 
-    def offer(self, step: int, scores: Evaluation, params: Any) -> bool:
-        """Keeps `params` when `scores.metric` beats the best so far (collective: every process calls it)."""
+    def offer(self, step: int, scores: Evaluation, params: Any, affwild2: Evaluation | None = None) -> bool:
+        """Keeps `params` when `scores.metric` beats the best so far (collective: every process calls it); the
+        Aff-Wild2 validation scores of a run on another source, if any, are recorded beside them."""
         if scores.metric <= self.metric:
             return False
         name = f"step_{step:07d}"
@@ -400,6 +432,7 @@ class BestParams:
             "metric": scores.metric,
             **scores.extra(),
             "per_class": scores.per_class,
+            **({} if affwild2 is None else affwild2.fields("affwild2_")),
             "params": name,
         }
         if jax.process_index() == 0:
@@ -435,6 +468,27 @@ class Evaluation:
     def extra(self) -> dict[str, float]:
         """Scores recorded beside the metric (not used to pick the best step)."""
         return {} if self.accuracy is None else {"accuracy": self.accuracy}
+
+    def fields(self, prefix: str) -> dict[str, Any]:
+        """The metric, the extra scores, the valid frames and the per-label scores (a dict under `per_class`) under
+        keys led by `prefix`: what `best.json` keeps of an evaluation beside the one that picks the best step."""
+        return {**self._scores(prefix), f"{prefix}per_class": self.per_class}
+
+    def scalars(self, prefix: str) -> dict[str, float]:
+        """The same with one key per label (`<prefix><label>`): what `metrics.jsonl` gets."""
+        return {**self._scores(prefix), **{prefix + label: v for label, v in self.per_class.items()}}
+
+    def _scores(self, prefix: str) -> dict[str, float]:
+        return {
+            f"{prefix}metric": self.metric,
+            **{prefix + key: v for key, v in self.extra().items()},
+            f"{prefix}valid_frames": self.valid,
+        }
+
+    def summary(self, name: str) -> str:
+        """`<name> <metric>, <extra scores> on <N> frames` for the evaluation line."""
+        extra = "".join(f", {key} {v:.4f}" for key, v in self.extra().items())
+        return f"{name} {self.metric:.4f}{extra} on {self.valid:,} frames"
 
 
 def evaluate(
@@ -486,6 +540,8 @@ def evaluate(
 
 
 def _export(params: Any, cfg: ViTConfig, task: tasks.Task, name: str, best: dict[str, Any], workdir: str) -> None:
+    """Writes `export/` from the best parameters and their record (`BestParams.record`); an Aff-Wild2 metric in
+    the record is named by the same `name`, averaged over the same labels."""
     params = jax.device_get(params)
     export_dir = os.path.join(workdir, "export")
     if jax.process_index() == 0 and os.path.exists(export_dir):
@@ -505,6 +561,7 @@ def _export(params: Any, cfg: ViTConfig, task: tasks.Task, name: str, best: dict
                 "continuous": "tanh(head): valence, arousal",
             }[task.kind],
             "metric_name": name,
+            **({"affwild2_metric_name": f"Aff-Wild2 validation {name}"} if "affwild2_metric" in best else {}),
             **{k: v for k, v in best.items() if k != "params"},
         }
         with open(os.path.join(export_dir, FINETUNE_EXPORT), "w", encoding="utf-8") as f:
@@ -531,6 +588,9 @@ def _run(
     except ValueError as e:
         raise JobError(str(e)) from None
     train_frames, eval_frames, data_description = load_frames(config, task)
+    affwild2_eval = load_affwild2_evaluation(config, task)
+    if affwild2_eval is not None:
+        data_description += "; " + affwild2_eval[1]
     encoder, model = load_model(config, task)
     cfg = encoder.config
     weights = default_class_weights(config, task, train_frames)
@@ -658,21 +718,18 @@ def _run(
                     writer.write(step, scalars)
             if evaluate_now:
                 scores = evaluate(eval_fn, state.params, eval_frames, task, mesh, config, skipped_dir)
-                improved = best.offer(step, scores, replicate(state.params))
+                affwild2 = None
+                if affwild2_eval is not None:
+                    affwild2 = evaluate(eval_fn, state.params, affwild2_eval[0], task, mesh, config, skipped_dir)
+                improved = best.offer(step, scores, replicate(state.params), affwild2)
                 log(
-                    f"eval step {step}: {name} {scores.metric:.4f}"
-                    + "".join(f", {key} {v:.4f}" for key, v in scores.extra().items())
-                    + f" on {scores.valid:,} frames{' (best so far)' if improved else ''} | "
+                    f"eval step {step}: {scores.summary(name)}{' (best so far)' if improved else ''} | "
                     + " ".join(f"{label} {v:.3f}" for label, v in scores.per_class.items())
+                    + ("" if affwild2 is None else f" | Aff-Wild2 validation {affwild2.summary(name)}")
                 )
                 writer.write(
                     step,
-                    {
-                        "eval_metric": scores.metric,
-                        **{f"eval_{key}": v for key, v in scores.extra().items()},
-                        "eval_valid_frames": scores.valid,
-                        **{f"eval_{label}": v for label, v in scores.per_class.items()},
-                    },
+                    {**scores.scalars("eval_"), **({} if affwild2 is None else affwild2.scalars("eval_affwild2_"))},
                 )
                 throughput.start(step)  # evaluation time is not training throughput
             if step % config.checkpoint_every == 0 or is_last:

@@ -275,6 +275,7 @@ ADDED_SETTINGS = {
     "data.source_root": "",
     "data.source_crops": "",
     "data.source_fold": 1,
+    "data.affwild2_eval": True,
 }
 
 
