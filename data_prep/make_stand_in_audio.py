@@ -2,88 +2,27 @@ r"""Writes untrained audio encoders in the layouts the features stage reads, for
 
   python -m data_prep.make_stand_in_audio --out_dir=/tmp/abaw_stand_in_audio [--kinds=hubert,wav2vec2,vggish]
 
-writes `<out_dir>/hubert/` and `<out_dir>/wav2vec2/` (transformers folders of a 2-layer, 32-wide HuBERT /
-wav2vec2 with a feature extractor) and `<out_dir>/vggish.pth` (a torchvggish state dict of the full VGGish shape,
-288 MB). Their weights are random (seeded), not pretrained: `configs/abaw.py:table6_tiny` uses them so that the
-rows with Hubert, wav2vec2 or VGGish run end to end on a machine without the published models, and its report
-says the audio sets are stand-ins. For the paper's results point config.features.audio_models at the published
-models instead (README "Table 6"). Needs torch (the dev extras); a few seconds.
+writes `<out_dir>/hubert/`, `<out_dir>/wav2vec2/` (tiny transformers folders) and `<out_dir>/vggish.pth` (288 MB)
+with random, seeded weights (`abaw_jax.media.stand_in_audio`): `configs/abaw.py:table6_tiny` uses them so that the
+rows with Hubert, wav2vec2 or VGGish run end to end on a machine without the published models, and the report
+names the files. For the paper's results point config.features.audio_models at the published models instead
+(README "Table 6"). Needs torch (the dev extras); a few seconds.
 """
-
-from __future__ import annotations
-
-import pathlib
-from collections.abc import Sequence
 
 from absl import app, flags, logging
 
+from abaw_jax.media import stand_in_audio
 from abaw_jax.runtime import errors
 
-KINDS = ("hubert", "wav2vec2", "vggish")
-# Layer sizes of the stand-in HuBERT / wav2vec2: the smallest the transformers models accept in the 16 kHz,
-# 320-sample-stride geometry of the published ones.
-_ENCODER_SIZES = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "conv_dim": (16,) * 7,
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
-}
-
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
-_KINDS = flags.DEFINE_list("kinds", list(KINDS), f"Which of {KINDS} to write.")
+_KINDS = flags.DEFINE_list("kinds", list(stand_in_audio.KINDS), f"Which of {stand_in_audio.KINDS} to write.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the weights.")
-
-
-def model_path(out_dir: str | pathlib.Path, kind: str) -> pathlib.Path:
-    """Where `write_stand_ins` puts `kind`: a folder for HuBERT / wav2vec2, a .pth for VGGish."""
-    return pathlib.Path(out_dir) / ("vggish.pth" if kind == "vggish" else kind)
-
-
-def write_stand_ins(out_dir: str | pathlib.Path, kinds: Sequence[str] = KINDS, seed: int = 0) -> dict[str, str]:
-    """Writes the untrained models of `kinds` under `out_dir`; returns {kind: path}."""
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown audio kinds {unknown}; expected some of {KINDS}")
-    import torch
-
-    from abaw_jax.models import vggish
-    from abaw_jax.torch_compat import import_torchvision
-
-    import_torchvision()  # transformers' model modules import torchvision (see media.audio.EncoderFeatures)
-    import transformers
-
-    torch.manual_seed(seed)
-    paths = {}
-    for kind in kinds:
-        path = model_path(out_dir, kind)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if kind == "vggish":
-            # He-scaled like a trained network's weights, so activations stay O(1) through every layer.
-            state = {
-                name: torch.randn(shape) * (2.0 / max(1, int(torch.tensor(shape[1:]).prod()))) ** 0.5
-                if name.endswith("weight")
-                else 0.1 * torch.randn(shape)
-                for name, shape in vggish.torch_state_shapes().items()
-            }
-            torch.save(state, path)
-        else:
-            model_class, config_class = {
-                "hubert": (transformers.HubertModel, transformers.HubertConfig),
-                "wav2vec2": (transformers.Wav2Vec2Model, transformers.Wav2Vec2Config),
-            }[kind]
-            model_class(config_class(**_ENCODER_SIZES)).save_pretrained(path)
-            transformers.Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(path)
-        paths[kind] = str(path)
-    return paths
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    for kind, path in write_stand_ins(_OUT_DIR.value, _KINDS.value, _SEED.value).items():
+    for kind, path in stand_in_audio.write_stand_ins(_OUT_DIR.value, _KINDS.value, _SEED.value).items():
         logging.info("wrote an untrained %s to %s", kind, path)
 
 

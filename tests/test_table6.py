@@ -13,11 +13,11 @@ import pytest
 from abaw_jax import table6, tasks
 from abaw_jax.jobs import pipeline
 from abaw_jax.jobs.registry import JOBS
+from abaw_jax.media import stand_in_audio
 from abaw_jax.report import check as report
 from abaw_jax.runtime.errors import JobError
 from abaw_jax.runtime.pipeline_dirs import PipelineDirs
 from conftest import load_config, micro_pipeline_config
-from data_prep import make_stand_in_audio
 
 
 def test_rows_parse_by_number_or_all_and_refuse_anything_else():
@@ -93,7 +93,7 @@ def test_table6_tiny_preset_runs_two_rows_per_task_with_every_source_encoder():
 def test_two_rows_run_end_to_end_and_the_report_prints_table6(micro_pipeline, tmp_path):
     root = tmp_path / "run"
     shutil.copytree(micro_pipeline[0], root)
-    audio = make_stand_in_audio.write_stand_ins(tmp_path / "audio", kinds=("hubert",))
+    audio = stand_in_audio.write_stand_ins(tmp_path / "audio", kinds=("hubert",))
     config = micro_pipeline_config(
         tmp_path / "cache",
         table6="3,4",
