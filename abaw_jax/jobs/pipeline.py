@@ -40,7 +40,7 @@ from abaw_jax.report import writer as report
 from abaw_jax.runtime import config_checks as checks
 from abaw_jax.runtime import workdir as workdir_lib
 from abaw_jax.runtime.errors import ExplainedError, JobError
-from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat_settings
+from abaw_jax.runtime.pipeline_dirs import STAGE_FILE, TASKS, PipelineDirs, flat_settings, table6_variant
 from abaw_jax.runtime.telemetry import format_duration, log
 from abaw_jax.tasks import SOURCE_LABELS
 
@@ -229,7 +229,7 @@ def _fusion_configs(
             fusions[task, "visual"] = _copy(config.fusion[task])
             fusions[task, "visual"].audio_sets = ""
         for number in rows:
-            row = fusions[task, f"table6_{number}"] = _copy(config.fusion[task])
+            row = fusions[task, table6_variant(number)] = _copy(config.fusion[task])
             row.visual_sets = ",".join(table6.ROWS[number].visual_sets(task))
             row.audio_sets = ",".join(table6.ROWS[number].audio)
             # Table 6 scores each combination on the official Validation_Set: one member, trained on Train_Set.

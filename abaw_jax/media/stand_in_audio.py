@@ -10,6 +10,7 @@ the tests), and their features carry no learned audio information. The command i
 
 from __future__ import annotations
 
+import math
 import pathlib
 from collections.abc import Sequence
 
@@ -53,7 +54,7 @@ def write_stand_ins(out_dir: str | pathlib.Path, kinds: Sequence[str] = KINDS, s
         if kind == "vggish":
             # He-scaled like a trained network's weights, so activations stay O(1) through every layer.
             state = {
-                name: torch.randn(shape) * (2.0 / max(1, int(torch.tensor(shape[1:]).prod()))) ** 0.5
+                name: torch.randn(shape) * (2.0 / math.prod(shape[1:])) ** 0.5
                 if name.endswith("weight")
                 else 0.1 * torch.randn(shape)
                 for name, shape in vggish.torch_state_shapes().items()

@@ -277,14 +277,12 @@ def check_report(dirs: PipelineDirs, markdown: str, *, tasks: Sequence[str]) -> 
                         "last loss": mae_losses[-1]["loss"],
                     },
                 )
-    rows = [
-        (k, n) for n in table6.ROWS for k in task_keys(tasks) if pathlib.Path(dirs.fusion(k, f"table6_{n}")).is_dir()
-    ]
+    rows = [(k, n) for n in table6.ROWS for k in task_keys(tasks) if pathlib.Path(dirs.table6(k, n)).is_dir()]
     table_6 = table("Table 6:") if rows else None
     if table_6:
         records = {r["row"]: r for r in table_6.records()}
         for key, number in rows:
-            task, folder = task_facts.get_task(key), pathlib.Path(dirs.fusion(key, f"table6_{number}"))
+            task, folder = task_facts.get_task(key), pathlib.Path(dirs.table6(key, number))
             if str(number) not in records:
                 problems.append(f"Table 6: no row {number}")
                 continue

@@ -32,7 +32,7 @@ def _official_score(folder: pathlib.Path) -> float | None:
 
 def table6_section(dirs: PipelineDirs, keys: Sequence[str], stages: dict[str, dict]) -> str:
     """The section's markdown, or '' when the run has neither Table 6 rows nor other releases' encoders."""
-    rows_run = [n for n in table6.ROWS if any(pathlib.Path(dirs.fusion(t, f"table6_{n}")).is_dir() for t in keys)]
+    rows_run = [n for n in table6.ROWS if any(pathlib.Path(dirs.table6(t, n)).is_dir() for t in keys)]
     encoders = [f for f in (pathlib.Path(dirs.finetune(s)) for s in task_facts.SOURCE_LABELS) if f.is_dir()]
     if not rows_run and not encoders:
         return ""
@@ -46,7 +46,7 @@ def table6_section(dirs: PipelineDirs, keys: Sequence[str], stages: dict[str, di
             marks = ["✓" if s in (*row.visual, *row.audio) else "×" for s in _COLUMNS]
             scores = []
             for key, name in zip(keys, names):
-                scores += [_official_score(pathlib.Path(dirs.fusion(key, f"table6_{row_number}"))), row.paper[name]]
+                scores += [_official_score(pathlib.Path(dirs.table6(key, row_number))), row.paper[name]]
             rows.append((row_number, *marks, *scores))
         method = [f"{name} {number(_official_score(pathlib.Path(dirs.fusion(key))))}" for key, name in zip(keys, names)]
         parts.append(

@@ -131,7 +131,7 @@ def stage_folders(dirs: PipelineDirs, keys: Sequence[str]) -> list[pathlib.Path]
     """Every stage folder a run of `keys` may have, in pipeline order (other releases' encoders and Table 6 rows
     only where the run made them)."""
     sources = [pathlib.Path(dirs.finetune(s)) for s in task_facts.SOURCE_LABELS]
-    rows = [pathlib.Path(dirs.fusion(t, f"table6_{n}")) for t in keys for n in table6.ROWS]
+    rows = [pathlib.Path(dirs.table6(t, n)) for t in keys for n in table6.ROWS]
     folders = [dirs.mae, *[dirs.finetune(t) for t in keys], *[f for f in sources if f.is_dir()], dirs.features]
     folders += [dirs.fusion(t, v) for t in keys for v in ("", "visual")] + [f for f in rows if f.is_dir()]
     folders += [dirs.evaluate(t, v) for t in keys for v in ("", "visual")]

@@ -27,7 +27,14 @@ from abaw_jax import table6, tasks
 TASKS = tasks.TASK_KEYS
 # '' : visual + audio features (the method); 'visual': visual features only (the audio ablation);
 # 'table6_<k>': the sets of row k of the paper's Table 6.
-VARIANTS = ("", "visual", *(f"table6_{k}" for k in table6.ROWS))
+
+
+def table6_variant(row: int) -> str:
+    """The fusion variant of row `row` of the paper's Table 6."""
+    return f"table6_{row}"
+
+
+VARIANTS = ("", "visual", *(table6_variant(k) for k in table6.ROWS))
 STAGE_FILE = "stage.json"
 
 
@@ -61,6 +68,10 @@ class PipelineDirs:
 
     def fusion(self, task: str, variant: str = "") -> str:
         return os.path.join(self.root, f"fusion_{_suffix(task, variant)}")
+
+    def table6(self, task: str, row: int) -> str:
+        """Stage 4 of `task` on the sets of Table 6's row `row`."""
+        return self.fusion(task, table6_variant(row))
 
     def evaluate(self, task: str, variant: str = "") -> str:
         return os.path.join(self.root, f"evaluate_{_suffix(task, variant)}")
